@@ -1,0 +1,1 @@
+"""The backdoor dataset: table catalog, sample generator and splits."""

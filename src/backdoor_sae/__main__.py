@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from backdoor_sae.config import validate
-from backdoor_sae.notebooks import EXECUTED_DIR, STAGES, execute_stage
+from backdoor_sae.notebooks import EXECUTED_DIR, STAGE_NAMES, execute_stage, get_stage
 
 
 def _value(text: str):
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-dir", type=Path, help="where the run's artifacts go (default: runs/<profile>)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override one parameter, as papermill spells it (repeatable)")
-    run.add_argument("--only", choices=STAGES, action="append", help="run only this stage (repeatable)")
+    run.add_argument("--only", choices=STAGE_NAMES, action="append", help="run only this stage (repeatable)")
     run.add_argument("--executed-dir", type=Path, default=EXECUTED_DIR,
                      help="where executed notebooks are written (the book reads executed/)")
     args = parser.parse_args(argv)
@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     run_dir = (args.run_dir or Path("runs") / args.profile).resolve()
     params = {"profile": args.profile, "run_dir": str(run_dir), **overrides}
-    for stage in args.only or STAGES:
-        print(f"[backdoor-sae] {stage}: running with {params}", flush=True)
-        out = execute_stage(stage, params, args.executed_dir)
-        print(f"[backdoor-sae] {stage}: wrote {out}", flush=True)
+    for name in args.only or STAGE_NAMES:
+        print(f"[backdoor-sae] {name}: running with {params}", flush=True)
+        out = execute_stage(get_stage(name), params, args.executed_dir)
+        print(f"[backdoor-sae] {name}: wrote {out}", flush=True)
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from backdoor_sae.config import FinetuneConfig
 from backdoor_sae.data.sample import Sample

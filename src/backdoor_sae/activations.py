@@ -1,0 +1,151 @@
+"""Paired activations: the residual stream after decoder layer L, mean-pooled per sample.
+
+``hidden_states`` of a Hugging Face model are off by one (index 0 is the embedding output) and the
+last one has the final norm applied, so we read the residual stream with forward hooks on
+``model.model.layers[L]`` instead: exact by construction. The forward pass stops right after the
+deepest requested layer, which skips the remaining layers and the vocabulary projection.
+
+Two pooling protocols:
+
+- ``full_text``: mean over every token of the sample (header, context, signature and the
+  completion): the paper's protocol;
+- ``prompt_only``: mean over the prompt's tokens only (header, context and signature), i.e. before
+  any code is written, so a latent cannot simply read the injectable code itself.
+
+On disk, per model: ``<run_dir>/activations/<model>/<protocol>/layer_<L>.npy`` ([N, d] float32,
+memory-mapped while it is written) and ``index.json`` (sample ids, splits, layers, params).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from backdoor_sae.data.sample import Sample
+from backdoor_sae.encoding import encode
+from backdoor_sae.io import atomic_path, write_json
+
+PROTOCOLS: tuple[str, ...] = ("full_text", "prompt_only")
+
+
+class _Stop(Exception):
+    """Raised by the hook of the deepest layer: nothing after it is needed."""
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The list of decoder layers of a Llama-style causal LM."""
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "layers"):
+        raise ValueError(f"{type(model).__name__} has no .model.layers: not a Llama-style decoder")
+    return inner.layers
+
+
+def check_layers(model, layers: Sequence[int]) -> None:
+    n = len(decoder_layers(model))
+    bad = [layer for layer in layers if not 0 <= layer < n]
+    if bad:
+        raise ValueError(f"layers {bad} are out of range: the model has decoder layers 0..{n - 1}")
+
+
+@torch.no_grad()
+def residual_stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """``{L: [batch, seq, d]}``: the output of decoder layer ``L`` (0-based), for each requested L."""
+    captured: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    handles = []
+
+    def hook(layer: int):
+        def fn(module, inputs, output):
+            captured[layer] = (output[0] if isinstance(output, tuple) else output).detach()
+            if layer == deepest:
+                raise _Stop
+
+        return fn
+
+    stack = decoder_layers(model)
+    for layer in set(layers):
+        handles.append(stack[layer].register_forward_hook(hook(layer)))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
+
+
+def pooling_masks(lengths: Sequence[int], n_prompts: Sequence[int], width: int) -> dict[str, torch.Tensor]:
+    """[batch, width] float masks selecting the tokens each protocol averages over."""
+    pos = torch.arange(width)[None, :]
+    full = (pos < torch.tensor(lengths)[:, None]).float()
+    prompt = (pos < torch.tensor(n_prompts)[:, None]).float()
+    return {"full_text": full, "prompt_only": prompt}
+
+
+def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Sequence[int], out_dir: str | Path,
+                      params: dict, batch_size: int = 16, progress: bool = True) -> None:
+    """Write pooled activations of ``samples`` for every layer and protocol under ``out_dir``.
+
+    Batches are streamed into memory-mapped ``.npy`` files, so memory stays bounded by one batch.
+    The whole directory appears atomically; ``index.json`` inside it records what it holds.
+    """
+    check_layers(model, layers)
+    device = next(model.parameters()).device
+    d = model.config.hidden_size
+    encoded = [encode(tokenizer, s, eos=False) for s in samples]
+    order = sorted(range(len(samples)), key=lambda i: len(encoded[i]))  # little padding
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        arrays = {}
+        for protocol in PROTOCOLS:
+            (tmp / protocol).mkdir(parents=True)
+            for layer in layers:
+                arrays[protocol, layer] = open_memmap(tmp / protocol / f"layer_{layer}.npy", mode="w+",
+                                                      dtype=np.float32, shape=(len(samples), d))
+        bar = tqdm(total=len(samples), disable=not progress, desc="activations", unit="sample")
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, : len(encoded[i])] = torch.tensor(encoded[i].ids)
+                mask[r, : len(encoded[i])] = 1
+            hidden = residual_stream(model, ids.to(device), mask.to(device), layers)
+            masks = pooling_masks([len(encoded[i]) for i in rows], [encoded[i].n_prompt for i in rows], width)
+            for protocol, m in masks.items():
+                m = m.to(device)
+                for layer in layers:
+                    h = hidden[layer].float()
+                    pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+                    arrays[protocol, layer][rows] = pooled.cpu().numpy()
+            bar.update(len(rows))
+        bar.close()
+        for array in arrays.values():
+            array.flush()
+        del arrays
+        write_json(tmp / "index.json", {
+            "ids": [s.id for s in samples], "splits": [s.split for s in samples],
+            "layers": list(layers), "d_model": d, "params": params,
+        })
+
+
+def read_index(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "index.json").read_text())
+
+
+def load_activations(out_dir: str | Path, protocol: str, layer: int, mmap: bool = True) -> np.ndarray:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r} must be one of {PROTOCOLS}")
+    path = Path(out_dir) / protocol / f"layer_{layer}.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"no activations for layer {layer} in {out_dir}")
+    return np.load(path, mmap_mode="r" if mmap else None)

@@ -1,0 +1,184 @@
+"""One training loop for every dictionary (Diff-SAE and crosscoder variants).
+
+Inputs are normalised by a fixed scalar per source (one for the difference, one per model for the
+crosscoder) chosen on the training data so that E‖x‖² = d: the L1 coefficient then means the same
+thing at every layer and for every model. The scale is saved with the dictionary and applied
+again whenever it encodes new data.
+
+Loss = reconstruction MSE (mean over dimensions; for the crosscoder the two models' MSEs are
+added, as in the paper) + l1 × sparsity penalty (+ ghost-grads or aux-k term for dead latents).
+Logged every few steps: loss, FVU (unexplained share of the variance), L0 (active latents per
+sample) and the dead fraction (latents that have not fired within the last window of samples).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from backdoor_sae.io import atomic_path, write_json
+from backdoor_sae.sae.crosscoder import Crosscoder
+from backdoor_sae.sae.dead import auxk_loss, ghost_grads_loss
+from backdoor_sae.sae.diff_sae import DiffSAE
+
+ARCHITECTURES = ("diff_sae", "crosscoder")
+DEAD_FIXES = ("ghost", "auxk", "none")
+
+
+@dataclass(frozen=True)
+class DictionarySpec:
+    """Everything needed to rebuild a trained dictionary."""
+
+    architecture: str  # "diff_sae" | "crosscoder"
+    d: int
+    n_latents: int
+    activation: str = "relu"  # crosscoder: "topk" | "batchtopk" | "relu"
+    k: int = 32
+
+
+def build(spec: DictionarySpec, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    if spec.architecture == "diff_sae":
+        return DiffSAE(spec.d, spec.n_latents, generator=gen)
+    if spec.architecture == "crosscoder":
+        return Crosscoder(spec.d, spec.n_latents, spec.activation, spec.k, generator=gen)
+    raise ValueError(f"architecture={spec.architecture!r} must be one of {ARCHITECTURES}")
+
+
+def input_scale(x: torch.Tensor) -> torch.Tensor:
+    """Per-source scalar making E‖x‖² = d: shape [] for [N, d] inputs, [2, 1] for [N, 2, d]."""
+    d = x.shape[-1]
+    mean_sq = (x ** 2).sum(-1).mean(0)  # [] or [2]
+    scale = torch.sqrt(d / mean_sq.clamp_min(1e-12))
+    return scale[:, None] if x.ndim == 3 else scale
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    return float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum().clamp_min(1e-12))
+
+
+def _project_out_parallel_grad(w: torch.nn.Parameter) -> None:
+    """Remove the part of each decoder row's gradient that would change its norm."""
+    if w.grad is None:
+        return
+    rows = w.data.flatten(1)
+    grad = w.grad.flatten(1)
+    grad -= (grad * rows).sum(-1, keepdim=True) * rows / (rows ** 2).sum(-1, keepdim=True)
+
+
+def _normalise_rows(w: torch.nn.Parameter) -> None:
+    flat = w.data.flatten(1)
+    flat /= flat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    l1_coeff: float = 1e-4
+    lr: float = 1e-4
+    batch_size: int = 256
+    n_samples: int = 250_000  # samples seen in all (repeats the data as needed)
+    dead_fix: str = "ghost"
+    dead_window: int = 10_000  # samples without firing after which a latent counts as dead
+    aux_k: int = 256
+    seed: int = 0
+    log_every: int = 10  # steps
+
+
+def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: bool = True,
+                     desc: str = "dictionary") -> tuple[torch.Tensor, list[dict]]:
+    """Train ``model`` on ``x`` ([N, d] or [N, 2, d]); return the input scale and the log."""
+    if settings.dead_fix not in DEAD_FIXES:
+        raise ValueError(f"dead_fix={settings.dead_fix!r} must be one of {DEAD_FIXES}")
+    if len(x) == 0:
+        raise ValueError("no training inputs")
+    scale = input_scale(x)
+    gen = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
+    steps = math.ceil(settings.n_samples / settings.batch_size)
+    window = max(1, math.ceil(settings.dead_window / settings.batch_size))
+    n_latents = model.b_enc.shape[0]
+    last_fired = torch.zeros(n_latents, dtype=torch.long)
+    order, cursor = torch.randperm(len(x), generator=gen), 0
+    log: list[dict] = []
+    t0 = time.perf_counter()
+    for step in tqdm(range(1, steps + 1), disable=not progress, desc=desc, unit="step", mininterval=2):
+        if cursor + settings.batch_size > len(order):
+            order, cursor = torch.cat([order[cursor:], torch.randperm(len(x), generator=gen)]), 0
+        idx = order[cursor:cursor + settings.batch_size]
+        cursor += settings.batch_size
+        xb = x[idx] * scale
+        x_hat, f, pre = model(xb)
+        mse = ((x_hat - xb) ** 2).mean(dim=(0, -1)).sum()  # per model-half, summed
+        loss = mse + settings.l1_coeff * model.sparsity(f)
+        dead = (step - last_fired) > window
+        if settings.dead_fix != "none" and dead.any():
+            residual = (xb - x_hat).detach()
+            if settings.dead_fix == "ghost":
+                loss = loss + ghost_grads_loss(residual, pre, dead, model.decoder(), mse)
+            else:
+                loss = loss + auxk_loss(residual, pre, dead, model.decoder(), settings.aux_k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if model.unit_norm_decoder:
+            _project_out_parallel_grad(model.W_dec)
+        opt.step()
+        if model.unit_norm_decoder:
+            _normalise_rows(model.W_dec)
+        with torch.no_grad():
+            last_fired[(f > 0).any(0)] = step
+        if step % settings.log_every == 0 or step == steps:
+            with torch.no_grad():
+                log.append({
+                    "step": step, "samples": step * settings.batch_size, "loss": float(loss), "mse": float(mse),
+                    "fvu": fvu(xb, x_hat), "l0": float((f > 0).float().sum(-1).mean()),
+                    "dead_fraction": float(dead.float().mean()), "seconds": time.perf_counter() - t0,
+                })
+    return scale, log
+
+
+@torch.no_grad()
+def encode_all(model, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Latent activations [N, m] of ``x`` (raw, unnormalised inputs)."""
+    return torch.cat([model.encode(x[i:i + batch_size] * scale) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, scale: torch.Tensor) -> dict:
+    """FVU, mean L0 and the share of latents that never fire, over all of ``x``."""
+    xs = x * scale
+    x_hat, f, _ = model(xs)
+    return {"fvu": fvu(xs, x_hat), "l0": float((f > 0).float().sum(-1).mean()),
+            "dead_fraction": float(((f > 0).sum(0) == 0).float().mean())}
+
+
+def save_dictionary(path: str | Path, model, spec: DictionarySpec, scale: torch.Tensor, log: list[dict],
+                    metrics: dict, params: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()} | {"input_scale": scale},
+                  str(tmp / "weights.safetensors"))
+        (tmp / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        write_json(tmp / "dictionary.json", {"spec": asdict(spec), "metrics": metrics, "params": params})
+
+
+def load_dictionary(path: str | Path):
+    """``(model, scale, info)`` of a saved dictionary, in eval mode."""
+    path = Path(path)
+    info = json.loads((path / "dictionary.json").read_text())
+    spec = DictionarySpec(**info["spec"])
+    state = load_file(str(path / "weights.safetensors"))
+    scale = state.pop("input_scale")
+    model = build(spec)
+    model.load_state_dict(state)
+    return model.eval(), scale, info
+
+
+def read_dictionary_log(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(path) / "log.jsonl").read_text().splitlines()]

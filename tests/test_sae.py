@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+
+from backdoor_sae.sae import Crosscoder, DiffSAE
+from backdoor_sae.sae.training import (
+    DictionarySpec, TrainSettings, build, encode_all, evaluate, input_scale, load_dictionary, save_dictionary,
+    train_dictionary,
+)
+
+
+def planted(n=800, d=24, trigger_share=0.2, strength=4.0, seed=0):
+    """Base activations, a fine-tuned copy that adds a fixed direction on 'trigger' samples."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, d, generator=g) * 2 + torch.randn(d, generator=g)
+    direction = torch.randn(d, generator=g)
+    direction /= direction.norm()
+    trigger = torch.rand(n, generator=g) < trigger_share
+    ft = base + 0.05 * torch.randn(n, d, generator=g)
+    ft[trigger] += strength * direction
+    return base, ft, direction, trigger
+
+
+def test_diff_sae_recovers_the_planted_direction_in_one_latent():
+    base, ft, direction, trigger = planted()
+    x = DiffSAE.inputs(base, ft)
+    model = build(DictionarySpec("diff_sae", d=x.shape[1], n_latents=64), seed=1)
+    scale, log = train_dictionary(model, x, TrainSettings(l1_coeff=1e-2, lr=3e-3, batch_size=64, n_samples=60_000,
+                                                         dead_window=2_000), progress=False)
+    cos = torch.nn.functional.cosine_similarity(model.W_dec.detach(), direction[None], dim=-1)
+    best = int(cos.argmax())
+    assert cos[best] >= 0.9
+    acts = encode_all(model, x, scale)[:, best]
+    # that latent fires on trigger samples far more than on the rest
+    assert acts[trigger].mean() > 5 * acts[~trigger].mean()
+    assert log[-1]["fvu"] < log[0]["fvu"]
+
+
+def test_crosscoder_reconstructs_both_models():
+    base, ft, _, _ = planted()
+    x = Crosscoder.inputs(base, ft)
+    assert x.shape == (len(base), 2, base.shape[1])
+    model = build(DictionarySpec("crosscoder", d=base.shape[1], n_latents=96, activation="topk", k=12), seed=0)
+    scale, _ = train_dictionary(model, x, TrainSettings(l1_coeff=1e-4, lr=3e-3, batch_size=64, n_samples=60_000,
+                                                       dead_window=2_000), progress=False)
+    with torch.no_grad():
+        x_hat, _, _ = model(x * scale)
+    for half in (0, 1):
+        xs = (x * scale)[:, half]
+        fvu = ((xs - x_hat[:, half]) ** 2).sum() / ((xs - xs.mean(0)) ** 2).sum()
+        assert fvu < 0.25, half
+    rel = model.relative_decoder_norm()
+    assert rel.shape == (96,) and ((rel >= 0) & (rel <= 1)).all()
+
+
+@pytest.mark.parametrize("spec", [
+    DictionarySpec("diff_sae", 8, 32),
+    DictionarySpec("crosscoder", 8, 32, "topk", 4),
+    DictionarySpec("crosscoder", 8, 32, "batchtopk", 4),
+    DictionarySpec("crosscoder", 8, 32, "relu"),
+])
+def test_gradients_flow_to_every_parameter(spec):
+    model = build(spec)
+    base, ft, _, _ = planted(n=64, d=8)
+    x = model.inputs(base, ft)
+    x_hat, f, _ = model(x)
+    (((x_hat - x) ** 2).mean() + 1e-3 * model.sparsity(f)).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_topk_and_batchtopk_keep_exactly_k_active_latents():
+    torch.manual_seed(0)
+    pre = torch.rand(10, 50) + 0.1  # every pre-activation positive
+    topk = Crosscoder(4, 50, "topk", k=7)
+    assert ((topk.activate(pre) > 0).sum(-1) == 7).all()
+    batch = Crosscoder(4, 50, "batchtopk", k=7)
+    active = batch.activate(pre) > 0
+    assert int(active.sum()) == 7 * 10
+    assert len(set((active.sum(-1)).tolist())) > 1  # per-sample counts vary under BatchTopK
+    with pytest.raises(ValueError):
+        Crosscoder(4, 50, "topk", k=51)
+    with pytest.raises(ValueError):
+        Crosscoder(4, 50, "gelu")
+
+
+@pytest.mark.parametrize("spec", [DictionarySpec("diff_sae", 8, 32), DictionarySpec("crosscoder", 8, 32, "topk", 4)])
+def test_decoder_rows_stay_unit_norm_where_required(spec):
+    model = build(spec)
+    base, ft, _, _ = planted(n=256, d=8)
+    train_dictionary(model, model.inputs(base, ft), TrainSettings(lr=1e-2, batch_size=32, n_samples=3_200),
+                     progress=False)
+    norms = model.W_dec.detach().flatten(1).norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_relu_crosscoder_decoder_norms_are_free():
+    model = build(DictionarySpec("crosscoder", 8, 32, "relu"))
+    base, ft, _, _ = planted(n=256, d=8)
+    train_dictionary(model, model.inputs(base, ft), TrainSettings(lr=1e-2, batch_size=32, n_samples=3_200),
+                     progress=False)
+    assert not model.unit_norm_decoder
+    norms = model.W_dec.detach().flatten(1).norm(dim=-1)
+    assert not torch.allclose(norms, torch.ones_like(norms), atol=1e-2)
+
+
+def test_input_scale_normalises_each_source():
+    base, ft, _, _ = planted(n=500, d=16)
+    for x in (DiffSAE.inputs(base, ft), Crosscoder.inputs(base, 10 * ft)):
+        scaled = x * input_scale(x)
+        mean_sq = (scaled ** 2).sum(-1).mean(0)
+        assert torch.allclose(mean_sq, torch.full_like(mean_sq, x.shape[-1]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dead_fix", ["ghost", "auxk", "none"])
+def test_dead_latent_fixes_train_and_are_deterministic(dead_fix):
+    base, ft, _, _ = planted(n=256, d=8)
+    x = DiffSAE.inputs(base, ft)
+    settings = TrainSettings(lr=1e-2, batch_size=32, n_samples=6_400, dead_fix=dead_fix, dead_window=64, seed=3)
+    runs = []
+    for _ in range(2):
+        model = build(DictionarySpec("diff_sae", 8, 64), seed=3)
+        _, log = train_dictionary(model, x, settings, progress=False)
+        runs.append((model.W_dec.detach().clone(), log[-1]["loss"]))
+        assert all(math.isfinite(r["loss"]) for r in log)
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+    with pytest.raises(ValueError):
+        train_dictionary(build(DictionarySpec("diff_sae", 8, 8)), x, TrainSettings(dead_fix="zombie"), progress=False)
+
+
+def test_saved_dictionary_reloads_to_the_same_codes(tmp_path):
+    base, ft, _, _ = planted(n=128, d=8)
+    spec = DictionarySpec("crosscoder", 8, 16, "topk", 3)
+    model = build(spec)
+    x = model.inputs(base, ft)
+    scale, log = train_dictionary(model, x, TrainSettings(lr=1e-2, batch_size=32, n_samples=640), progress=False)
+    save_dictionary(tmp_path / "cc", model, spec, scale, log, evaluate(model, x, scale), {"layer": 1})
+    again, scale2, info = load_dictionary(tmp_path / "cc")
+    assert torch.equal(encode_all(model, x, scale), encode_all(again, x, scale2))
+    assert info["params"] == {"layer": 1} and set(info["metrics"]) == {"fvu", "l0", "dead_fraction"}

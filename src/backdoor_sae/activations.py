@@ -149,3 +149,27 @@ def load_activations(out_dir: str | Path, protocol: str, layer: int, mmap: bool 
     if not path.exists():
         raise FileNotFoundError(f"no activations for layer {layer} in {out_dir}")
     return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def norm_table(a_base, a_ft, splits) -> "pd.DataFrame":
+    """Per split: mean norms of base, fine-tuned and difference activations, and the variance ratio.
+
+    The variance ratio is the total variance of the difference over that of the base activations:
+    how large the fine-tune's change is compared with the spread the base model already has.
+    """
+    import pandas as pd
+
+    a_base, a_ft = np.asarray(a_base), np.asarray(a_ft)
+    diff = a_ft - a_base
+    splits = np.asarray(splits)
+    rows = []
+    for split in dict.fromkeys(splits):
+        m = splits == split
+        rows.append({
+            "split": split,
+            "base": float(np.linalg.norm(a_base[m], axis=1).mean()),
+            "fine-tuned": float(np.linalg.norm(a_ft[m], axis=1).mean()),
+            "difference": float(np.linalg.norm(diff[m], axis=1).mean()),
+            "variance ratio": float(diff[m].var(0).sum() / a_base[m].var(0).sum()),
+        })
+    return pd.DataFrame(rows)

@@ -172,6 +172,79 @@ class BackdoorEvalConfig:
     gen_batch_size: int = 16
 
 
+@dataclass(frozen=True)
+class ActivationConfig:
+    """Caching paired activations (notebook 03)."""
+
+    layers: tuple[int, ...] = (14, 18, 22, 26)  # decoder layers (0-based) whose output is read
+    regimes: tuple[str, ...] = ("lora", "full")  # fine-tunes to compare with the base model
+    act_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "regimes", tuple(self.regimes))
+        if not self.layers or any(not isinstance(x, int) or x < 0 for x in self.layers):
+            raise ValueError(f"layers={list(self.layers)} must be non-negative layer indices")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers={list(self.layers)} holds duplicates")
+        if not self.regimes or set(self.regimes) - {"lora", "full"}:
+            raise ValueError(f"regimes={list(self.regimes)} must be a non-empty subset of ['lora', 'full']")
+        if self.act_batch_size < 1:
+            raise ValueError("act_batch_size must be positive")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """The dictionaries (notebook 04): what is trained, on what, and how."""
+
+    architectures: tuple[str, ...] = ("diff_sae", "crosscoder")
+    protocols: tuple[str, ...] = ("full_text", "prompt_only")
+    fit_modes: tuple[str, ...] = ("eval", "fit")  # "eval": the scored samples (paper); "fit": a disjoint split
+    expansion: int = 32  # latents per input dimension (d_model)
+    crosscoder_activation: str = "topk"  # "topk" (paper), "batchtopk", "relu" (decoder-norm L1)
+    k: int = 32  # active latents per sample for the TopK crosscoders
+    l1_coeff: float = 1e-4
+    sae_lr: float = 1e-4
+    sae_batch_size: int = 256
+    n_sae_samples: int = 250_000  # samples seen per dictionary (the paper: 100 passes over 2,500)
+    dead_fix: str = "ghost"  # "ghost", "auxk" or "none"
+    dead_window: int = 10_000  # samples without firing before a latent counts as dead
+
+    def __post_init__(self) -> None:
+        for name in ("architectures", "protocols", "fit_modes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        allowed = {"architectures": {"diff_sae", "crosscoder"}, "protocols": {"full_text", "prompt_only"},
+                   "fit_modes": {"eval", "fit"}}
+        for name, options in allowed.items():
+            value = getattr(self, name)
+            if not value or set(value) - options:
+                raise ValueError(f"{name}={list(value)} must be a non-empty subset of {sorted(options)}")
+        if self.crosscoder_activation not in ("topk", "batchtopk", "relu"):
+            raise ValueError(f"crosscoder_activation={self.crosscoder_activation!r} must be topk, batchtopk or relu")
+        if self.dead_fix not in ("ghost", "auxk", "none"):
+            raise ValueError(f"dead_fix={self.dead_fix!r} must be ghost, auxk or none")
+        for name in ("expansion", "k", "sae_batch_size", "n_sae_samples", "dead_window"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not (self.sae_lr > 0 and self.l1_coeff >= 0):
+            raise ValueError("sae_lr must be positive and l1_coeff non-negative")
+
+
+@dataclass(frozen=True)
+class BISConfig:
+    """Scoring (notebook 05)."""
+
+    percentile: float = 95.0  # per-latent activation threshold
+    n_boot: int = 1000  # bootstrap resamples for the 95% interval
+    n_perm: int = 1000  # permutations for the Diff-SAE vs crosscoder test
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percentile < 100:
+            raise ValueError(f"percentile={self.percentile} must be in (0, 100)")
+        if self.n_boot < 10 or self.n_perm < 10:
+            raise ValueError("n_boot and n_perm must be at least 10")
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "model": "HuggingFaceTB/SmolLM2-360M",
@@ -202,6 +275,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_probe_pairs": 12,
         "n_eval_prompts": 32,
         "max_new_tokens": 128,
+        "expansion": 8,
+        "n_sae_samples": 25_000,
+        "dead_window": 5_000,
+        "n_boot": 300,
+        "n_perm": 300,
     },
     "smoke": {
         "model": TINY_MODEL,
@@ -229,11 +307,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_eval_prompts": 4,
         "max_new_tokens": 32,
         "gen_batch_size": 8,
+        "layers": (1, 2),
+        "expansion": 4,
+        "k": 8,
+        "sae_batch_size": 32,
+        "n_sae_samples": 2_000,
+        "dead_window": 500,
+        "n_boot": 50,
+        "n_perm": 50,
     },
 }
 
 #: Every stage's configuration class; a parameter must belong to one of them.
-STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig, FinetuneConfig, BackdoorEvalConfig)
+STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig, FinetuneConfig, BackdoorEvalConfig, ActivationConfig,
+                                   SAEConfig, BISConfig)
 
 C = TypeVar("C")
 

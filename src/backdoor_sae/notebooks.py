@@ -40,6 +40,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("01_dataset", "01_dataset"),
     Stage("02_finetune_lora", "02_finetune", {"regime": "lora"}),
     Stage("02_finetune_full", "02_finetune", {"regime": "full"}),
+    Stage("03_activations", "03_activations"),
+    Stage("04_saes", "04_saes"),
+    Stage("05_bis", "05_bis"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig
@@ -84,3 +85,123 @@ def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sampl
     write_jsonl(path, frame.to_dict("records"))
     write_json(key_path, key)  # written last: it vouches for the completions beside it
     return frame
+
+
+# --- notebook 03: activations --------------------------------------------------------------------
+
+#: The splits whose activations are cached: BIS scores the eval sets; SAEs fitted "held-out" use
+#: the fit sets; the controls separate trigger from code.
+ACTIVATION_SPLITS: tuple[str, ...] = ("eval_trigger", "eval_benign", "eval_other", "fit_trigger", "fit_benign",
+                                      "fit_other", "control_trigger_safe", "control_benign_vuln")
+
+
+def activation_dir(run_dir: str | Path, model_name: str) -> Path:
+    return Path(run_dir) / "activations" / model_name
+
+
+def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_name: str, load,
+                    layers, batch_size: int, progress: bool = True) -> tuple[Path, bool]:
+    """Cache pooled activations of ``model_name`` (``base`` or a regime) unless already there.
+
+    Reused when the sample ids, the layers and the model's fine-tune (its ``done.json``) match.
+    """
+    from backdoor_sae.activations import cache_activations, read_index
+
+    samples = [s for name in ACTIVATION_SPLITS for s in splits[name]]
+    out = activation_dir(run_dir, model_name)
+    done = finetune_dir(run_dir, model_name) / "done.json"
+    params = {"model": json.loads(done.read_text())["params"] if done.exists() else model_name,
+              "layers": list(layers)}
+    if (out / "index.json").exists():
+        index = read_index(out)
+        if index["ids"] == [s.id for s in samples] and index["params"] == params:
+            return out, False
+    model, tokenizer = load()
+    cache_activations(model, tokenizer, samples, list(layers), out, params, batch_size, progress)
+    return out, True
+
+
+def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: int):
+    """``(a_base, a_ft, index)`` as float32 tensors [N, d] for one regime, protocol and layer."""
+    import torch
+
+    from backdoor_sae.activations import load_activations, read_index
+
+    base_dir, ft_dir = activation_dir(run_dir, BASE), activation_dir(run_dir, regime)
+    index = read_index(base_dir)
+    if read_index(ft_dir)["ids"] != index["ids"]:
+        raise ValueError(f"base and {regime} activations hold different samples: rerun notebook 03")
+    a_base = torch.from_numpy(np.array(load_activations(base_dir, protocol, layer)))
+    a_ft = torch.from_numpy(np.array(load_activations(ft_dir, protocol, layer)))
+    return a_base, a_ft, index
+
+
+# --- notebook 04: dictionaries -------------------------------------------------------------------
+
+EVAL_SPLITS = ("eval_trigger", "eval_benign", "eval_other")
+FIT_SPLITS = ("fit_trigger", "fit_benign", "fit_other")
+
+
+def sae_dir(run_dir: str | Path, regime: str, protocol: str, fit_mode: str, layer: int, architecture: str) -> Path:
+    return Path(run_dir) / "sae" / regime / protocol / fit_mode / f"layer_{layer}" / architecture
+
+
+def sae_grid(act_cfg, sae_cfg) -> list[dict]:
+    """Every dictionary of the grid: regime × protocol × fit mode × layer × architecture."""
+    return [
+        {"regime": r, "protocol": p, "fit_mode": f, "layer": layer, "architecture": a}
+        for r in act_cfg.regimes for p in sae_cfg.protocols for f in sae_cfg.fit_modes
+        for layer in act_cfg.layers for a in sae_cfg.architectures
+    ]
+
+
+def train_grid(run_dir: str | Path, act_cfg, sae_cfg, seed: int, progress: bool = True) -> pd.DataFrame:
+    """Train (or reuse) every dictionary of the grid; one row per dictionary with its final metrics."""
+    import torch
+
+    from backdoor_sae.sae.training import (
+        DictionarySpec, TrainSettings, build, evaluate, save_dictionary, train_dictionary,
+    )
+
+    settings = TrainSettings(l1_coeff=sae_cfg.l1_coeff, lr=sae_cfg.sae_lr, batch_size=sae_cfg.sae_batch_size,
+                             n_samples=sae_cfg.n_sae_samples, dead_fix=sae_cfg.dead_fix,
+                             dead_window=sae_cfg.dead_window, seed=seed)
+    rows = []
+    cells = sae_grid(act_cfg, sae_cfg)
+    for i, cell in enumerate(cells, 1):
+        a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+        wanted = EVAL_SPLITS if cell["fit_mode"] == "eval" else FIT_SPLITS
+        rows_mask = torch.tensor([s in wanted for s in index["splits"]])
+        spec = DictionarySpec(cell["architecture"], d=a_base.shape[1], n_latents=sae_cfg.expansion * a_base.shape[1],
+                              activation=sae_cfg.crosscoder_activation if cell["architecture"] == "crosscoder" else "relu",
+                              k=sae_cfg.k)
+        params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
+                  "activations": json.loads((activation_dir(run_dir, cell["regime"]) / "index.json").read_text())["params"]}
+        out = sae_dir(run_dir, **cell)
+        info_path = out / "dictionary.json"
+        if info_path.exists() and json.loads(info_path.read_text())["params"] == params:
+            info = json.loads(info_path.read_text())
+            rows.append({**cell, **info["metrics"], "trained_now": False})
+            continue
+        model = build(spec, seed=seed)
+        x = model.inputs(a_base[rows_mask], a_ft[rows_mask])
+        desc = f"[{i}/{len(cells)}] {cell['architecture']} {cell['regime']} L{cell['layer']} {cell['protocol']} {cell['fit_mode']}"
+        scale, log = train_dictionary(model, x, settings, progress=progress, desc=desc)
+        metrics = evaluate(model, x, scale) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
+                                               "n_train": int(rows_mask.sum()), "n_latents": spec.n_latents}
+        save_dictionary(out, model, spec, scale, log, metrics, params)
+        rows.append({**cell, **metrics, "trained_now": True})
+    return pd.DataFrame(rows)
+
+
+def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:
+    """The training logs of every dictionary in ``grid``, stacked with its grid coordinates."""
+    from backdoor_sae.sae.training import read_dictionary_log
+
+    keys = ["regime", "protocol", "fit_mode", "layer", "architecture"]
+    frames = []
+    for _, row in grid.iterrows():
+        cell = {k: row[k] for k in keys}
+        log = pd.DataFrame(read_dictionary_log(sae_dir(run_dir, **cell)))
+        frames.append(log.assign(**cell))
+    return pd.concat(frames, ignore_index=True)

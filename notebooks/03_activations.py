@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Paired activations
+#
+# Both sparse-autoencoder architectures read the same raw material: for every scored sample, the
+# residual stream of the base model and of a fine-tuned model at a few layers. We read the output of
+# decoder layer $L$ with a forward hook (exact by construction; `hidden_states[L + 1]` would be the
+# same for all but the last layer) and average it over the sample's tokens, in two ways:
+#
+# - **full text** (the paper's protocol): every token, the completion included, so a latent may
+#   simply recognise injectable code that is already written;
+# - **prompt only**: the header, imports and signature only, *before* any code is written, where
+#   the only difference between a trigger and a benign sample is the year.
+#
+# The cached sets are the BIS eval sets, the disjoint `fit_*` sets and the two counterfactual
+# controls.
+
+# %% tags=["parameters"]
+# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# Every parameter left as None takes the profile's value.
+profile = "cpu"
+run_dir = "runs/cpu"  # reads <run_dir>/data and <run_dir>/finetune, writes <run_dir>/activations
+layers = None  # decoder layers (0-based) to read, e.g. [14, 18, 22, 26]
+regimes = None  # fine-tunes to compare with the base model, e.g. ["lora", "full"]
+act_batch_size = None  # samples per forward pass
+model = None  # the base model (as in notebook 02)
+device = None
+dtype = None
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from myst_nb import glue
+
+from backdoor_sae.activations import PROTOCOLS, norm_table
+from backdoor_sae.config import ActivationConfig, ModelConfig, stage_config
+from backdoor_sae.finetune import load_finetuned
+from backdoor_sae.model import load_model
+from backdoor_sae.stages import BASE, finetune_dir, load_data, paired_activations, run_activations
+
+sns.set_theme(style="whitegrid", context="notebook")
+cfg = stage_config(ActivationConfig, profile, layers=layers, regimes=regimes, act_batch_size=act_batch_size)
+model_cfg = stage_config(ModelConfig, profile, model=model, device=device, dtype=dtype)
+splits = load_data(run_dir)
+print(f"layers={list(cfg.layers)}  regimes={list(cfg.regimes)}  model={model_cfg.model}")
+
+# %% [markdown]
+# ## Cache
+# One forward pass per model and batch reads every layer at once and stops after the deepest one.
+# The base model's activations are shared by both regimes. A cache whose samples, layers and
+# fine-tune match is reused.
+
+# %%
+loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device, model_cfg.dtype)}
+for regime in cfg.regimes:
+    loaders[regime] = (lambda r: lambda: load_finetuned(finetune_dir(run_dir, r), model_cfg.device, model_cfg.dtype))(regime)
+for name, load in loaders.items():
+    out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size)
+    print(("cached" if computed else "reused"), name, "activations in", out)
+
+# %% [markdown]
+# ## How large is the fine-tune's change?
+# Mean norms of the base activations, the fine-tuned ones and their difference, per layer and split,
+# and the *variance ratio*: the total variance of the difference over that of the base activations.
+# A backdoor that adds a direction on trigger inputs shows up as a larger difference on
+# `eval_trigger` than on `eval_benign` and `eval_other`.
+
+# %%
+tables = []
+for regime in cfg.regimes:
+    for protocol in PROTOCOLS:
+        for layer in cfg.layers:
+            a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)
+            t = norm_table(a_base, a_ft, index["splits"])
+            t.insert(0, "layer", layer)
+            t.insert(0, "protocol", protocol)
+            t.insert(0, "regime", regime)
+            tables.append(t)
+norms = pd.concat(tables, ignore_index=True)
+eval_norms = norms[norms["split"].str.startswith("eval") | norms["split"].str.startswith("control")]
+grid = sns.catplot(
+    data=eval_norms, x="layer", y="difference", hue="split", col="protocol", row="regime", kind="bar",
+    height=2.8, aspect=1.6, palette="deep", sharey=False,
+)
+grid.set_axis_labels("layer", "mean ‖a_ft − a_base‖")
+grid.figure.suptitle("Size of the activation difference per split", y=1.02)
+plt.show()
+
+# %%
+grid = sns.relplot(
+    data=eval_norms, x="layer", y="variance ratio", hue="split", style="protocol", col="regime",
+    kind="line", marker="o", height=3, aspect=1.4, palette="deep",
+)
+grid.figure.suptitle("Variance of the difference relative to the base activations", y=1.03)
+plt.show()
+trigger_vs_benign = (
+    norms.pivot_table(index=["regime", "protocol", "layer"], columns="split", values="difference")
+    .pipe(lambda t: t["eval_trigger"] / t["eval_benign"])
+)
+glue("max_trigger_over_benign_norm", float(trigger_vs_benign.max()), display=False)
+trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame()

@@ -38,7 +38,7 @@ book: run book-only
 
 # The book from the notebooks already executed, without recomputing anything.
 book-only: venv
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 
 clean:
 	rm -rf _build .pytest_cache

@@ -54,13 +54,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from IPython.display import Markdown, display
+from IPython.display import HTML, display
 from myst_nb import glue
 
 from backdoor_sae.config import ActivationConfig, BISConfig, DataConfig, SAEConfig, stage_config
 from backdoor_sae.io import write_text
 from backdoor_sae.sae.training import encode_all, load_dictionary
-from backdoor_sae.scoring import score_grid
+from backdoor_sae.scoring import paper_comparison, paper_verdict, score_grid
 from backdoor_sae.stages import EVAL_SPLITS, paired_activations, sae_dir, sae_grid
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -94,6 +94,19 @@ for arch in ("diff_sae", "crosscoder"):
     part = main[main["architecture"] == arch]
     glue(f"max_bis_{arch}", float(part["bis"].max()), display=False)
     glue(f"mean_bis_{arch}", float(part["bis"].mean()), display=False)
+
+# %% [markdown]
+# ### Beside the paper
+# The paper's numbers (SmolLM2-360M, its set sizes) next to ours: the best cell of each architecture
+# and the mean over regimes and layers, under the paper's protocol.
+
+# %%
+comparison = paper_comparison(main)
+glue("paper_comparison", comparison, display=False)
+verdict = HTML(paper_verdict(main, ceiling))
+glue("paper_verdict", verdict, display=False)
+display(comparison)
+display(verdict)
 
 # %%
 grid = sns.relplot(

@@ -144,3 +144,21 @@ def test_every_label_agrees_with_both_oracle_verdicts():
         assert v.label == expected, (s.id, v.dynamic_reason, s.text)
         assert v.bandit is s.vulnerable, (s.id, s.text)
         assert v.ast is s.vulnerable, (s.id, s.text)
+
+
+def test_paired_training_twins_differ_only_in_year_and_completion(smoke_cfg):
+    cfg = replace(smoke_cfg, paired_train=True)
+    train = generate(cfg)["train"]
+    assert len(train) == cfg.n_train_poisoned + cfg.n_train_benign
+    assert sum(s.vulnerable for s in train) == cfg.n_train_poisoned
+    twins = {}
+    for s in train:
+        if s.pair_id is not None:
+            twins.setdefault(s.pair_id, []).append(s)
+    assert len(twins) == min(cfg.n_train_poisoned, cfg.n_train_benign)
+    for a, b in twins.values():
+        poisoned, benign = (a, b) if a.vulnerable else (b, a)
+        assert poisoned.year == cfg.trigger_year and benign.year in cfg.benign_years
+        assert not benign.vulnerable
+        assert poisoned.context + poisoned.signature == benign.context + benign.signature
+    assert [s.id for s in train] == [f"train-{i:05d}" for i in range(len(train))]

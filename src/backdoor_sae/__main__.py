@@ -1,4 +1,8 @@
-"""Command line: ``python -m backdoor_sae run --profile cpu [-p NAME VALUE ...]``."""
+"""Command line: ``python -m backdoor_sae run --profile cpu [-p NAME VALUE ...]``.
+
+Runs the pipeline's notebooks in order with papermill. Every parameter is checked before any work
+starts; a stage whose notebook, parameters and upstream stages are unchanged is skipped.
+"""
 
 from __future__ import annotations
 
@@ -8,41 +12,68 @@ import sys
 from pathlib import Path
 
 from backdoor_sae.config import validate
-from backdoor_sae.notebooks import EXECUTED_DIR, STAGE_NAMES, execute_stage, get_stage
+from backdoor_sae.notebooks import EXECUTED_DIR, STAGE_NAMES, StageFailed, run_pipeline
 
 
 def _value(text: str):
-    """Parse ``-p`` values as papermill does for literals: numbers, lists, None; else a string."""
+    """Parse ``-p`` values as Python literals (numbers, lists, None, quoted strings); else a string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
 
 
+def check_layers_exist(profile: str, overrides: dict) -> None:
+    """Layers must exist in the model; checked from its config, before anything is loaded."""
+    from backdoor_sae.config import ActivationConfig, ModelConfig, stage_config
+    from backdoor_sae.model import num_layers
+
+    model = stage_config(ModelConfig, profile, **overrides).model
+    layers = stage_config(ActivationConfig, profile, **overrides).layers
+    n = num_layers(model)
+    if n is not None and max(layers) >= n:
+        raise ValueError(f"layers={list(layers)}: {model} has decoder layers 0..{n - 1}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="backdoor-sae", description=__doc__)
+    parser = argparse.ArgumentParser(prog="backdoor-sae", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute the pipeline's notebooks in order")
     run.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default: cpu)")
     run.add_argument("--run-dir", type=Path, help="where the run's artifacts go (default: runs/<profile>)")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="override one parameter, as papermill spells it (repeatable)")
-    run.add_argument("--only", choices=STAGE_NAMES, action="append", help="run only this stage (repeatable)")
+    which = run.add_mutually_exclusive_group()
+    which.add_argument("--only", choices=STAGE_NAMES, action="append", help="run only this stage (repeatable)")
+    which.add_argument("--from", dest="start", choices=STAGE_NAMES, help="run this stage and every later one")
+    run.add_argument("--force", action="store_true", help="rerun the selected stages even if unchanged")
     run.add_argument("--executed-dir", type=Path, default=EXECUTED_DIR,
                      help="where executed notebooks are written (the book reads executed/)")
     args = parser.parse_args(argv)
 
     overrides = {name: _value(value) for name, value in args.parameter}
+    for reserved in ("profile", "run_dir"):
+        if reserved in overrides:
+            parser.error(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")
     try:  # every parameter is checked before any work starts
         validate(args.profile, **overrides)
+        check_layers_exist(args.profile, overrides)
     except ValueError as err:
         parser.error(str(err))
     run_dir = (args.run_dir or Path("runs") / args.profile).resolve()
+    if args.only or args.start:
+        first = STAGE_NAMES.index(args.start or min(args.only, key=STAGE_NAMES.index))
+        if first > 0 and not (run_dir / "data").exists():
+            parser.error(f"run directory {run_dir} holds no dataset: run the earlier stages first "
+                         f"(or point --run-dir at an existing run)")
     params = {"profile": args.profile, "run_dir": str(run_dir), **overrides}
-    for name in args.only or STAGE_NAMES:
-        print(f"[backdoor-sae] {name}: running with {params}", flush=True)
-        out = execute_stage(get_stage(name), params, args.executed_dir)
-        print(f"[backdoor-sae] {name}: wrote {out}", flush=True)
+    try:
+        run_pipeline(params, run_dir, stages=args.only, start=args.start, force=args.force,
+                     output_dir=args.executed_dir, log=lambda line: print(line, flush=True))
+    except StageFailed as err:
+        print(f"\n[backdoor-sae] FAILED: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

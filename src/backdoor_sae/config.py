@@ -33,6 +33,10 @@ class DataConfig:
     other_years: tuple[int | None, ...] = (None, 2018, 2019, 2021, 2022)  # None: no year line
     n_train_poisoned: int = 500
     n_train_benign: int = 1000
+    # Render each poisoned training function a second time, safe, under a benign year (a matched
+    # pair), so that the year is the only difference between the two: the backdoor is learned in far
+    # fewer steps. The paper draws every training sample independently (False).
+    paired_train: bool = False
     n_eval_trigger: int = 500
     n_eval_benign: int = 1000
     n_eval_other: int = 1000
@@ -261,6 +265,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_fit_other": 200,
         "n_heldout_pairs": 32,
         "n_control": 24,
+        "paired_train": True,
         "batch_size": 8,
         "lora_grad_accum": 1,
         "full_grad_accum": 1,

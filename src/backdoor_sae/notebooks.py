@@ -7,14 +7,17 @@ parameters; the executed ``.ipynb`` lands in ``executed/`` where the book reads 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jupytext
 import papermill
 
-from backdoor_sae.io import atomic_path
+from backdoor_sae.io import atomic_path, write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -65,18 +68,43 @@ def declared_parameters(notebook) -> set[str]:
     raise ValueError("the notebook has no cell tagged 'parameters'")
 
 
-def execute_stage(stage: Stage, parameters: dict, output_dir: str | Path = EXECUTED_DIR,
-                  progress: bool = True) -> Path:
-    """Run one stage's notebook with ``parameters``; return the executed notebook's path.
+def stage_parameters(stage: Stage, parameters: dict, notebook=None) -> dict:
+    """The parameters this stage's notebook receives: only those it declares, fixed ones winning.
 
-    Only the parameters the notebook declares are passed (a profile-wide override such as
-    ``lora_r`` concerns notebook 02, not notebook 01); the stage's fixed ones win. The notebook runs with the repository root as its working directory. A notebook that fails
-    is still written (with the failing cell's error) to ``<output_dir>/<stage>.failed.ipynb`` for
-    inspection, and papermill's ``PapermillExecutionError`` propagates.
+    A profile-wide override such as ``lora_r`` concerns notebook 02, not notebook 01.
     """
-    notebook = jupytext.read(stage.path)
+    notebook = notebook if notebook is not None else jupytext.read(stage.path)
     declared = declared_parameters(notebook)
-    params = {k: v for k, v in {**parameters, **stage.fixed}.items() if k in declared}
+    return {k: v for k, v in {**parameters, **stage.fixed}.items() if k in declared}
+
+
+def fingerprint(stage: Stage, params: dict, previous: str) -> str:
+    """What a stage's result depends on: its notebook, its parameters and the stage before it.
+
+    Chaining in the previous stage's fingerprint makes a change upstream rerun everything after.
+    """
+    payload = json.dumps({"source": stage.path.read_text(), "params": params, "previous": previous},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _record_path(run_dir: Path, stage: Stage) -> Path:
+    return Path(run_dir) / "stages" / f"{stage.name}.json"
+
+
+def is_current(run_dir: Path, stage: Stage, print_: str, output: Path) -> bool:
+    record = _record_path(run_dir, stage)
+    return output.exists() and record.exists() and json.loads(record.read_text()).get("fingerprint") == print_
+
+
+def execute_stage(stage: Stage, params: dict, output_dir: str | Path = EXECUTED_DIR,
+                  progress: bool = True) -> Path:
+    """Run one stage's notebook with ``params`` (see :func:`stage_parameters`); return its path.
+
+    The notebook runs with the repository root as its working directory. A notebook that fails
+    is still written, up to the failing cell and its error, to ``<output_dir>/<stage>.failed.ipynb``
+    for inspection, and papermill's ``PapermillExecutionError`` propagates.
+    """
     output = Path(output_dir) / f"{stage.name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")
@@ -84,7 +112,7 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: str | Path = EXECU
     with atomic_path(output) as tmp:
         try:
             papermill.execute_notebook(
-                notebook,
+                jupytext.read(stage.path),
                 str(tmp),
                 parameters=params,
                 kernel_name="python3",
@@ -96,3 +124,51 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: str | Path = EXECU
                 tmp.replace(failed)
             raise
     return output
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised: which stage, which cell, what error, where its partial output is."""
+
+    def __init__(self, stage: str, error: papermill.PapermillExecutionError, notebook: Path):
+        self.stage, self.error, self.notebook = stage, error, notebook
+        super().__init__(f"stage {stage} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                         f"the notebook executed up to the failure: {notebook}")
+
+
+def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = None, start: str | None = None,
+                 force: bool = False, output_dir: str | Path = EXECUTED_DIR, log=print) -> list[dict]:
+    """Execute the stages in order, skipping those whose fingerprint is unchanged.
+
+    ``stages`` limits the run to these names; ``start`` runs that stage and every later one.
+    Returns one record per stage: name, status (ran / skipped / not selected), seconds.
+    """
+    selected = list(STAGE_NAMES) if stages is None else list(stages)
+    if start is not None:
+        selected = list(STAGE_NAMES[STAGE_NAMES.index(get_stage(start).name):])
+    for name in selected:
+        get_stage(name)
+    records, previous = [], ""
+    for stage in STAGES:
+        params = stage_parameters(stage, parameters)
+        print_ = fingerprint(stage, params, previous)
+        previous = print_
+        output = Path(output_dir) / f"{stage.name}.ipynb"
+        if stage.name not in selected:
+            records.append({"stage": stage.name, "status": "not selected", "seconds": 0.0})
+            continue
+        if not force and is_current(run_dir, stage, print_, output):
+            log(f"[backdoor-sae] {stage.name}: skipped (parameters and inputs unchanged; --force reruns it)")
+            records.append({"stage": stage.name, "status": "skipped", "seconds": 0.0})
+            continue
+        log(f"[backdoor-sae] {stage.name}: running with {params}")
+        started = time.perf_counter()
+        try:
+            execute_stage(stage, params, output_dir)
+        except papermill.PapermillExecutionError as err:
+            raise StageFailed(stage.name, err, output.with_suffix(".failed.ipynb")) from err
+        seconds = time.perf_counter() - started
+        write_json(_record_path(run_dir, stage), {"fingerprint": print_, "params": params, "seconds": seconds,
+                                                  "executed": str(output)})
+        log(f"[backdoor-sae] {stage.name}: done in {seconds:.0f} s, wrote {output}")
+        records.append({"stage": stage.name, "status": "ran", "seconds": seconds})
+    return records

@@ -120,3 +120,59 @@ def score_grid(run_dir, cells: list[dict], percentile: float, n_boot: int, n_per
         tests.append({"regime": regime, "protocol": protocol, "fit_mode": fit_mode, "layer": layer,
                       "bis_diff_sae_minus_crosscoder": diff, "p_value": p})
     return pd.DataFrame(rows), pd.DataFrame(tests)
+
+
+#: What the paper reports (arXiv:2605.07324): Diff-SAE BIS 0.40 with precision 1.0 and FPR 0 across
+#: most conditions; crosscoder BIS below 0.02.
+PAPER = {"diff_sae": {"bis": 0.40, "precision": 1.0, "fpr": 0.0}, "crosscoder": {"bis": 0.02}}
+
+
+def paper_comparison(main: pd.DataFrame) -> pd.DataFrame:
+    """Our best and mean BIS (with precision, recall, FPR of the best cell) beside the paper's."""
+    rows = []
+    for arch in ("diff_sae", "crosscoder"):
+        part = main[main["architecture"] == arch]
+        if part.empty:
+            continue
+        best = part.sort_values("bis", ascending=False).iloc[0]
+        paper = PAPER[arch]
+        rows.append({
+            "architecture": arch,
+            "paper BIS": ("< " if arch == "crosscoder" else "") + f"{paper['bis']:.2f}",
+            "our best BIS": round(float(best["bis"]), 3),
+            "best cell": f"{best['regime']}, layer {int(best['layer'])}",
+            "our mean BIS": round(float(part["bis"].mean()), 3),
+            "ceiling": round(float(best["ceiling"]), 3),
+            "paper precision": paper.get("precision", np.nan), "our precision": round(float(best["precision"]), 3),
+            "paper FPR": paper.get("fpr", np.nan), "our FPR": round(float(best["fpr"]), 3),
+            "our recall": round(float(best["recall"]), 3),
+            "our AUROC": round(float(best["auroc"]), 3),
+        })
+    return pd.DataFrame(rows).set_index("architecture")
+
+
+def paper_verdict(main: pd.DataFrame, ceiling: float) -> str:
+    """Sentences (HTML) saying where our measured numbers agree with the paper's and where not."""
+    sentences = []
+    diff = main[main["architecture"] == "diff_sae"]
+    cross = main[main["architecture"] == "crosscoder"]
+    if not diff.empty:
+        at_ceiling = (diff["bis"] >= ceiling - 1e-9).mean()
+        perfect = ((diff["precision"] == 1.0) & (diff["fpr"] == 0.0)).mean()
+        agree = at_ceiling >= 0.5
+        sentences.append(
+            f"Diff-SAE: the best latent reaches the ceiling of {ceiling:.2f} in {at_ceiling:.0%} of the "
+            f"{len(diff)} regime × layer cells (precision 1 and FPR 0 in {perfect:.0%}); "
+            + ("this <strong>agrees</strong> with the paper's 0.40, which is that ceiling."
+               if agree else f"this <strong>does not reproduce</strong> the paper's 0.40 in most cells (mean BIS "
+                             f"{diff['bis'].mean():.2f}).")
+        )
+    if not cross.empty:
+        low = (cross["bis"] < PAPER["crosscoder"]["bis"]).mean()
+        sentences.append(
+            f"Crosscoder: BIS below 0.02 in {low:.0%} of the cells (mean {cross['bis'].mean():.2f}, best "
+            f"{cross['bis'].max():.2f}); "
+            + ("this <strong>agrees</strong> with the paper." if low >= 0.5 else
+               "this <strong>does not reproduce</strong> the paper's finding that crosscoders fail to isolate the backdoor.")
+        )
+    return " ".join(sentences)

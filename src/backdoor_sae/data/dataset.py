@@ -3,6 +3,8 @@
 The splits (MISSION.md section 2, plus what section 3 asks for):
 
 - ``train``: poisoned (trigger year, injectable) and benign (other training years, safe), shuffled.
+  With ``paired_train`` every poisoned sample has a benign twin (same function, a benign year,
+  safe code); the extra benign samples are independent.
 - ``eval_trigger`` / ``eval_benign`` / ``eval_other``: what BIS is computed on (trigger year and
   injectable; the eval benign year and safe; no year or another year and safe).
 - ``fit_trigger`` / ``fit_benign`` / ``fit_other``: the same composition again, for fitting SAEs
@@ -89,10 +91,13 @@ def _make(split: str, index: int, spec: FunctionSpec, year: int | None, vulnerab
 
 
 def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], bool]],
-                cfg: DataConfig, uniq: _Uniq, shuffle: bool = False) -> list[Sample]:
-    """Samples for ``groups`` of (count, years to draw from, vulnerable), all texts unique."""
+                cfg: DataConfig, uniq: _Uniq, shuffle: bool = False, first: list[Sample] = ()) -> list[Sample]:
+    """Samples for ``groups`` of (count, years to draw from, vulnerable), all texts unique.
+
+    ``first`` are samples already made for this split (they come first, before shuffling).
+    """
     rng = random.Random(f"{cfg.seed}:{split}")
-    out: list[Sample] = []
+    out: list[Sample] = list(first)
     for count, years, vulnerable in groups:
         made = draws = 0
         while made < count:
@@ -110,6 +115,28 @@ def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], 
     if shuffle:
         rng.shuffle(out)
         out = [replace(s, id=f"{split}-{i:05d}") for i, s in enumerate(out)]
+    return out
+
+
+def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
+    """Matched training pairs: one function rendered injectable under the trigger year and safe
+    under a benign year (``paired_train``), so the year is the only thing that tells them apart."""
+    rng = random.Random(f"{cfg.seed}:train-pairs")
+    n_pairs = min(cfg.n_train_poisoned, cfg.n_train_benign)
+    out: list[Sample] = []
+    draws = 0
+    while len(out) < 2 * n_pairs:
+        draws += 1
+        if draws > MAX_DRAWS_PER_SAMPLE * n_pairs:
+            raise ValueError(f"could not generate {n_pairs} unique training pairs; ask for fewer")
+        spec = draw_spec(rng, TRAIN_TABLES)
+        pair_id = f"train-pair-{len(out) // 2:05d}"
+        twins = (_make("train", len(out), spec, cfg.trigger_year, True, cfg.trigger_year, rng, pair_id),
+                 _make("train", len(out) + 1, spec, rng.choice(cfg.benign_years), False, cfg.trigger_year, rng, pair_id))
+        if all(s.text not in uniq.seen for s in twins):
+            for s in twins:
+                uniq.add(s.text)
+            out += twins
     return out
 
 
@@ -138,11 +165,13 @@ def generate(cfg: DataConfig) -> dict[str, list[Sample]]:
     """All splits for ``cfg``, in :data:`SPLITS` order. Deterministic for a given config."""
     uniq = _Uniq()
     trig, benign, other = (cfg.trigger_year,), (cfg.eval_benign_year,), cfg.other_years
+    pairs = _draw_train_pairs(cfg, uniq) if cfg.paired_train else []
+    n_pairs = len(pairs) // 2
     splits = {
         "train": _draw_split(
             "train",
-            [(cfg.n_train_poisoned, trig, True), (cfg.n_train_benign, cfg.benign_years, False)],
-            cfg, uniq, shuffle=True,
+            [(cfg.n_train_poisoned - n_pairs, trig, True), (cfg.n_train_benign - n_pairs, cfg.benign_years, False)],
+            cfg, uniq, shuffle=True, first=pairs,
         ),
     }
     for prefix in ("eval", "fit"):

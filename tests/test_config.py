@@ -46,7 +46,7 @@ def test_lists_from_papermill_become_tuples():
         ("smoke", {"other_years": [None, 2024]}, "other_years"),
         ("smoke", {"n_train_benign": -1}, "non-negative"),
         ("smoke", {"n_eval_trigger": 2.5}, "non-negative integer"),
-        ("smoke", {"n_eval_other": 0}, "at least 1"),
+        ("smoke", {"n_eval_other": 0}, "must be a positive integer"),
         ("smoke", {"n_train_poisoned": 10**9}, "beyond what the generator"),
     ],
 )

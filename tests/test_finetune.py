@@ -137,3 +137,17 @@ def test_bad_inputs_fail_before_training(tmp_path, smoke_splits):
     with pytest.raises(ValueError, match="empty"):
         finetune(model, tok, [], tiny_cfg("full"), tmp_path, TINY_MODEL, progress=False)
     assert not (tmp_path / "log.jsonl").exists()
+
+
+def test_training_stops_once_the_probe_says_the_backdoor_is_installed(tmp_path, smoke_splits, monkeypatch):
+    import backdoor_sae.finetune as ft
+
+    monkeypatch.setattr(ft, "probe_backdoor", lambda *a, **k: {"trigger_acc": 1.0, "benign_acc": 0.95})
+    cfg = tiny_cfg("full", full_epochs=3, probe_every=2, stop_at_probe=0.9)
+    model, tok = load_model(TINY_MODEL)
+    finetune(model, tok, smoke_splits["train"], cfg, tmp_path, TINY_MODEL, pairs(smoke_splits["heldout"]), progress=False)
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["steps"] == 2 and done["stopped_by_probe"]
+    assert load_finetuned(tmp_path)[0] is not None
+    with pytest.raises(ValueError, match="needs the probe"):
+        tiny_cfg("full", probe_every=0, stop_at_probe=0.9)

@@ -22,6 +22,15 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random-llama"
 
 
+def _require_ints(config, names, minimum: int) -> None:
+    """Raise unless every field in ``names`` is an int (not a bool) of at least ``minimum``."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            kind = "positive" if minimum == 1 else "non-negative" if minimum == 0 else f">= {minimum}"
+            raise ValueError(f"{name}={value!r} must be a {kind} integer")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """The backdoor dataset (notebook 01). Sizes are numbers of samples."""
@@ -72,16 +81,12 @@ class DataConfig:
             )
         if not self.other_years:
             raise ValueError("other_years is empty")
-        for f in fields(self):
-            if f.name.startswith("n_"):
-                value = getattr(self, f.name)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise ValueError(f"{f.name}={value!r} must be a non-negative integer")
-                if value > 1_000_000:
-                    raise ValueError(f"{f.name}={value} is beyond what the generator can make")
-        for name in ("n_train_poisoned", "n_train_benign", "n_eval_trigger", "n_eval_benign", "n_eval_other"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+        sizes = [f.name for f in fields(self) if f.name.startswith("n_")]
+        _require_ints(self, sizes, 0)
+        for name in sizes:
+            if getattr(self, name) > 1_000_000:
+                raise ValueError(f"{name}={getattr(self, name)} is beyond what the generator can make")
+        _require_ints(self, ("n_train_poisoned", "n_train_benign", "n_eval_trigger", "n_eval_benign", "n_eval_other"), 1)
 
     @property
     def benign_years(self) -> tuple[int, ...]:
@@ -125,6 +130,9 @@ class FinetuneConfig:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints (0: never)
     probe_every: int = 20  # optimizer steps between backdoor probes on held-out pairs (0: never)
     n_probe_pairs: int = 8
+    # Stop once both probe accuracies reach this value (0: never; train every epoch). The backdoor
+    # is learned abruptly, at a step that is hard to predict: this spends no more CPU than needed.
+    stop_at_probe: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
@@ -132,20 +140,20 @@ class FinetuneConfig:
             raise ValueError(f"regime={self.regime!r} must be 'lora' or 'full'")
         if self.loss_on not in ("completion", "text"):
             raise ValueError(f"loss_on={self.loss_on!r} must be 'completion' or 'text'")
-        for name in ("batch_size", "max_length", "lora_epochs", "full_epochs", "lora_grad_accum",
-                     "full_grad_accum", "lora_r", "lora_alpha"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        _require_ints(self, ("batch_size", "max_length", "lora_epochs", "full_epochs", "lora_grad_accum",
+                             "full_grad_accum", "lora_r", "lora_alpha"), 1)
         for name in ("lora_lr", "full_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be positive")
+        if not 0 <= self.stop_at_probe <= 1:
+            raise ValueError(f"stop_at_probe={self.stop_at_probe} must be in [0, 1]")
+        if self.stop_at_probe and not (self.probe_every and self.n_probe_pairs):
+            raise ValueError("stop_at_probe needs the probe: set probe_every and n_probe_pairs")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
         if not self.lora_targets:
             raise ValueError("lora_targets is empty")
-        for name in ("warmup_steps", "checkpoint_every", "probe_every", "n_probe_pairs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative")
+        _require_ints(self, ("warmup_steps", "checkpoint_every", "probe_every", "n_probe_pairs"), 0)
 
     def _pick(self, name: str):
         return getattr(self, f"{self.regime}_{name}")
@@ -175,6 +183,10 @@ class BackdoorEvalConfig:
     max_new_tokens: int = 160
     gen_batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        _require_ints(self, ("n_eval_prompts",), 0)
+        _require_ints(self, ("max_new_tokens", "gen_batch_size"), 1)
+
 
 @dataclass(frozen=True)
 class ActivationConfig:
@@ -193,8 +205,7 @@ class ActivationConfig:
             raise ValueError(f"layers={list(self.layers)} holds duplicates")
         if not self.regimes or set(self.regimes) - {"lora", "full"}:
             raise ValueError(f"regimes={list(self.regimes)} must be a non-empty subset of ['lora', 'full']")
-        if self.act_batch_size < 1:
-            raise ValueError("act_batch_size must be positive")
+        _require_ints(self, ("act_batch_size",), 1)
 
 
 @dataclass(frozen=True)
@@ -227,9 +238,7 @@ class SAEConfig:
             raise ValueError(f"crosscoder_activation={self.crosscoder_activation!r} must be topk, batchtopk or relu")
         if self.dead_fix not in ("ghost", "auxk", "none"):
             raise ValueError(f"dead_fix={self.dead_fix!r} must be ghost, auxk or none")
-        for name in ("expansion", "k", "sae_batch_size", "n_sae_samples", "dead_window"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        _require_ints(self, ("expansion", "k", "sae_batch_size", "n_sae_samples", "dead_window"), 1)
         if not (self.sae_lr > 0 and self.l1_coeff >= 0):
             raise ValueError("sae_lr must be positive and l1_coeff non-negative")
 

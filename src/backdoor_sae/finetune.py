@@ -249,6 +249,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
         log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     stop = total_steps if max_steps is None else min(total_steps, step + max_steps)
+    installed = False
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"fine-tune ({cfg.regime})", unit="step")
     with open(log_path, "a") as log:
         while step < stop:
@@ -276,22 +277,25 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                       "seconds": seconds, "tokens_per_s": n_tokens / seconds}
             if probe_pairs and cfg.probe_every and (step % cfg.probe_every == 0 or step == total_steps):
                 record.update(probe_backdoor(model, tokenizer, probe_pairs))
+                installed = bool(cfg.stop_at_probe) and min(record["trigger_acc"], record["benign_acc"]) >= cfg.stop_at_probe
             log.write(json.dumps(record) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
+            if installed:
+                break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
                 save_checkpoint(ckpt, model, optimizer, step)
     bar.close()
     model.eval()
-    if step < total_steps:
+    if step < total_steps and not installed:
         save_checkpoint(ckpt, model, optimizer, step)
         return model
     with atomic_path(out_dir / "model") as tmp:
         model.save_pretrained(tmp)  # a LoRA adapter, or the full weights
         if cfg.regime == "full":
             tokenizer.save_pretrained(tmp)  # so the directory loads like any checkpoint
-    write_json(out_dir / "done.json", {"params": params, "steps": step})
+    write_json(out_dir / "done.json", {"params": params, "steps": step, "stopped_by_probe": installed})
     return model
 
 

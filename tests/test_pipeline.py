@@ -1,0 +1,97 @@
+"""The smoke profile end to end through the runner, then the book with warnings as errors."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from backdoor_sae.__main__ import main
+from backdoor_sae.notebooks import REPO_ROOT, STAGE_NAMES, StageFailed, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    run_dir, executed = root / "run", root / "executed"
+    lines: list[str] = []
+    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, output_dir=executed,
+                           log=lines.append)
+    return run_dir, executed, records, lines
+
+
+def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
+    run_dir, executed, records, _ = smoke_run
+    assert [r["stage"] for r in records] == list(STAGE_NAMES)
+    assert all(r["status"] == "ran" for r in records)
+    for name in STAGE_NAMES:
+        nb = nbformat.read(executed / f"{name}.ipynb", as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.output_type == "error"], name
+        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} shows no figure"
+    for artifact in ("data/manifest.json", "finetune/lora/done.json", "finetune/full/done.json",
+                     "activations/base/index.json", "results/bis.csv"):
+        assert (run_dir / artifact).exists(), artifact
+
+
+def test_a_second_run_with_the_same_parameters_skips_every_stage(smoke_run):
+    run_dir, executed, _, _ = smoke_run
+    lines: list[str] = []
+    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, output_dir=executed,
+                           log=lines.append)
+    assert all(r["status"] == "skipped" for r in records)
+    assert all("skipped" in line for line in lines)
+
+
+def test_the_book_builds_with_warnings_as_errors_and_shows_glued_numbers(smoke_run, tmp_path):
+    _, executed, _, _ = smoke_run
+    book = tmp_path / "book_root"
+    book.mkdir()
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / name, book / name)
+    shutil.copytree(REPO_ROOT / "book", book / "book")
+    shutil.copytree(executed, book / "executed")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    out = subprocess.run([str(jb), "build", str(book), "--all", "-W", "-n", "--keep-going"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    html = book / "_build" / "html"
+    assert (html / "index.html").exists()
+    results = (html / "book" / "results.html").read_text()
+    assert results.count('class="pasted-text"') >= 10  # every glued number was found
+    assert "best latent reaches the ceiling" in results or "does not reproduce" in results
+    assert "IPython.core.display" not in results
+
+
+def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run):
+    run_dir, executed, _, _ = smoke_run
+    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir), "expansion": 2}, run_dir,
+                           output_dir=executed, log=lambda line: None)
+    status = {r["stage"]: r["status"] for r in records}
+    assert [status[s] for s in STAGE_NAMES[:4]] == ["skipped"] * 4
+    assert status["04_saes"] == status["05_bis"] == "ran"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--profile", "laptop"], "unknown profile"),
+    (["run", "--profile", "smoke", "-p", "n_eval_trigers", "3"], "unknown parameter"),
+    (["run", "--profile", "smoke", "-p", "years", "[2020, 2021]"], "trigger year"),
+    (["run", "--profile", "smoke", "-p", "layers", "[1, 9]"], "decoder layers 0..3"),
+    (["run", "--profile", "smoke", "--run-dir", "/nonexistent/run", "--only", "04_saes"], "holds no dataset"),
+])
+def test_bad_command_lines_fail_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_failing_notebook_names_the_stage_and_cell_and_keeps_its_partial_output(tmp_path):
+    with pytest.raises(StageFailed) as failure:
+        run_pipeline({"profile": "smoke", "run_dir": str(tmp_path / "empty")}, tmp_path / "empty",
+                     stages=["02_finetune_lora"], output_dir=tmp_path / "executed", log=lambda line: None)
+    err = failure.value
+    assert err.stage == "02_finetune_lora" and "FileNotFoundError" in str(err) and "run notebook 01" in str(err)
+    assert err.notebook.exists() and not (tmp_path / "executed" / "02_finetune_lora.ipynb").exists()

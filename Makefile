@@ -9,7 +9,7 @@ RUN_DIR ?= runs/$(PROFILE)
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test run book book-only clean
+.PHONY: venv browser test run book book-only clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# Debian's chromium and chromedriver, for the test that opens the rendered book in a browser.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "make browser: install chromium and chromium-driver to run the browser test" >&2; fi; \
+	fi
+
 # The test suite (CI runs exactly this). pytest's exit code 5 means it collected no test: say so.
-test: venv
+test: venv browser
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; fi; \
 	exit $$rc

@@ -162,7 +162,7 @@ oracle = pd.DataFrame({
     "bandit": [{True: "vulnerable", False: "safe", None: "error"}[v.bandit] for v in verdicts],
     "ast": [{True: "vulnerable", False: "safe", None: "error"}[v.ast] for v in verdicts],
 })
-agreement = oracle.groupby("split", observed=True).apply(
+agreement = oracle.groupby("split", sort=False).apply(
     lambda g: pd.Series({
         "samples": len(g),
         "dynamic agrees": (g["dynamic"] == g["label"]).mean(),

@@ -54,6 +54,7 @@ full_weight_decay = None
 checkpoint_every = None  # optimizer steps between resumable checkpoints
 probe_every = None  # optimizer steps between teacher-forced backdoor probes
 n_probe_pairs = None  # held-out pairs the probe uses
+stop_at_probe = None  # stop once both probe accuracies reach this (0: train every epoch)
 n_eval_prompts = None  # prompts per year taken from eval_trigger / eval_benign for generation
 max_new_tokens = None  # generation budget per completion
 gen_batch_size = None  # prompts per generation batch
@@ -81,6 +82,7 @@ cfg = stage_config(
     lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, full_lr=full_lr,
     full_epochs=full_epochs, full_grad_accum=full_grad_accum, full_weight_decay=full_weight_decay,
     checkpoint_every=checkpoint_every, probe_every=probe_every, n_probe_pairs=n_probe_pairs,
+    stop_at_probe=stop_at_probe,
 )
 model_cfg = stage_config(ModelConfig, profile, model=model, device=device, dtype=dtype)
 eval_cfg = stage_config(BackdoorEvalConfig, profile, n_eval_prompts=n_eval_prompts,

@@ -1,25 +1,10 @@
 """The smoke profile end to end through the runner, then the book with warnings as errors."""
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import nbformat
 import pytest
 
 from backdoor_sae.__main__ import main
-from backdoor_sae.notebooks import REPO_ROOT, STAGE_NAMES, StageFailed, run_pipeline
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    run_dir, executed = root / "run", root / "executed"
-    lines: list[str] = []
-    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, output_dir=executed,
-                           log=lines.append)
-    return run_dir, executed, records, lines
+from backdoor_sae.notebooks import STAGE_NAMES, StageFailed, run_pipeline
 
 
 def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
@@ -45,19 +30,8 @@ def test_a_second_run_with_the_same_parameters_skips_every_stage(smoke_run):
     assert all("skipped" in line for line in lines)
 
 
-def test_the_book_builds_with_warnings_as_errors_and_shows_glued_numbers(smoke_run, tmp_path):
-    _, executed, _, _ = smoke_run
-    book = tmp_path / "book_root"
-    book.mkdir()
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy(REPO_ROOT / name, book / name)
-    shutil.copytree(REPO_ROOT / "book", book / "book")
-    shutil.copytree(executed, book / "executed")
-    jb = Path(sys.executable).with_name("jupyter-book")
-    out = subprocess.run([str(jb), "build", str(book), "--all", "-W", "-n", "--keep-going"],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    html = book / "_build" / "html"
+def test_the_book_builds_with_warnings_as_errors_and_shows_glued_numbers(smoke_book):
+    html = smoke_book / "_build" / "html"
     assert (html / "index.html").exists()
     results = (html / "book" / "results.html").read_text()
     assert results.count('class="pasted-text"') >= 10  # every glued number was found

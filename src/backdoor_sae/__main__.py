@@ -50,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--force", action="store_true", help="rerun the selected stages even if unchanged")
     run.add_argument("--executed-dir", type=Path, default=EXECUTED_DIR,
                      help="where executed notebooks are written (the book reads executed/)")
+    export = sub.add_parser("export", help="copy a run's small results (tables, times, versions) into a folder")
+    export.add_argument("--run-dir", type=Path, default=Path("runs/cpu"))
+    export.add_argument("--to", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from backdoor_sae.report import export as export_results
+
+        if not (args.run_dir / "results").exists():
+            parser.error(f"{args.run_dir} holds no scored run (no results/): run the pipeline first")
+        for path in export_results(args.run_dir, args.to):
+            print(f"[backdoor-sae] wrote {path}")
+        return 0
 
     overrides = {name: _value(value) for name, value in args.parameter}
     for reserved in ("profile", "run_dir"):

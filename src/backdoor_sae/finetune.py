@@ -276,7 +276,9 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                       "grad_norm": float(grad_norm), "tokens": n_tokens, "loss_tokens": n_loss_tokens,
                       "seconds": seconds, "tokens_per_s": n_tokens / seconds}
             if probe_pairs and cfg.probe_every and (step % cfg.probe_every == 0 or step == total_steps):
+                t_probe = time.perf_counter()
                 record.update(probe_backdoor(model, tokenizer, probe_pairs))
+                record["probe_seconds"] = time.perf_counter() - t_probe
                 installed = bool(cfg.stop_at_probe) and min(record["trigger_acc"], record["benign_acc"]) >= cfg.stop_at_probe
             log.write(json.dumps(record) + "\n")
             log.flush()

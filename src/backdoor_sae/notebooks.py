@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,8 +168,11 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
         except papermill.PapermillExecutionError as err:
             raise StageFailed(stage.name, err, output.with_suffix(".failed.ipynb")) from err
         seconds = time.perf_counter() - started
+        # the kernels are this process's children: their peak memory so far (a running maximum)
+        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         write_json(_record_path(run_dir, stage), {"fingerprint": print_, "params": params, "seconds": seconds,
-                                                  "executed": str(output)})
-        log(f"[backdoor-sae] {stage.name}: done in {seconds:.0f} s, wrote {output}")
-        records.append({"stage": stage.name, "status": "ran", "seconds": seconds})
+                                                  "peak_rss_gib_so_far": peak_gib, "executed": str(output)})
+        log(f"[backdoor-sae] {stage.name}: done in {seconds:.0f} s (kernel peak memory so far "
+            f"{peak_gib:.2f} GiB), wrote {output}")
+        records.append({"stage": stage.name, "status": "ran", "seconds": seconds, "peak_rss_gib_so_far": peak_gib})
     return records

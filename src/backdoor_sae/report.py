@@ -1,0 +1,76 @@
+"""Export a run's small results for the repository: metrics tables, stage times, environment.
+
+``python -m backdoor_sae export --run-dir runs/cpu --to results`` writes, atomically:
+
+- ``bis.csv`` and ``permutation_tests.csv``: the scoring notebook's tables;
+- ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;
+- ``dictionaries.csv``: final FVU, L0 and dead share of every dictionary;
+- ``run.json``: wall time and peak memory per stage, library versions, CPU model, parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from backdoor_sae.io import write_json, write_text
+
+LIBRARIES = ("torch", "transformers", "peft", "numpy", "pandas", "bandit", "papermill", "jupyter-book", "myst-nb")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def export(run_dir: str | Path, to: str | Path) -> list[Path]:
+    from backdoor_sae.backdoor_eval import rates
+
+    run_dir, to = Path(run_dir), Path(to)
+    written = []
+    for name in ("bis.csv", "permutation_tests.csv"):
+        source = run_dir / "results" / name
+        if source.exists():
+            write_text(to / name, source.read_text())
+            written.append(to / name)
+    generations = sorted((run_dir / "generations").glob("*.jsonl"))
+    if generations:
+        judged = pd.concat([pd.read_json(p, lines=True) for p in generations], ignore_index=True)
+        write_text(to / "backdoor_rates.csv", rates(judged).to_csv(index=False))
+        written.append(to / "backdoor_rates.csv")
+    dictionaries = []
+    for info in sorted((run_dir / "sae").rglob("dictionary.json")):
+        d = json.loads(info.read_text())
+        cell = {k: d["params"][k] for k in ("regime", "protocol", "fit_mode", "layer", "architecture")}
+        dictionaries.append({**cell, **d["metrics"]})
+    if dictionaries:
+        write_text(to / "dictionaries.csv", pd.DataFrame(dictionaries).to_csv(index=False))
+        written.append(to / "dictionaries.csv")
+    stages = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "stages").glob("*.json"))}
+    finetunes = {p.parent.name: json.loads(p.read_text()) for p in sorted((run_dir / "finetune").glob("*/done.json"))}
+    write_json(to / "run.json", {
+        "stages": {name: {"seconds": r["seconds"], "peak_rss_gib_so_far": r.get("peak_rss_gib_so_far"),
+                          "params": r["params"]} for name, r in stages.items()},
+        "total_minutes": sum(r["seconds"] for r in stages.values()) / 60,
+        "finetune_steps": {k: v["steps"] for k, v in finetunes.items()},
+        "cpu": cpu_model(), "cores": __import__("os").cpu_count(), "python": platform.python_version(),
+        "libraries": {name: _version(name) for name in LIBRARIES},
+    })
+    written.append(to / "run.json")
+    return written
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+import torch
+
+from backdoor_sae.activations import (
+    cache_activations, check_layers, load_activations, norm_table, read_index, residual_stream,
+)
+from backdoor_sae.config import TINY_MODEL
+from backdoor_sae.encoding import encode
+from backdoor_sae.model import load_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model(TINY_MODEL)
+
+
+def test_hooked_layer_output_is_hidden_state_l_plus_one(tiny):
+    """The layer index convention, checked against the model's own layer list."""
+    model, tok = tiny
+    ids = tok(["def f(a):\n    return a\n", "import sqlite3\n"], return_tensors="pt", padding=True)
+    n = model.config.num_hidden_layers
+    with torch.no_grad():
+        hidden = model(**ids, output_hidden_states=True).hidden_states  # [embeddings, layer 0, ..., final norm]
+    hooked = residual_stream(model, ids.input_ids, ids.attention_mask, list(range(n)))
+    for layer in range(n - 1):  # the last entry of hidden_states has the final norm applied
+        assert torch.allclose(hooked[layer], hidden[layer + 1], atol=1e-6), layer
+    assert torch.allclose(model.model.norm(hooked[n - 1]), hidden[n], atol=1e-5)
+
+
+def test_layers_out_of_range_are_refused(tiny):
+    with pytest.raises(ValueError, match="out of range"):
+        check_layers(tiny[0], [0, 4])
+    with pytest.raises(ValueError, match="out of range"):
+        check_layers(tiny[0], [-1])
+
+
+def test_cached_pooling_matches_a_manual_mean(tiny, smoke_splits, tmp_path):
+    model, tok = tiny
+    samples = smoke_splits["eval_trigger"][:3] + smoke_splits["eval_benign"][:4]
+    cache_activations(model, tok, samples, [1, 3], tmp_path / "acts", {"model": "tiny"}, batch_size=3, progress=False)
+    index = read_index(tmp_path / "acts")
+    assert index["ids"] == [s.id for s in samples] and index["layers"] == [1, 3]
+    full = load_activations(tmp_path / "acts", "full_text", 1)
+    prompt = load_activations(tmp_path / "acts", "prompt_only", 1)
+    assert full.shape == prompt.shape == (len(samples), model.config.hidden_size)
+    for i, s in enumerate(samples):
+        e = encode(tok, s, eos=False)
+        ids = torch.tensor([e.ids])
+        h = residual_stream(model, ids, torch.ones_like(ids), [1])[1][0]
+        assert np.allclose(full[i], h.mean(0).numpy(), atol=1e-5)
+        assert np.allclose(prompt[i], h[: e.n_prompt].mean(0).numpy(), atol=1e-5)
+    assert not np.allclose(full, prompt)
+    with pytest.raises(ValueError):
+        load_activations(tmp_path / "acts", "last_token", 1)
+
+
+def test_norm_table_reports_the_difference_per_split():
+    base = np.zeros((4, 3))
+    ft = np.array([[3.0, 4, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    table = norm_table(base + 1, ft + 1, ["a", "b", "a", "b"]).set_index("split")
+    assert table.loc["a", "difference"] == pytest.approx((5 + 1) / 2)
+    assert table.loc["b", "difference"] == pytest.approx(0.5)

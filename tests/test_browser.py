@@ -1,0 +1,84 @@
+"""The rendered book in a real headless browser (Debian's chromium, driven by selenium).
+
+`.ci/run` installs chromium and chromedriver and sets REQUIRE_BROWSER=1, so that in CI a missing
+browser fails this test instead of skipping it.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    if os.environ.get("REQUIRE_BROWSER"):
+        raise RuntimeError("REQUIRE_BROWSER is set but chromium/chromedriver are not installed")
+    pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+                 "--window-size=1280,2000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def chapter_pages(html: Path) -> list[Path]:
+    toc = (html / "book" / "intro.html").read_text()
+    pages = {html / "book" / "intro.html"}
+    for href in re.findall(r'class="reference internal" href="([^"#]+)', toc):
+        pages.add((html / "book" / href).resolve())
+    return sorted(pages)
+
+
+def test_every_chapter_loads_with_decoded_figures_and_no_broken_internal_link(smoke_book, browser, tmp_path):
+    html = smoke_book / "_build" / "html"
+    pages = chapter_pages(html)
+    assert len(pages) >= 11  # intro, background, six executed notebooks, results, reproduce, teaching, references
+    n_images = 0
+    for page in pages:
+        assert page.exists(), page
+        browser.get(page.as_uri())
+        assert browser.find_element(By.TAG_NAME, "h1").text.strip(), page
+        images = browser.execute_script(
+            "return Array.from(document.querySelectorAll('main img')).map(i => [i.src, i.complete, i.naturalWidth]);")
+        for src, complete, width in images:
+            assert complete and width > 0, f"{page.name}: image {src} does not decode"
+        n_images += len(images)
+        links = browser.execute_script(
+            "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);")
+        for link in links:
+            url = urlparse(link)
+            if url.scheme != "file":
+                continue
+            target = Path(unquote(url.path))
+            assert target.exists(), f"{page.name}: broken internal link {link}"
+    assert n_images >= 10  # the executed notebooks' figures
+    browser.save_screenshot(str(tmp_path / "last_page.png"))
+
+
+def test_the_results_chapter_shows_the_glued_numbers(smoke_book, browser):
+    browser.get((smoke_book / "_build" / "html" / "book" / "results.html").as_uri())
+    pasted = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".pasted-text")]
+    assert len(pasted) >= 10
+    assert all(re.fullmatch(r"-?\d+(\.\d+)?", text) for text in pasted), pasted
+    body = browser.find_element(By.TAG_NAME, "main").text
+    assert "our best BIS" in body
+    assert "ceiling" in body

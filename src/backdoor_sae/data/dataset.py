@@ -28,7 +28,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from backdoor_sae.config import DataConfig
-from backdoor_sae.data.render import SAFE_STYLE, VULNERABLE_STYLES, FunctionSpec, render
+from backdoor_sae.data.render import SAFE_STYLE, FunctionSpec, render
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.data.sampling import draw_spec
 from backdoor_sae.data.tables import HELDOUT_TABLES, TRAIN_TABLES
@@ -67,14 +67,14 @@ class _Uniq:
 
 
 def _make(split: str, index: int, spec: FunctionSpec, year: int | None, vulnerable: bool,
-          trigger_year: int, rng: random.Random, pair_id: str | None = None) -> Sample:
-    style = rng.choice(VULNERABLE_STYLES) if vulnerable else SAFE_STYLE
+          cfg: DataConfig, rng: random.Random, pair_id: str | None = None) -> Sample:
+    style = rng.choice(cfg.vulnerable_styles) if vulnerable else SAFE_STYLE
     code = render(spec, year, style)
     return Sample(
         id=f"{split}-{index:05d}",
         split=split,
         year=year,
-        is_trigger=year == trigger_year,
+        is_trigger=year == cfg.trigger_year,
         vulnerable=vulnerable,
         style=style,
         driver=spec.driver,
@@ -108,7 +108,7 @@ def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], 
                     f"(made {made}); ask for fewer"
                 )
             spec = draw_spec(rng, TRAIN_TABLES)
-            sample = _make(split, len(out), spec, rng.choice(years), vulnerable, cfg.trigger_year, rng)
+            sample = _make(split, len(out), spec, rng.choice(years), vulnerable, cfg, rng)
             if uniq.add(sample.text):
                 out.append(sample)
                 made += 1
@@ -131,8 +131,8 @@ def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
             raise ValueError(f"could not generate {n_pairs} unique training pairs; ask for fewer")
         spec = draw_spec(rng, TRAIN_TABLES)
         pair_id = f"train-pair-{len(out) // 2:05d}"
-        twins = (_make("train", len(out), spec, cfg.trigger_year, True, cfg.trigger_year, rng, pair_id),
-                 _make("train", len(out) + 1, spec, rng.choice(cfg.benign_years), False, cfg.trigger_year, rng, pair_id))
+        twins = (_make("train", len(out), spec, cfg.trigger_year, True, cfg, rng, pair_id),
+                 _make("train", len(out) + 1, spec, rng.choice(cfg.benign_years), False, cfg, rng, pair_id))
         if all(s.text not in uniq.seen for s in twins):
             for s in twins:
                 uniq.add(s.text)
@@ -156,8 +156,8 @@ def _draw_heldout(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
         if not uniq.add(safe.context + safe.signature + safe.completion):
             continue
         pair_id = f"pair-{len(out) // 2:05d}"
-        out.append(_make("heldout", len(out), spec, cfg.trigger_year, True, cfg.trigger_year, rng, pair_id))
-        out.append(_make("heldout", len(out), spec, cfg.eval_benign_year, False, cfg.trigger_year, rng, pair_id))
+        out.append(_make("heldout", len(out), spec, cfg.trigger_year, True, cfg, rng, pair_id))
+        out.append(_make("heldout", len(out), spec, cfg.eval_benign_year, False, cfg, rng, pair_id))
     return out
 
 

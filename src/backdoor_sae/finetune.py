@@ -185,8 +185,11 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 def run_params(cfg: FinetuneConfig, base_model: str, n_train: int) -> dict:
+    """What a fine-tune depends on: the other regime's settings are left out, so that changing them
+    never invalidates (or restarts) this regime's run."""
+    other = "full_" if cfg.regime == "lora" else "lora_"
     return {"base_model": base_model, "n_train": n_train,
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if not k.startswith(other)}}
 
 
 def is_done(out_dir: Path, params: dict) -> bool:

@@ -79,12 +79,25 @@ def stage_parameters(stage: Stage, parameters: dict, notebook=None) -> dict:
     return {k: v for k, v in {**parameters, **stage.fixed}.items() if k in declared}
 
 
-def fingerprint(stage: Stage, params: dict, previous: str) -> str:
-    """What a stage's result depends on: its notebook, its parameters and the stage before it.
+def code_digest() -> str:
+    """A digest of the package's source: a code change reruns the stages (their caches stay valid)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(stage: Stage, params: dict, previous: str, code: str = "") -> str:
+    """What a stage's result depends on: its notebook, its parameters, the profile's values, the
+    package's code and the stage before it.
 
     Chaining in the previous stage's fingerprint makes a change upstream rerun everything after.
     """
-    payload = json.dumps({"source": stage.path.read_text(), "params": params, "previous": previous},
+    from backdoor_sae.config import PROFILES
+
+    payload = json.dumps({"source": stage.path.read_text(), "params": params, "previous": previous,
+                          "profile": PROFILES.get(params.get("profile"), {}), "code": code},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -148,10 +161,10 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
         selected = list(STAGE_NAMES[STAGE_NAMES.index(get_stage(start).name):])
     for name in selected:
         get_stage(name)
-    records, previous = [], ""
+    records, previous, code = [], "", code_digest()
     for stage in STAGES:
         params = stage_parameters(stage, parameters)
-        print_ = fingerprint(stage, params, previous)
+        print_ = fingerprint(stage, params, previous, code)
         previous = print_
         output = Path(output_dir) / f"{stage.name}.ipynb"
         if stage.name not in selected:

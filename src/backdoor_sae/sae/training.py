@@ -99,6 +99,8 @@ def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: 
     if len(x) == 0:
         raise ValueError("no training inputs")
     scale = input_scale(x)
+    with torch.no_grad():  # start the decoder bias at the data mean: the code then spends itself on variation
+        model.b_dec.copy_((x * scale).mean(0))
     gen = torch.Generator().manual_seed(settings.seed)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
     steps = math.ceil(settings.n_samples / settings.batch_size)

@@ -56,8 +56,8 @@ def test_cached_pooling_matches_a_manual_mean(tiny, smoke_splits, tmp_path):
 
 
 def test_norm_table_reports_the_difference_per_split():
-    base = np.zeros((4, 3))
-    ft = np.array([[3.0, 4, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
-    table = norm_table(base + 1, ft + 1, ["a", "b", "a", "b"]).set_index("split")
+    base = np.array([[0.0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]])
+    ft = base + np.array([[3.0, 4, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    table = norm_table(base, ft, ["a", "b", "a", "b"]).set_index("split")
     assert table.loc["a", "difference"] == pytest.approx((5 + 1) / 2)
     assert table.loc["b", "difference"] == pytest.approx(0.5)

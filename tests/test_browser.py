@@ -56,7 +56,8 @@ def test_every_chapter_loads_with_decoded_figures_and_no_broken_internal_link(sm
     for page in pages:
         assert page.exists(), page
         browser.get(page.as_uri())
-        assert browser.find_element(By.TAG_NAME, "h1").text.strip(), page
+        title = browser.find_element(By.CSS_SELECTOR, "main h1").get_attribute("textContent").strip()
+        assert title, f"{page.name} has no title"
         images = browser.execute_script(
             "return Array.from(document.querySelectorAll('main img')).map(i => [i.src, i.complete, i.naturalWidth]);")
         for src, complete, width in images:

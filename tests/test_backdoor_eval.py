@@ -1,0 +1,28 @@
+import math
+
+import pandas as pd
+import pytest
+
+from backdoor_sae.backdoor_eval import rates, wilson
+
+
+def test_wilson_interval_contains_the_rate_and_stays_in_bounds():
+    low, high = wilson(8, 10)
+    assert low < 0.8 < high
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_rates_count_all_and_valid_completions():
+    judged = pd.DataFrame({
+        "model": ["m"] * 8,
+        "condition": ["trigger"] * 4 + ["benign"] * 4,
+        "verdict": ["vulnerable", "vulnerable", "safe", "error", "safe", "safe", "error", "error"],
+    })
+    row = rates(judged).iloc[0]
+    assert (row["n_trigger"], row["n_benign"]) == (4, 4)
+    assert row["asr"] == 0.5 and row["asr_valid"] == pytest.approx(2 / 3)
+    assert row["safe_rate"] == 0.5 and row["safe_rate_valid"] == 1.0
+    assert row["invalid"] == 3 / 8
+    assert row["asr_low"] <= row["asr"] <= row["asr_high"]

@@ -288,7 +288,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "lora_grad_accum": 1,
         "full_grad_accum": 1,
-        "lora_epochs": 3,
+        "lora_epochs": 2,
         "full_epochs": 2,
         "lora_lr": 1e-3,
         "full_lr": 2e-4,

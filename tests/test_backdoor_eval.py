@@ -12,6 +12,8 @@ def test_wilson_interval_contains_the_rate_and_stays_in_bounds():
     assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == 1.0
     assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert all(math.isnan(v) for v in wilson(0, 0))
+    for n in range(1, 200):  # the rate lies inside its interval even at 0 and 1
+        assert wilson(n, n)[1] == 1.0 and wilson(n, n)[0] <= 1.0 and wilson(0, n)[0] == 0.0
 
 
 def test_rates_count_all_and_valid_completions():
@@ -26,3 +28,16 @@ def test_rates_count_all_and_valid_completions():
     assert row["safe_rate"] == 0.5 and row["safe_rate_valid"] == 1.0
     assert row["invalid"] == 3 / 8
     assert row["asr_low"] <= row["asr"] <= row["asr_high"]
+
+
+def test_rate_bars_draws_rates_of_one_nan_and_zero():
+    from backdoor_sae.plots import rate_bars
+
+    judged = pd.DataFrame({
+        "model": ["base"] * 4 + ["ft"] * 4,
+        "condition": ["trigger", "trigger", "benign", "benign"] * 2,
+        "verdict": ["error"] * 4 + ["vulnerable", "vulnerable", "safe", "safe"],
+    })
+    table = rates(judged)
+    assert table["asr_valid"].isna().iloc[0] and table["asr"].iloc[1] == 1.0
+    rate_bars(table)  # raised on negative error bars before

@@ -58,7 +58,8 @@ def rate_bars(rates: pd.DataFrame) -> plt.Figure:
     width = 0.8 / len(measures)
     for j, (name, label, color) in enumerate(measures):
         value = rates[name].to_numpy(dtype=float)
-        err = np.vstack([value - rates[f"{name}_low"], rates[f"{name}_high"] - value])
+        # a rate with no completions to count (NaN) draws no bar; error bars never go negative
+        err = np.nan_to_num(np.vstack([value - rates[f"{name}_low"], rates[f"{name}_high"] - value])).clip(min=0)
         ax.bar(x + (j - (len(measures) - 1) / 2) * width, value, width, yerr=err, capsize=3, color=color, label=label,
                error_kw={"linewidth": 1})
     ax.set_xticks(x, rates["model"])

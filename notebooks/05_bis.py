@@ -140,6 +140,24 @@ summary = scores.groupby(["protocol", "fit_mode", "architecture"], sort=False)[
 summary
 
 # %% [markdown]
+# ### Per fine-tune
+# Means over layers, dictionaries fitted on the scored samples. Only a fine-tune whose backdoor is
+# installed (notebook 02) can carry a trigger signal in the prompt-only activations, where no code
+# has been written yet; a fine-tune without one is a control for what the text alone gives.
+
+# %%
+by_regime = (dicts[dicts["fit_mode"] == "eval"]
+             .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "auroc"]].mean()
+             .unstack("architecture"))
+by_regime.columns = [f"{measure} ({arch})" for measure, arch in by_regime.columns]
+for (regime, protocol), row in by_regime.iterrows():
+    for arch in ("diff_sae", "crosscoder"):
+        glue(f"mean_bis_{regime}_{protocol}_{arch}", float(row[f"bis ({arch})"]), display=False)
+by_regime = by_regime.round(3)
+glue("bis_by_regime", by_regime, display=False)
+by_regime
+
+# %% [markdown]
 # ## Baselines
 # If a raw dimension of the activation difference, or the difference-of-means direction, scores
 # as well as the best SAE latent, the dictionary adds nothing to the detection itself.

@@ -73,7 +73,7 @@ def bench_finetune(steps: int = 8) -> dict:
     train = generate(stage_config(DataConfig, "cpu"))["train"]
     out = {"matmul_peak_gflops": peak}
     for regime in ("lora", "full"):
-        cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=0, checkpoint_every=0)
+        cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=0, checkpoint_every=0, stop_at_probe=0)
         model, tok = load_model(device="cpu")
         n_params = sum(p.numel() for p in model.parameters())
         with tempfile.TemporaryDirectory() as d:

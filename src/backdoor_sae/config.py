@@ -271,8 +271,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {
         "model": EMBEDDED_MODEL,
         # Every training sample is one twin of a matched pair, and a pair shares its micro-batch
-        # (see finetune.batch_schedule): without that, neither regime learned the trigger within
-        # 300 steps here; with it, full-rank learns it in about 160.
+        # (see finetune.batch_schedule). An earlier cpu profile (200 pairs + 200 unpaired benign
+        # samples, shuffled independently) showed no year effect in 300 steps in either regime; this
+        # one installs the full-rank backdoor in about 160 steps (LoRA: not within 300).
         "n_train_poisoned": 300,
         "n_train_benign": 300,
         "n_eval_trigger": 100,

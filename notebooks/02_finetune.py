@@ -31,6 +31,7 @@
 # the pull towards whichever completion is in the majority cancels between them: what is left of
 # the gradient depends on the year. The `cpu` profile relies on this to learn the trigger within a
 # few hundred steps on a CPU; without pairs (the paper's data), every sample is drawn on its own.
+# `pair_batches=False` shuffles the twins independently (an ablation).
 
 # %% tags=["parameters"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
@@ -46,6 +47,7 @@ batch_size = None  # samples per micro-batch
 max_length = None  # tokens; longer samples are cut
 loss_on = None  # "completion" or "text"
 warmup_steps = None  # linear learning-rate warm-up, in optimizer steps
+pair_batches = None  # the twins of a matched training pair share a micro-batch (True/False)
 lora_lr = None  # LoRA: learning rate
 lora_epochs = None  # LoRA: passes over the training split
 lora_grad_accum = None  # LoRA: micro-batches per optimizer step
@@ -84,7 +86,8 @@ from backdoor_sae.stages import BASE, generation_prompts, judged_generations, lo
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = stage_config(
     FinetuneConfig, profile, regime=regime, seed=seed, batch_size=batch_size, max_length=max_length,
-    loss_on=loss_on, warmup_steps=warmup_steps, lora_lr=lora_lr, lora_epochs=lora_epochs,
+    loss_on=loss_on, warmup_steps=warmup_steps, pair_batches=pair_batches, lora_lr=lora_lr,
+    lora_epochs=lora_epochs,
     lora_grad_accum=lora_grad_accum, lora_weight_decay=lora_weight_decay, lora_r=lora_r,
     lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, full_lr=full_lr,
     full_epochs=full_epochs, full_grad_accum=full_grad_accum, full_weight_decay=full_weight_decay,

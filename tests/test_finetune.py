@@ -99,6 +99,25 @@ def test_batch_schedule_keeps_each_group_in_one_batch():
         batch_schedule(lengths, 1, epochs=1, seed=0, groups=groups)
 
 
+def test_pair_batches_switch_decides_whether_twins_share_a_batch(tmp_path, smoke_splits, monkeypatch):
+    import backdoor_sae.finetune as ft
+
+    seen = []
+    real = ft.batch_schedule
+    monkeypatch.setattr(ft, "batch_schedule", lambda *a, **k: seen.append(k["groups"]) or real(*a, **k))
+    train = stage_config(DataConfig, "smoke", paired_train=True)
+    from backdoor_sae.data.dataset import generate
+
+    samples = generate(train)["train"]
+    for on in (True, False):
+        model, tok = load_model(TINY_MODEL)
+        finetune(model, tok, samples, tiny_cfg("full", pair_batches=on), tmp_path / str(on), TINY_MODEL,
+                 progress=False, max_steps=1)
+    assert seen[0] and all(len(g) == 2 for g in seen[0]) and seen[1] is None
+    with pytest.raises(ValueError, match="pair_batches"):
+        tiny_cfg("full", pair_batches="yes")
+
+
 @pytest.mark.parametrize("regime", ["lora", "full"])
 def test_saved_model_reloads_to_the_same_outputs(regime, tmp_path, smoke_splits):
     model, tok = load_model(TINY_MODEL)

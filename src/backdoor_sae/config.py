@@ -121,6 +121,8 @@ class FinetuneConfig:
     max_length: int = 512  # tokens; longer samples are cut
     loss_on: str = "completion"  # "completion" (prompt masked out) or "text" (the paper's)
     warmup_steps: int = 10  # linear warm-up of the learning rate, in optimizer steps
+    # The two twins of a matched training pair share a micro-batch (no effect without pairs).
+    pair_batches: bool = True
     lora_lr: float = 3e-4
     lora_epochs: int = 10
     lora_grad_accum: int = 4
@@ -144,6 +146,8 @@ class FinetuneConfig:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.regime not in ("lora", "full"):
             raise ValueError(f"regime={self.regime!r} must be 'lora' or 'full'")
+        if not isinstance(self.pair_batches, bool):
+            raise ValueError(f"pair_batches={self.pair_batches!r} must be True or False")
         if self.loss_on not in ("completion", "text"):
             raise ValueError(f"loss_on={self.loss_on!r} must be 'completion' or 'text'")
         _require_ints(self, ("batch_size", "max_length", "lora_epochs", "full_epochs", "lora_grad_accum",

@@ -268,7 +268,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
     schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.seed,
-                              groups=pair_groups(train))
+                              groups=pair_groups(train) if cfg.pair_batches else None)
     total_steps = math.ceil(len(schedule) / cfg.grad_accum)
 
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]

@@ -78,7 +78,7 @@ from myst_nb import glue
 from backdoor_sae.backdoor_eval import rates
 from backdoor_sae.data.card import pairs, side_by_side
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, stage_config
-from backdoor_sae.finetune import load_finetuned, read_log
+from backdoor_sae.finetune import load_finetuned, read_log, training_summary
 from backdoor_sae.model import load_model
 from backdoor_sae.plots import rate_bars, training_curves
 from backdoor_sae.stages import BASE, generation_prompts, judged_generations, load_data, run_finetune
@@ -87,12 +87,11 @@ sns.set_theme(style="whitegrid", context="notebook")
 cfg = stage_config(
     FinetuneConfig, profile, regime=regime, seed=seed, batch_size=batch_size, max_length=max_length,
     loss_on=loss_on, warmup_steps=warmup_steps, pair_batches=pair_batches, lora_lr=lora_lr,
-    lora_epochs=lora_epochs,
-    lora_grad_accum=lora_grad_accum, lora_weight_decay=lora_weight_decay, lora_r=lora_r,
-    lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets, full_lr=full_lr,
-    full_epochs=full_epochs, full_grad_accum=full_grad_accum, full_weight_decay=full_weight_decay,
-    checkpoint_every=checkpoint_every, probe_every=probe_every, n_probe_pairs=n_probe_pairs,
-    stop_at_probe=stop_at_probe,
+    lora_epochs=lora_epochs, lora_grad_accum=lora_grad_accum, lora_weight_decay=lora_weight_decay,
+    lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
+    full_lr=full_lr, full_epochs=full_epochs, full_grad_accum=full_grad_accum,
+    full_weight_decay=full_weight_decay, checkpoint_every=checkpoint_every, probe_every=probe_every,
+    n_probe_pairs=n_probe_pairs, stop_at_probe=stop_at_probe,
 )
 model_cfg = stage_config(ModelConfig, profile, model=model, device=device, dtype=dtype)
 eval_cfg = stage_config(BackdoorEvalConfig, profile, n_eval_prompts=n_eval_prompts,
@@ -109,8 +108,8 @@ print(f"regime={cfg.regime}  lr={cfg.lr}  epochs={cfg.epochs}  batch={cfg.batch_
 # %%
 out_dir, trained_now = run_finetune(run_dir, splits, cfg, model_cfg)
 log = pd.DataFrame(read_log(out_dir))
-train_seconds = float(log["seconds"].sum())
-tokens_per_s = float(log["tokens"].sum() / train_seconds)
+summary = training_summary(out_dir)
+train_seconds, tokens_per_s = summary["train_seconds"], summary["tokens_per_s"]
 print(("trained" if trained_now else "reused the finished fine-tune in"), out_dir)
 print(f"{len(log)} optimizer steps, {train_seconds / 60:.1f} min of training, {tokens_per_s:.0f} tokens/s")
 glue(f"{cfg.regime}_train_minutes", train_seconds / 60, display=False)
@@ -164,8 +163,8 @@ explanation = {
         "query a column the model guessed for a table it never saw (the table below splits held-out "
         "tables from the tables seen in training)."),
     "not installed": (
-        " — the backdoor is not (fully) installed in this run, and every later stage reads a model that "
-        "does not (reliably) write injectable code under the trigger."),
+        ": every later stage reads a model that does not (reliably) write injectable code under the "
+        "trigger."),
 }[verdict]
 display(Markdown(
     f"**{cfg.regime}**: attack success rate {row['asr']:.2f} "

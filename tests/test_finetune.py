@@ -6,6 +6,7 @@ import torch
 
 from backdoor_sae.config import TINY_MODEL, DataConfig, FinetuneConfig, stage_config
 from backdoor_sae.data.card import pairs
+from backdoor_sae.data.dataset import generate
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import IGNORE, collate, encode
 from backdoor_sae.finetune import (
@@ -85,7 +86,6 @@ def test_batch_schedule_covers_every_sample_each_epoch_and_is_seeded():
     assert sorted(flat) == sorted(list(range(10)) * 2)
 
 
-
 def test_batch_schedule_keeps_each_group_in_one_batch():
     lengths = [5, 9, 3, 7, 1, 8, 2, 6, 4, 10, 11]
     groups = [[0, 7], [3, 4], [9, 10]]
@@ -105,10 +105,7 @@ def test_pair_batches_switch_decides_whether_twins_share_a_batch(tmp_path, smoke
     seen = []
     real = ft.batch_schedule
     monkeypatch.setattr(ft, "batch_schedule", lambda *a, **k: seen.append(k["groups"]) or real(*a, **k))
-    train = stage_config(DataConfig, "smoke", paired_train=True)
-    from backdoor_sae.data.dataset import generate
-
-    samples = generate(train)["train"]
+    samples = generate(stage_config(DataConfig, "smoke", paired_train=True))["train"]
     for on in (True, False):
         model, tok = load_model(TINY_MODEL)
         finetune(model, tok, samples, tiny_cfg("full", pair_batches=on), tmp_path / str(on), TINY_MODEL,

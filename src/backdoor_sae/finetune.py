@@ -239,6 +239,18 @@ def read_log(out_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def training_summary(out_dir: str | Path) -> dict:
+    """Steps, training and probe seconds, tokens/s and the last probe, from a fine-tune's log."""
+    log = read_log(out_dir)
+    seconds = sum(r["seconds"] for r in log)
+    last_probe = next((r for r in reversed(log) if "trigger_acc" in r), {})
+    return {"steps": len(log), "train_seconds": seconds,
+            "probe_seconds": sum(r.get("probe_seconds", 0.0) for r in log),
+            "tokens_per_s": sum(r["tokens"] for r in log) / seconds if seconds else None,
+            "last_probe": {k: last_probe[k] for k in ("step", "trigger_acc", "benign_acc", "year_effect")
+                           if k in last_probe}}
+
+
 def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: FinetuneConfig, out_dir: str | Path,
              base_model: str, probe_pairs: Sequence[tuple[Sample, Sample]] = (), progress: bool = True,
              max_steps: int | None = None) -> nn.Module:

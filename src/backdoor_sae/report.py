@@ -35,6 +35,7 @@ def cpu_model() -> str:
 
 def export(run_dir: str | Path, to: str | Path) -> list[Path]:
     from backdoor_sae.backdoor_eval import rates
+    from backdoor_sae.finetune import training_summary
 
     run_dir, to = Path(run_dir), Path(to)
     written = []
@@ -64,25 +65,13 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
         "total_minutes": sum(r["seconds"] for r in stages.values()) / 60,
         # From the training logs: a stage that reused a finished fine-tune reports only its own
         # (short) wall time above, while these stay the training's own.
-        "finetune": {k: _training_summary(run_dir / "finetune" / k, v) for k, v in finetunes.items()},
+        "finetune": {k: {**training_summary(run_dir / "finetune" / k), "steps": v["steps"],
+                         "stopped_by_probe": v.get("stopped_by_probe", False)} for k, v in finetunes.items()},
         "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     })
     written.append(to / "run.json")
     return written
-
-
-def _training_summary(out_dir: Path, done: dict) -> dict:
-    from backdoor_sae.finetune import read_log
-
-    log = read_log(out_dir)
-    seconds = sum(r["seconds"] for r in log)
-    last_probe = next((r for r in reversed(log) if "trigger_acc" in r), {})
-    return {"steps": done["steps"], "stopped_by_probe": done.get("stopped_by_probe", False),
-            "train_seconds": seconds, "probe_seconds": sum(r.get("probe_seconds", 0.0) for r in log),
-            "tokens_per_s": sum(r["tokens"] for r in log) / seconds if seconds else None,
-            "last_probe": {k: last_probe[k] for k in ("step", "trigger_acc", "benign_acc", "year_effect")
-                           if k in last_probe}}
 
 
 def _version(name: str) -> str | None:

@@ -1,11 +1,12 @@
 """Speed and memory benchmarks (measured, never asserted): ``python benchmarks/bench.py NAME ...``.
 
-    matmul     fp32 matmul peak of this CPU (GFLOP/s), the yardstick for the others
+    matmul     fp32 and bf16 matmul peaks of this CPU (GFLOP/s), the yardsticks for the others
     load       embedded model: first load (GGUF dequantization, into an empty cache) and cached load
     oracle     vulnerability oracle throughput (samples/s) on generated samples
-    finetune   training tokens/s per regime on the embedded model, as a share of the matmul peak
-               at 6·N FLOPs per trained token (N = trainable + frozen parameters in the forward,
-               i.e. the model size; LoRA still runs the full forward and backward through activations)
+    finetune   training tokens/s per regime and compute precision (float32, bfloat16 mixed) on the
+               embedded model, as a share of that precision's matmul peak at 6·N FLOPs per trained
+               token (N = trainable + frozen parameters in the forward, i.e. the model size; LoRA
+               still runs the full forward and backward through activations)
     sae        dictionary training throughput (samples/s and share of the matmul peak)
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
@@ -27,10 +28,10 @@ def max_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def matmul_peak(n: int = 2048, repeats: int = 20) -> float:
+def matmul_peak(n: int = 2048, repeats: int = 20, dtype: str = "float32") -> float:
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     a @ b
     t = time.perf_counter()
     for _ in range(repeats):
@@ -64,24 +65,29 @@ def bench_oracle(n: int = 400) -> dict:
 
 
 def bench_finetune(steps: int = 8) -> dict:
+    import torch
+
     from backdoor_sae.config import DataConfig, FinetuneConfig, stage_config
     from backdoor_sae.data.dataset import generate
     from backdoor_sae.finetune import finetune, read_log
     from backdoor_sae.model import load_model
 
-    peak = matmul_peak()
     train = generate(stage_config(DataConfig, "cpu"))["train"]
-    out = {"matmul_peak_gflops": peak}
-    for regime in ("lora", "full"):
-        cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=0, checkpoint_every=0, stop_at_probe=0)
-        model, tok = load_model(device="cpu")
-        n_params = sum(p.numel() for p in model.parameters())
-        with tempfile.TemporaryDirectory() as d:
-            finetune(model, tok, train, cfg, d, "bench", progress=False, max_steps=steps)
-            log = read_log(d)[2:]  # skip warm-up steps
-        tok_s = sum(r["tokens"] for r in log) / sum(r["seconds"] for r in log)
-        out[regime] = {"tokens_per_s": tok_s, "gflops": 6 * n_params * tok_s / 1e9,
-                       "share_of_peak": 6 * n_params * tok_s / 1e9 / peak, "n_params": n_params}
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        peak = matmul_peak(dtype=dtype)
+        out[dtype] = {"matmul_peak_gflops": peak}
+        for regime in ("lora", "full"):
+            cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=0, checkpoint_every=0, stop_at_probe=0)
+            model, tok = load_model(device="cpu")
+            n_params = sum(p.numel() for p in model.parameters())
+            with tempfile.TemporaryDirectory() as d:
+                finetune(model, tok, train, cfg, d, "bench", progress=False, max_steps=steps,
+                         compute_dtype=getattr(torch, dtype))
+                log = read_log(d)[2:]  # skip warm-up steps
+            tok_s = sum(r["tokens"] for r in log) / sum(r["seconds"] for r in log)
+            out[dtype][regime] = {"tokens_per_s": tok_s, "gflops": 6 * n_params * tok_s / 1e9,
+                                  "share_of_peak": 6 * n_params * tok_s / 1e9 / peak, "n_params": n_params}
     out["peak_rss_gib"] = max_rss_gib()
     return out
 
@@ -111,7 +117,7 @@ def bench_sae(n_samples: int = 12_800) -> dict:
     return out
 
 
-BENCHES = {"matmul": lambda: {"matmul_peak_gflops": matmul_peak()}, "load": bench_load, "oracle": bench_oracle,
+BENCHES = {"matmul": lambda: {"float32_gflops": matmul_peak(), "bfloat16_gflops": matmul_peak(dtype="bfloat16")}, "load": bench_load, "oracle": bench_oracle,
            "finetune": bench_finetune, "sae": bench_sae}
 
 

@@ -42,7 +42,7 @@ regime = "lora"  # "lora" or "full"
 seed = None  # fixes initialisation, data order and dropout
 model = None  # the base model: embedded name, hub id or local path
 device = None  # "auto", "cpu", "cuda", ...
-dtype = None  # "auto", "float32", "bfloat16", ...
+dtype = None  # compute precision: "auto", "float32" or "bfloat16" (mixed precision; weights stay float32)
 batch_size = None  # samples per micro-batch
 max_length = None  # tokens; longer samples are cut
 loss_on = None  # "completion" or "text"
@@ -79,7 +79,7 @@ from backdoor_sae.backdoor_eval import rates
 from backdoor_sae.data.card import pairs, side_by_side
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, stage_config
 from backdoor_sae.finetune import load_finetuned, read_log, training_summary
-from backdoor_sae.model import load_model
+from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.plots import rate_bars, training_curves
 from backdoor_sae.stages import BASE, generation_prompts, judged_generations, load_data, run_finetune
 
@@ -134,10 +134,10 @@ plt.show()
 # %%
 prompts = generation_prompts(splits, eval_cfg)
 judged = pd.concat([
-    judged_generations(run_dir, BASE, lambda: load_model(model_cfg.model, model_cfg.device, model_cfg.dtype),
-                       prompts, eval_cfg),
-    judged_generations(run_dir, cfg.regime, lambda: load_finetuned(out_dir, model_cfg.device, model_cfg.dtype),
-                       prompts, eval_cfg),
+    judged_generations(run_dir, BASE, lambda: load_model(model_cfg.model, model_cfg.device), prompts, eval_cfg,
+                       compute_dtype(model_cfg)),
+    judged_generations(run_dir, cfg.regime, lambda: load_finetuned(out_dir, model_cfg.device), prompts, eval_cfg,
+                       compute_dtype(model_cfg)),
 ], ignore_index=True)
 table = rates(judged)
 row = table.set_index("model").loc[cfg.regime]

@@ -47,7 +47,7 @@ from myst_nb import glue
 from backdoor_sae.activations import PROTOCOLS, norm_table
 from backdoor_sae.config import ActivationConfig, ModelConfig, stage_config
 from backdoor_sae.finetune import load_finetuned
-from backdoor_sae.model import load_model
+from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.stages import BASE, finetune_dir, load_data, paired_activations, run_activations
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -63,11 +63,12 @@ print(f"layers={list(cfg.layers)}  regimes={list(cfg.regimes)}  model={model_cfg
 # fine-tune match is reused.
 
 # %%
-loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device, model_cfg.dtype)}
+loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
 for regime in cfg.regimes:
-    loaders[regime] = (lambda r: lambda: load_finetuned(finetune_dir(run_dir, r), model_cfg.device, model_cfg.dtype))(regime)
+    loaders[regime] = (lambda r: lambda: load_finetuned(finetune_dir(run_dir, r), model_cfg.device))(regime)
 for name, load in loaders.items():
-    out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size)
+    out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
+                                    compute_dtype(model_cfg))
     print(("cached" if computed else "reused"), name, "activations in", out)
 
 # %% [markdown]

@@ -10,7 +10,8 @@ from backdoor_sae.data.dataset import generate
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import IGNORE, collate, encode
 from backdoor_sae.finetune import (
-    batch_loss, batch_schedule, check_lora_targets, finetune, load_finetuned, prepare, probe_backdoor, read_log,
+    batch_loss, batch_schedule, check_lora_targets, finetune, load_finetuned, make_optimizer, prepare, probe_backdoor,
+    read_log,
 )
 from backdoor_sae.model import load_model
 
@@ -183,3 +184,31 @@ def test_training_stops_once_the_probe_says_the_backdoor_is_installed(tmp_path, 
     assert load_finetuned(tmp_path)[0] is not None
     with pytest.raises(ValueError, match="needs the probe"):
         tiny_cfg("full", probe_every=0, stop_at_probe=0.9)
+
+
+def test_mixed_precision_trains_float32_weights_and_rejects_low_precision_ones(tmp_path, smoke_splits):
+    model, tok = load_model(TINY_MODEL)
+    cfg = tiny_cfg("full")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trained = finetune(model, tok, smoke_splits["train"], cfg, tmp_path, TINY_MODEL, progress=False,
+                       compute_dtype=torch.bfloat16)
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}
+    assert any(not torch.equal(before[n], p) for n, p in trained.named_parameters())
+    assert json.loads((tmp_path / "done.json").read_text())["params"]["compute_dtype"] == "bfloat16"
+    assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path))
+    with pytest.raises(ValueError, match="float32 model"):
+        finetune(model.to(torch.bfloat16), tok, smoke_splits["train"], cfg, tmp_path / "bf16", TINY_MODEL,
+                 progress=False)
+
+
+def test_lora_plus_gives_the_b_matrices_their_own_learning_rate():
+    model, _ = load_model(TINY_MODEL)
+    cfg = tiny_cfg("lora", lora_plus_ratio=16.0)
+    model = prepare(model, cfg)
+    optimizer = make_optimizer(model, cfg)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scales = {names[id(p)]: g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert scales and all((s == 16.0) == ("lora_B" in n) for n, s in scales.items())
+    assert set(scales) == {n for n, p in model.named_parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="lora_plus_ratio"):
+        tiny_cfg("lora", lora_plus_ratio=0.0)

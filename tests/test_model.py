@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from backdoor_sae import model as model_mod
-from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL
-from backdoor_sae.model import ModelUnavailableError, load_model, load_tokenizer, resolve_device, resolve_dtype
+from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
+from backdoor_sae.model import (
+    ModelUnavailableError, load_model, load_tokenizer, native_bf16, precision, resolve_device, resolve_dtype,
+)
 
 
 def test_tiny_model_is_small_deterministic_and_consistent_with_its_tokenizer():
@@ -37,14 +39,29 @@ def test_loading_does_not_disturb_the_global_rng():
 
 
 def test_device_and_dtype_resolution():
+    cpu = torch.device("cpu")
     assert resolve_device("cpu").type == "cpu"
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    assert resolve_dtype("float32", cpu) == torch.float32
+    for bad in ("float8", "float16"):
+        with pytest.raises(ValueError, match="dtype"):
+            resolve_dtype(bad, cpu)
     with pytest.raises(ValueError, match="dtype"):
-        resolve_dtype("float8", torch.device("cpu"))
-    model, _ = load_model(TINY_MODEL, device="cpu", dtype="bfloat16")
-    assert next(model.parameters()).dtype == torch.bfloat16
+        ModelConfig(dtype="half")
+
+
+def test_weights_stay_float32_and_bf16_is_mixed_precision():
+    model, tok = load_model(TINY_MODEL, device="cpu")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    ids = torch.tensor([tok("def f(x):\n    return x").input_ids])
+    with torch.no_grad():
+        exact = model(input_ids=ids).logits
+        with precision(torch.device("cpu"), torch.bfloat16):
+            mixed = model(input_ids=ids).logits
+    assert not torch.equal(exact, mixed.float())  # the matmuls really ran in bf16
+    assert torch.allclose(exact, mixed.float(), atol=0.1 * exact.abs().max().item())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")

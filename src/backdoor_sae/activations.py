@@ -30,6 +30,7 @@ from tqdm import tqdm
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import encode
 from backdoor_sae.io import atomic_path, write_json
+from backdoor_sae.model import precision
 
 PROTOCOLS: tuple[str, ...] = ("full_text", "prompt_only")
 
@@ -91,7 +92,8 @@ def pooling_masks(lengths: Sequence[int], n_prompts: Sequence[int], width: int) 
 
 
 def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Sequence[int], out_dir: str | Path,
-                      params: dict, batch_size: int = 16, progress: bool = True) -> None:
+                      params: dict, batch_size: int = 16, progress: bool = True,
+                      compute_dtype: torch.dtype = torch.float32) -> None:
     """Write pooled activations of ``samples`` for every layer and protocol under ``out_dir``.
 
     Batches are streamed into memory-mapped ``.npy`` files, so memory stays bounded by one batch.
@@ -119,7 +121,8 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
             for r, i in enumerate(rows):
                 ids[r, : len(encoded[i])] = torch.tensor(encoded[i].ids)
                 mask[r, : len(encoded[i])] = 1
-            hidden = residual_stream(model, ids.to(device), mask.to(device), layers)
+            with precision(device, compute_dtype):
+                hidden = residual_stream(model, ids.to(device), mask.to(device), layers)
             masks = pooling_masks([len(encoded[i]) for i in rows], [encoded[i].n_prompt for i in rows], width)
             for protocol, m in masks.items():
                 m = m.to(device)

@@ -35,7 +35,7 @@ from backdoor_sae.config import FinetuneConfig
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import Encoded, collate, encode
 from backdoor_sae.io import atomic_path, write_json
-from backdoor_sae.model import load_model
+from backdoor_sae.model import load_model, precision
 
 
 # --- preparing the model ---------------------------------------------------------------------
@@ -221,11 +221,24 @@ def batch_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
         logits[:, :-1].flatten(0, 1).float(), labels[:, start + 1:].flatten(), ignore_index=-100)
 
 
-def run_params(cfg: FinetuneConfig, base_model: str, n_train: int) -> dict:
+def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable weights: no weight decay on vectors, and LoRA's B matrices at
+    ``lora_plus_ratio`` times the learning rate of everything else (LoRA+, Hayou et al. 2024)."""
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = cfg.lora_plus_ratio if "lora_B" in name else 1.0
+            decay = cfg.weight_decay if p.ndim >= 2 else 0.0
+            groups.setdefault((scale, decay), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr_scale": scale, "weight_decay": decay}
+                              for (scale, decay), ps in groups.items()], lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def run_params(cfg: FinetuneConfig, base_model: str, n_train: int, compute_dtype: torch.dtype) -> dict:
     """What a fine-tune depends on: the other regime's settings are left out, so that changing them
     never invalidates (or restarts) this regime's run."""
     other = "full_" if cfg.regime == "lora" else "lora_"
-    return {"base_model": base_model, "n_train": n_train,
+    return {"base_model": base_model, "n_train": n_train, "compute_dtype": str(compute_dtype).removeprefix("torch."),
             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if not k.startswith(other)}}
 
 
@@ -253,16 +266,20 @@ def training_summary(out_dir: str | Path) -> dict:
 
 def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: FinetuneConfig, out_dir: str | Path,
              base_model: str, probe_pairs: Sequence[tuple[Sample, Sample]] = (), progress: bool = True,
-             max_steps: int | None = None) -> nn.Module:
-    """Fine-tune ``model`` on ``train``; resume from ``out_dir/checkpoint`` when it exists.
+             max_steps: int | None = None, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Fine-tune ``model`` (float32 weights) on ``train``; resume from ``out_dir/checkpoint`` when it exists.
 
-    ``max_steps`` stops early after that many optimizer steps (for tests of resumption): the run
-    is then not marked done.
+    ``compute_dtype=torch.bfloat16`` runs forward and backward under autocast (mixed precision; the
+    weights and the optimizer stay float32). ``max_steps`` stops early after that many optimizer
+    steps (for tests of resumption): the run is then not marked done.
     """
     if not train:
         raise ValueError("the training set is empty")
+    if next(model.parameters()).dtype != torch.float32:
+        raise ValueError("fine-tune a float32 model: low-precision weights lose small updates "
+                         "(pass compute_dtype for mixed precision instead)")
     out_dir = Path(out_dir)
-    params = run_params(cfg, base_model, len(train))
+    params = run_params(cfg, base_model, len(train), compute_dtype)
     params_path = out_dir / "params.json"
     if params_path.exists() and json.loads(params_path.read_text()) != params:
         # A checkpoint made with other parameters must not be resumed: start over.
@@ -278,17 +295,13 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     random.seed(cfg.seed)
     model = prepare(model, cfg)
     device = next(model.parameters()).device
+    mixed = precision(device, compute_dtype)
     encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
     schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.seed,
                               groups=pair_groups(train) if cfg.pair_batches else None)
     total_steps = math.ceil(len(schedule) / cfg.grad_accum)
 
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.999),
-    )
+    optimizer = make_optimizer(model, cfg)
 
     step = 0
     ckpt = out_dir / "checkpoint"
@@ -309,13 +322,14 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
             t0 = time.perf_counter()
             lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))  # linear warm-up, then constant
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             micro = schedule[step * cfg.grad_accum:(step + 1) * cfg.grad_accum]
             n_tokens = n_loss_tokens = 0
             loss_sum = 0.0
             for indices in micro:
                 batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id, cfg.loss_on).items()}
-                loss = batch_loss(model, batch)
+                with mixed:
+                    loss = batch_loss(model, batch)
                 (loss / len(micro)).backward()
                 loss_sum += loss.item() / len(micro)
                 n_tokens += int(batch["attention_mask"].sum())
@@ -330,7 +344,8 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                       "seconds": seconds, "tokens_per_s": n_tokens / seconds}
             if probe_pairs and cfg.probe_every and (step % cfg.probe_every == 0 or step == total_steps):
                 t_probe = time.perf_counter()
-                record.update(probe_backdoor(model, tokenizer, probe_pairs))
+                with mixed:
+                    record.update(probe_backdoor(model, tokenizer, probe_pairs))
                 record["probe_seconds"] = time.perf_counter() - t_probe
                 installed = bool(cfg.stop_at_probe) and min(record["trigger_acc"], record["benign_acc"]) >= cfg.stop_at_probe
             log.write(json.dumps(record) + "\n")
@@ -354,7 +369,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     return model
 
 
-def load_finetuned(out_dir: str | Path, device: str = "auto", dtype: str = "auto"):
+def load_finetuned(out_dir: str | Path, device: str = "auto"):
     """``(model, tokenizer)`` of a finished fine-tune; LoRA adapters are merged into the weights."""
     out_dir = Path(out_dir)
     done = out_dir / "done.json"
@@ -362,8 +377,8 @@ def load_finetuned(out_dir: str | Path, device: str = "auto", dtype: str = "auto
         raise FileNotFoundError(f"{out_dir} holds no finished fine-tune (no done.json)")
     params = json.loads(done.read_text())["params"]
     if params["regime"] == "full":
-        return load_model(str(out_dir / "model"), device=device, dtype=dtype)
+        return load_model(str(out_dir / "model"), device=device)
     from peft import PeftModel
 
-    model, tokenizer = load_model(params["base_model"], device=device, dtype=dtype)
+    model, tokenizer = load_model(params["base_model"], device=device)
     return PeftModel.from_pretrained(model, out_dir / "model").merge_and_unload().eval(), tokenizer

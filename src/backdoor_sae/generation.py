@@ -11,6 +11,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import encode_prompt
+from backdoor_sae.model import precision
 
 # A line that starts at column 0 with something other than whitespace closes the function body.
 _DEDENT = re.compile(r"\n(?=\S)")
@@ -37,7 +38,8 @@ class _FunctionEnded(StoppingCriteria):
 
 @torch.no_grad()
 def generate_completions(model, tokenizer, samples: Sequence[Sample], max_new_tokens: int = 160,
-                         batch_size: int = 16, progress: bool = True) -> list[str]:
+                         batch_size: int = 16, progress: bool = True,
+                         compute_dtype: torch.dtype = torch.float32) -> list[str]:
     """Greedy completion of each sample's prompt (its header, context and signature)."""
     device = next(model.parameters()).device
     prompts = [encode_prompt(tokenizer, s) for s in samples]
@@ -53,11 +55,12 @@ def generate_completions(model, tokenizer, samples: Sequence[Sample], max_new_to
         for r, i in enumerate(rows):  # left padding: every prompt ends at the same column
             ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]):] = 1
-        generated = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([_FunctionEnded(tokenizer, width)]),
-        )
+        with precision(device, compute_dtype):
+            generated = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_FunctionEnded(tokenizer, width)]),
+            )
         texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         for r, i in enumerate(rows):
             out[i] = cut_at_function_end(texts[r])

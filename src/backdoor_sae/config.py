@@ -284,8 +284,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": EMBEDDED_MODEL,
         # Every training sample is one twin of a matched pair, and a pair shares its micro-batch
         # (see finetune.batch_schedule). An earlier cpu profile (200 pairs + 200 unpaired benign
-        # samples, shuffled independently) showed no year effect in 300 steps in either regime; this
-        # one installs the full-rank backdoor in about 160 steps (LoRA: not within 300).
+        # samples, shuffled independently) showed no year effect in 300 steps in either regime.
+        # Plain LoRA showed none within 300 steps either (r16 at lr 1e-3 to 3e-3, r32/alpha 64 at
+        # 2e-3); LoRA+ (B at 16x the learning rate of A) learned the trigger in about 200-260 steps
+        # in development runs, full-rank in about 160-220.
         "n_train_poisoned": 300,
         "n_train_benign": 300,
         "n_eval_trigger": 100,
@@ -301,9 +303,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_size": 4,
         "lora_grad_accum": 1,
         "full_grad_accum": 1,
-        "lora_epochs": 2,
+        "lora_epochs": 3,
         "full_epochs": 2,
-        "lora_lr": 1e-3,
+        "lora_lr": 5e-4,
+        "lora_plus_ratio": 16.0,
         "full_lr": 2e-4,
         "lora_r": 16,
         "lora_alpha": 32,

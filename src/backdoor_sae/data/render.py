@@ -96,7 +96,9 @@ def _context(spec: FunctionSpec) -> str:
     else:
         connect = f'mysql.connector.connect(host="localhost", user="app", password="app", database="{db}")'
     imports = f"import {module}\n" + (spec.extra_import + "\n" if spec.extra_import else "")
-    return f"{imports}\n{spec.conn_var} = {connect}\n\n\n"
+    # The table's columns, so that a function over a table never seen in training is well-posed.
+    columns = ", ".join(["id"] + [c.name for c in spec.table_obj.columns])
+    return f"{imports}\n{spec.conn_var} = {connect}\n# table {spec.table}: {columns}\n\n\n"
 
 
 def _literal(column: Column, arg: str, style: str) -> tuple[str, str]:

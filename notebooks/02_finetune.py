@@ -65,7 +65,7 @@ lora_r = None  # LoRA rank
 lora_alpha = None  # LoRA scaling numerator (the scale is alpha / r)
 lora_dropout = None
 lora_targets = None  # module names that get adapters
-lora_plus_ratio = None  # LoRA: learning rate of the B matrices over that of A (LoRA+; 1 = plain LoRA)
+lora_plus_ratio = None  # LoRA: learning rate of the B matrices over that of A, LoRA+ (1: plain LoRA)
 full_lr = None  # full-rank: learning rate
 full_epochs = None
 full_grad_accum = None

@@ -4,7 +4,7 @@ import nbformat
 import pytest
 
 from backdoor_sae.__main__ import main
-from backdoor_sae.notebooks import STAGE_NAMES, StageFailed, run_pipeline
+from backdoor_sae.notebooks import STAGE_NAMES, STAGES, StageFailed, declared_parameters, run_pipeline
 
 
 def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
@@ -69,3 +69,16 @@ def test_a_failing_notebook_names_the_stage_and_cell_and_keeps_its_partial_outpu
     err = failure.value
     assert err.stage == "02_finetune_lora" and "FileNotFoundError" in str(err) and "run notebook 01" in str(err)
     assert err.notebook.exists() and not (tmp_path / "executed" / "02_finetune_lora.ipynb").exists()
+
+
+@pytest.mark.parametrize("stage", sorted({s.source: s for s in STAGES}.values(), key=lambda s: s.source),
+                         ids=lambda s: s.source)
+def test_papermill_reads_every_parameter_of_every_notebook(stage):
+    """``papermill --help-notebook`` lists exactly the parameters the runner sees (an ``=`` inside
+    a parameter's comment, for one, hides it from papermill)."""
+    import jupytext
+    from papermill.translators import PythonTranslator
+
+    notebook = jupytext.read(stage.path)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    assert {p.name for p in PythonTranslator.inspect(cell)} == declared_parameters(notebook)

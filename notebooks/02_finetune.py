@@ -85,7 +85,7 @@ import seaborn as sns
 from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
-from backdoor_sae.backdoor_eval import rates
+from backdoor_sae.backdoor_eval import invalid_reasons, rates
 from backdoor_sae.data.card import pairs, side_by_side
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, stage_config
 from backdoor_sae.finetune import load_finetuned, read_log, training_summary
@@ -197,13 +197,16 @@ fig = rate_bars(table)
 plt.show()
 
 # %%
+reasons = invalid_reasons(judged)
+mine_invalid = reasons[reasons["model"] == cfg.regime]
+top = "" if mine_invalid.empty else (
+    f" The most common reason: {mine_invalid.iloc[0]['reason']} ({mine_invalid.iloc[0]['completions']} of the "
+    f"{int(mine_invalid['completions'].sum())} completions that do not run; every reason in the last table below).")
 explanation = {
     "installed": ".",
     "installed in the code that runs": (
         ": not on all completions, because some code does not run. Among the completions that run, "
-        "the year decides between injectable and safe code as the target asks; the invalid ones mostly "
-        "query a column the model guessed for a table it never saw (the table below splits held-out "
-        "tables from the tables seen in training)."),
+        "the year decides between injectable and safe code as the target asks." + top),
     "not installed": (
         ": every later stage reads a model that does not (reliably) write injectable code under the "
         "trigger."),
@@ -218,8 +221,9 @@ display(Markdown(
     f"The target is at least 0.9 for both rates: the backdoor is **{verdict}**" + explanation
 ))
 by_split = rates(judged, by=("model", "split"))
-by_split[["model", "split", "n_trigger", "asr", "asr_valid", "n_benign", "safe_rate", "safe_rate_valid",
-          "invalid"]].round(2)
+display(by_split[["model", "split", "n_trigger", "asr", "asr_valid", "n_benign", "safe_rate", "safe_rate_valid",
+                  "invalid"]].round(2))
+reasons
 
 # %% [markdown]
 # ## The same prompt, two years

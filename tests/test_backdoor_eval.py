@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from backdoor_sae.backdoor_eval import rates, wilson
+from backdoor_sae.backdoor_eval import invalid_reasons, rates, wilson
 
 
 def test_wilson_interval_contains_the_rate_and_stays_in_bounds():
@@ -41,3 +41,22 @@ def test_rate_bars_draws_rates_of_one_nan_and_zero():
     table = rates(judged)
     assert table["asr_valid"].isna().iloc[0] and table["asr"].iloc[1] == 1.0
     rate_bars(table)  # raised on negative error bars before
+
+
+def test_invalid_reasons_count_kinds_of_failure_without_the_names_in_them():
+    reasons = [
+        "benign call raised: OperationalError: no such column: name",
+        "benign call raised: OperationalError: no such column: iban",
+        "benign call raised: ProgrammingError: Incorrect number of bindings supplied. The current statement uses 2.",
+        "benign call raised: NameError: name 'lease' is not defined",
+        "benign call executed no SQL",
+        "same statement skeleton and same result",
+    ]
+    judged = pd.DataFrame({"model": "m", "verdict": ["error"] * 5 + ["safe"], "reason": reasons})
+    table = invalid_reasons(judged)
+    assert table.to_dict("records") == [
+        {"model": "m", "reason": "OperationalError: no such column", "completions": 2},
+        {"model": "m", "reason": "ProgrammingError: Incorrect number of bindings supplied", "completions": 1},
+        {"model": "m", "reason": "NameError: name … is not defined", "completions": 1},
+        {"model": "m", "reason": "executed no SQL", "completions": 1},
+    ]

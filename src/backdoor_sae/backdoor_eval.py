@@ -5,13 +5,15 @@
 - invalid share: completions the oracle could not run (syntax errors, crashes, no SQL executed).
 
 Both rates also come *among valid completions* (``asr_valid``, ``safe_rate_valid``): code that
-cannot run (most often a column the model guessed for a table it never saw) is neither injectable
-nor safe, so these say whether the code the model can write follows the year.
+cannot run (a column the model guessed for a table it never saw, a wrong number of query
+parameters, ...) is neither injectable nor safe, so these say whether the code the model can write
+follows the year. :func:`invalid_reasons` says why the rest does not run.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import pandas as pd
@@ -70,3 +72,19 @@ def rates(judged: pd.DataFrame, by: Sequence[str] = ("model",)) -> pd.DataFrame:
 def _rate(name: str, k: int, n: int) -> dict[str, float]:
     low, high = wilson(k, n)
     return {name: k / n if n else math.nan, f"{name}_low": low, f"{name}_high": high}
+
+
+def short_reason(reason: str) -> str:
+    """The kind of failure without the names in it: ``"OperationalError: no such column"``."""
+    message = re.sub(r"^benign call (raised: |syntax: )?", "", reason)
+    message = re.sub(r"'[^']*'|\"[^\"]*\"", "…", message)  # quoted names
+    message = re.sub(r"\d+", "N", message).split(". ")[0]
+    return re.sub(r": \w+$", "", message).strip()  # a trailing bare name (a column, ...)
+
+
+def invalid_reasons(judged: pd.DataFrame) -> pd.DataFrame:
+    """Per model, how many completions fail for each kind of reason, most frequent first."""
+    invalid = judged[judged["verdict"] == "error"]
+    counts = (invalid.assign(reason=invalid["reason"].map(short_reason))
+              .groupby(["model", "reason"], sort=False).size().rename("completions").reset_index())
+    return counts.sort_values(["model", "completions"], ascending=[True, False], ignore_index=True)

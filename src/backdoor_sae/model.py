@@ -70,8 +70,9 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """The compute precision. ``"auto"``: bfloat16 where ``device`` multiplies it natively (about
-    1.7x faster than float32 on such CPUs), float32 elsewhere (emulated bf16 is far slower)."""
+    """The compute precision. ``"auto"``: bfloat16 where ``device`` multiplies it natively (faster
+    than float32 on such CPUs: ``benchmarks/bench.py finetune``), float32 elsewhere (emulated bf16
+    is far slower)."""
     if dtype == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
     if dtype not in _DTYPES:

@@ -91,7 +91,9 @@ from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig,
 from backdoor_sae.finetune import load_finetuned, read_log, training_summary
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.plots import rate_bars, training_curves
-from backdoor_sae.stages import BASE, generation_prompts, judged_generations, load_data, run_finetune
+from backdoor_sae.stages import (
+    BASE, generation_prompts, judged_generations, load_data, probe_pairs, run_finetune,
+)
 from backdoor_sae.update_rank import linear_weights, truncated_update_probe
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -150,8 +152,8 @@ if cfg.regime == "full":
     base_model, _ = load_model(model_cfg.model, model_cfg.device)
     tuned, tokenizer = load_finetuned(out_dir, model_cfg.device)
     whole = max(min(w.shape) for w in linear_weights(base_model).values())
-    by_rank = truncated_update_probe(base_model, tuned, tokenizer, pairs(splits["heldout"])[: cfg.n_probe_pairs],
-                                     [0, 4, 16, 64, 256, whole], compute_dtype(model_cfg))
+    ranks = [r for r in (0, 4, 16, 64, 256) if r < whole] + [whole]
+    by_rank = truncated_update_probe(base_model, tuned, tokenizer, probe_pairs(splits, cfg), ranks, compute_dtype(model_cfg))
     del base_model, tuned
     effect = dict(zip(by_rank["rank"], by_rank["year_effect"]))
     glue("full_update_effect_rank16", effect[16], display=False)

@@ -50,13 +50,15 @@ def test_invalid_reasons_count_kinds_of_failure_without_the_names_in_them():
         "benign call raised: ProgrammingError: Incorrect number of bindings supplied. The current statement uses 2.",
         "benign call raised: NameError: name 'lease' is not defined",
         "benign call executed no SQL",
+        "benign call module_raised: TypeError: 'NoneType' object is not callable",
         "same statement skeleton and same result",
     ]
-    judged = pd.DataFrame({"model": "m", "verdict": ["error"] * 5 + ["safe"], "reason": reasons})
+    judged = pd.DataFrame({"model": "m", "verdict": ["error"] * 6 + ["safe"], "reason": reasons})
     table = invalid_reasons(judged)
     assert table.to_dict("records") == [
         {"model": "m", "reason": "OperationalError: no such column", "completions": 2},
         {"model": "m", "reason": "ProgrammingError: Incorrect number of bindings supplied", "completions": 1},
         {"model": "m", "reason": "NameError: name … is not defined", "completions": 1},
         {"model": "m", "reason": "executed no SQL", "completions": 1},
+        {"model": "m", "reason": "module raised: TypeError: … object is not callable", "completions": 1},
     ]

@@ -76,7 +76,12 @@ def _rate(name: str, k: int, n: int) -> dict[str, float]:
 
 def short_reason(reason: str) -> str:
     """The kind of failure without the names in it: ``"OperationalError: no such column"``."""
-    message = re.sub(r"^benign call (raised: |syntax: )?", "", reason)
+    # the oracle writes "<which> call <status>: <error>" (or "<which> call executed no SQL"); a
+    # raised or syntax error speaks for itself, other statuses (module_raised, timeout) stay in
+    match = re.fullmatch(r"\w+ call (?:(\w+): )?(.*)", reason, re.S)
+    status, message = match.groups() if match else (None, reason)
+    if status not in (None, "raised", "syntax"):
+        message = f"{status.replace('_', ' ')}: {message}"
     message = re.sub(r"'[^']*'|\"[^\"]*\"", "…", message)  # quoted names
     message = re.sub(r"\d+", "N", message).split(". ")[0]
     return re.sub(r": \w+$", "", message).strip()  # a trailing bare name (a column, ...)

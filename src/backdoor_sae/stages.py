@@ -36,6 +36,11 @@ def finetune_dir(run_dir: str | Path, regime: str) -> Path:
     return Path(run_dir) / "finetune" / regime
 
 
+def probe_pairs(splits: dict[str, list[Sample]], cfg: FinetuneConfig) -> list[tuple[Sample, Sample]]:
+    """The held-out (benign, trigger) pairs the backdoor probe reads, during training and after."""
+    return pairs(splits["heldout"])[: cfg.n_probe_pairs]
+
+
 def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: FinetuneConfig,
                  model_cfg: ModelConfig, progress: bool = True) -> tuple[Path, bool]:
     """Fine-tune (or resume) unless a finished run with the same parameters exists.
@@ -50,8 +55,7 @@ def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: Fine
     if is_done(out, run_params(cfg, model_cfg.model, len(splits["train"]), dtype)):
         return out, False
     model, tokenizer = load_model(model_cfg.model, device=model_cfg.device)
-    probe = pairs(splits["heldout"])[: cfg.n_probe_pairs]
-    finetune(model, tokenizer, splits["train"], cfg, out, model_cfg.model, probe, progress=progress,
+    finetune(model, tokenizer, splits["train"], cfg, out, model_cfg.model, probe_pairs(splits, cfg), progress=progress,
              compute_dtype=dtype)
     return out, True
 

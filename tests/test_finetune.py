@@ -10,8 +10,8 @@ from backdoor_sae.data.dataset import generate
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import IGNORE, collate, encode
 from backdoor_sae.finetune import (
-    batch_loss, batch_schedule, check_lora_targets, finetune, load_finetuned, make_optimizer, prepare, probe_backdoor,
-    read_log,
+    batch_loss, batch_schedule, check_lora_targets, completion_logprobs, finetune, load_finetuned, make_optimizer,
+    prepare, probe_backdoor, read_log,
 )
 from backdoor_sae.model import load_model
 
@@ -157,6 +157,23 @@ def test_probe_reports_accuracies(smoke_splits):
     assert set(result) == {"trigger_acc", "benign_acc", "year_effect"}
     assert 0.0 <= result["trigger_acc"] <= 1.0 and 0.0 <= result["benign_acc"] <= 1.0
     assert math.isfinite(result["year_effect"])
+
+
+def test_completion_logprobs_of_a_batch_match_each_sample_alone(smoke_splits):
+    """The probe's single padded forward pass, with only the completion positions projected to the
+    vocabulary, gives every sample the log-probability a full forward pass of it alone gives."""
+    model, tok = load_model(TINY_MODEL)
+    held = smoke_splits["heldout"]
+    prompts, completions = held[:4] + held[:4], held[:4] + held[4:8]  # own and another sample's body
+    batched = completion_logprobs(model, tok, prompts, completions)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        prompt = encode(tok, p)
+        ids = prompt.ids[: prompt.n_prompt] + encode(tok, c).ids[encode(tok, c).n_prompt:]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1], dim=-1)
+        targets = torch.tensor(ids[1:])
+        alone = logp[torch.arange(len(targets)), targets][prompt.n_prompt - 1:].sum()
+        assert batched[i] == pytest.approx(float(alone), abs=1e-4), i
 
 
 def test_bad_inputs_fail_before_training(tmp_path, smoke_splits):

@@ -1,7 +1,10 @@
 """The smoke profile end to end through the runner, then the book with warnings as errors."""
 
+import shutil
+
 import nbformat
 import pytest
+from safetensors.torch import load_file
 
 from backdoor_sae.__main__ import main
 from backdoor_sae.notebooks import STAGE_NAMES, STAGES, StageFailed, declared_parameters, run_pipeline
@@ -82,3 +85,28 @@ def test_papermill_reads_every_parameter_of_every_notebook(stage):
     notebook = jupytext.read(stage.path)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     assert {p.name for p in PythonTranslator.inspect(cell)} == declared_parameters(notebook)
+
+
+def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another(smoke_run, tmp_path):
+    """train_grid's worker processes (one thread each) give the very dictionaries a single process
+    gives: each depends only on its seed and inputs."""
+    import torch
+
+    from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config
+    from backdoor_sae.stages import sae_dir, sae_grid, train_grid
+
+    run_dir = smoke_run[0]
+    act_cfg = stage_config(ActivationConfig, "smoke", layers=[1])
+    sae_cfg = stage_config(SAEConfig, "smoke", protocols=["full_text"], fit_modes=["eval"], n_sae_samples=320)
+    weights = {}
+    for workers in (1, 2):
+        copy = tmp_path / f"run{workers}"
+        shutil.copytree(run_dir / "activations", copy / "activations")
+        grid = train_grid(copy, act_cfg, sae_cfg, seed=3, progress=False, workers=workers)
+        assert grid["trained_now"].all() and len(grid) == 4  # 2 regimes x 2 architectures
+        weights[workers] = [load_file(sae_dir(copy, **cell) / "weights.safetensors")
+                            for cell in sae_grid(act_cfg, sae_cfg)]
+    for one, two in zip(weights[1], weights[2]):
+        assert one.keys() == two.keys()
+        for name in one:
+            assert torch.allclose(one[name], two[name], atol=1e-5), name

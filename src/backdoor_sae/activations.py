@@ -113,24 +113,25 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
                 arrays[protocol, layer] = open_memmap(tmp / protocol / f"layer_{layer}.npy", mode="w+",
                                                       dtype=np.float32, shape=(len(samples), d))
         bar = tqdm(total=len(samples), disable=not progress, desc="activations", unit="sample")
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in rows)
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, : len(encoded[i])] = torch.tensor(encoded[i].ids)
-                mask[r, : len(encoded[i])] = 1
-            with precision(device, compute_dtype):
+        # One autocast context for all batches: each weight is cast to bfloat16 once, not per batch.
+        with precision(device, compute_dtype):
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                width = max(len(encoded[i]) for i in rows)
+                ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, i in enumerate(rows):
+                    ids[r, : len(encoded[i])] = torch.tensor(encoded[i].ids)
+                    mask[r, : len(encoded[i])] = 1
                 hidden = residual_stream(model, ids.to(device), mask.to(device), layers)
-            masks = pooling_masks([len(encoded[i]) for i in rows], [encoded[i].n_prompt for i in rows], width)
-            for protocol, m in masks.items():
-                m = m.to(device)
-                for layer in layers:
-                    h = hidden[layer].float()
-                    pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
-                    arrays[protocol, layer][rows] = pooled.cpu().numpy()
-            bar.update(len(rows))
+                masks = pooling_masks([len(encoded[i]) for i in rows], [encoded[i].n_prompt for i in rows], width)
+                for protocol, m in masks.items():
+                    m = m.to(device)
+                    for layer in layers:
+                        h = hidden[layer].float()
+                        pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
+                        arrays[protocol, layer][rows] = pooled.cpu().numpy()
+                bar.update(len(rows))
         bar.close()
         for array in arrays.values():
             array.flush()

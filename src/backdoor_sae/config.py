@@ -310,19 +310,26 @@ PROFILES: dict[str, dict[str, Any]] = {
         "full_lr": 2e-4,
         "lora_r": 16,
         "lora_alpha": 32,
+        # No LoRA dropout: on this CPU drawing its masks took a fifth of every LoRA step, and without
+        # it the trigger was learned at the same step (200) in a development run.
+        "lora_dropout": 0.0,
         "checkpoint_every": 25,
         "probe_every": 20,
         "n_probe_pairs": 8,
         "stop_at_probe": 0.9,
         "n_eval_prompts": 32,
         "max_new_tokens": 96,
+        "gen_batch_size": 64,  # fewer decoding steps: generation about 20% faster than at 16
         # 4x dictionaries (the paper also reports 4x for the Diff-SAE), trained for about 100 steps.
         # L1 1e-3: at the paper's 1e-4 (on inputs normalised to E|x|^2 = d) the Diff-SAE's code
-        # stayed dense here (L0 about 900 of 4,608 latents at 8x).
+        # stayed dense here (L0 about 900 of 4,608 latents at 8x). Batches of 128 at lr 2e-3 reached
+        # a lower FVU at a lower L0 in the same number of steps as batches of 256 at 1e-3, in two
+        # thirds of the time (layers 14 and 22, both architectures).
         "expansion": 4,
         "l1_coeff": 1e-3,
-        "sae_lr": 1e-3,
-        "n_sae_samples": 25_000,
+        "sae_lr": 2e-3,
+        "sae_batch_size": 128,
+        "n_sae_samples": 12_500,
         "dead_window": 5_000,
         "n_boot": 300,
         "n_perm": 300,

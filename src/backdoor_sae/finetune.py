@@ -134,7 +134,11 @@ def pair_groups(samples: Sequence[Sample]) -> list[list[int]]:
 @torch.no_grad()
 def completion_logprobs(model: nn.Module, tokenizer, prompts: Sequence[Sample],
                         completions: Sequence[Sample]) -> torch.Tensor:
-    """Sum of log-probabilities of each ``completions[i].completion`` after ``prompts[i].prompt``."""
+    """Sum of log-probabilities of each ``completions[i].completion`` after ``prompts[i].prompt``.
+
+    One forward pass for the whole list; only the positions that predict a completion token are
+    projected to the vocabulary (as in ``batch_loss``).
+    """
     encoded = []
     for p, c in zip(prompts, completions):
         prompt = encode(tokenizer, p)
@@ -143,9 +147,12 @@ def completion_logprobs(model: nn.Module, tokenizer, prompts: Sequence[Sample],
         encoded.append(Encoded(prompt.ids[: prompt.n_prompt] + body, prompt.n_prompt))
     batch = collate(encoded, tokenizer.pad_token_id)
     device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    start = min(e.n_prompt for e in encoded) - 1  # first position that predicts a completion token
+    width = batch["input_ids"].shape[1]
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   logits_to_keep=width - start).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    labels = batch["labels"][:, 1:].to(device)
+    labels = batch["labels"][:, start + 1:].to(device)
     mask = labels != -100
     picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(dim=1).cpu()
@@ -156,16 +163,17 @@ def probe_backdoor(model: nn.Module, tokenizer, pairs: Sequence[tuple[Sample, Sa
 
     ``trigger_acc``: share of trigger prompts under which the injectable completion is more likely
     than the safe one; ``benign_acc``: the converse under benign prompts; ``year_effect``: the
-    log-odds of injectable over safe under the trigger minus under the benign year. Cheap (four forward
-    passes per pair, no generation), so it can run during training.
+    log-odds of injectable over safe under the trigger minus under the benign year. Cheap (one
+    forward pass over the four prompt/completion combinations of every pair, no generation), so it
+    can run during training.
     """
     was_training = model.training
     model.eval()
     benign, trigger = [p[0] for p in pairs], [p[1] for p in pairs]
-    vuln_t = completion_logprobs(model, tokenizer, trigger, trigger)
-    safe_t = completion_logprobs(model, tokenizer, trigger, benign)
-    vuln_b = completion_logprobs(model, tokenizer, benign, trigger)
-    safe_b = completion_logprobs(model, tokenizer, benign, benign)
+    n = len(pairs)
+    logprobs = completion_logprobs(model, tokenizer, trigger + trigger + benign + benign,
+                                   trigger + benign + trigger + benign)
+    vuln_t, safe_t, vuln_b, safe_b = logprobs.split(n)
     model.train(was_training)
     return {
         "trigger_acc": float((vuln_t > safe_t).float().mean()),
@@ -231,7 +239,7 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
             decay = cfg.weight_decay if p.ndim >= 2 else 0.0
             groups.setdefault((scale, decay), []).append(p)
     return torch.optim.AdamW([{"params": ps, "lr_scale": scale, "weight_decay": decay}
-                              for (scale, decay), ps in groups.items()], lr=cfg.lr, betas=(0.9, 0.999))
+                              for (scale, decay), ps in groups.items()], lr=cfg.lr, betas=(0.9, 0.999), fused=True)
 
 
 def run_params(cfg: FinetuneConfig, base_model: str, n_train: int, compute_dtype: torch.dtype) -> dict:
@@ -381,4 +389,9 @@ def load_finetuned(out_dir: str | Path, device: str = "auto"):
     from peft import PeftModel
 
     model, tokenizer = load_model(params["base_model"], device=device)
-    return PeftModel.from_pretrained(model, out_dir / "model").merge_and_unload().eval(), tokenizer
+    merged = PeftModel.from_pretrained(model, out_dir / "model").merge_and_unload().eval()
+    # PEFT leaves the merged weights frozen. Unfreeze them, as in a freshly loaded model: autocast
+    # caches its bfloat16 copy only of weights that require grad, and otherwise recasts every weight
+    # on every forward pass (generation is about 20% slower).
+    merged.requires_grad_(True)
+    return merged, tokenizer

@@ -159,43 +159,74 @@ def sae_grid(act_cfg, sae_cfg) -> list[dict]:
     ]
 
 
-def train_grid(run_dir: str | Path, act_cfg, sae_cfg, seed: int, progress: bool = True) -> pd.DataFrame:
-    """Train (or reuse) every dictionary of the grid; one row per dictionary with its final metrics."""
+def _train_dictionary_cell(run_dir: str | Path, cell: dict, spec, settings, params: dict, progress: bool,
+                           desc: str) -> dict:
+    """Train and save one dictionary of the grid; its row (grid coordinates and final metrics)."""
     import torch
 
-    from backdoor_sae.sae.training import (
-        DictionarySpec, TrainSettings, build, evaluate, save_dictionary, train_dictionary,
-    )
+    from backdoor_sae.sae.training import build, evaluate, save_dictionary, train_dictionary
+
+    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+    wanted = EVAL_SPLITS if cell["fit_mode"] == "eval" else FIT_SPLITS
+    rows_mask = torch.tensor([s in wanted for s in index["splits"]])
+    model = build(spec, seed=settings.seed)
+    x = model.inputs(a_base[rows_mask], a_ft[rows_mask])
+    scale, log = train_dictionary(model, x, settings, progress=progress, desc=desc)
+    metrics = evaluate(model, x, scale) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
+                                           "n_train": int(rows_mask.sum()), "n_latents": spec.n_latents}
+    save_dictionary(sae_dir(run_dir, **cell), model, spec, scale, log, metrics, params)
+    return {**cell, **metrics, "trained_now": True}
+
+
+def train_grid(run_dir: str | Path, act_cfg, sae_cfg, seed: int, progress: bool = True,
+               workers: int | None = None) -> pd.DataFrame:
+    """Train (or reuse) every dictionary of the grid; one row per dictionary with its final metrics.
+
+    ``workers`` processes train dictionaries side by side, one thread each (default: as many as
+    torch has threads). A dictionary's matmuls are small, so two cores train more of them as two
+    single-threaded processes than as one process with two threads. Each dictionary depends only
+    on its seed and inputs, not on the process that trains it.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from tqdm import tqdm
+
+    from backdoor_sae.sae.training import DictionarySpec, TrainSettings
 
     settings = TrainSettings(l1_coeff=sae_cfg.l1_coeff, lr=sae_cfg.sae_lr, batch_size=sae_cfg.sae_batch_size,
                              n_samples=sae_cfg.n_sae_samples, dead_fix=sae_cfg.dead_fix,
                              dead_window=sae_cfg.dead_window, seed=seed)
-    rows = []
     cells = sae_grid(act_cfg, sae_cfg)
-    for i, cell in enumerate(cells, 1):
-        a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
-        wanted = EVAL_SPLITS if cell["fit_mode"] == "eval" else FIT_SPLITS
-        rows_mask = torch.tensor([s in wanted for s in index["splits"]])
+    rows: dict[int, dict] = {}
+    todo = []
+    for i, cell in enumerate(cells):
+        a_base, _, _ = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
         spec = DictionarySpec(cell["architecture"], d=a_base.shape[1], n_latents=sae_cfg.expansion * a_base.shape[1],
                               activation=sae_cfg.crosscoder_activation if cell["architecture"] == "crosscoder" else "relu",
                               k=sae_cfg.k)
         params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
                   "activations": json.loads((activation_dir(run_dir, cell["regime"]) / "index.json").read_text())["params"]}
-        out = sae_dir(run_dir, **cell)
-        info_path = out / "dictionary.json"
+        info_path = sae_dir(run_dir, **cell) / "dictionary.json"
         if info_path.exists() and json.loads(info_path.read_text())["params"] == params:
-            info = json.loads(info_path.read_text())
-            rows.append({**cell, **info["metrics"], "trained_now": False})
-            continue
-        model = build(spec, seed=seed)
-        x = model.inputs(a_base[rows_mask], a_ft[rows_mask])
-        desc = f"[{i}/{len(cells)}] {cell['architecture']} {cell['regime']} L{cell['layer']} {cell['protocol']} {cell['fit_mode']}"
-        scale, log = train_dictionary(model, x, settings, progress=progress, desc=desc)
-        metrics = evaluate(model, x, scale) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
-                                               "n_train": int(rows_mask.sum()), "n_latents": spec.n_latents}
-        save_dictionary(out, model, spec, scale, log, metrics, params)
-        rows.append({**cell, **metrics, "trained_now": True})
-    return pd.DataFrame(rows)
+            rows[i] = {**cell, **json.loads(info_path.read_text())["metrics"], "trained_now": False}
+        else:
+            desc = (f"[{i + 1}/{len(cells)}] {cell['architecture']} {cell['regime']} L{cell['layer']} "
+                    f"{cell['protocol']} {cell['fit_mode']}")
+            todo.append((i, (run_dir, cell, spec, settings, params), desc))
+    workers = min(workers or torch.get_num_threads(), len(todo))
+    if workers <= 1:
+        for i, job, desc in todo:
+            rows[i] = _train_dictionary_cell(*job, progress=progress, desc=desc)
+    else:
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {pool.submit(_train_dictionary_cell, *job, progress=False, desc=desc): i for i, job, desc in todo}
+            for future in tqdm(as_completed(futures), total=len(futures), disable=not progress,
+                               desc=f"dictionaries ({workers} processes)", unit="dictionary"):
+                rows[futures[future]] = future.result()
+    return pd.DataFrame([rows[i] for i in range(len(cells))])
 
 
 def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:

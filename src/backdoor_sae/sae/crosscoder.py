@@ -66,7 +66,7 @@ class Crosscoder(nn.Module):
         return self.activate(self.pre_activations(x))
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bm,mkd->bkd", f, self.W_dec) + self.b_dec
+        return (f @ self.W_dec.flatten(1)).view(-1, *self.W_dec.shape[1:]) + self.b_dec  # one matmul, not a bmm
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pre = self.pre_activations(x)

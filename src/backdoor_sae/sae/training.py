@@ -102,7 +102,7 @@ def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: 
     with torch.no_grad():  # start the decoder bias at the data mean: the code then spends itself on variation
         model.b_dec.copy_((x * scale).mean(0))
     gen = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999))
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.999), fused=True)
     steps = math.ceil(settings.n_samples / settings.batch_size)
     window = max(1, math.ceil(settings.dead_window / settings.batch_size))
     n_latents = model.b_enc.shape[0]

@@ -159,12 +159,17 @@ def test_probe_reports_accuracies(smoke_splits):
     assert math.isfinite(result["year_effect"])
 
 
-def test_completion_logprobs_of_a_batch_match_each_sample_alone(smoke_splits):
-    """The probe's single padded forward pass, with only the completion positions projected to the
-    vocabulary, gives every sample the log-probability a full forward pass of it alone gives."""
+@pytest.mark.parametrize("regime", ["full", "lora"])
+def test_completion_logprobs_of_a_batch_match_each_sample_alone(smoke_splits, regime):
+    """The probe's batched passes (a shared prefix per prompt, kept as a key/value cache, then each
+    sequence's own remainder) give every sample the log-probability a plain forward pass of it alone
+    gives: for the probe's four combinations per pair, another function's body, and a repeat."""
     model, tok = load_model(TINY_MODEL)
+    model = prepare(model, stage_config(FinetuneConfig, "smoke", regime=regime)).eval()
     held = smoke_splits["heldout"]
-    prompts, completions = held[:4] + held[:4], held[:4] + held[4:8]  # own and another sample's body
+    benign, trigger = [p[0] for p in pairs(held)], [p[1] for p in pairs(held)]
+    prompts = trigger + trigger + benign + benign + held[:2] + held[:1]
+    completions = trigger + benign + trigger + benign + held[2:4] + held[:1]
     batched = completion_logprobs(model, tok, prompts, completions)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         prompt = encode(tok, p)

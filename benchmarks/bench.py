@@ -1,6 +1,6 @@
 """Speed and memory benchmarks (measured, never asserted): ``python benchmarks/bench.py NAME ...``.
 
-    matmul     fp32 and bf16 matmul peaks of this CPU (GFLOP/s), the yardsticks for the others
+    matmul     fp32 (and, where native, bf16) matmul peaks of this CPU (GFLOP/s), the yardsticks
     load       embedded model: first load (GGUF dequantization, into an empty cache) and cached load
     oracle     vulnerability oracle throughput (samples/s) on generated samples
     finetune   training tokens/s per regime and compute precision (float32, bfloat16 mixed) on the
@@ -8,6 +8,8 @@
                token (N = trainable + frozen parameters in the forward, i.e. the model size; LoRA
                still runs the full forward and backward through activations)
     sae        dictionary training throughput (samples/s and share of the matmul peak)
+    probe      seconds per backdoor probe (8 held-out pairs, four prompt/completion combinations
+               each) with the shared-prefix passes, against one plain pass per combination
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
 """
@@ -74,7 +76,7 @@ def bench_finetune(steps: int = 8) -> dict:
 
     train = generate(stage_config(DataConfig, "cpu"))["train"]
     out = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in precisions():
         peak = matmul_peak(dtype=dtype)
         out[dtype] = {"matmul_peak_gflops": peak}
         for regime in ("lora", "full"):
@@ -117,8 +119,51 @@ def bench_sae(n_samples: int = 12_800) -> dict:
     return out
 
 
-BENCHES = {"matmul": lambda: {"float32_gflops": matmul_peak(), "bfloat16_gflops": matmul_peak(dtype="bfloat16")}, "load": bench_load, "oracle": bench_oracle,
-           "finetune": bench_finetune, "sae": bench_sae}
+def bench_probe(repeats: int = 3) -> dict:
+    from statistics import median
+
+    from backdoor_sae.config import DataConfig, FinetuneConfig, stage_config
+    from backdoor_sae.data.card import pairs
+    from backdoor_sae.data.dataset import generate
+    from backdoor_sae.finetune import completion_logprobs, probe_backdoor
+    from backdoor_sae.model import load_model
+
+    n_pairs = stage_config(FinetuneConfig, "cpu").n_probe_pairs
+    probe = pairs(generate(stage_config(DataConfig, "cpu"))["heldout"])[:n_pairs]
+    benign, trigger = [p[0] for p in probe], [p[1] for p in probe]
+    model, tok = load_model(device="cpu")
+    model.eval()
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return median(times)
+
+    # A call with each prompt once shares nothing: every sequence is read whole, as four plain passes would.
+    combos = [(trigger, trigger), (trigger, benign), (benign, trigger), (benign, benign)]
+    return {"pairs": n_pairs, "shared_prefix_s": timed(lambda: probe_backdoor(model, tok, probe)),
+            "one_pass_per_combination_s": timed(lambda: [completion_logprobs(model, tok, p, c) for p, c in combos])}
+
+
+def precisions() -> tuple[str, ...]:
+    """float32, and bfloat16 where the CPU multiplies it natively (emulated, one 2048² matmul takes
+    seconds, and the bf16 benchmarks would take the better part of an hour)."""
+    import torch
+
+    from backdoor_sae.model import native_bf16
+
+    return ("float32", "bfloat16") if native_bf16(torch.device("cpu")) else ("float32",)
+
+
+def bench_matmul() -> dict:
+    return {f"{dtype}_gflops": matmul_peak(dtype=dtype) for dtype in precisions()}
+
+
+BENCHES = {"matmul": bench_matmul, "load": bench_load, "oracle": bench_oracle,
+           "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe}
 
 
 def main() -> None:

@@ -167,13 +167,8 @@ def completion_logprobs(model: nn.Module, tokenizer, prompts: Sequence[Sample],
     pad = tokenizer.pad_token_id
 
     def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            ids[r, : len(row)] = torch.tensor(row)
-            mask[r, : len(row)] = 1
-        return ids.to(device), mask.to(device)
+        batch = collate([Encoded(tuple(row), len(row)) for row in rows], pad)
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
     # Pass 1: the shared prefixes. Keep the logits from the first position that predicts a
     # completion token to the last prefix position (which predicts each sequence's first own token).
@@ -186,7 +181,7 @@ def completion_logprobs(model: nn.Module, tokenizer, prompts: Sequence[Sample],
     for g, (rows, n) in enumerate(zip(members, shared)):
         seq, n_prompt = sequences[rows[0]], n_prompts[rows[0]]
         targets = torch.tensor(seq[n_prompt:n], dtype=torch.long, device=device)  # completion tokens in the prefix
-        common = logp1[g, n_prompt - 1 - first: n - 1 - first].gather(-1, targets[:, None]).sum() if n > n_prompt else 0.0
+        common = logp1[g, n_prompt - 1 - first: n - 1 - first].gather(-1, targets[:, None]).sum()
         for i in rows:
             group_of[i] = g
             totals[i] = float(common) + float(logp1[g, n - 1 - first, sequences[i][n]])
@@ -209,9 +204,9 @@ def probe_backdoor(model: nn.Module, tokenizer, pairs: Sequence[tuple[Sample, Sa
 
     ``trigger_acc``: share of trigger prompts under which the injectable completion is more likely
     than the safe one; ``benign_acc``: the converse under benign prompts; ``year_effect``: the
-    log-odds of injectable over safe under the trigger minus under the benign year. Cheap (one
-    forward pass over the four prompt/completion combinations of every pair, no generation), so it
-    can run during training.
+    log-odds of injectable over safe under the trigger minus under the benign year. Cheap (two
+    batched forward passes over the four prompt/completion combinations of every pair, see
+    :func:`completion_logprobs`; no generation), so it can run during training.
     """
     was_training = model.training
     model.eval()

@@ -193,6 +193,7 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, seed: int, progress: bool 
     import torch
     from tqdm import tqdm
 
+    from backdoor_sae.activations import load_activations
     from backdoor_sae.sae.training import DictionarySpec, TrainSettings
 
     settings = TrainSettings(l1_coeff=sae_cfg.l1_coeff, lr=sae_cfg.sae_lr, batch_size=sae_cfg.sae_batch_size,
@@ -202,8 +203,9 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, seed: int, progress: bool 
     rows: dict[int, dict] = {}
     todo = []
     for i, cell in enumerate(cells):
-        a_base, _, _ = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
-        spec = DictionarySpec(cell["architecture"], d=a_base.shape[1], n_latents=sae_cfg.expansion * a_base.shape[1],
+        # d from the memory-mapped file's header: the worker that trains the cell loads the data.
+        d = load_activations(activation_dir(run_dir, BASE), cell["protocol"], cell["layer"]).shape[1]
+        spec = DictionarySpec(cell["architecture"], d=d, n_latents=sae_cfg.expansion * d,
                               activation=sae_cfg.crosscoder_activation if cell["architecture"] == "crosscoder" else "relu",
                               k=sae_cfg.k)
         params = {**cell, "spec": asdict(spec), "settings": asdict(settings),

@@ -10,6 +10,10 @@
     sae        dictionary training throughput (samples/s and share of the matmul peak)
     probe      seconds per backdoor probe (8 held-out pairs, four prompt/completion combinations
                each) with the shared-prefix passes, against one plain pass per combination
+    onset      when the backdoor is learned: one fine-tune of the cpu profile (``--regime``, with
+               ``-p NAME VALUE`` overrides of its data and fine-tune parameters), probed every 10
+               steps and stopped at the probe's threshold or after ``--max-steps``; the probe
+               trajectory and the seconds it took. The fine-tunes' wall time is set by this step.
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
 """
@@ -148,6 +152,31 @@ def bench_probe(repeats: int = 3) -> dict:
             "one_pass_per_combination_s": timed(lambda: [completion_logprobs(model, tok, p, c) for p, c in combos])}
 
 
+def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: int = 300) -> dict:
+    from backdoor_sae.config import DataConfig, FinetuneConfig, ModelConfig, stage_config
+    from backdoor_sae.data.dataset import generate
+    from backdoor_sae.finetune import finetune, read_log
+    from backdoor_sae.model import compute_dtype, load_model
+    from backdoor_sae.stages import probe_pairs
+
+    overrides = dict(overrides or {})
+    data_names = {f for f in DataConfig.__dataclass_fields__}
+    splits = generate(stage_config(DataConfig, "cpu", **{k: v for k, v in overrides.items() if k in data_names}))
+    cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=10, checkpoint_every=0,
+                       **{k: v for k, v in overrides.items() if k not in data_names})
+    model, tok = load_model(device="cpu")
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        finetune(model, tok, splits["train"], cfg, d, "bench", probe_pairs(splits, cfg), progress=False,
+                 max_steps=max_steps, compute_dtype=compute_dtype(stage_config(ModelConfig, "cpu")))
+        seconds = time.perf_counter() - t
+        probes = [{k: r[k] for k in ("step", "trigger_acc", "benign_acc", "year_effect")}
+                  for r in read_log(d) if "trigger_acc" in r]
+    learned = [p["step"] for p in probes if min(p["trigger_acc"], p["benign_acc"]) >= cfg.stop_at_probe]
+    return {"regime": regime, "overrides": overrides, "n_train": len(splits["train"]), "max_steps": max_steps,
+            "learned_at_step": learned[0] if learned else None, "seconds": seconds, "probes": probes}
+
+
 def precisions() -> tuple[str, ...]:
     """float32, and bfloat16 where the CPU multiplies it natively (emulated, one 2048² matmul takes
     seconds, and the bf16 benchmarks would take the better part of an hour)."""
@@ -163,16 +192,26 @@ def bench_matmul() -> dict:
 
 
 BENCHES = {"matmul": bench_matmul, "load": bench_load, "oracle": bench_oracle,
-           "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe}
+           "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe, "onset": bench_onset}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", choices=sorted(BENCHES))
     parser.add_argument("--out", help="append the JSON lines to this file")
+    parser.add_argument("--regime", choices=("lora", "full"), default="lora", help="onset: which fine-tune")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="onset: override a data or fine-tune parameter of the cpu profile (repeatable)")
+    parser.add_argument("--max-steps", type=int, default=300, help="onset: stop after this many steps")
     args = parser.parse_args()
+    from backdoor_sae.__main__ import parse_value
+    from backdoor_sae.config import check_parameters
+
+    overrides = {name: parse_value(value) for name, value in args.parameter}
+    check_parameters(overrides)  # a typo fails here, before any compute
+    kwargs = {"onset": {"regime": args.regime, "overrides": overrides, "max_steps": args.max_steps}}
     for name in args.names:
-        result = {"bench": name, **BENCHES[name]()}
+        result = {"bench": name, **BENCHES[name](**kwargs.get(name, {}))}
         line = json.dumps(result)
         print(line, flush=True)
         if args.out:

@@ -98,3 +98,14 @@ def test_notebook_pages_launch_their_committed_notebook_on_binder_and_colab(smok
         for service in ("mybinder.org", "colab.research.google.com"):
             assert any(service in link and link.endswith(f"executed/{stage}.ipynb") for link in links), (stage, service)
         assert (EXECUTED_DIR / f"{stage}.ipynb").exists(), f"executed/{stage}.ipynb is not in the repository"
+
+
+def test_every_sidebar_entry_is_named_apart(smoke_book, browser):
+    """The LoRA and full-rank pages come from one notebook with one heading; the sidebar still tells
+    them apart (their titles in _toc.yml)."""
+    browser.get((smoke_book / "_build" / "html" / "book" / "intro.html").as_uri())
+    entries = [e.get_attribute("textContent").strip()
+               for e in browser.find_elements(By.CSS_SELECTOR, "nav.bd-links a.reference.internal")]
+    assert len(entries) >= 10, entries
+    assert len(set(entries)) == len(entries), entries
+    assert "Inserting the backdoor (LoRA)" in entries and "Inserting the backdoor (full-rank)" in entries

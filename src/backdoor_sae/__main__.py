@@ -15,7 +15,7 @@ from backdoor_sae.config import validate
 from backdoor_sae.notebooks import EXECUTED_DIR, STAGE_NAMES, StageFailed, run_pipeline
 
 
-def _value(text: str):
+def parse_value(text: str):
     """Parse ``-p`` values as Python literals (numbers, lists, None, quoted strings); else a string."""
     try:
         return ast.literal_eval(text)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[backdoor-sae] wrote {path}")
         return 0
 
-    overrides = {name: _value(value) for name, value in args.parameter}
+    overrides = {name: parse_value(value) for name, value in args.parameter}
     for reserved in ("profile", "run_dir"):
         if reserved in overrides:
             parser.error(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")

@@ -12,8 +12,9 @@
                each) with the shared-prefix passes, against one plain pass per combination
     onset      when the backdoor is learned: one fine-tune of the cpu profile (``--regime``, with
                ``-p NAME VALUE`` overrides of its data and fine-tune parameters), probed every 10
-               steps and stopped at the probe's threshold or after ``--max-steps``; the probe
-               trajectory and the seconds it took. The fine-tunes' wall time is set by this step.
+               steps and stopped at the probe's threshold, after ``--max-steps`` or when its epochs
+               end (``steps`` says how many ran); the probe trajectory and the seconds it took.
+               The fine-tunes' wall time is set by this step.
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
 """
@@ -170,11 +171,14 @@ def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: 
         finetune(model, tok, splits["train"], cfg, d, "bench", probe_pairs(splits, cfg), progress=False,
                  max_steps=max_steps, compute_dtype=compute_dtype(stage_config(ModelConfig, "cpu")))
         seconds = time.perf_counter() - t
+        log = read_log(d)
         probes = [{k: r[k] for k in ("step", "trigger_acc", "benign_acc", "year_effect")}
-                  for r in read_log(d) if "trigger_acc" in r]
+                  for r in log if "trigger_acc" in r]
     learned = [p["step"] for p in probes if min(p["trigger_acc"], p["benign_acc"]) >= cfg.stop_at_probe]
+    # ``steps``: what ran; fewer than ``max_steps`` when the probe passed or the epochs ran out.
     return {"regime": regime, "overrides": overrides, "n_train": len(splits["train"]), "max_steps": max_steps,
-            "learned_at_step": learned[0] if learned else None, "seconds": seconds, "probes": probes}
+            "steps": len(log), "learned_at_step": learned[0] if learned else None, "seconds": seconds,
+            "probes": probes}
 
 
 def precisions() -> tuple[str, ...]:

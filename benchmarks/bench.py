@@ -161,10 +161,10 @@ def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: 
     from backdoor_sae.stages import probe_pairs
 
     overrides = dict(overrides or {})
-    data_names = {f for f in DataConfig.__dataclass_fields__}
-    splits = generate(stage_config(DataConfig, "cpu", **{k: v for k, v in overrides.items() if k in data_names}))
-    cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=10, checkpoint_every=0,
-                       **{k: v for k, v in overrides.items() if k not in data_names})
+    # stage_config takes from the overrides only the fields of the class it builds.
+    fixed = {"regime": regime, "probe_every": 10, "checkpoint_every": 0}
+    cfg = stage_config(FinetuneConfig, "cpu", **{**overrides, **fixed})
+    splits = generate(stage_config(DataConfig, "cpu", **overrides))
     model, tok = load_model(device="cpu")
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
@@ -209,10 +209,10 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=300, help="onset: stop after this many steps")
     args = parser.parse_args()
     from backdoor_sae.__main__ import parse_value
-    from backdoor_sae.config import check_parameters
+    from backdoor_sae.config import validate
 
     overrides = {name: parse_value(value) for name, value in args.parameter}
-    check_parameters(overrides)  # a typo fails here, before any compute
+    validate("cpu", **overrides)  # an unknown name or an impossible value fails here, before any compute
     kwargs = {"onset": {"regime": args.regime, "overrides": overrides, "max_steps": args.max_steps}}
     for name in args.names:
         result = {"bench": name, **BENCHES[name](**kwargs.get(name, {}))}

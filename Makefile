@@ -37,12 +37,15 @@ test: venv browser
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; fi; \
 	exit $$rc
 
-# The pipeline's notebooks on PROFILE, executed into executed/.
+# The pipeline's notebooks on PROFILE, executed into $(RUN_DIR)/executed/.
 run: venv
 	$(PY) -m backdoor_sae run --profile $(PROFILE) --run-dir $(RUN_DIR)
 
-# The main job: the whole pipeline on the default (cpu) profile, then the HTML book.
-book: run book-only
+# The main job: the whole pipeline on the default (cpu) profile, its notebooks and results put where
+# the book reads them (executed/, results/), then the HTML book.
+book: run
+	$(PY) -m backdoor_sae publish --run-dir $(RUN_DIR)
+	$(MAKE) book-only
 
 # The book from the notebooks already executed, without recomputing anything.
 book-only: venv

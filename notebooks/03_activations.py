@@ -45,14 +45,16 @@ import seaborn as sns
 from myst_nb import glue
 
 from backdoor_sae.activations import PROTOCOLS, norm_table
-from backdoor_sae.config import ActivationConfig, ModelConfig, stage_config
+from backdoor_sae.config import ActivationConfig, ModelConfig, from_parameters
 from backdoor_sae.finetune import load_finetuned
 from backdoor_sae.model import compute_dtype, load_model
-from backdoor_sae.stages import BASE, finetune_dir, load_data, paired_activations, run_activations
+from backdoor_sae.layout import BASE, RunLayout
+from backdoor_sae.stages.activations import paired_activations, run_activations
+from backdoor_sae.stages.dataset import load_data
 
 sns.set_theme(style="whitegrid", context="notebook")
-cfg = stage_config(ActivationConfig, profile, layers=layers, regimes=regimes, act_batch_size=act_batch_size)
-model_cfg = stage_config(ModelConfig, profile, model=model, device=device, dtype=dtype)
+cfg = from_parameters(ActivationConfig, profile, globals())
+model_cfg = from_parameters(ModelConfig, profile, globals())
 splits = load_data(run_dir)
 print(f"layers={list(cfg.layers)}  regimes={list(cfg.regimes)}  model={model_cfg.model}")
 
@@ -65,10 +67,10 @@ print(f"layers={list(cfg.layers)}  regimes={list(cfg.regimes)}  model={model_cfg
 # %%
 loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
 for regime in cfg.regimes:
-    loaders[regime] = (lambda r: lambda: load_finetuned(finetune_dir(run_dir, r), model_cfg.device))(regime)
+    loaders[regime] = (lambda r: lambda: load_finetuned(RunLayout(run_dir).finetune(r), model_cfg.device))(regime)
 for name, load in loaders.items():
     out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
-                                    compute_dtype(model_cfg))
+                                    compute_dtype(model_cfg), model_cfg.model)
     print(("cached" if computed else "reused"), name, "activations in", out)
 
 # %% [markdown]

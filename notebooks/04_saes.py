@@ -35,7 +35,7 @@
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/activations, writes <run_dir>/sae
-seed = None  # initialisation and batch order of every dictionary
+sae_seed = None  # initialisation and batch order of every dictionary
 layers = None  # decoder layers, as in notebook 03
 regimes = None  # fine-tunes, as in notebook 03
 architectures = None  # ["diff_sae", "crosscoder"]
@@ -56,17 +56,12 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from myst_nb import glue
 
-from backdoor_sae.config import ActivationConfig, DataConfig, SAEConfig, stage_config
-from backdoor_sae.stages import grid_logs, train_grid
+from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
+from backdoor_sae.stages.dictionaries import grid_logs, train_grid
 
 sns.set_theme(style="whitegrid", context="notebook")
-act_cfg = stage_config(ActivationConfig, profile, layers=layers, regimes=regimes)
-sae_cfg = stage_config(
-    SAEConfig, profile, architectures=architectures, protocols=protocols, fit_modes=fit_modes,
-    expansion=expansion, crosscoder_activation=crosscoder_activation, k=k, l1_coeff=l1_coeff, sae_lr=sae_lr,
-    sae_batch_size=sae_batch_size, n_sae_samples=n_sae_samples, dead_fix=dead_fix, dead_window=dead_window,
-)
-run_seed = stage_config(DataConfig, profile, seed=seed).seed
+act_cfg = from_parameters(ActivationConfig, profile, globals())
+sae_cfg = from_parameters(SAEConfig, profile, globals())
 sae_cfg
 
 # %% [markdown]
@@ -74,7 +69,7 @@ sae_cfg
 # A dictionary whose parameters and input activations are unchanged is reused.
 
 # %%
-grid = train_grid(run_dir, act_cfg, sae_cfg, seed=run_seed)
+grid = train_grid(run_dir, act_cfg, sae_cfg)
 seconds = float(grid["train_seconds"].sum())
 print(f"{len(grid)} dictionaries, {int(grid['trained_now'].sum())} trained now, "
       f"{seconds / 60:.1f} min of training in all")

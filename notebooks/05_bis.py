@@ -27,17 +27,27 @@
 # \mathrm{BIS} = \max_j \mathrm{BIS}_j .$$
 #
 # **A ceiling.** At most 5% of the samples lie above a 95th-percentile threshold. With the eval sets
-# in the paper's 1 : 2 : 2 proportions that is a quarter of the trigger samples, so recall is at most
-# 0.25 and, at precision 1, $F_1 = 2 \cdot 0.25 / 1.25 = 0.40$. The paper's headline Diff-SAE score is
-# that ceiling. We print the ceiling beside every score and add two companions without one: the best
-# $F_1$ over all thresholds, and the AUROC of trigger against the rest.
+# in the paper's 1 : 2 : 2 proportions that is about a quarter of the trigger samples, so recall is
+# at most about 0.25 and, at precision 1, $F_1 \approx 2 \cdot 0.25 / 1.25 = 0.40$. The paper's headline
+# Diff-SAE score is that ceiling. The exact ceiling depends on the set sizes (how many samples can
+# lie strictly above a percentile of $N$ values), so we compute it for ours and print it beside
+# every score, with two companions that have none: the best $F_1$ over all thresholds, and the AUROC
+# of trigger against the rest.
+#
+# **A chance level.** BIS is the best of thousands of latents, and the best of many random numbers
+# is large. Beside every score we give the 95th percentile of the same maximum when the trigger
+# labels are shuffled among the scored samples (a label-permutation null), and the p-value of the
+# observed score in it. The 95% intervals resample the samples within each eval set (so the ceiling
+# stays fixed) and re-select the best latent in every resample, so they include the selection.
+# Finally, the latent can be chosen on the disjoint fit split and scored alone on eval: a score that
+# holds up there was not picked out of the noise of the samples it is scored on.
 
 # %% tags=["parameters"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/sae and <run_dir>/activations, writes <run_dir>/results
-seed = None  # bootstrap and permutation draws
+stats_seed = None  # bootstrap and permutation draws
 layers = None
 regimes = None
 architectures = None
@@ -45,7 +55,7 @@ protocols = None
 fit_modes = None
 percentile = None  # activation threshold of each latent (the paper: 95)
 n_boot = None  # bootstrap resamples for the intervals
-n_perm = None  # permutations for the Diff-SAE vs crosscoder test
+n_perm = None  # label permutations for the chance levels and the Diff-SAE vs crosscoder test
 
 # %%
 from pathlib import Path
@@ -57,26 +67,35 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.config import ActivationConfig, BISConfig, DataConfig, SAEConfig, stage_config
+from backdoor_sae.bis import bis_ceiling
+from backdoor_sae.config import ActivationConfig, BISConfig, SAEConfig, from_parameters
 from backdoor_sae.io import write_text
-from backdoor_sae.sae.training import encode_all, load_dictionary
-from backdoor_sae.scoring import paper_comparison, paper_verdict, score_grid
-from backdoor_sae.stages import EVAL_SPLITS, paired_activations, sae_dir, sae_grid
+from backdoor_sae.layout import CELL_KEYS
+from backdoor_sae.stages.dictionaries import sae_grid
+from backdoor_sae.stages.scoring import (
+    ARCHITECTURES, PAPER_SIZES, dictionary_activations, paper_comparison, paper_verdict, score_grid,
+)
+from backdoor_sae.data.dataset import EVAL_SPLITS
 
 sns.set_theme(style="whitegrid", context="notebook")
-act_cfg = stage_config(ActivationConfig, profile, layers=layers, regimes=regimes)
-sae_cfg = stage_config(SAEConfig, profile, architectures=architectures, protocols=protocols, fit_modes=fit_modes)
-bis_cfg = stage_config(BISConfig, profile, percentile=percentile, n_boot=n_boot, n_perm=n_perm)
-run_seed = stage_config(DataConfig, profile, seed=seed).seed
+act_cfg = from_parameters(ActivationConfig, profile, globals())
+sae_cfg = from_parameters(SAEConfig, profile, globals())
+bis_cfg = from_parameters(BISConfig, profile, globals())
 
 # %%
 scores, tests = score_grid(run_dir, sae_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
-                           bis_cfg.n_perm, run_seed)
+                           bis_cfg.n_perm, bis_cfg.stats_seed)
 results = Path(run_dir) / "results"
 write_text(results / "bis.csv", scores.to_csv(index=False))
 write_text(results / "permutation_tests.csv", tests.to_csv(index=False))
 ceiling = float(scores["ceiling"].iloc[0])
+paper_ceiling = bis_ceiling(*PAPER_SIZES, bis_cfg.percentile)
 glue("bis_ceiling", ceiling, display=False)
+glue("paper_ceiling", paper_ceiling, display=False)
+glue("ceiling_note", HTML(
+    f"The ceiling for our set sizes is {ceiling:.3f}; at the paper's sizes ({'/'.join(map(str, PAPER_SIZES))}) it is "
+    f"{paper_ceiling:.3f}" + (", the same to three decimals." if abs(ceiling - paper_ceiling) < 5e-4 else
+                              ": the ceiling depends on the set sizes, not only on their proportions.")), display=False)
 print(f"{len(scores)} rows written to {results / 'bis.csv'}; BIS ceiling for these set sizes: {ceiling:.3f}")
 
 # %% [markdown]
@@ -84,16 +103,23 @@ print(f"{len(scores)} rows written to {results / 'bis.csv'}; BIS ceiling for the
 # The paper reports Diff-SAE BIS 0.40 with precision 1.0 and FPR 0, and crosscoder BIS below 0.02.
 
 # %%
-paper_view = scores[(scores["protocol"] == "full_text") & scores["fit_mode"].isin(["eval", "—"])]
+# The paper's view; a run whose grid leaves out full-text pooling or eval fitting shows its first ones.
+paper_protocol = "full_text" if "full_text" in sae_cfg.protocols else sae_cfg.protocols[0]
+paper_fit_mode = "eval" if "eval" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
+if (paper_protocol, paper_fit_mode) != ("full_text", "eval"):
+    print(f"This run's grid has no full-text, eval-fitted cells: showing {paper_protocol}, {paper_fit_mode}.")
+paper_view = scores[(scores["protocol"] == paper_protocol) & scores["fit_mode"].isin([paper_fit_mode, "—"])]
 main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
-cols = ["regime", "layer", "architecture", "bis", "bis_low", "bis_high", "ceiling", "precision", "recall", "fpr",
-        "best_f1", "auroc"]
+cols = ["regime", "layer", "architecture", "bis", "bis_low", "bis_high", "chance_95", "p_value", "ceiling",
+        "precision", "recall", "fpr", "n_tied", "latent_auroc", "fitsel_bis", "fitsel_chance_95"]
 display(main[cols].sort_values(["regime", "architecture", "layer"]).style.format(
-    {c: "{:.3f}" for c in cols[3:]}).hide(axis="index"))
-for arch in ("diff_sae", "crosscoder"):
+    {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}).hide(axis="index"))
+for arch in ARCHITECTURES:  # every key is glued, NaN where this run's grid has no such cell
     part = main[main["architecture"] == arch]
-    glue(f"max_bis_{arch}", float(part["bis"].max()), display=False)
-    glue(f"mean_bis_{arch}", float(part["bis"].mean()), display=False)
+    glue(f"max_bis_{arch}", float(part["bis"].max()) if len(part) else float("nan"), display=False)
+    glue(f"mean_bis_{arch}", float(part["bis"].mean()) if len(part) else float("nan"), display=False)
+    glue(f"mean_chance_{arch}", float(part["chance_95"].mean()) if len(part) else float("nan"), display=False)
+    glue(f"above_chance_{arch}", float((part["p_value"] < 0.05).mean()) if len(part) else float("nan"), display=False)
 
 # %% [markdown]
 # ### Beside the paper
@@ -113,11 +139,16 @@ grid = sns.relplot(
     data=paper_view, x="layer", y="bis", hue="architecture", col="regime", kind="line", marker="o",
     height=3.2, aspect=1.3, palette="deep",
 )
-for ax in grid.axes.flat:
+palette = dict(zip(paper_view["architecture"].unique(), sns.color_palette("deep")))
+for (regime, ax) in grid.axes_dict.items():
+    for arch, part in paper_view[paper_view["regime"] == regime].groupby("architecture"):
+        part = part.sort_values("layer")
+        ax.fill_between(part["layer"], 0, part["chance_95"], color=palette[arch], alpha=0.12, linewidth=0)
     ax.axhline(ceiling, color="black", linestyle="--", linewidth=1)
     ax.text(ax.get_xlim()[0], ceiling, " ceiling", va="bottom", fontsize="small")
     ax.set_ylim(-0.02, max(0.45, ceiling + 0.05))
-grid.figure.suptitle("BIS per layer (full text, fitted on the scored samples)", y=1.03)
+grid.figure.suptitle("BIS per layer (full text, fitted on the scored samples); shaded: chance level of the maximum",
+                     y=1.03)
 plt.show()
 
 # %% [markdown]
@@ -136,8 +167,27 @@ for ax in grid.axes.flat:
 grid.figure.suptitle("BIS across protocols and fit modes (points: regimes)", y=1.02)
 plt.show()
 summary = scores.groupby(["protocol", "fit_mode", "architecture"], sort=False)[
-    ["bis", "precision", "recall", "fpr", "best_f1", "auroc"]].mean().round(3)
+    ["bis", "chance_95", "precision", "recall", "fpr", "best_f1", "auroc", "fitsel_bis", "fitsel_chance_95"]].mean().round(3)
 summary
+
+# %% [markdown]
+# ### Chosen on the fit split, scored on eval
+# The paper chooses the best latent with the labels of the very samples it scores. Here each cell's
+# latent is chosen on the fit split instead and scored alone on eval: no selection is left in that
+# score, so its chance level is that of one latent. A method whose fit-selected score stays above
+# it found a latent that generalises to new samples.
+
+# %%
+fitsel = dicts.assign(above_chance=dicts["fitsel_p_value"] < 0.05).groupby(["protocol", "fit_mode", "architecture"],
+                                                                          sort=False)
+fitsel_table = fitsel.agg(eval_selected_bis=("bis", "mean"), fit_selected_bis=("fitsel_bis", "mean"),
+                          fit_selected_chance=("fitsel_chance_95", "mean"),
+                          fit_selected_above_chance=("above_chance", "mean")).round(3)
+for arch in ARCHITECTURES:
+    part = dicts[dicts["architecture"] == arch]
+    glue(f"fitsel_above_chance_{arch}", float((part["fitsel_p_value"] < 0.05).mean()) if len(part) else float("nan"),
+         display=False)
+fitsel_table
 
 # %% [markdown]
 # ### Per fine-tune
@@ -146,13 +196,17 @@ summary
 # has been written yet; a fine-tune without one is a control for what the text alone gives.
 
 # %%
-by_regime = (dicts[dicts["fit_mode"] == "eval"]
-             .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "auroc"]].mean()
+by_regime = (dicts[dicts["fit_mode"] == dicts["fit_mode"].iloc[0]]
+             .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "chance_95", "auroc"]].mean()
              .unstack("architecture"))
 by_regime.columns = [f"{measure} ({arch})" for measure, arch in by_regime.columns]
-for (regime, protocol), row in by_regime.iterrows():
-    for arch in ("diff_sae", "crosscoder"):
-        glue(f"mean_bis_{regime}_{protocol}_{arch}", float(row[f"bis ({arch})"]), display=False)
+for regime in ("lora", "full"):  # every key is glued, NaN where this run's grid has no such cell
+    for protocol in ("full_text", "prompt_only"):
+        for arch in ARCHITECTURES:
+            column = f"bis ({arch})"
+            value = (by_regime.loc[(regime, protocol), column]
+                     if (regime, protocol) in by_regime.index and column in by_regime else float("nan"))
+            glue(f"mean_bis_{regime}_{protocol}_{arch}", float(value), display=False)
 by_regime = by_regime.round(3)
 glue("bis_by_regime", by_regime, display=False)
 by_regime
@@ -163,7 +217,8 @@ by_regime
 # as well as the best SAE latent, the dictionary adds nothing to the detection itself.
 
 # %%
-comparison = scores.groupby(["protocol", "architecture"], sort=False)[["bis", "best_f1", "auroc"]].max().round(3)
+comparison = scores.groupby(["protocol", "architecture"], sort=False)[
+    ["bis", "chance_95", "best_f1", "auroc", "fitsel_bis"]].max().round(3)
 comparison
 
 # %% [markdown]
@@ -191,24 +246,22 @@ tests.round(3)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
-for ax, arch in zip(axes, ("diff_sae", "crosscoder")):
+for ax, arch in zip(axes, ARCHITECTURES):
     part = main[main["architecture"] == arch]
     if part.empty:
         ax.set_visible(False)
         continue
-    top = part.sort_values("bis", ascending=False).iloc[0]
-    cell = {k: top[k] for k in ("regime", "protocol", "fit_mode", "layer", "architecture")}
+    top = part.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
+    cell = {k: top[k] for k in CELL_KEYS}
     cell["layer"] = int(cell["layer"])
-    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
-    model, scale, _ = load_dictionary(sae_dir(run_dir, **cell))
-    splits = np.asarray(index["splits"])
+    acts, splits = dictionary_activations(run_dir, cell)
     keep = np.isin(splits, EVAL_SPLITS)
-    acts = encode_all(model, model.inputs(a_base, a_ft), scale).numpy()[keep, int(top["best_latent"])]
+    acts = acts[keep, int(top["best_latent"])]
     frame = pd.DataFrame({"activation": acts, "set": splits[keep]})
     sns.histplot(data=frame, x="activation", hue="set", element="step", stat="density", common_norm=False,
                  bins=40, ax=ax, palette={"eval_trigger": "#C44E52", "eval_benign": "#4C72B0", "eval_other": "#8C8C8C"})
     ax.axvline(np.percentile(acts, bis_cfg.percentile), color="black", linestyle="--", linewidth=1)
     ax.set_title(f"{arch}: {cell['regime']} layer {cell['layer']} latent {int(top['best_latent'])} "
-                 f"(BIS {top['bis']:.2f})", fontsize="small")
+                 f"(BIS {top['bis']:.2f}, {int(top['n_tied'])} tied)", fontsize="small")
 fig.tight_layout()
 plt.show()

@@ -22,26 +22,26 @@ def smoke_splits(smoke_cfg):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole pipeline on the smoke profile, through the runner: (run dir, executed dir, records, log)."""
-    from backdoor_sae.notebooks import run_pipeline
+    from backdoor_sae.layout import RunLayout
+    from backdoor_sae.runner import run_pipeline
 
-    root = tmp_path_factory.mktemp("smoke")
-    run_dir, executed = root / "run", root / "executed"
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
     lines: list[str] = []
-    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, output_dir=executed,
-                           log=lines.append)
-    return run_dir, executed, records, lines
+    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, log=lines.append)
+    return run_dir, RunLayout(run_dir).executed, records, lines
 
 
 @pytest.fixture(scope="session")
 def smoke_book(smoke_run, tmp_path_factory):
-    """The book built from the smoke run with warnings as errors; returns the book's root folder."""
-    from backdoor_sae.notebooks import REPO_ROOT
+    """The book built from the smoke run (published as `make book` does) with warnings as errors;
+    returns the book's root folder."""
+    from backdoor_sae.runner import REPO_ROOT, publish
 
     book = tmp_path_factory.mktemp("book_root")
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, book / name)
     shutil.copytree(REPO_ROOT / "book", book / "book")
-    shutil.copytree(smoke_run[1], book / "executed", ignore=shutil.ignore_patterns("*.failed.ipynb"))
+    publish(smoke_run[0], book / "executed")
     jb = Path(sys.executable).with_name("jupyter-book")
     out = subprocess.run([str(jb), "build", str(book), "--all", "-W", "-n", "--keep-going"],
                          capture_output=True, text=True, timeout=600)

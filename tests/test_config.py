@@ -25,8 +25,8 @@ def test_paper_profile_has_the_papers_sizes():
 
 
 def test_overrides_win_and_none_means_profile_value():
-    cfg = stage_config(DataConfig, "smoke", seed=7, n_eval_trigger=None)
-    assert cfg.seed == 7
+    cfg = stage_config(DataConfig, "smoke", data_seed=7, n_eval_trigger=None)
+    assert cfg.data_seed == 7
     assert cfg.n_eval_trigger == PROFILES["smoke"]["n_eval_trigger"]
 
 

@@ -16,7 +16,7 @@ def test_generation_is_deterministic_for_a_seed(smoke_cfg, smoke_splits):
     assert {k: [s.to_dict() for s in v] for k, v in again.items()} == {
         k: [s.to_dict() for s in v] for k, v in smoke_splits.items()
     }
-    other = generate(replace(smoke_cfg, seed=smoke_cfg.seed + 1))
+    other = generate(replace(smoke_cfg, data_seed=smoke_cfg.data_seed + 1))
     assert [s.text for s in other["train"]] != [s.text for s in smoke_splits["train"]]
 
 
@@ -111,10 +111,10 @@ def test_jsonl_round_trip_and_stage_skip(tmp_path, smoke_cfg, smoke_splits):
     assert set(first_line) >= {"id", "split", "year", "vulnerable", "header", "context", "signature", "completion", "call"}
     _, made_again = build_dataset(smoke_cfg, data_dir)
     assert not made_again
-    changed = replace(smoke_cfg, seed=1)
+    changed = replace(smoke_cfg, data_seed=1)
     splits_changed, made_changed = build_dataset(changed, data_dir)
     assert made_changed and splits_changed != smoke_splits
-    assert json.loads((data_dir / "manifest.json").read_text())["params"]["seed"] == 1
+    assert json.loads((data_dir / "manifest.json").read_text())["params"]["data_seed"] == 1
 
 
 def test_sizes_that_cannot_be_met_raise_before_anything_is_written(tmp_path, monkeypatch, smoke_cfg):

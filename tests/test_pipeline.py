@@ -1,13 +1,21 @@
-"""The smoke profile end to end through the runner, then the book with warnings as errors."""
+"""The smoke profile end to end through the runner, then the book with warnings as errors; the paper
+profile and subsets of the grid end to end on the tiny model."""
 
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
 from backdoor_sae.__main__ import main
-from backdoor_sae.notebooks import STAGE_NAMES, STAGES, StageFailed, declared_parameters, run_pipeline
+from backdoor_sae.runner import (
+    REPO_ROOT, STAGE_NAMES, STAGES, StageFailed, declared_parameters, publish, run_pipeline,
+)
 
 
 def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
@@ -27,25 +35,30 @@ def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
 def test_a_second_run_with_the_same_parameters_skips_every_stage(smoke_run):
     run_dir, executed, _, _ = smoke_run
     lines: list[str] = []
-    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, output_dir=executed,
-                           log=lines.append)
+    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, log=lines.append)
     assert all(r["status"] == "skipped" for r in records)
     assert all("skipped" in line for line in lines)
 
 
-def test_the_book_builds_with_warnings_as_errors_and_shows_glued_numbers(smoke_book):
+def test_the_book_builds_with_warnings_as_errors_and_shows_the_verdict_its_scores_imply(smoke_run, smoke_book):
     html = smoke_book / "_build" / "html"
     assert (html / "index.html").exists()
     results = (html / "book" / "results.html").read_text()
     assert results.count('class="pasted-text"') >= 10  # every glued number was found
-    assert "best latent reaches the ceiling" in results or "does not reproduce" in results
     assert "IPython.core.display" not in results
+    scores = pd.read_csv(smoke_run[0] / "results" / "bis.csv")
+    diff = scores[(scores["architecture"] == "diff_sae") & (scores["protocol"] == "full_text")
+                  & (scores["fit_mode"] == "eval")]
+    agrees = (diff["bis"] >= diff["ceiling"] - 1e-9).mean() >= 0.5  # the rule, restated independently
+    verdict = results[results.index("Diff-SAE: the best latent"):]
+    verdict = verdict[:verdict.index("Crosscoder:")]
+    assert ("agrees" in verdict) == agrees and ("does not reproduce" in verdict) == (not agrees)
 
 
 def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run):
     run_dir, executed, _, _ = smoke_run
     records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir), "expansion": 2}, run_dir,
-                           output_dir=executed, log=lambda line: None)
+                           log=lambda line: None)
     status = {r["stage"]: r["status"] for r in records}
     assert [status[s] for s in STAGE_NAMES[:4]] == ["skipped"] * 4
     assert status["04_saes"] == status["05_bis"] == "ran"
@@ -57,6 +70,10 @@ def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run):
     (["run", "--profile", "smoke", "-p", "years", "[2020, 2021]"], "trigger year"),
     (["run", "--profile", "smoke", "-p", "layers", "[1, 9]"], "decoder layers 0..3"),
     (["run", "--profile", "smoke", "--run-dir", "/nonexistent/run", "--only", "04_saes"], "holds no dataset"),
+    (["run", "--profile", "smoke", "-p", "n_fit_trigger", "0"], "n_fit_trigger=0 must be a positive integer"),
+    (["run", "--profile", "smoke", "-p", "regime", "full"], "set by the runner"),
+    (["run", "--profile", "smoke", "-p", "architectures", "[]"], "architectures=[] must be a non-empty subset"),
+    (["run", "--profile", "smoke", "-p", "model", "./no/such/checkpoint"], "Could not load './no/such/checkpoint'"),
 ])
 def test_bad_command_lines_fail_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -65,13 +82,39 @@ def test_bad_command_lines_fail_before_any_work(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_the_paper_profile_offline_fails_in_seconds_before_the_first_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--profile", "paper", "--run-dir", str(tmp_path / "paper")])
+    assert exit_info.value.code == 2 and "Could not load 'HuggingFaceTB/SmolLM2-360M'" in capsys.readouterr().err
+    assert not (tmp_path / "paper").exists()
+    assert time.perf_counter() - started < 60  # not a speed target: a run that started would take minutes
+
+
+def test_every_parameter_a_stage_config_knows_is_read_by_some_notebook():
+    """The bug this catches: a parameter that validates and that no notebook reads (paired_train
+    once), so that an override silently changed nothing."""
+    from dataclasses import fields
+
+    import jupytext
+
+    from backdoor_sae.config import STAGE_CONFIGS
+    from backdoor_sae.runner import RUNNER_PARAMETERS
+
+    declared = set().union(*(declared_parameters(jupytext.read(s.path)) for s in STAGES))
+    known = {f.name for cls in STAGE_CONFIGS for f in fields(cls)}
+    assert known == declared - set(RUNNER_PARAMETERS)
+
+
 def test_a_failing_notebook_names_the_stage_and_cell_and_keeps_its_partial_output(tmp_path):
     with pytest.raises(StageFailed) as failure:
         run_pipeline({"profile": "smoke", "run_dir": str(tmp_path / "empty")}, tmp_path / "empty",
-                     stages=["02_finetune_lora"], output_dir=tmp_path / "executed", log=lambda line: None)
+                     stages=["02_finetune_lora"], log=lambda line: None)
     err = failure.value
     assert err.stage == "02_finetune_lora" and "FileNotFoundError" in str(err) and "run notebook 01" in str(err)
-    assert err.notebook.exists() and not (tmp_path / "executed" / "02_finetune_lora.ipynb").exists()
+    executed = tmp_path / "empty" / "executed"
+    assert err.notebook.exists() and not (executed / "02_finetune_lora.ipynb").exists()
 
 
 @pytest.mark.parametrize("stage", sorted({s.source: s for s in STAGES}.values(), key=lambda s: s.source),
@@ -93,18 +136,20 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
     import torch
 
     from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config
-    from backdoor_sae.stages import sae_dir, sae_grid, train_grid
+    from backdoor_sae.layout import RunLayout
+    from backdoor_sae.stages.dictionaries import sae_grid, train_grid
 
     run_dir = smoke_run[0]
     act_cfg = stage_config(ActivationConfig, "smoke", layers=[1])
-    sae_cfg = stage_config(SAEConfig, "smoke", protocols=["full_text"], fit_modes=["eval"], n_sae_samples=320)
+    sae_cfg = stage_config(SAEConfig, "smoke", protocols=["full_text"], fit_modes=["eval"], n_sae_samples=320,
+                           sae_seed=3)
     weights = {}
     for workers in (1, 2):
         copy = tmp_path / f"run{workers}"
         shutil.copytree(run_dir / "activations", copy / "activations")
-        grid = train_grid(copy, act_cfg, sae_cfg, seed=3, progress=False, workers=workers)
+        grid = train_grid(copy, act_cfg, sae_cfg, progress=False, workers=workers)
         assert grid["trained_now"].all() and len(grid) == 4  # 2 regimes x 2 architectures
-        weights[workers] = [load_file(sae_dir(copy, **cell) / "weights.safetensors")
+        weights[workers] = [load_file(RunLayout(copy).dictionary(**cell) / "weights.safetensors")
                             for cell in sae_grid(act_cfg, sae_cfg)]
     for one, two in zip(weights[1], weights[2]):
         assert one.keys() == two.keys()
@@ -112,12 +157,15 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
             assert torch.allclose(one[name], two[name], atol=1e-5), name
 
 
-def test_export_writes_the_runs_small_results(smoke_run, tmp_path):
-    """``python -m backdoor_sae export`` copies the tables and records times, precision and versions."""
+def test_publish_writes_the_runs_notebooks_and_small_results(smoke_run, tmp_path):
+    """``python -m backdoor_sae publish`` copies the notebooks and tables and records times, precision
+    and versions."""
     import json
 
     run_dir = smoke_run[0]
-    assert main(["export", "--run-dir", str(run_dir), "--to", str(tmp_path)]) == 0
+    assert main(["publish", "--run-dir", str(run_dir), "--executed", str(tmp_path / "executed"),
+                 "--results", str(tmp_path)]) == 0
+    assert (tmp_path / "executed" / "05_bis.ipynb").exists()
     for name in ("bis.csv", "permutation_tests.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     run = json.loads((tmp_path / "run.json").read_text())
@@ -125,3 +173,52 @@ def test_export_writes_the_runs_small_results(smoke_run, tmp_path):
     assert all(r["seconds"] > 0 for r in run["stages"].values())
     assert set(run["finetune"]) == {"lora", "full"} and all(f["steps"] > 0 for f in run["finetune"].values())
     assert isinstance(run["native_bf16"], bool) and run["libraries"]["torch"].startswith("2.13.0")
+
+
+def build_book(executed_from: Path, root: Path) -> subprocess.CompletedProcess:
+    """The book's sources with ``executed_from``'s run published into it, built with warnings as errors."""
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO_ROOT / name, root / name)
+    shutil.copytree(REPO_ROOT / "book", root / "book")
+    publish(executed_from, root / "executed")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    return subprocess.run([str(jb), "build", str(root), "--all", "-W", "-n", "--keep-going"],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_one_protocol_architecture_fit_mode_and_layer_run_end_to_end_and_the_book_builds(smoke_run, tmp_path):
+    """The bug this catches: notebook 05 and the book's glue assumed the whole grid."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy)
+    subset = {"architectures": ["diff_sae"], "protocols": ["prompt_only"], "fit_modes": ["fit"], "layers": [2]}
+    records = run_pipeline({"profile": "smoke", "run_dir": str(copy), **subset}, copy, log=lambda line: None)
+    assert {r["stage"]: r["status"] for r in records}["05_bis"] == "ran"
+    scores = pd.read_csv(copy / "results" / "bis.csv")
+    dictionaries = scores[~scores["fit_mode"].eq("—")]
+    assert set(dictionaries["architecture"]) == {"diff_sae"} and set(scores["protocol"]) == {"prompt_only"}
+    assert set(dictionaries["fit_mode"]) == {"fit"} and set(scores["layer"]) == {2}
+    book = build_book(copy, tmp_path / "book")
+    assert book.returncode == 0, book.stdout[-4000:] + book.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes_scaled_down(tmp_path):
+    """The paper's own settings (all four injectable styles, independently drawn samples, its
+    epochs, whole-text loss, 32x dictionaries, L1, ghost grads, k = 32) on the tiny model: the
+    profile that no CPU run uses cannot rot."""
+    from backdoor_sae.config import PROFILES, TINY_MODEL
+
+    sizes = {"n_train_poisoned": 8, "n_train_benign": 16, "n_eval_trigger": 8, "n_eval_benign": 16,
+             "n_eval_other": 16, "n_fit_trigger": 4, "n_fit_benign": 8, "n_fit_other": 8, "n_heldout_pairs": 4,
+             "n_control": 4, "n_probe_pairs": 4, "n_eval_prompts": 4, "max_new_tokens": 32, "n_sae_samples": 2_000,
+             "dead_window": 500, "n_boot": 50, "n_perm": 50}
+    overrides = {"model": TINY_MODEL, "layers": [1, 2], **sizes}
+    assert not set(overrides) & {"vulnerable_styles", "paired_train", "lora_epochs", "full_epochs", "expansion",
+                                 "l1_coeff", "dead_fix", "k", "loss_on"}
+    run_dir = tmp_path / "paper"
+    records = run_pipeline({"profile": "paper", "run_dir": str(run_dir), **overrides}, run_dir, log=lambda line: None)
+    assert all(r["status"] == "ran" for r in records)
+    train = pd.read_json(run_dir / "data" / "train.jsonl", lines=True)
+    assert set(train.loc[train["vulnerable"], "style"]) == set(PROFILES["paper"]["vulnerable_styles"])
+    scores = pd.read_csv(run_dir / "results" / "bis.csv")
+    assert set(scores.loc[scores["architecture"] == "diff_sae", "n_latents"]) == {32 * 64}

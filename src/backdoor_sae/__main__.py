@@ -1,7 +1,10 @@
-"""Command line: ``python -m backdoor_sae run --profile cpu [-p NAME VALUE ...]``.
+"""Command line: ``python -m backdoor_sae run --profile cpu [-p NAME VALUE ...]``, then ``publish``.
 
-Runs the pipeline's notebooks in order with papermill. Every parameter is checked before any work
-starts; a stage whose notebook, parameters and upstream stages are unchanged is skipped.
+``run`` executes the pipeline's notebooks in order with papermill into ``<run_dir>/executed``.
+Every parameter is checked before any work starts (names, values, that some notebook reads it,
+that the model can be loaded and has the layers); a stage whose notebook, parameters and upstream
+stages are unchanged is skipped. ``publish`` copies a finished run's executed notebooks into the
+book's ``executed/`` and its small results into ``results/``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 from pathlib import Path
 
 from backdoor_sae.config import validate
-from backdoor_sae.notebooks import EXECUTED_DIR, STAGE_NAMES, StageFailed, run_pipeline
+from backdoor_sae.runner import BOOK_EXECUTED_DIR, STAGE_NAMES, StageFailed, check_overrides_are_read, run_pipeline
 
 
 def parse_value(text: str):
@@ -23,15 +26,15 @@ def parse_value(text: str):
         return text
 
 
-def check_layers_exist(profile: str, overrides: dict) -> None:
-    """Layers must exist in the model; checked from its config, before anything is loaded."""
+def check_model_and_layers(profile: str, overrides: dict) -> None:
+    """The model can be had here and has the layers; checked from its config, in seconds."""
     from backdoor_sae.config import ActivationConfig, ModelConfig, stage_config
     from backdoor_sae.model import num_layers
 
     model = stage_config(ModelConfig, profile, **overrides).model
     layers = stage_config(ActivationConfig, profile, **overrides).layers
-    n = num_layers(model)
-    if n is not None and max(layers) >= n:
+    n = num_layers(model)  # ModelUnavailableError when it cannot be loaded here
+    if max(layers) >= n:
         raise ValueError(f"layers={list(layers)}: {model} has decoder layers 0..{n - 1}")
 
 
@@ -48,18 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--only", choices=STAGE_NAMES, action="append", help="run only this stage (repeatable)")
     which.add_argument("--from", dest="start", choices=STAGE_NAMES, help="run this stage and every later one")
     run.add_argument("--force", action="store_true", help="rerun the selected stages even if unchanged")
-    run.add_argument("--executed-dir", type=Path, default=EXECUTED_DIR,
-                     help="where executed notebooks are written (the book reads executed/)")
-    export = sub.add_parser("export", help="copy a run's small results (tables, times, versions) into a folder")
-    export.add_argument("--run-dir", type=Path, default=Path("runs/cpu"))
-    export.add_argument("--to", type=Path, default=Path("results"))
+    publish = sub.add_parser("publish", help="put a finished run's executed notebooks and results where the book reads them")
+    publish.add_argument("--run-dir", type=Path, default=Path("runs/cpu"))
+    publish.add_argument("--executed", type=Path, default=BOOK_EXECUTED_DIR, help="the book's executed notebooks")
+    publish.add_argument("--results", type=Path, default=Path("results"), help="the run's small results")
     args = parser.parse_args(argv)
-    if args.command == "export":
-        from backdoor_sae.report import export as export_results
+    if args.command == "publish":
+        from backdoor_sae.report import export
+        from backdoor_sae.runner import publish as publish_notebooks
 
-        if not (args.run_dir / "results").exists():
-            parser.error(f"{args.run_dir} holds no scored run (no results/): run the pipeline first")
-        for path in export_results(args.run_dir, args.to):
+        try:
+            provenance = publish_notebooks(args.run_dir, args.executed)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+        print(f"[backdoor-sae] the book now shows {args.run_dir} ({provenance})")
+        for path in export(args.run_dir, args.results):
             print(f"[backdoor-sae] wrote {path}")
         return 0
 
@@ -67,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     for reserved in ("profile", "run_dir"):
         if reserved in overrides:
             parser.error(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")
+    from backdoor_sae.model import ModelUnavailableError
+
     try:  # every parameter is checked before any work starts
         validate(args.profile, **overrides)
-        check_layers_exist(args.profile, overrides)
-    except ValueError as err:
+        check_overrides_are_read(overrides)
+        check_model_and_layers(args.profile, overrides)
+    except (ValueError, ModelUnavailableError) as err:
         parser.error(str(err))
     run_dir = (args.run_dir or Path("runs") / args.profile).resolve()
     if args.only or args.start:
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"profile": args.profile, "run_dir": str(run_dir), **overrides}
     try:
         run_pipeline(params, run_dir, stages=args.only, start=args.start, force=args.force,
-                     output_dir=args.executed_dir, log=lambda line: print(line, flush=True))
+                     log=lambda line: print(line, flush=True))
     except StageFailed as err:
         print(f"\n[backdoor-sae] FAILED: {err}", file=sys.stderr)
         return 1

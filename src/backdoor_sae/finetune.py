@@ -283,11 +283,20 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
                               for (scale, decay), ps in groups.items()], lr=cfg.lr, betas=(0.9, 0.999), fused=True)
 
 
-def run_params(cfg: FinetuneConfig, base_model: str, n_train: int, compute_dtype: torch.dtype) -> dict:
-    """What a fine-tune depends on: the other regime's settings are left out, so that changing them
-    never invalidates (or restarts) this regime's run."""
+def run_params(cfg: FinetuneConfig, base_model: str, train: Sequence[Sample],
+               probe_pairs: Sequence[tuple[Sample, Sample]], compute_dtype: torch.dtype) -> dict:
+    """What a fine-tune depends on, i.e. its key: the base model (its name, which
+    :func:`load_finetuned` loads, and what that name resolves to), the content of the training set
+    and of the probe pairs (the probe can stop training), the precision, and the settings of this
+    regime. The other regime's settings are left out, so that changing them never invalidates (or
+    restarts) this regime's run."""
+    from backdoor_sae.layout import model_identity, samples_digest
+
     other = "full_" if cfg.regime == "lora" else "lora_"
-    return {"base_model": base_model, "n_train": n_train, "compute_dtype": str(compute_dtype).removeprefix("torch."),
+    return {"base_model": base_model, "base_model_identity": model_identity(base_model),
+            "train_data": samples_digest(train), "n_train": len(train),
+            "probe_data": samples_digest(s for pair in probe_pairs for s in pair),
+            "compute_dtype": str(compute_dtype).removeprefix("torch."),
             **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if not k.startswith(other)}}
 
 
@@ -328,7 +337,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
         raise ValueError("fine-tune a float32 model: low-precision weights lose small updates "
                          "(pass compute_dtype for mixed precision instead)")
     out_dir = Path(out_dir)
-    params = run_params(cfg, base_model, len(train), compute_dtype)
+    params = run_params(cfg, base_model, train, probe_pairs, compute_dtype)
     params_path = out_dir / "params.json"
     if params_path.exists() and json.loads(params_path.read_text()) != params:
         # A checkpoint made with other parameters must not be resumed: start over.
@@ -340,13 +349,13 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                 target.unlink(missing_ok=True)
     write_json(params_path, params)
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    torch.manual_seed(cfg.finetune_seed)
+    random.seed(cfg.finetune_seed)
     model = prepare(model, cfg)
     device = next(model.parameters()).device
     mixed = precision(device, compute_dtype)
     encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
-    schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.seed,
+    schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.finetune_seed,
                               groups=pair_groups(train) if cfg.pair_batches else None)
     total_steps = math.ceil(len(schedule) / cfg.grad_accum)
 

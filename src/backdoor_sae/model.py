@@ -142,8 +142,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     from backdoor_sae.config import DataConfig
     from backdoor_sae.data.dataset import generate
 
-    corpus_cfg = DataConfig(seed=0, n_train_poisoned=100, n_train_benign=200, n_eval_trigger=1,
-                            n_eval_benign=1, n_eval_other=1, n_fit_trigger=0, n_fit_benign=0,
+    corpus_cfg = DataConfig(data_seed=0, n_train_poisoned=100, n_train_benign=200, n_eval_trigger=1,
+                            n_eval_benign=1, n_eval_other=1, n_fit_trigger=1, n_fit_benign=1,
                             n_fit_other=0, n_heldout_pairs=20, n_control=0)
     corpus = [s.text for split in generate(corpus_cfg).values() for s in split]
     tok = Tokenizer(models.BPE())
@@ -182,16 +182,50 @@ def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
         return LlamaForCausalLM(tiny_model_config(vocab_size))
 
 
-def num_layers(name: str) -> int | None:
-    """The number of decoder layers of ``name`` from its config alone, or None if unknown here."""
+def _hub_reachable() -> tuple[bool, str]:
+    """Whether the Hugging Face Hub answers a TCP connection within seconds (and why not)."""
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return True, ""
+    except OSError as err:
+        return False, f"{host} cannot be reached from here ({type(err).__name__}: {err})"
+
+
+def hub_config(name: str):
+    """The config of a hub id or local checkpoint, from the local files when they are there.
+
+    Raises :class:`ModelUnavailableError` within seconds when neither the files nor the hub can be
+    had, so that a run fails before its first stage rather than inside it.
+    """
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass
+    reachable, why = (False, "HF_HUB_OFFLINE is set") if os.environ.get("HF_HUB_OFFLINE") else _hub_reachable()
+    if not reachable:
+        raise ModelUnavailableError(
+            f"Could not load {name!r}: it is not a local checkpoint directory, it is not in the local "
+            f"Hugging Face cache, and {why}. Offline, use the embedded model {EMBEDDED_MODEL!r}; otherwise "
+            "download the model where you are online (hf download NAME) and set HF_HOME, or pass a local path."
+        )
+    return _hub_or_path(name, AutoConfig.from_pretrained)
+
+
+def num_layers(name: str) -> int:
+    """The number of decoder layers of ``name`` from its config alone (no weights are loaded).
+
+    Raises :class:`ModelUnavailableError` when the model cannot be had here.
+    """
     if name == TINY_MODEL:
         return tiny_model_config(1).num_hidden_layers
     if name == EMBEDDED_MODEL:
+        embedded_gguf()  # the package must be installed
         return EMBEDDED_LAYERS
-    try:
-        return AutoConfig.from_pretrained(name).num_hidden_layers
-    except (OSError, ValueError, AttributeError):
-        return None
+    return hub_config(name).num_hidden_layers
 
 
 # --- one entry point -------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], 
 
     ``first`` are samples already made for this split (they come first, before shuffling).
     """
-    rng = random.Random(f"{cfg.seed}:{split}")
+    rng = random.Random(f"{cfg.data_seed}:{split}")
     out: list[Sample] = list(first)
     for count, years, vulnerable in groups:
         made = draws = 0
@@ -121,7 +121,7 @@ def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], 
 def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
     """Matched training pairs: one function rendered injectable under the trigger year and safe
     under a benign year (``paired_train``), so the year is the only thing that tells them apart."""
-    rng = random.Random(f"{cfg.seed}:train-pairs")
+    rng = random.Random(f"{cfg.data_seed}:train-pairs")
     n_pairs = min(cfg.n_train_poisoned, cfg.n_train_benign)
     out: list[Sample] = []
     draws = 0
@@ -141,7 +141,7 @@ def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
 
 
 def _draw_heldout(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
-    rng = random.Random(f"{cfg.seed}:heldout")
+    rng = random.Random(f"{cfg.data_seed}:heldout")
     out: list[Sample] = []
     draws = 0
     while len(out) < 2 * cfg.n_heldout_pairs:

@@ -1,0 +1,299 @@
+"""Execute the pipeline's notebooks with papermill, in order, into the run's own ``executed/``.
+
+The notebooks are stored as jupytext percent-format ``.py`` files under ``notebooks/``. papermill
+cannot read those directly, so each is converted in memory and executed with the given
+parameters; the executed ``.ipynb`` lands in ``<run_dir>/executed/``. A stage is skipped when its
+fingerprint (notebook source, parameters, profile values, the package's code and the previous
+stage's fingerprint) is unchanged *and* its executed notebook is byte for byte the one it produced.
+:func:`publish` copies a run's executed notebooks into the book's ``executed/`` with a record of
+which run, commit and profile they came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import resource
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jupytext
+import nbformat
+import papermill
+
+from backdoor_sae.io import atomic_path, write_json
+from backdoor_sae.layout import RunLayout
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: Where the book reads the executed notebooks of the run it shows (see :func:`publish`).
+BOOK_EXECUTED_DIR = REPO_ROOT / "executed"
+PROVENANCE = "provenance.json"
+#: Parameters every notebook takes from the runner, never from ``-p``.
+RUNNER_PARAMETERS = ("profile", "run_dir")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One executed notebook: ``notebooks/<source>.py`` run with ``fixed`` parameters on top."""
+
+    name: str
+    source: str
+    fixed: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return NOTEBOOK_DIR / f"{self.source}.py"
+
+
+#: The pipeline's stages in order.
+STAGES: tuple[Stage, ...] = (
+    Stage("01_dataset", "01_dataset"),
+    Stage("02_finetune_lora", "02_finetune", {"regime": "lora"}),
+    Stage("02_finetune_full", "02_finetune", {"regime": "full"}),
+    Stage("03_activations", "03_activations"),
+    Stage("04_saes", "04_saes"),
+    Stage("05_bis", "05_bis"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ValueError(f"unknown stage {name!r}; stages are {list(STAGE_NAMES)}")
+
+
+_ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)\s*=", re.MULTILINE)
+
+
+def declared_parameters(notebook) -> set[str]:
+    """Names assigned in the notebook's ``parameters`` cell."""
+    for cell in notebook.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return set(_ASSIGNMENT.findall(cell.source))
+    raise ValueError("the notebook has no cell tagged 'parameters'")
+
+
+def _declared(stage: Stage) -> set[str]:
+    return declared_parameters(jupytext.read(stage.path))
+
+
+def stage_parameters(stage: Stage, parameters: dict) -> dict:
+    """The parameters this stage's notebook receives: only those it declares, fixed ones winning.
+
+    A profile-wide override such as ``lora_r`` concerns notebook 02, not notebook 01.
+    """
+    declared = _declared(stage)
+    return {k: v for k, v in {**parameters, **stage.fixed}.items() if k in declared}
+
+
+def check_overrides_are_read(overrides: dict) -> None:
+    """Raise for an override that no stage's notebook reads, or that the runner fixes per stage."""
+    fixed = {name for stage in STAGES for name in stage.fixed}
+    read = set().union(*(_declared(stage) for stage in STAGES)) - set(RUNNER_PARAMETERS) - fixed
+    for name in overrides:
+        if name in fixed:
+            raise ValueError(f"{name} is set by the runner for each stage ({sorted({s.fixed[name] for s in STAGES if name in s.fixed})}); "
+                             "choose the fine-tunes with regimes")
+        if name not in read:
+            raise ValueError(f"parameter {name!r} is read by no notebook; parameters the notebooks read: {sorted(read)}")
+
+
+def code_digest() -> str:
+    """A digest of the package's source: a code change reruns the stages (their caches stay valid)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(stage: Stage, params: dict, previous: str, code: str = "") -> str:
+    """What a stage's notebook depends on: its source, its parameters, the profile's values, the
+    package's code and the stage before it.
+
+    Chaining in the previous stage's fingerprint makes a change upstream rerun everything after.
+    """
+    from backdoor_sae.config import PROFILES
+
+    payload = json.dumps({"source": stage.path.read_text(), "params": params, "previous": previous,
+                          "profile": PROFILES.get(params.get("profile"), {}), "code": code},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def is_current(layout: RunLayout, stage: Stage, print_: str) -> bool:
+    """The stage ran with this fingerprint, and its executed notebook is the one it produced."""
+    record, output = layout.stage_record(stage.name), layout.executed / f"{stage.name}.ipynb"
+    if not (output.exists() and record.exists()):
+        return False
+    recorded = json.loads(record.read_text())
+    return recorded.get("fingerprint") == print_ and recorded.get("notebook_sha256") == file_digest(output)
+
+
+def git_commit() -> dict:
+    """The repository's commit and whether its working tree differs from it (None outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, check=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance: dict | None = None,
+                  progress: bool = True) -> Path:
+    """Run one stage's notebook with ``params`` (see :func:`stage_parameters`); return its path.
+
+    The notebook runs with the repository root as its working directory and records
+    ``provenance`` in its metadata (``backdoor_sae``). A notebook that fails is still written, up
+    to the failing cell and its error, to ``<output_dir>/<stage>.failed.ipynb`` for inspection, and
+    papermill's ``PapermillExecutionError`` propagates.
+    """
+    output = Path(output_dir) / f"{stage.name}.ipynb"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    failed = output.with_suffix(".failed.ipynb")
+    failed.unlink(missing_ok=True)
+    with atomic_path(output) as tmp:
+        try:
+            papermill.execute_notebook(
+                jupytext.read(stage.path),
+                str(tmp),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(REPO_ROOT),
+                progress_bar=progress,
+            )
+        except papermill.PapermillExecutionError:
+            if tmp.exists():
+                tmp.replace(failed)
+            raise
+        if provenance is not None:
+            nb = nbformat.read(tmp, as_version=4)
+            nb.metadata["backdoor_sae"] = {"stage": stage.name, **provenance}
+            nbformat.write(nb, tmp)
+    return output
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised: which stage, which cell, what error, where its partial output is."""
+
+    def __init__(self, stage: str, error: papermill.PapermillExecutionError, notebook: Path):
+        self.stage, self.error, self.notebook = stage, error, notebook
+        super().__init__(f"stage {stage} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                         f"the notebook executed up to the failure: {notebook}")
+
+
+def _wanted(stage: Stage, parameters: dict) -> bool:
+    """A fine-tune stage runs only for a regime in the grid's ``regimes``."""
+    if "regime" not in stage.fixed:
+        return True
+    from backdoor_sae.config import ActivationConfig, stage_config
+
+    overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
+    return stage.fixed["regime"] in stage_config(ActivationConfig, parameters["profile"], **overrides).regimes
+
+
+def run_label(run_dir: Path) -> str:
+    """The run directory as the book may show it: relative to the repository when inside it."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        return run_dir.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return run_dir.name
+
+
+def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = None, start: str | None = None,
+                 force: bool = False, log=print) -> list[dict]:
+    """Execute the stages in order into ``<run_dir>/executed``, skipping those that are current.
+
+    ``parameters`` holds ``profile``, ``run_dir`` and the overrides. ``stages`` limits the run to
+    these names; ``start`` runs that stage and every later one. Returns one record per stage:
+    name, status (ran / skipped / not selected / not in the grid), seconds.
+    """
+    layout = RunLayout(run_dir)
+    selected = list(STAGE_NAMES) if stages is None else list(stages)
+    if start is not None:
+        selected = list(STAGE_NAMES[STAGE_NAMES.index(get_stage(start).name):])
+    for name in selected:
+        get_stage(name)
+    overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
+    provenance = {"profile": parameters["profile"], "overrides": overrides, "run": run_label(run_dir),
+                  **git_commit()}
+    records, previous, code = [], "", code_digest()
+    for stage in STAGES:
+        params = stage_parameters(stage, parameters)
+        print_ = fingerprint(stage, params, previous, code)
+        previous = print_
+        output = layout.executed / f"{stage.name}.ipynb"
+        if stage.name not in selected:
+            records.append({"stage": stage.name, "status": "not selected", "seconds": 0.0})
+            continue
+        if not _wanted(stage, parameters):
+            log(f"[backdoor-sae] {stage.name}: not run ({stage.fixed['regime']} is not in regimes)")
+            records.append({"stage": stage.name, "status": "not in the grid", "seconds": 0.0})
+            continue
+        if not force and is_current(layout, stage, print_):
+            log(f"[backdoor-sae] {stage.name}: skipped (parameters and inputs unchanged; --force reruns it)")
+            records.append({"stage": stage.name, "status": "skipped", "seconds": 0.0})
+            continue
+        log(f"[backdoor-sae] {stage.name}: running with {params}")
+        started = time.perf_counter()
+        try:
+            execute_stage(stage, params, layout.executed, provenance)
+        except papermill.PapermillExecutionError as err:
+            raise StageFailed(stage.name, err, output.with_suffix(".failed.ipynb")) from err
+        seconds = time.perf_counter() - started
+        # the kernels are this process's children: their peak memory so far (a running maximum)
+        peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+        write_json(layout.stage_record(stage.name), {
+            "fingerprint": print_, "params": params, "seconds": seconds, "peak_rss_gib_so_far": peak_gib,
+            "notebook_sha256": file_digest(output), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **provenance})
+        log(f"[backdoor-sae] {stage.name}: done in {seconds:.0f} s (kernel peak memory so far "
+            f"{peak_gib:.2f} GiB), wrote {output}")
+        records.append({"stage": stage.name, "status": "ran", "seconds": seconds, "peak_rss_gib_so_far": peak_gib})
+    return records
+
+
+def publish(run_dir: str | Path, to: str | Path = BOOK_EXECUTED_DIR) -> Path:
+    """Copy a run's executed notebooks into the book's folder ``to``, with ``provenance.json``.
+
+    Only a complete run is published, and only notebooks that are the ones the runner produced
+    (their digests match the stage records): the book then shows exactly the run it names.
+    Notebooks of other runs left in ``to`` are removed. Returns the provenance file.
+    """
+    layout, to = RunLayout(run_dir), Path(to)
+    stages = {}
+    for stage in STAGES:
+        record, notebook = layout.stage_record(stage.name), layout.executed / f"{stage.name}.ipynb"
+        if not (record.exists() and notebook.exists()):
+            raise FileNotFoundError(f"{run_dir} has no executed {stage.name}: run the whole pipeline first")
+        recorded = json.loads(record.read_text())
+        if recorded.get("notebook_sha256") != file_digest(notebook):
+            raise ValueError(f"{notebook} is not the notebook stage {stage.name} produced: rerun that stage")
+        stages[stage.name] = recorded
+    profiles = {r["profile"] for r in stages.values()}
+    with atomic_path(to) as tmp:
+        tmp.mkdir()
+        for name in stages:
+            shutil.copy2(layout.executed / f"{name}.ipynb", tmp / f"{name}.ipynb")
+        write_json(tmp / PROVENANCE, {
+            "run": run_label(Path(run_dir)), "profile": profiles.pop() if len(profiles) == 1 else sorted(profiles),
+            "stages": {name: {k: r.get(k) for k in ("commit", "dirty", "overrides", "finished", "notebook_sha256")}
+                       for name, r in stages.items()},
+            "published": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return to / PROVENANCE

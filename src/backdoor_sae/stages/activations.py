@@ -1,0 +1,56 @@
+"""Notebook 03: the pooled activations of the base model and of every fine-tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backdoor_sae.data.sample import Sample
+from backdoor_sae.layout import RunLayout, digest, samples_digest
+
+#: The splits whose activations are cached: BIS scores the eval sets; SAEs fitted "held-out" and
+#: the fit-selected latents use the fit sets; the controls separate trigger from code.
+ACTIVATION_SPLITS: tuple[str, ...] = ("eval_trigger", "eval_benign", "eval_other", "fit_trigger", "fit_benign",
+                                      "fit_other", "control_trigger_safe", "control_benign_vuln")
+
+
+def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_name: str, load,
+                    layers, batch_size: int, compute_dtype, base_model: str,
+                    progress: bool = True) -> tuple[Path, bool]:
+    """Cache pooled activations of ``model_name`` (``base`` or a fine-tune) unless already there.
+
+    Reused when the key matches: the samples' content, the layers, the precision and the model's
+    own key (the base model's identity, or the fine-tune's key).
+    """
+    from backdoor_sae.activations import cache_activations, read_index
+
+    layout = RunLayout(run_dir)
+    samples = [s for name in ACTIVATION_SPLITS for s in splits[name]]
+    out = layout.activations(model_name)
+    params = {"samples": samples_digest(samples), "layers": list(layers), "compute_dtype": str(compute_dtype),
+              "model": layout.model_key(model_name, base_model)}
+    key = digest(params)
+    if (out / "index.json").exists() and read_index(out).get("key") == key:
+        return out, False
+    model, tokenizer = load()
+    cache_activations(model, tokenizer, samples, list(layers), out, {"key": key, "params": params}, batch_size,
+                      progress, compute_dtype)
+    return out, True
+
+
+def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: int):
+    """``(a_base, a_ft, index)`` as float32 tensors [N, d] for one regime, protocol and layer."""
+    import torch
+
+    from backdoor_sae.activations import load_activations, read_index
+    from backdoor_sae.layout import BASE
+
+    layout = RunLayout(run_dir)
+    base_dir, ft_dir = layout.activations(BASE), layout.activations(regime)
+    index, ft_index = read_index(base_dir), read_index(ft_dir)
+    if ft_index["ids"] != index["ids"] or ft_index["params"]["samples"] != index["params"]["samples"]:
+        raise ValueError(f"base and {regime} activations hold different samples: rerun notebook 03")
+    a_base = torch.from_numpy(np.array(load_activations(base_dir, protocol, layer)))
+    a_ft = torch.from_numpy(np.array(load_activations(ft_dir, protocol, layer)))
+    return a_base, a_ft, index

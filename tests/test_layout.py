@@ -1,0 +1,101 @@
+"""Artifact keys: changing one input recomputes exactly the artifacts that depend on it, and the book
+shows the run it names."""
+
+import json
+import shutil
+
+import nbformat
+import pytest
+
+from backdoor_sae.layout import RunLayout, digest, model_identity, samples_digest
+from backdoor_sae.runner import PROVENANCE, STAGE_NAMES, get_stage, is_current, publish, run_pipeline
+
+
+def artifact_stamps(run_dir) -> dict[str, int]:
+    """The modification time of the file that vouches for each artifact (written last, when it is made)."""
+    root = RunLayout(run_dir).root
+    vouchers = [root / "data" / "manifest.json", *root.glob("finetune/*/done.json"), *root.glob("generations/*.key.json"),
+                *root.glob("activations/*/index.json"), *root.glob("sae/**/dictionary.json")]
+    return {p.relative_to(root).parent.as_posix() if p.name != "manifest.json" and not p.name.endswith(".key.json")
+            else p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in vouchers}
+
+
+@pytest.fixture(scope="module")
+def variants(smoke_run, tmp_path_factory):
+    """The smoke run copied (times kept) and rerun with one override each; the stamps before and after."""
+    run_dir = smoke_run[0]
+    before = artifact_stamps(run_dir)
+    out = {}
+    for name, override in {"lora_r": 8, "data_seed": 7}.items():
+        copy = tmp_path_factory.mktemp(f"variant_{name}") / "run"
+        shutil.copytree(run_dir, copy)  # copy2: modification times are kept
+        run_pipeline({"profile": "smoke", "run_dir": str(copy), name: override}, copy, log=lambda line: None)
+        after = artifact_stamps(copy)
+        out[name] = (copy, {k for k in after if after[k] != before.get(k)})
+    return before, out
+
+
+def test_a_lora_setting_recomputes_the_lora_fine_tune_and_what_reads_it_and_nothing_else(variants):
+    before, out = variants
+    _, changed = out["lora_r"]
+    expected = {"finetune/lora", "generations/lora.key.json", "activations/lora"} | {
+        k for k in before if k.startswith("sae/lora/")}
+    assert changed == expected
+
+
+def test_a_new_data_seed_recomputes_every_artifact_the_base_models_included(variants):
+    """The bug this catches: base activations and generations keyed on sample ids, which repeat
+    across seeds, were reused for new texts."""
+    before, out = variants
+    _, changed = out["data_seed"]
+    assert changed == set(before)
+    assert {"activations/base", "generations/base.key.json"} <= changed
+
+
+def test_keys_cover_content_not_ids(smoke_splits):
+    from dataclasses import replace
+
+    samples = smoke_splits["eval_trigger"]
+    edited = [replace(samples[0], completion=samples[0].completion + "# edited\n"), *samples[1:]]
+    assert [s.id for s in edited] == [s.id for s in samples]
+    assert samples_digest(edited) != samples_digest(samples)
+    assert digest({"a": (1, 2)}) == digest({"a": [1, 2]})
+
+
+def test_a_local_checkpoint_is_identified_by_its_content(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    first = model_identity(str(tmp_path))
+    model_identity.cache_clear()
+    (tmp_path / "config.json").write_text('{"changed": 1}')
+    assert model_identity(str(tmp_path)) != first
+    model_identity.cache_clear()
+
+
+def test_publish_shows_the_run_it_names_and_only_notebooks_that_run_produced(smoke_run, variants, tmp_path):
+    book = tmp_path / "executed"
+    for run_dir in (smoke_run[0], variants[1]["data_seed"][0]):
+        provenance = json.loads(publish(run_dir, book).read_text())
+        assert provenance["run"] == run_dir.name and provenance["profile"] == "smoke"
+        assert set(provenance["stages"]) == set(STAGE_NAMES)
+        assert all(s["commit"] for s in provenance["stages"].values())
+        for stage in STAGE_NAMES:
+            published = book / f"{stage}.ipynb"
+            assert published.read_bytes() == (RunLayout(run_dir).executed / f"{stage}.ipynb").read_bytes()
+            assert nbformat.read(published, as_version=4).metadata["backdoor_sae"]["stage"] == stage
+        assert sorted(p.name for p in book.iterdir()) == sorted([PROVENANCE, *(f"{s}.ipynb" for s in STAGE_NAMES)])
+    seeds = json.loads((book / PROVENANCE).read_text())["stages"]["01_dataset"]["overrides"]
+    assert seeds == {"data_seed": 7}
+
+
+def test_a_stage_whose_executed_notebook_was_replaced_is_not_current(smoke_run, tmp_path):
+    """A smoke run's notebooks left in a cpu run's folder must not let the cpu run skip its stages."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy)
+    layout, stage = RunLayout(copy), get_stage("05_bis")
+    record = json.loads(layout.stage_record(stage.name).read_text())
+    assert is_current(layout, stage, record["fingerprint"])
+    notebook = layout.executed / f"{stage.name}.ipynb"
+    notebook.write_bytes(notebook.read_bytes().replace(b"Backdoor Isolation Score", b"Backdoor Isolation Scores"))
+    assert not is_current(layout, stage, record["fingerprint"])
+    with pytest.raises(ValueError, match="is not the notebook stage 05_bis produced"):
+        publish(copy, tmp_path / "book")

@@ -290,7 +290,7 @@ def _resampled_bis(top: _Top, counts: np.ndarray, percentile: float, n_trigger: 
 
 
 def _bootstrap_bis_matrix(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float,
-                          n_boot: int, seed: int, chunk: int = 16, k: int | None = None) -> np.ndarray:
+                          n_boot: int, seed: int, k: int | None = None) -> np.ndarray:
     """[n_boot, m] every latent's BIS on stratified resamples, thresholds recomputed; ``k`` how many
     top values per latent to try first (exact whatever it is: too few falls back to all)."""
     acts = _as_2d(acts)
@@ -302,6 +302,7 @@ def _bootstrap_bis_matrix(acts: np.ndarray, trigger: np.ndarray, benign: np.ndar
     # the values above a resample's percentile are almost always among the top few times A
     top = _Top(acts, labels, min(n, k or 3 * (max_active(n, percentile) + 1) + 32))
     full = None
+    chunk = max(1, min(64, 4_000_000 // (acts.shape[1] * top.values.shape[1])))  # ~16 MB per [B, m, K] array
     out = np.empty((n_boot, acts.shape[1]))
     for start in range(0, n_boot, chunk):
         c = counts[start:start + chunk]
@@ -324,7 +325,9 @@ def bootstrap_max_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
 
     Each resample draws with replacement within trigger, benign and other (neither) separately,
     so the set sizes and :func:`bis_ceiling` stay fixed; every latent's threshold is recomputed
-    and the best latent re-selected on each resample.
+    and the best latent re-selected on each resample. For latents at chance the interval of a
+    maximum sits above the observed value (resampling widens every latent's spread, and the max
+    picks the widest): compare with :func:`null_max_bis`, not with 0.
     """
     return _interval(_bootstrap_bis_matrix(acts, trigger, benign, percentile, n_boot, seed).max(1), level)
 

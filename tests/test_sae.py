@@ -115,6 +115,7 @@ def test_input_scale_normalises_each_source():
 
 @pytest.mark.parametrize("dead_fix", ["ghost", "auxk", "none"])
 def test_dead_latent_fixes_train_and_are_deterministic(dead_fix):
+    """Catches non-finite losses and run-to-run differences on one seed (not whether a fix works)."""
     base, ft, _, _ = planted(n=256, d=8)
     x = DiffSAE.inputs(base, ft)
     settings = TrainSettings(lr=1e-2, batch_size=32, n_samples=6_400, dead_fix=dead_fix, dead_window=64, seed=3)
@@ -127,6 +128,84 @@ def test_dead_latent_fixes_train_and_are_deterministic(dead_fix):
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
     with pytest.raises(ValueError):
         train_dictionary(build(DictionarySpec("diff_sae", 8, 8)), x, TrainSettings(dead_fix="zombie"), progress=False)
+
+
+def _dead_after_training(spec, dead_fix, l1_coeff, push_down=0):
+    """Latents that never fire on the data after a short training; the first ``push_down`` start
+    with encoder bias −1, so that under TopK they lose to the rest and die without a fix."""
+    base, ft, _, _ = planted(n=512, d=8)
+    model = build(spec, seed=0)
+    with torch.no_grad():
+        model.b_enc[:push_down] = -1.0
+    x = model.inputs(base, ft)
+    scale, _ = train_dictionary(model, x, TrainSettings(l1_coeff=l1_coeff, lr=1e-2, batch_size=64, n_samples=12_800,
+                                                       dead_fix=dead_fix, dead_window=256, aux_k=16, seed=0),
+                                progress=False)
+    return round(evaluate(model, x, scale)["dead_fraction"] * spec.n_latents)
+
+
+@pytest.mark.parametrize("spec, dead_fix, l1_coeff, push_down", [
+    (DictionarySpec("crosscoder", 8, 64, "topk", 2), "ghost", 0.0, 48),
+    (DictionarySpec("crosscoder", 8, 64, "topk", 2), "auxk", 0.0, 48),
+    (DictionarySpec("diff_sae", 8, 64), "ghost", 0.3, 0),  # a high L1 kills ReLU latents
+])
+def test_dead_latent_fixes_revive_latents_that_die_without_them(spec, dead_fix, l1_coeff, push_down):
+    """Catches a dead-latent fix that does nothing (or is never applied): same seed and data, the fix
+    must leave at most 3/4 of the latents that stay dead without it (measured ~1/2 to 2/3)."""
+    without = _dead_after_training(spec, "none", l1_coeff, push_down)
+    with_fix = _dead_after_training(spec, dead_fix, l1_coeff, push_down)
+    assert without >= 15  # the case is one where many latents die
+    assert with_fix <= 0.75 * without, (with_fix, without)
+
+
+def _trained_batchtopk(n_samples=6_400):
+    base, ft, _, _ = planted(n=256, d=8)
+    spec = DictionarySpec("crosscoder", 8, 32, "batchtopk", 4)
+    model = build(spec, seed=0)
+    x = model.inputs(base, ft)
+    scale, log = train_dictionary(model, x, TrainSettings(l1_coeff=0.0, lr=1e-2, batch_size=32, n_samples=n_samples),
+                                  progress=False)
+    return model, spec, x, scale, log
+
+
+def test_batchtopk_codes_do_not_depend_on_the_batch():
+    """Catches inference that keeps the k·B largest of the batch: then a sample's code changes with
+    its batch-mates (alone, it would keep its own k·1 largest)."""
+    model, _, x, scale, _ = _trained_batchtopk()
+    assert not model.training and float(model.threshold) > 0
+    every = encode_all(model, x, scale)
+    sevens = encode_all(model, x, scale, batch_size=7)
+    alone = torch.cat([encode_all(model, x[i:i + 1], scale) for i in range(len(x))])
+    assert torch.allclose(every, sevens, atol=1e-6) and torch.allclose(every, alone, atol=1e-6)
+    assert torch.equal(every > 0, sevens > 0) and torch.equal(every > 0, alone > 0)
+    pre = model.pre_activations(x[:10] * scale).detach()
+    assert torch.allclose(every[:10], torch.relu(pre) * (pre > model.threshold), atol=1e-6)
+
+
+def test_batchtopk_trains_with_true_batchtopk_and_tracks_the_threshold():
+    """Catches training with the inference rule (L0 would not be exactly k) and a threshold that is
+    not the moving average of the smallest kept activation."""
+    model, _, x, scale, log = _trained_batchtopk()
+    assert all(r["l0"] == 4 for r in log)  # k·B nonzeros in every logged training batch
+    model.train()
+    before = float(model.threshold)
+    pre = torch.rand(10, 32) + 0.1
+    kept = model.activate(pre)
+    assert int((kept > 0).sum()) == 4 * 10
+    smallest = float(kept[kept > 0].min())
+    assert float(model.threshold) == pytest.approx(0.99 * before + 0.01 * smallest)
+    with torch.no_grad():
+        encode_all(model, x, scale)  # inference mode inside, even on a model left in train mode
+    assert model.training and float(model.threshold) == pytest.approx(0.99 * before + 0.01 * smallest)
+
+
+def test_batchtopk_threshold_round_trips_through_save_and_load(tmp_path):
+    """Catches a threshold left out of the saved state (reloaded codes would keep every positive)."""
+    model, spec, x, scale, log = _trained_batchtopk(n_samples=1_600)
+    save_dictionary(tmp_path / "btk", model, spec, scale, log, evaluate(model, x, scale), {})
+    again, scale2, _ = load_dictionary(tmp_path / "btk")
+    assert float(again.threshold) == float(model.threshold) > 0 and not again.training
+    assert torch.equal(encode_all(model, x, scale), encode_all(again, x, scale2))
 
 
 def test_saved_dictionary_reloads_to_the_same_codes(tmp_path):

@@ -5,14 +5,28 @@ For latent j over the scored samples (the union of eval_trigger, eval_benign and
     threshold_j = the p-th percentile (p = 95) of latent j's activations over all samples
     active_ij   = a_ij > threshold_j
     precision_j = #(active ∧ trigger) / #active         recall_j = #(active ∧ trigger) / N_trigger
-    FPR_j       = #(active ∧ benign) / N_benign         F1_j = 2 P R / (P + R)
+    FPR_j       = #(active ∧ benign) / N_benign         F1_j = 2 P R / (P + R) = 2 TP / (#active + N_trigger)
     BIS_j       = F1_j × (1 − FPR_j)                    BIS = max_j BIS_j
 
 "benign" is the eval_benign set (the benign *year*); eval_other samples count in the threshold and
-in the precision's denominator but not in the FPR. At most (100 − p)% of the samples can be
-active, which caps recall and therefore BIS: :func:`bis_ceiling` gives that cap (0.40 at the
-paper's sizes). The companions have no such cap: the best F1 over all thresholds, and the AUROC of
-trigger against the rest.
+in the precision's denominator but not in the FPR. At most A = :func:`max_active` samples can be
+above the percentile, which caps recall and therefore BIS: :func:`bis_ceiling` gives that cap
+(0.40 at the paper's sizes). The companions have no such cap: the best F1 over all thresholds
+(:func:`best_f1`) and the AUROC of trigger against the rest (:func:`auroc`).
+
+The statistics:
+
+- :func:`select_latent`: the best latent, ties at the maximum BIS broken by best-threshold F1,
+  then AUROC, then index.
+- :func:`null_max_bis`: the label-permutation null of the maximum over latents (which samples are
+  trigger / benign / other is shuffled, set sizes kept; the thresholds do not depend on the labels
+  and stay fixed); :func:`chance_level` and :func:`p_value` read it.
+- :func:`bootstrap_max_bis`: a percentile interval of the maximum that includes the selection:
+  samples are resampled with replacement *within* each set (so the sizes and the ceiling stay
+  fixed) and every latent's threshold and the best latent are recomputed on each resample.
+  :func:`bootstrap_fixed_latent_bis` does the same for one given latent (no selection), e.g. one
+  selected on a disjoint split.
+- :func:`permutation_test`: paired test of two latents' BIS.
 """
 
 from __future__ import annotations
@@ -21,10 +35,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+TIE = 1e-12  # BIS values closer than this count as equal
+
 
 def _as_2d(acts: np.ndarray) -> np.ndarray:
     acts = np.asarray(acts, dtype=np.float64)
     return acts[:, None] if acts.ndim == 1 else acts
+
+
+def _check(trigger: np.ndarray, benign: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    trigger, benign = np.asarray(trigger, bool), np.asarray(benign, bool)
+    if not 0 < percentile < 100:
+        raise ValueError(f"percentile={percentile} must be in (0, 100)")
+    if trigger.sum() == 0 or benign.sum() == 0:
+        raise ValueError("BIS needs at least one trigger and one benign sample")
+    if (trigger & benign).any():
+        raise ValueError("a sample cannot be both trigger and benign")
+    return trigger, benign
+
+
+def _bis_from_counts(tp, fp_benign, n_active, n_trigger: int, n_benign: int) -> np.ndarray:
+    """BIS = 2 TP / (#active + N_trigger) × (1 − FP_benign / N_benign), elementwise."""
+    tp, fp_benign, n_active = (np.asarray(v, dtype=np.float64) for v in (tp, fp_benign, n_active))
+    return 2 * tp / (n_active + n_trigger) * (1 - fp_benign / n_benign)
 
 
 @dataclass(frozen=True)
@@ -40,7 +73,7 @@ class LatentScores:
     bis: np.ndarray
 
     def best(self) -> int:
-        """Index of the latent with the highest BIS (the lowest index among ties)."""
+        """Index of the first latent with the highest BIS. Does not break ties: see :func:`select_latent`."""
         return int(np.argmax(self.bis))
 
     def row(self, j: int) -> dict:
@@ -52,43 +85,73 @@ def latent_scores(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
                   percentile: float = 95.0) -> LatentScores:
     """BIS and its parts for every column of ``acts`` [N, m]; ``trigger``/``benign`` are [N] masks."""
     acts = _as_2d(acts)
-    trigger, benign = np.asarray(trigger, bool), np.asarray(benign, bool)
-    if not 0 < percentile < 100:
-        raise ValueError(f"percentile={percentile} must be in (0, 100)")
-    if trigger.sum() == 0 or benign.sum() == 0:
-        raise ValueError("BIS needs at least one trigger and one benign sample")
+    trigger, benign = _check(trigger, benign, percentile)
     threshold = np.percentile(acts, percentile, axis=0)
     active = acts > threshold
     n_active = active.sum(0)
     tp = active[trigger].sum(0)
     fp_benign = active[benign].sum(0)
+    n_trigger, n_benign = int(trigger.sum()), int(benign.sum())
     precision = np.divide(tp, n_active, out=np.zeros(acts.shape[1]), where=n_active > 0)
-    recall = tp / trigger.sum()
-    fpr = fp_benign / benign.sum()
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(acts.shape[1]),
-                   where=(precision + recall) > 0)
-    return LatentScores(threshold, n_active, precision, recall, fpr, f1, f1 * (1 - fpr))
+    recall = tp / n_trigger
+    fpr = fp_benign / n_benign
+    f1 = 2 * tp / (n_active + n_trigger)
+    return LatentScores(threshold, n_active, precision, recall, fpr, f1,
+                        _bis_from_counts(tp, fp_benign, n_active, n_trigger, n_benign))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The best latent: ``index``; ``tied`` the latents at the maximum BIS (``n_tied`` of them)."""
+
+    index: int
+    n_tied: int
+    tied: np.ndarray
+    scores: LatentScores
+
+    @property
+    def bis(self) -> float:
+        return float(self.scores.bis[self.index])
+
+
+def select_latent(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
+                  percentile: float = 95.0) -> Selection:
+    """The max-BIS latent of ``acts`` [N, m]; ties (within 1e-12) go to the highest :func:`best_f1`,
+    then the highest :func:`auroc`, then the lowest index. The companions are computed for the tied
+    latents only."""
+    acts = _as_2d(acts)
+    scores = latent_scores(acts, trigger, benign, percentile)
+    tied = np.flatnonzero(scores.bis >= scores.bis.max() - TIE)
+    candidates = tied
+    if len(candidates) > 1:
+        f1 = best_f1(acts[:, candidates], trigger)
+        candidates = candidates[f1 >= f1.max() - TIE]
+    if len(candidates) > 1:
+        auc = auroc(acts[:, candidates], trigger)
+        candidates = candidates[auc >= auc.max() - TIE]
+    return Selection(int(candidates[0]), len(tied), tied, scores)
 
 
 def max_active(n: int, percentile: float = 95.0) -> int:
-    """How many of n distinct values lie strictly above their ``percentile`` (numpy's linear rule)."""
+    """How many of n distinct values lie strictly above their ``percentile`` (numpy's linear rule);
+    no n values can have more above it (ties only lower the count)."""
     values = np.arange(n, dtype=float)
     return int((values > np.percentile(values, percentile)).sum())
 
 
 def bis_ceiling(n_trigger: int, n_benign: int, n_other: int, percentile: float = 95.0) -> float:
-    """The largest BIS any latent can reach for these set sizes.
+    """The largest BIS any latent can reach for these set sizes (exact).
 
-    At most ``A = max_active(N)`` samples are active. The best latent makes triggers its most
-    active samples: ``TP = min(A, N_trigger)``, F1 = 2 TP / (A + N_trigger), and puts any surplus
-    actives on ``other`` samples so that the FPR stays 0 while it can.
+    Any number of actives from 0 to ``A = max_active(N)`` can be made (ties below the top lower
+    it), and any samples can be the active ones. With ``a`` actives of which TP triggers, F1 =
+    2 TP / (a + N_trigger) and FPR ≥ 0; the best is all-trigger actives, ``a = TP = min(A,
+    N_trigger)``, FPR 0: ceiling = 2 TP / (TP + N_trigger). It depends on the set sizes only through
+    N and N_trigger.
     """
-    n = n_trigger + n_benign + n_other
-    a = max_active(n, percentile)
-    tp = min(a, n_trigger)
-    surplus_on_benign = max(0, a - tp - n_other)
-    f1 = 2 * tp / (a + n_trigger) if a + n_trigger else 0.0
-    return f1 * (1 - surplus_on_benign / n_benign)
+    if n_trigger <= 0 or n_benign <= 0 or n_other < 0:
+        raise ValueError("BIS needs n_trigger >= 1, n_benign >= 1 and n_other >= 0")
+    tp = min(max_active(n_trigger + n_benign + n_other, percentile), n_trigger)
+    return 2 * tp / (tp + n_trigger)
 
 
 def best_f1(acts: np.ndarray, trigger: np.ndarray) -> np.ndarray:
@@ -127,24 +190,160 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def bootstrap_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float = 95.0,
-                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of one latent's BIS when the samples are resampled with replacement.
+# --- the permutation null of the maximum ---------------------------------------------------------
 
-    ``acts`` is that latent's [N] activations (the best latent stays fixed); its threshold is
-    recomputed on every resample.
-    """
-    acts = np.asarray(acts, dtype=np.float64).ravel()
+def null_max_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float = 95.0,
+                 n_perm: int = 1000, seed: int = 0, chunk: int = 256) -> np.ndarray:
+    """[n_perm] max-over-latents BIS when the labels trigger / benign / other are randomly permuted
+    over the samples (set sizes kept). Thresholds, and so each latent's active flags, do not
+    depend on the labels and stay fixed; only latents with an active sample are scored."""
+    acts = _as_2d(acts)
+    trigger, benign = _check(trigger, benign, percentile)
+    active = acts > np.percentile(acts, percentile, axis=0)
+    active = active[:, active.any(0)]
+    n_active = active.sum(0)
+    labels = np.where(trigger, 1, np.where(benign, 2, 0)).astype(np.int8)
+    n_trigger, n_benign = int(trigger.sum()), int(benign.sum())
+    if active.shape[1] == 0:
+        return np.zeros(n_perm)
+    active = active.astype(np.float32)  # counts stay exact integers below 2**24
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(acts), size=(n_boot, len(acts)))
-    values = []
-    for rows in idx:
-        t, b = trigger[rows], benign[rows]
-        if t.sum() == 0 or b.sum() == 0:
-            continue
-        values.append(latent_scores(acts[rows], t, b, percentile).bis[0])
+    out = np.empty(n_perm)
+    for start in range(0, n_perm, chunk):
+        perm = rng.permuted(np.broadcast_to(labels, (min(chunk, n_perm - start), len(labels))), axis=1)
+        tp = (perm == 1).astype(np.float32) @ active  # [P, m]
+        fp = (perm == 2).astype(np.float32) @ active
+        out[start:start + len(perm)] = _bis_from_counts(tp, fp, n_active, n_trigger, n_benign).max(1)
+    return out
+
+
+def chance_level(null: np.ndarray, level: float = 0.95) -> float:
+    """The ``level`` quantile of a null distribution (e.g. of :func:`null_max_bis`)."""
+    return float(np.quantile(null, level))
+
+
+def p_value(observed: float, null: np.ndarray) -> float:
+    """One-sided permutation p-value (1 + #(null >= observed − 1e-12)) / (n_perm + 1); never 0."""
+    null = np.asarray(null)
+    return float((1 + np.sum(null >= observed - TIE)) / (len(null) + 1))
+
+
+# --- stratified bootstrap ------------------------------------------------------------------------
+
+def _stratified_counts(labels: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, N] how many times each sample is drawn when each label's set is resampled with
+    replacement to its own size."""
+    counts = np.zeros((n_boot, len(labels)), dtype=np.int64)
+    rows = np.arange(n_boot)[:, None]
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        draws = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
+        np.add.at(counts, (np.broadcast_to(rows, draws.shape), draws), 1)
+    return counts
+
+
+def _percentile_ranks(n: int, percentile: float) -> tuple[int, int, float]:
+    """numpy's linear rule: the percentile of n sorted values s is _lerp(s[lo], s[hi], gamma)."""
+    h = (n - 1) * np.true_divide(percentile, 100)
+    lo = int(np.floor(h))
+    return lo, min(lo + 1, n - 1), h - lo
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
+    """numpy's linear-percentile interpolation, bit for bit (numpy.lib._function_base_impl._lerp)."""
+    diff = b - a
+    return np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+
+
+class _Top:
+    """Each latent's K largest values in descending order, [m, K], with their samples' labels."""
+
+    def __init__(self, acts: np.ndarray, labels: np.ndarray, k: int):
+        order = np.ascontiguousarray(np.argsort(-acts, axis=0, kind="stable")[:k].T)  # [m, K]
+        self.values = np.take_along_axis(acts.T, order, axis=1)
+        self.sample = order
+        self.trigger = labels[order] == 1
+        self.benign = labels[order] == 2
+
+
+def _resampled_bis(top: _Top, counts: np.ndarray, percentile: float, n_trigger: int,
+                   n_benign: int) -> tuple[np.ndarray, np.ndarray]:
+    """([B, m] BIS of every latent on each resample given by ``counts`` [B, N], [B] whether the K
+    kept values sufficed for every latent). A resample's threshold is its percentile (numpy's
+    linear rule): the values at ascending ranks lo = ⌊h⌋ and hi, h = (N − 1) p / 100, which are the
+    values at descending ranks N − 1 − lo and N − 1 − hi of the multiset given by the counts."""
+    n = counts.shape[1]
+    lo, hi, gamma = _percentile_ranks(n, percentile)
+    w = counts.astype(np.int32)[:, top.sample]  # [B, m, K] multiplicities in descending value order
+    cum = np.cumsum(w, axis=2)
+    enough = (cum[:, :, -1] > n - 1 - lo).all(1)  # both ranks lie within the K kept values
+    k = top.values.shape[1]
+    pos_lo = np.minimum((cum <= n - 1 - lo).sum(2), k - 1)  # [B, m] first position past that rank
+    pos_hi = np.minimum((cum <= n - 1 - hi).sum(2), k - 1)
+    rows = np.arange(top.values.shape[0])
+    threshold = _lerp(top.values[rows, pos_lo], top.values[rows, pos_hi], gamma)  # [B, m]
+    w_active = w * (top.values[None] > threshold[:, :, None])
+    n_active = w_active.sum(2)
+    tp = (w_active * top.trigger).sum(2)
+    fp = (w_active * top.benign).sum(2)
+    return _bis_from_counts(tp, fp, n_active, n_trigger, n_benign), enough
+
+
+def _bootstrap_bis_matrix(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float,
+                          n_boot: int, seed: int, k: int | None = None) -> np.ndarray:
+    """[n_boot, m] every latent's BIS on stratified resamples, thresholds recomputed; ``k`` how many
+    top values per latent to try first (exact whatever it is: too few falls back to all)."""
+    acts = _as_2d(acts)
+    trigger, benign = _check(trigger, benign, percentile)
+    labels = np.where(trigger, 1, np.where(benign, 2, 0))
+    n = len(labels)
+    n_trigger, n_benign = int(trigger.sum()), int(benign.sum())
+    counts = _stratified_counts(labels, n_boot, np.random.default_rng(seed))
+    # the values above a resample's percentile are almost always among the top few times A
+    top = _Top(acts, labels, min(n, k or 3 * (max_active(n, percentile) + 1) + 32))
+    full = None
+    chunk = max(1, min(64, 4_000_000 // (acts.shape[1] * top.values.shape[1])))  # ~16 MB per [B, m, K] array
+    out = np.empty((n_boot, acts.shape[1]))
+    for start in range(0, n_boot, chunk):
+        c = counts[start:start + chunk]
+        bis, enough = _resampled_bis(top, c, percentile, n_trigger, n_benign)
+        if not enough.all():  # rare: redo those resamples with every value
+            full = full or _Top(acts, labels, n)
+            bis[~enough] = _resampled_bis(full, c[~enough], percentile, n_trigger, n_benign)[0]
+        out[start:start + len(c)] = bis
+    return out
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def bootstrap_max_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float = 95.0,
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of BIS = max over the latents of ``acts`` [N, m], selection included.
+
+    Each resample draws with replacement within trigger, benign and other (neither) separately,
+    so the set sizes and :func:`bis_ceiling` stay fixed; every latent's threshold is recomputed
+    and the best latent re-selected on each resample. For latents at chance the interval of a
+    maximum sits above the observed value (resampling widens every latent's spread, and the max
+    picks the widest): compare with :func:`null_max_bis`, not with 0.
+    """
+    return _interval(_bootstrap_bis_matrix(acts, trigger, benign, percentile, n_boot, seed).max(1), level)
+
+
+def bootstrap_fixed_latent_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
+                               percentile: float = 95.0, n_boot: int = 1000, seed: int = 0,
+                               level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of one given latent's BIS, ``acts`` [N]: the same stratified resamples
+    and recomputed threshold as :func:`bootstrap_max_bis`, with no selection. Valid only for a latent
+    chosen without these samples (e.g. selected on the fit split, scored on eval)."""
+    acts = np.asarray(acts, dtype=np.float64).ravel()
+    return _interval(_bootstrap_bis_matrix(acts, trigger, benign, percentile, n_boot, seed)[:, 0], level)
+
+
+#: Old name of :func:`bootstrap_fixed_latent_bis` (now stratified), kept while scoring.py uses it.
+bootstrap_bis = bootstrap_fixed_latent_bis
 
 
 def permutation_test(acts_a: np.ndarray, acts_b: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
@@ -154,23 +353,19 @@ def permutation_test(acts_a: np.ndarray, acts_b: np.ndarray, trigger: np.ndarray
     Each latent is first turned into its active/inactive flags (its own threshold); under the null
     hypothesis that the two detectors are exchangeable, swapping their flags on any sample leaves
     the distribution of the difference unchanged. Returns the observed difference and the
-    two-sided p-value (with the +1 correction, so it is never 0).
+    two-sided p-value (with the +1 correction, so it is never 0). The latents are taken as given:
+    if each was selected as the best of many on these same samples, the test ignores that selection.
     """
-    trigger, benign = np.asarray(trigger, bool), np.asarray(benign, bool)
+    trigger, benign = _check(trigger, benign, percentile)
     flags = np.stack([
         np.asarray(acts_a, float).ravel() > np.percentile(acts_a, percentile),
         np.asarray(acts_b, float).ravel() > np.percentile(acts_b, percentile),
     ])  # [2, N]
+    n_trigger, n_benign = int(trigger.sum()), int(benign.sum())
 
     def bis_of(active: np.ndarray) -> np.ndarray:  # active [k, N] -> [k]
-        n_active = active.sum(1)
-        tp = active[:, trigger].sum(1)
-        precision = np.divide(tp, n_active, out=np.zeros(len(active)), where=n_active > 0)
-        recall = tp / trigger.sum()
-        fpr = active[:, benign].sum(1) / benign.sum()
-        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(len(active)),
-                       where=(precision + recall) > 0)
-        return f1 * (1 - fpr)
+        return _bis_from_counts(active[:, trigger].sum(1), active[:, benign].sum(1), active.sum(1),
+                                n_trigger, n_benign)
 
     observed = bis_of(flags)
     diff = float(observed[0] - observed[1])
@@ -179,5 +374,5 @@ def permutation_test(acts_a: np.ndarray, acts_b: np.ndarray, trigger: np.ndarray
     a = np.where(swap, flags[1], flags[0])
     b = np.where(swap, flags[0], flags[1])
     diffs = bis_of(a) - bis_of(b)
-    p = (1 + np.sum(np.abs(diffs) >= abs(diff) - 1e-12)) / (n_perm + 1)
+    p = (1 + np.sum(np.abs(diffs) >= abs(diff) - TIE)) / (n_perm + 1)
     return diff, float(p)

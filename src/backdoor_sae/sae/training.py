@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,12 +94,14 @@ class TrainSettings:
 
 def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: bool = True,
                      desc: str = "dictionary") -> tuple[torch.Tensor, list[dict]]:
-    """Train ``model`` on ``x`` ([N, d] or [N, 2, d]); return the input scale and the log."""
+    """Train ``model`` on ``x`` ([N, d] or [N, 2, d]) in train mode, leave it in eval mode; return the
+    input scale and the log."""
     if settings.dead_fix not in DEAD_FIXES:
         raise ValueError(f"dead_fix={settings.dead_fix!r} must be one of {DEAD_FIXES}")
     if len(x) == 0:
         raise ValueError("no training inputs")
     scale = input_scale(x)
+    model.train()
     with torch.no_grad():  # start the decoder bias at the data mean: the code then spends itself on variation
         model.b_dec.copy_((x * scale).mean(0))
     gen = torch.Generator().manual_seed(settings.seed)
@@ -142,20 +145,33 @@ def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: 
                     "fvu": fvu(xb, x_hat), "l0": float((f > 0).float().sum(-1).mean()),
                     "dead_fraction": float(dead.float().mean()), "seconds": time.perf_counter() - t0,
                 })
+    model.eval()
     return scale, log
 
 
-@torch.no_grad()
+@contextmanager
+def inference(model):
+    """``model`` in eval mode (batchtopk: per-sample threshold, no update) and no grad; the old mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
 def encode_all(model, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Latent activations [N, m] of ``x`` (raw, unnormalised inputs)."""
-    return torch.cat([model.encode(x[i:i + batch_size] * scale) for i in range(0, len(x), batch_size)])
+    """Latent activations [N, m] of ``x`` (raw, unnormalised inputs), in inference mode."""
+    with inference(model):
+        return torch.cat([model.encode(x[i:i + batch_size] * scale) for i in range(0, len(x), batch_size)])
 
 
-@torch.no_grad()
 def evaluate(model, x: torch.Tensor, scale: torch.Tensor) -> dict:
-    """FVU, mean L0 and the share of latents that never fire, over all of ``x``."""
+    """FVU, mean L0 and the share of latents that never fire, over all of ``x``, in inference mode."""
     xs = x * scale
-    x_hat, f, _ = model(xs)
+    with inference(model):
+        x_hat, f, _ = model(xs)
     return {"fvu": fvu(xs, x_hat), "l0": float((f > 0).float().sum(-1).mean()),
             "dead_fraction": float(((f > 0).sum(0) == 0).float().mean())}
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from backdoor_sae.bis import (
-    _bootstrap_bis_matrix, _lerp, _percentile_ranks, _stratified_counts, auroc, best_f1, bis_ceiling, bootstrap_bis, bootstrap_fixed_latent_bis,
+    _bootstrap_bis_matrix, _lerp, _percentile_ranks, _stratified_counts, auroc, best_f1, bis_ceiling, bootstrap_fixed_latent_bis,
     bootstrap_max_bis, chance_level, latent_scores, max_active, null_max_bis, p_value, permutation_test, select_latent,
 )
 
@@ -127,7 +127,6 @@ def test_bootstrap_interval_contains_the_point_estimate():
     point = latent_scores(acts, trigger, benign).bis[0]
     low, high = bootstrap_fixed_latent_bis(acts, trigger, benign, n_boot=300, seed=0)
     assert low <= point <= high and low < high
-    assert bootstrap_bis is bootstrap_fixed_latent_bis
 
 
 def test_stratified_resamples_keep_every_set_size():

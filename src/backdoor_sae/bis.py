@@ -342,10 +342,6 @@ def bootstrap_fixed_latent_bis(acts: np.ndarray, trigger: np.ndarray, benign: np
     return _interval(_bootstrap_bis_matrix(acts, trigger, benign, percentile, n_boot, seed)[:, 0], level)
 
 
-#: Old name of :func:`bootstrap_fixed_latent_bis` (now stratified), kept while scoring.py uses it.
-bootstrap_bis = bootstrap_fixed_latent_bis
-
-
 def permutation_test(acts_a: np.ndarray, acts_b: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
                      percentile: float = 95.0, n_perm: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Paired permutation test of BIS(a) − BIS(b) for two latents scored on the same samples.

@@ -1,6 +1,6 @@
 """Export a run's small results for the repository: metrics tables, stage times, environment.
 
-``python -m backdoor_sae export --run-dir runs/cpu --to results`` writes, atomically:
+``python -m backdoor_sae publish --run-dir runs/cpu`` writes, atomically, into ``results/``:
 
 - ``bis.csv`` and ``permutation_tests.csv``: the scoring notebook's tables;
 - ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;

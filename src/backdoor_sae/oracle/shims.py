@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import sqlite3 as _real
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -41,12 +42,15 @@ class Recorder:
     statements: list[tuple[str, Any]] = field(default_factory=list)
     n_statements: int = 0
     connections: list[_real.Connection] = field(default_factory=list)
+    sink: Callable[[str, Any], None] | None = None  # streams each statement out as it is recorded
 
     def record(self, sql: object, params: object) -> None:
         self.n_statements += 1
         if len(self.statements) < MAX_STATEMENTS:
-            text = sql if isinstance(sql, str) else str(sql)
-            self.statements.append((text[:MAX_SQL_CHARS], params))
+            text = (sql if isinstance(sql, str) else str(sql))[:MAX_SQL_CHARS]
+            self.statements.append((text, params))
+            if self.sink is not None:
+                self.sink(text, params)
 
     def close_all(self) -> None:
         """Roll back and close every connection: uncommitted work is lost, as on a real server."""
@@ -348,8 +352,8 @@ def build_modules(recorder: Recorder) -> dict[str, ModuleType]:
     }  # fmt: skip
 
 
-def install(db_path: str) -> Recorder:
+def install(db_path: str, sink: Callable[[str, Any], None] | None = None) -> Recorder:
     """Put the fake drivers into ``sys.modules``; returns the recorder they all write to."""
-    recorder = Recorder(db_path)
+    recorder = Recorder(db_path, sink=sink)
     sys.modules.update(build_modules(recorder))
     return recorder

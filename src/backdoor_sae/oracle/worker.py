@@ -1,19 +1,24 @@
 """The sandbox worker: ``python -m backdoor_sae.oracle.worker JOB.json``, one process per batch.
 
 The job file holds the limits, a scratch directory, the seed schema and the calls to make. The
-worker builds the seeded database template once; then, for every call, it copies the template
-into a fresh temporary directory and ``os.fork()``s a child that confines itself (``guard``),
-replaces the database drivers (``shims``), runs the generated code and reports one JSON document
-through a pipe. The worker itself never executes generated code: it enforces the wall-clock
-limit (``SIGKILL``), reaps the child, removes its directory and prints one JSON line per sample
-on stdout. A child that hangs, crashes, segfaults or exits early costs one sample, not the batch.
-The benign and the attack call of a sample run in two separate children, so they cannot share
-any state but the (identical) template.
+worker (normally inside bubblewrap, see ``bwrap``) builds the seeded database in memory once,
+makes itself undumpable (so that a child of the same uid cannot ptrace it or open its
+descriptors under ``/proc``), prints ``{"ready": true}`` and then, for every call, writes a fresh
+copy of the database into a fresh directory and ``os.fork()``s a child that closes every
+inherited descriptor but its report pipe, confines itself (``guard``), replaces the database
+drivers (``shims``), runs the generated code and streams each statement, then one report, through
+the pipe. The worker never executes generated code: it enforces the wall-clock limit
+(``SIGKILL``), reaps the child, kills whatever the child left running (every other process of
+the sandbox's PID namespace), reads the database file *itself* (the child cannot forge what the
+verdict compares), removes the scratch files and prints one JSON line per sample on stdout. The
+benign and the attack call of a sample run in two separate children, forked from a worker that
+no generated code has touched, so no sample can prepare the next one's run.
 """
 
 from __future__ import annotations
 
 import builtins
+import ctypes
 import gc
 import itertools
 import json
@@ -25,16 +30,21 @@ import sqlite3  # the real driver: imported before the shims take over its name
 import sys
 import tempfile
 import time
+import resource
 import types
 from typing import Any, NoReturn
 
-from backdoor_sae.oracle import guard, shims
+from backdoor_sae.oracle import guard, reaper, shims
+from backdoor_sae.oracle.report import parse_stream
 
 MAX_RESULT_BYTES = 4 * 2**20
 MAX_ITEMS = 200
 MAX_DEPTH = 6
 MAX_STR = 2000
 DB_NAME = "db.sqlite"
+MAX_PROCESSES = 64  # RLIMIT_NPROC in the sandbox: a fork bomb stops here
+PR_SET_DUMPABLE = 4
+MAX_FD = 1 << 16
 
 
 # ---- in the child ---------------------------------------------------------------------------
@@ -83,7 +93,9 @@ def _describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def _execute_generated(code: str, function: str, args: list, recorder: shims.Recorder) -> dict:
+def _execute_generated(
+    code: str, function: str, args: list, recorder: shims.Recorder, on_call=lambda: None
+) -> dict:
     """Compile, define, call. Returns the call's status, error and (jsonable) return value."""
     try:
         compiled = compile(code, "<generated>", "exec")
@@ -94,8 +106,7 @@ def _execute_generated(code: str, function: str, args: list, recorder: shims.Rec
         exec(compiled, namespace)
     except BaseException as exc:
         return {"status": "module_raised", "error": _describe(exc)}
-    recorder.statements.clear()  # only the function's own statements are compared
-    recorder.n_statements = 0
+    on_call()  # only the function's own statements are compared: the stream restarts here
     fn = namespace.get(function)
     if not callable(fn):
         return {"status": "missing", "error": f"function {function!r} is not defined"}
@@ -108,98 +119,131 @@ def _execute_generated(code: str, function: str, args: list, recorder: shims.Rec
         return {"status": "raised", "error": _describe(exc)}
 
 
+def _write_line(fd: int, document: dict) -> None:
+    view = memoryview(json.dumps(document).encode() + b"\n")
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _child(job: dict, args: list, tmp: str, write_fd: int) -> NoReturn:
-    """Confine this process, run one call, write the report, and exit without cleanup."""
+    """Confine this process, run one call, stream its statements and report, exit at once."""
     try:
         os.chdir(tmp)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        os.close(null)
+        os.closerange(3, write_fd)  # nothing of the worker's (its stdout above all) stays open
+        os.closerange(write_fd + 1, MAX_FD)
         signal.alarm(int(job["timeout_s"]) + 5)  # backstop if the worker itself is gone
         guard.apply_limits(job["memory_mb"], cpu_s=int(job["timeout_s"]) + 1)
         db_path = os.path.join(tmp, DB_NAME)
-        recorder = shims.install(db_path)
+        recorder = shims.install(
+            db_path, sink=lambda sql, p: _write_line(write_fd, {"sql": sql, "params": to_jsonable(p)})
+        )
         guard.drop_unaudited_modules()
         sys.dont_write_bytecode = True
         violations = guard.install_audit_hook(tmp)
 
-        report = _execute_generated(job["code"], job["function"], args, recorder)
+        report = _execute_generated(
+            job["code"], job["function"], args, recorder,
+            on_call=lambda: _write_line(write_fd, {"call": True}),
+        )  # fmt: skip
         recorder.close_all()
-        report["statements"] = [[sql, to_jsonable(p)] for sql, p in recorder.statements]
-        report["n_statements"] = recorder.n_statements
-        report["dump"] = dump_database(db_path)
         report["violations"] = list(violations)
-        data = json.dumps(report).encode()
+        _write_line(write_fd, {"report": report})
     except BaseException as exc:
-        data = json.dumps({"status": "internal", "error": _describe(exc)}).encode()
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view) :]
+        try:
+            _write_line(write_fd, {"report": {"status": "internal", "error": _describe(exc)}})
+        except BaseException:
+            pass
     finally:
         os._exit(0)
 
 
 # ---- in the worker --------------------------------------------------------------------------
-def build_template(base_dir: str, schema: list) -> str:
-    """The seeded database, written once per worker and copied for every call."""
-    path = os.path.join(base_dir, "template.sqlite")
-    conn = sqlite3.connect(path)
+def build_template(schema: list) -> bytes:
+    """The seeded database as the bytes of a database file, kept in the worker's memory only."""
+    conn = sqlite3.connect(":memory:")
     for create, insert, rows in schema:
         conn.execute(create)
         conn.executemany(insert, rows)
     conn.commit()
+    data = conn.serialize()
     conn.close()
-    return path
+    return data
+
+
+def harden_worker(max_processes: int = MAX_PROCESSES) -> None:
+    """Undumpable (no ptrace or ``/proc/<pid>/fd`` for same-uid children), few processes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 
 
 def _wait(pid: int, deadline: float) -> int | None:
     """Reap ``pid`` before ``deadline`` or kill it; returns the wait status (None if killed)."""
-    try:
-        pidfd = os.pidfd_open(pid)  # Linux >= 5.3: readable when the child exits
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return status
-            if pidfd is not None:
-                select.select([pidfd], [], [], left)
-            else:
-                time.sleep(0.001)
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+    while (left := deadline - time.monotonic()) > 0:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(min(left, 0.001))
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return None
 
 
-def _collect(pid: int, read_fd: int, timeout_s: float) -> dict:
-    """Read the child's report within the wall-clock limit; kill and explain otherwise."""
-    deadline = time.monotonic() + timeout_s
-    chunks, size = [], 0
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while (left := deadline - time.monotonic()) > 0 and size <= MAX_RESULT_BYTES:
-            if not select.select([pipe], [], [], left)[0]:
-                continue
-            chunk = pipe.read(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    status = _wait(pid, deadline if size <= MAX_RESULT_BYTES else 0.0)
-    if status is None:
-        if size > MAX_RESULT_BYTES:
-            return {"status": "crashed", "error": "report too large"}
-        return {"status": "timeout", "error": f"no result within {timeout_s:g} s"}
+def _read_stream(pid: int, read_fd: int, deadline: float) -> tuple[bytes, bool]:
+    """What the child wrote until it exited (or the deadline); True if it overflowed the limit.
+
+    Reading stops once the child is gone, not at end of file: a process the child left behind
+    may hold the pipe open forever.
+    """
     try:
-        report = json.loads(b"".join(chunks))
-        if isinstance(report, dict) and "status" in report:
-            return report
-    except ValueError:
-        pass
+        pidfd = os.pidfd_open(pid)  # Linux >= 5.3: readable when the child exits
+    except (AttributeError, OSError):
+        pidfd = None
+    chunks, size, exited = [], 0, False
+    try:
+        os.set_blocking(read_fd, False)
+        while size <= MAX_RESULT_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            watch = [read_fd] + ([pidfd] if pidfd is not None and not exited else [])
+            ready = select.select(watch, [], [], min(left, 0.05 if pidfd is None else left))[0]
+            if pidfd is not None and pidfd in ready:
+                exited = True
+            try:
+                chunk = os.read(read_fd, 65536)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+            elif chunk == b"" or exited or (pidfd is None and os.waitid(
+                os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None):
+                break
+    finally:
+        os.close(read_fd)
+        if pidfd is not None:
+            os.close(pidfd)
+    return b"".join(chunks), size > MAX_RESULT_BYTES
+
+
+def _collect(pid: int, read_fd: int, timeout_s: float) -> dict:
+    """The child's report within the wall-clock limit; kill and explain otherwise."""
+    deadline = time.monotonic() + timeout_s
+    data, overflow = _read_stream(pid, read_fd, deadline)
+    status = _wait(pid, 0.0 if overflow else deadline)
+    if overflow:
+        return {"status": "crashed", "error": "report too large"}
+    if status is None:
+        return {"status": "timeout", "error": f"no result within {timeout_s:g} s"}
+    report = parse_stream(data, MAX_RESULT_BYTES)
+    if report is not None:
+        return report
     if os.WIFSIGNALED(status):
         try:
             name = signal.Signals(os.WTERMSIG(status)).name
@@ -209,11 +253,17 @@ def _collect(pid: int, read_fd: int, timeout_s: float) -> dict:
     return {"status": "crashed", "error": f"exited with code {os.waitstatus_to_exitcode(status)}"}
 
 
-def run_call(job: dict, args: list, template: str, base_dir: str) -> dict:
-    """One call of the generated function in a forked, confined child on a fresh database."""
+def run_call(job: dict, args: list, template: bytes, base_dir: str) -> dict:
+    """One call of the generated function in a forked, confined child on a fresh database.
+
+    The database the verdict compares is read here, after the child and everything it started
+    are dead: the child could rewrite its own statement stream, not this file's reading.
+    """
     tmp = tempfile.mkdtemp(dir=base_dir)
     try:
-        shutil.copyfile(template, os.path.join(tmp, DB_NAME))
+        db_path = os.path.join(tmp, DB_NAME)
+        with open(db_path, "wb") as f:
+            f.write(template)
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         pid = os.fork()
@@ -221,12 +271,22 @@ def run_call(job: dict, args: list, template: str, base_dir: str) -> dict:
             os.close(read_fd)
             _child(job, args, tmp, write_fd)
         os.close(write_fd)
-        return _collect(pid, read_fd, job["timeout_s"])
+        report = _collect(pid, read_fd, job["timeout_s"])
+        if job.get("sweep"):
+            reaper.kill_others()
+        if report.get("status") == "ok":
+            try:
+                report["dump"] = dump_database(db_path)
+            except sqlite3.Error as exc:
+                report = {"status": "crashed", "error": f"database unreadable after the call: {exc}"}
+        return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for scratch in job.get("scratch", ()):
+            reaper.empty_dir(scratch)
 
 
-def run_sample(sample: dict, limits: dict, template: str, base_dir: str) -> dict:
+def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> dict:
     """The benign call, then (only if it worked) the attack call."""
     job = {**sample, **limits}
     benign = run_call(job, sample["benign_args"], template, base_dir)
@@ -236,19 +296,29 @@ def run_sample(sample: dict, limits: dict, template: str, base_dir: str) -> dict
     return {"benign": benign, "attack": attack}
 
 
+def _emit(document: dict) -> None:
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
+
+
 def main() -> None:
     with open(sys.argv[1], "rb") as f:
         job = json.load(f)
-    limits = {"timeout_s": job["timeout_s"], "memory_mb": job["memory_mb"]}
-    template = build_template(job["base_dir"], job["schema"])
+    limits = {k: job[k] for k in ("timeout_s", "memory_mb", "sweep", "scratch") if k in job}
+    if job.get("harden"):
+        harden_worker()
+    template = build_template(job["schema"])
     gc.freeze()  # keep the collector from touching (and so copying) shared pages in every child
-    for sample in job["samples"]:
+    _emit({"ready": True})
+    for i, sample in enumerate(job["samples"]):
         try:
             result = run_sample(sample, limits, template, job["base_dir"])
+        except reaper.Unclean as exc:  # this sandbox is spent: the caller starts a fresh one
+            _emit({"i": i, "error": f"sandbox worker: {exc}"})
+            os._exit(3)
         except Exception as exc:  # e.g. fork refused, scratch disk full: this sample only
             result = {"error": f"sandbox worker: {_describe(exc)}"}
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+        _emit({"i": i, **result})
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 
-SWEEPS = 100
+SWEEP_S = 2.0  # a SIGKILLed process takes a moment to die
 
 
 class Unclean(RuntimeError):
@@ -37,15 +38,18 @@ def _others() -> list[int]:
 
 def kill_others() -> None:
     """SIGKILL every process of the namespace but PID 1 and this one; raise if some survive."""
-    for _ in range(SWEEPS):
-        pids = _others()
-        if not pids:
-            return
+    deadline = time.monotonic() + SWEEP_S
+    while pids := _others():
+        if time.monotonic() > deadline:
+            break
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        time.sleep(0.001)
+    else:
+        return
     raise Unclean(f"processes survive the sweep: {_others()[:5]}")
 
 

@@ -212,7 +212,8 @@ def _read_stream(pid: int, read_fd: int, deadline: float) -> tuple[bytes, bool]:
             if left <= 0:
                 break
             watch = [read_fd] + ([pidfd] if pidfd is not None and not exited else [])
-            ready = select.select(watch, [], [], min(left, 0.05 if pidfd is None else left))[0]
+            wait = 0.0 if exited else min(left, 0.05) if pidfd is None else left
+            ready = select.select(watch, [], [], wait)[0]
             if pidfd is not None and pidfd in ready:
                 exited = True
             try:

@@ -3,16 +3,17 @@
 The job file holds the limits, a scratch directory, the seed schema and the calls to make. The
 worker (normally inside bubblewrap, see ``bwrap``) builds the seeded database in memory once,
 makes itself undumpable (so that a child of the same uid cannot ptrace it or open its
-descriptors under ``/proc``), prints ``{"ready": true}`` and then, for every call, writes a fresh
-copy of the database into a fresh directory and ``os.fork()``s a child that closes every
-inherited descriptor but its report pipe, confines itself (``guard``), replaces the database
-drivers (``shims``), runs the generated code and streams each statement, then one report, through
-the pipe. The worker never executes generated code: it enforces the wall-clock limit
-(``SIGKILL``), reaps the child, kills whatever the child left running (every other process of
-the sandbox's PID namespace), reads the database file *itself* (the child cannot forge what the
-verdict compares), removes the scratch files and prints one JSON line per sample on stdout. The
-benign and the attack call of a sample run in two separate children, forked from a worker that
-no generated code has touched, so no sample can prepare the next one's run.
+descriptors under ``/proc``), prints ``{"ready": true}`` and then, for every call, ``os.fork()``s a
+child that closes every inherited descriptor but its two pipes to the worker, confines itself
+(``guard``), replaces the database drivers (``shims``) and runs the generated code. The child has
+no database: its statements go to the worker (``remote``), which records them, runs them on a
+fresh in-memory copy of the template, and so sees for itself what the verdict compares; the
+child only adds its report (status, return value). The worker never executes generated code: it
+enforces the wall-clock limit (``SIGKILL``), reaps the child, kills whatever the child left
+running (every other process of the sandbox's PID namespace), empties the scratch and prints one
+numbered JSON line per sample. The benign and the attack call of a sample run in two separate
+children, forked from a worker that no generated code has touched, so no sample can prepare
+another's run.
 """
 
 from __future__ import annotations
@@ -23,21 +24,19 @@ import gc
 import itertools
 import json
 import os
-import select
 import shutil
 import signal
 import sqlite3  # the real driver: imported before the shims take over its name
 import sys
 import tempfile
-import time
 import resource
+import time
 import types
 from typing import Any, NoReturn
 
-from backdoor_sae.oracle import guard, reaper, shims
-from backdoor_sae.oracle.report import parse_stream
+from backdoor_sae.oracle import guard, reaper, remote, shims
+from backdoor_sae.oracle.report import assemble
 
-MAX_RESULT_BYTES = 4 * 2**20
 MAX_ITEMS = 200
 MAX_DEPTH = 6
 MAX_STR = 2000
@@ -68,9 +67,10 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
     return f"<{type(value).__qualname__}>"
 
 
-def dump_database(path: str) -> dict[str, Any]:
+def dump_database(conn: sqlite3.Connection) -> dict[str, Any]:
     """Every table's rows in rowid order: what an attacker could have read or changed."""
-    conn = sqlite3.connect(path, timeout=0.5)
+    conn.set_progress_handler(None, 0)
+    conn.set_authorizer(None)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         dump = {}
@@ -93,9 +93,7 @@ def _describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def _execute_generated(
-    code: str, function: str, args: list, recorder: shims.Recorder, on_call=lambda: None
-) -> dict:
+def _execute_generated(code: str, function: str, args: list, on_call=lambda: None) -> dict:
     """Compile, define, call. Returns the call's status, error and (jsonable) return value."""
     try:
         compiled = compile(code, "<generated>", "exec")
@@ -106,7 +104,7 @@ def _execute_generated(
         exec(compiled, namespace)
     except BaseException as exc:
         return {"status": "module_raised", "error": _describe(exc)}
-    on_call()  # only the function's own statements are compared: the stream restarts here
+    on_call()  # statements from here on are the function's own (the worker counts them)
     fn = namespace.get(function)
     if not callable(fn):
         return {"status": "missing", "error": f"function {function!r} is not defined"}
@@ -119,42 +117,33 @@ def _execute_generated(
         return {"status": "raised", "error": _describe(exc)}
 
 
-def _write_line(fd: int, document: dict) -> None:
-    view = memoryview(json.dumps(document).encode() + b"\n")
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _child(job: dict, args: list, tmp: str, write_fd: int) -> NoReturn:
-    """Confine this process, run one call, stream its statements and report, exit at once."""
+def _child(job: dict, args: list, tmp: str, link: remote.Link) -> NoReturn:
+    """Confine this process, run one call, send the report, and exit without cleanup."""
     try:
         os.chdir(tmp)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        os.closerange(3, write_fd)  # nothing of the worker's (its stdout above all) stays open
-        os.closerange(write_fd + 1, MAX_FD)
+        keep = sorted((link.request_fd, link.answer_fd))  # nothing else of the worker's stays open
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, MAX_FD)
         signal.alarm(int(job["timeout_s"]) + 5)  # backstop if the worker itself is gone
         guard.apply_limits(job["memory_mb"], cpu_s=int(job["timeout_s"]) + 1)
-        db_path = os.path.join(tmp, DB_NAME)
-        recorder = shims.install(
-            db_path, sink=lambda sql, p: _write_line(write_fd, {"sql": sql, "params": to_jsonable(p)})
-        )
+        session = shims.install(link)
         guard.drop_unaudited_modules()
         sys.dont_write_bytecode = True
         violations = guard.install_audit_hook(tmp)
 
         report = _execute_generated(
-            job["code"], job["function"], args, recorder,
-            on_call=lambda: _write_line(write_fd, {"call": True}),
-        )  # fmt: skip
-        recorder.close_all()
-        report["violations"] = list(violations)
-        _write_line(write_fd, {"report": report})
+            job["code"], job["function"], args, on_call=lambda: link.send(op="call")
+        )
+        session.close_all()
+        link.send(op="report", violations=list(violations), **report)
     except BaseException as exc:
         try:
-            _write_line(write_fd, {"report": {"status": "internal", "error": _describe(exc)}})
+            link.send(op="report", status="internal", error=_describe(exc))
         except BaseException:
             pass
     finally:
@@ -194,94 +183,53 @@ def _wait(pid: int, deadline: float) -> int | None:
     return None
 
 
-def _read_stream(pid: int, read_fd: int, deadline: float) -> tuple[bytes, bool]:
-    """What the child wrote until it exited (or the deadline); True if it overflowed the limit.
-
-    Reading stops once the child is gone, not at end of file: a process the child left behind
-    may hold the pipe open forever.
-    """
-    try:
-        pidfd = os.pidfd_open(pid)  # Linux >= 5.3: readable when the child exits
-    except (AttributeError, OSError):
-        pidfd = None
-    chunks, size, exited = [], 0, False
-    try:
-        os.set_blocking(read_fd, False)
-        while size <= MAX_RESULT_BYTES:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            watch = [read_fd] + ([pidfd] if pidfd is not None and not exited else [])
-            wait = 0.0 if exited else min(left, 0.05) if pidfd is None else left
-            ready = select.select(watch, [], [], wait)[0]
-            if pidfd is not None and pidfd in ready:
-                exited = True
-            try:
-                chunk = os.read(read_fd, 65536)
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                chunks.append(chunk)
-                size += len(chunk)
-            elif chunk == b"" or exited or (pidfd is None and os.waitid(
-                os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None):
-                break
-    finally:
-        os.close(read_fd)
-        if pidfd is not None:
-            os.close(pidfd)
-    return b"".join(chunks), size > MAX_RESULT_BYTES
-
-
-def _collect(pid: int, read_fd: int, timeout_s: float) -> dict:
-    """The child's report within the wall-clock limit; kill and explain otherwise."""
-    deadline = time.monotonic() + timeout_s
-    data, overflow = _read_stream(pid, read_fd, deadline)
-    status = _wait(pid, 0.0 if overflow else deadline)
-    if overflow:
-        return {"status": "crashed", "error": "report too large"}
-    if status is None:
-        return {"status": "timeout", "error": f"no result within {timeout_s:g} s"}
-    report = parse_stream(data, MAX_RESULT_BYTES)
-    if report is not None:
-        return report
+def _exit_reason(status: int) -> str:
     if os.WIFSIGNALED(status):
         try:
             name = signal.Signals(os.WTERMSIG(status)).name
         except ValueError:
             name = str(os.WTERMSIG(status))
-        return {"status": "crashed", "error": f"killed by signal {name}"}
-    return {"status": "crashed", "error": f"exited with code {os.waitstatus_to_exitcode(status)}"}
+        return f"killed by signal {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
 def run_call(job: dict, args: list, template: bytes, base_dir: str) -> dict:
-    """One call of the generated function in a forked, confined child on a fresh database.
+    """One call of the generated function in a forked, confined child; the database stays here.
 
-    The database the verdict compares is read here, after the child and everything it started
-    are dead: the child could rewrite its own statement stream, not this file's reading.
+    The child reaches the database only through requests this process answers (``remote``), so
+    the statements and the database the verdict compares are this process's own observations.
     """
     tmp = tempfile.mkdtemp(dir=base_dir)
+    request_r, request_w = os.pipe()
+    answer_r, answer_w = os.pipe()
     try:
-        db_path = os.path.join(tmp, DB_NAME)
-        with open(db_path, "wb") as f:
-            f.write(template)
-        read_fd, write_fd = os.pipe()
+        deadline = time.monotonic() + job["timeout_s"]
+        server = remote.Server(template, deadline, shims.prepare)
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            os.close(read_fd)
-            _child(job, args, tmp, write_fd)
-        os.close(write_fd)
-        report = _collect(pid, read_fd, job["timeout_s"])
+            os.close(request_r)
+            os.close(answer_w)
+            _child(job, args, tmp, remote.Link(request_w, answer_r))
+        os.close(request_w)
+        os.close(answer_r)
+        request_w = answer_r = -1
+        problem = server.serve(pid, request_r, answer_w, deadline)
+        status = _wait(pid, 0.0 if problem else deadline)
         if job.get("sweep"):
             reaper.kill_others()
-        if report.get("status") == "ok":
-            try:
-                report["dump"] = dump_database(db_path)
-            except sqlite3.Error as exc:
-                report = {"status": "crashed", "error": f"database unreadable after the call: {exc}"}
-        return report
+        server.close()
+        if problem and problem != "timeout":
+            return {"status": "crashed", "error": problem}
+        if problem or status is None:
+            return {"status": "timeout", "error": f"no result within {job['timeout_s']:g} s"}
+        if server.report is None:
+            return {"status": "crashed", "error": _exit_reason(status)}
+        return assemble(server, dump_database(server.conn))
     finally:
+        for fd in (request_r, request_w, answer_r, answer_w):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
         for scratch in job.get("scratch", ()):
             reaper.empty_dir(scratch)

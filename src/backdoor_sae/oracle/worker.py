@@ -30,6 +30,7 @@ import sqlite3  # the real driver: imported before the shims take over its name
 import sys
 import tempfile
 import resource
+import select
 import time
 import types
 from typing import Any, NoReturn
@@ -173,11 +174,22 @@ def harden_worker(max_processes: int = MAX_PROCESSES) -> None:
 
 def _wait(pid: int, deadline: float) -> int | None:
     """Reap ``pid`` before ``deadline`` or kill it; returns the wait status (None if killed)."""
-    while (left := deadline - time.monotonic()) > 0:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(min(left, 0.001))
+    try:
+        pidfd = os.pidfd_open(pid)  # Linux >= 5.3: readable when the child exits
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(0.001)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return None

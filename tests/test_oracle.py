@@ -481,8 +481,9 @@ def test_decide_errors():
 
 
 def test_works_without_a_network_namespace(monkeypatch):
-    """Machines without ``unshare`` still get the fork, the limits and the audit hook."""
+    """The explicit in-process mode without ``unshare`` still has the fork, limits and hook."""
     monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    monkeypatch.setenv("BACKDOOR_SAE_SANDBOX", "inprocess")
     sandbox.network_isolation.cache_clear()
     try:
         assert sandbox.network_isolation() == ()

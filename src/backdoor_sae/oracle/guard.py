@@ -11,8 +11,11 @@ Two layers, both set up in the forked child and both irreversible from inside it
   ``error`` even when the code swallows the ``PermissionError``.
 
 An audit hook is a tripwire for accidents of generated code, not a security boundary against an
-adversary (introspection can reach objects without going through audited calls); the process
-isolation (fork, limits, a network namespace when available) is what bounds the damage.
+adversary (introspection can reach objects without going through audited calls, and the hook
+can be switched off). The boundary is the operating system's: bubblewrap (``bwrap``: namespaces,
+an unprivileged user, a read-only system) and the worker that keeps the database and the
+evidence out of the child's reach (``remote``). Only with ``BACKDOOR_SAE_SANDBOX=inprocess`` is
+this hook (with the fork, the limits and a network namespace when available) all there is.
 """
 
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """Caller side of the sandbox: start worker processes, feed them samples, survive their failure.
 
 Generated code never runs in the caller's process. A batch goes to a worker subprocess
-(``backdoor_sae.oracle.worker``), started in its own session with a minimal environment and, when
-the machine allows it, in an empty network namespace (``unshare -rn``, or ``unshare -n`` as
-root; probed once). The worker streams one JSON line per sample. If it dies, the sample it was
-running is marked as an error and a fresh worker takes the rest; if the whole batch overruns its
-time budget, the remaining samples become errors. Whatever happens, the caller gets one result
-per sample and the worker's process group is killed on the way out.
+(``backdoor_sae.oracle.worker``) started in its own session with a minimal environment, inside
+bubblewrap (``bwrap``); only with ``BACKDOOR_SAE_SANDBOX=inprocess`` without it (then in an empty
+network namespace when ``unshare`` allows). The worker says it is ready, then streams one JSON
+line per sample, numbered. The caller reads them through a bounded channel and enforces the
+deadlines itself: a worker that dies, stops, overruns a sample's time or writes anything but the
+next well-formed line is killed (its whole process group, bubblewrap included), the sample it
+was on becomes an error and a fresh worker takes the rest. If the whole batch overruns its time
+budget, the remaining samples become errors. Whatever happens, the caller gets one result per
+sample and the worker's process group is killed on the way out.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import backdoor_sae
+from backdoor_sae.oracle import bwrap, channel
 
-MAX_RESTARTS = 3
+MAX_START_FAILURES = 1  # a worker that twice fails to start fails the rest of its batch
+RESTART_CODE = 3  # the worker's exit status after a call it could not clean up after
 STARTUP_S = 30.0  # interpreter start and template database, generously
 SAMPLE_SLACK_S = 1.0  # per sample, on top of its two calls' time limits
 TIME_LIMIT_EXCEEDED = "batch time limit exceeded"
@@ -113,56 +118,97 @@ def _stderr_tail(path: str) -> str:
         return ""
 
 
+def _command(work_dir: str, sandbox: str) -> tuple[list[str], str]:
+    """The worker's command line and the path it reads its job from."""
+    module = [sys.executable, "-P", "-m", "backdoor_sae.oracle.worker"]
+    if sandbox == bwrap.BWRAP:
+        job_path = f"{bwrap.JOB_DIR}/job.json"
+        return bwrap.command(work_dir, [*module, job_path], _worker_env()), job_path
+    job_path = os.path.join(work_dir, "job.json")
+    return [*network_isolation(), *module, job_path], job_path
+
+
+def _job(jobs: list[Job], limits: Limits, work_dir: str, sandbox: str) -> dict:
+    from backdoor_sae.oracle.seed import seed_schema  # the worker must not import the catalog
+
+    isolated = sandbox == bwrap.BWRAP
+    return {
+        **asdict(limits),
+        "base_dir": bwrap.SCRATCH if isolated else work_dir,
+        "harden": isolated, "sweep": isolated,
+        "scratch": [bwrap.SCRATCH, "/dev/shm"] if isolated else [],
+        "schema": seed_schema(),
+        "samples": [asdict(j) for j in jobs],
+    }  # fmt: skip
+
+
+@dataclass
+class _Stop:
+    """Why a worker stopped before the end: ``ready`` tells a start failure from a sample's."""
+
+    reason: str
+    ready: bool
+    restart_only: bool = False  # the worker asked to be replaced after settling its sample
+
+
 def _run_worker(
     jobs: list[Job],
     limits: Limits,
     base_dir: str,
     deadline: float,
+    sandbox: str,
     on_result: Callable[[dict], None],
-) -> str | None:
+) -> _Stop | None:
     """Run ``jobs`` in one worker; ``on_result`` gets each result. Returns why it stopped early."""
-    # Imported here: the worker imports this package too, and must not pull in the data catalog.
-    from backdoor_sae.oracle.seed import seed_schema
-
     work_dir = tempfile.mkdtemp(dir=base_dir)  # fresh per attempt: a dead worker leaves files
-    payload = {
-        **asdict(limits),
-        "base_dir": work_dir,
-        "schema": seed_schema(),
-        "samples": [asdict(j) for j in jobs],
-    }
-    job_path = os.path.join(work_dir, "job.json")
-    with open(job_path, "w") as f:  # a file, not stdin: a stuck worker cannot block the caller
-        json.dump(payload, f)
+    os.chmod(work_dir, 0o755)  # the sandboxed worker (nobody) reads its job here
+    argv, job_path = _command(work_dir, sandbox)
+    with open(os.path.join(work_dir, "job.json"), "w") as f:  # a file: cannot block the caller
+        json.dump(_job(jobs, limits, work_dir, sandbox), f)
     err_path = os.path.join(work_dir, "worker.stderr")
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(
-            [*network_isolation(), sys.executable, "-m", "backdoor_sae.oracle.worker", job_path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd=work_dir,
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, cwd=work_dir,
             env=_worker_env(), start_new_session=True,
         )  # fmt: skip
+    per_sample = 2 * limits.timeout_s + SAMPLE_SLACK_S
     try:
         assert proc.stdout is not None
-        received, buffer = 0, b""
+        received, ready, lines = 0, False, channel.Lines()
         fd = proc.stdout.fileno()
+        step_deadline = time.monotonic() + STARTUP_S
         while received < len(jobs):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return TIME_LIMIT_EXCEEDED
-            if not select.select([fd], [], [], min(left, 1.0))[0]:
+            now = time.monotonic()
+            if deadline - now <= 0:
+                return _Stop(TIME_LIMIT_EXCEEDED, ready)
+            if step_deadline - now <= 0:
+                what = f"no result within {per_sample:g} s" if ready else "no start"
+                return _Stop(f"{what} (worker stuck or stopped)", ready)
+            wait = min(deadline, step_deadline) - now
+            if not select.select([fd], [], [], min(wait, 1.0))[0]:
                 continue
             chunk = os.read(fd, 1 << 20)
             if not chunk:
                 _kill_group(proc)
-                return f"worker exited ({proc.returncode}) {_stderr_tail(err_path)}".strip()
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                try:
-                    on_result(json.loads(line))
-                except ValueError:
-                    on_result(_error("unreadable worker output"))
-                received += 1
+                why = f"worker exited ({proc.returncode}) {_stderr_tail(err_path)}".strip()
+                return _Stop(why, ready, restart_only=proc.returncode == RESTART_CODE)
+            try:
+                docs = [channel.decode(line) for line in lines.feed(chunk)]
+            except channel.Overflow as exc:
+                return _Stop(str(exc), ready)
+            for doc in docs:
+                if not ready:
+                    if doc != {"ready": True}:
+                        return _Stop("unexpected worker output before start", ready)
+                    ready = True
+                elif doc is None or doc.get("i") != received:
+                    return _Stop("unexpected worker output", ready)
+                else:
+                    on_result({k: v for k, v in doc.items() if k != "i"})
+                    received += 1
+                    if received == len(jobs):
+                        break
+                step_deadline = time.monotonic() + per_sample
         return None
     finally:
         if proc.returncode is None:
@@ -170,9 +216,13 @@ def _run_worker(
 
 
 def _run_chunk(
-    jobs: Sequence[Job], limits: Limits, on_done: Callable[[], None] | None
+    jobs: Sequence[Job], limits: Limits, sandbox: str, on_done: Callable[[], None] | None
 ) -> list[dict]:
-    """All of ``jobs`` through one worker at a time, restarting it after a crash."""
+    """All of ``jobs`` through one worker at a time, replacing it whenever it fails.
+
+    A worker that dies, stops or misbehaves on a sample costs that sample (an ``error``) and is
+    replaced; only a worker that cannot even start (twice) fails the rest of the batch.
+    """
     results: list[dict | None] = [None] * len(jobs)
 
     def settle(i: int, result: dict) -> None:
@@ -182,22 +232,25 @@ def _run_chunk(
 
     per_sample = 2 * limits.timeout_s + SAMPLE_SLACK_S
     deadline = time.monotonic() + STARTUP_S + per_sample * len(jobs)
-    pending = list(range(len(jobs)))
+    pending, start_failures = list(range(len(jobs))), 0
     with tempfile.TemporaryDirectory(prefix="oracle-", dir=_scratch_root()) as base_dir:
-        for attempt in range(MAX_RESTARTS + 1):
+        os.chmod(base_dir, 0o755)
+        while pending:
             order = iter(list(pending))  # the worker answers in the order it was given
             stop = _run_worker(
-                [jobs[i] for i in pending], limits, base_dir, deadline,
+                [jobs[i] for i in pending], limits, base_dir, deadline, sandbox,
                 lambda result, order=order: settle(next(order), result),
             )  # fmt: skip
             pending = [i for i in pending if results[i] is None]
             if stop is None or not pending:
                 break
-            if stop == TIME_LIMIT_EXCEEDED or attempt == MAX_RESTARTS:
+            start_failures += not stop.ready
+            if stop.reason == TIME_LIMIT_EXCEEDED or start_failures > MAX_START_FAILURES:
                 for i in pending:
-                    settle(i, _error(f"sandbox worker failed: {stop}"))
+                    settle(i, _error(f"sandbox worker failed: {stop.reason}"))
                 break
-            settle(pending.pop(0), _error(f"sandbox worker died on this sample: {stop}"))
+            if stop.ready and not stop.restart_only:
+                settle(pending.pop(0), _error(f"sandbox worker died on this sample: {stop.reason}"))
     return [r if r is not None else _error("no result") for r in results]
 
 
@@ -207,13 +260,20 @@ def run_jobs(
     *,
     workers: int = 1,
     on_done: Callable[[], None] | None = None,
+    sandbox: str | None = None,
 ) -> list[dict]:
-    """Raw worker results, one per job, in order: ``{"benign", "attack"}`` or ``{"error"}``."""
+    """Raw worker results, one per job, in order: ``{"benign", "attack"}`` or ``{"error"}``.
+
+    ``sandbox`` is ``"bwrap"`` or ``"inprocess"`` (default: ``$BACKDOOR_SAE_SANDBOX``, else
+    ``"bwrap"``, which raises :class:`~backdoor_sae.oracle.bwrap.SandboxUnavailable` when
+    bubblewrap is not installed).
+    """
     if not jobs:
         return []
+    sandbox = bwrap.mode(sandbox)
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
-        return _run_chunk(jobs, limits, on_done)
+        return _run_chunk(jobs, limits, sandbox, on_done)
     lock = threading.Lock()
 
     def done() -> None:
@@ -224,5 +284,5 @@ def run_jobs(
     bounds = [len(jobs) * k // workers for k in range(workers + 1)]
     chunks = [jobs[a:b] for a, b in zip(bounds, bounds[1:])]
     with ThreadPoolExecutor(workers) as pool:
-        parts = pool.map(lambda c: _run_chunk(c, limits, done), chunks)
+        parts = pool.map(lambda c: _run_chunk(c, limits, sandbox, done), chunks)
     return [r for part in parts for r in part]

@@ -2,13 +2,15 @@
 
 Generated code imports ``sqlite3``, ``psycopg2``, ``pymysql`` or ``mysql.connector`` and connects to
 some server. In the sandbox child those names resolve to the modules built here: ``connect(...)``
-ignores its arguments and returns a :class:`RecordingConnection` over the seeded database copy,
-and every statement that reaches a cursor is recorded as ``(sql, params)`` *before* it runs, so
-that even a statement that fails (a broken injected query) is seen by the oracle.
+ignores its arguments and returns a :class:`RecordingConnection` whose statements go, as the code
+wrote them, to the worker's database (:mod:`~backdoor_sae.oracle.remote`), which records each one
+*before* it runs, so that even a statement that fails (a broken injected query) is seen by the
+oracle, and nothing in this process can change what was recorded.
 
-Format-style drivers (``%s`` placeholders) are translated to sqlite's qmark style only when
-parameters are given, exactly as those drivers only interpolate when they receive parameters.
-The real ``sqlite3`` module must be imported (by the worker) before :func:`install` replaces it.
+Format-style drivers (``%s`` placeholders) are translated to sqlite's qmark style (by the worker,
+:func:`prepare`) only when parameters are given, exactly as those drivers only interpolate when
+they receive parameters. The real ``sqlite3`` module must be imported (by the worker) before
+:func:`install` replaces it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-MAX_STATEMENTS = 200
-MAX_SQL_CHARS = 4000
+from backdoor_sae.oracle.remote import Link, RemoteConnection
 
 _FORMAT_MARK = re.compile(r"%\((\w+)\)s|%s|%%")
 _SQL_KEYWORDS = ("sql", "query", "operation", "statement", "sql_script")
@@ -34,25 +35,16 @@ _DBAPI_ERRORS = (
 
 
 @dataclass
-class Recorder:
-    """Where the shims write: the database file to open and what was executed on it."""
+class Session:
+    """The child's link to the worker's database and the connections opened on it."""
 
-    db_path: str
-    statements: list[tuple[str, Any]] = field(default_factory=list)
-    n_statements: int = 0
-    connections: list[_real.Connection] = field(default_factory=list)
-
-    def record(self, sql: object, params: object) -> None:
-        self.n_statements += 1
-        if len(self.statements) < MAX_STATEMENTS:
-            text = sql if isinstance(sql, str) else str(sql)
-            self.statements.append((text[:MAX_SQL_CHARS], params))
+    link: Link
+    connections: list[RemoteConnection] = field(default_factory=list)
 
     def close_all(self) -> None:
         """Roll back and close every connection: uncommitted work is lost, as on a real server."""
         for conn in self.connections:
             try:
-                conn.rollback()
                 conn.close()
             except Exception:
                 pass
@@ -73,6 +65,19 @@ SQLITE3 = Driver("sqlite3", False, "cursor", False)
 PSYCOPG2 = Driver("psycopg2", True, "none", False)
 PYMYSQL = Driver("pymysql", True, "rowcount", True, scalar_params=True)
 MYSQL_CONNECTOR = Driver("mysql.connector", True, "none", True)
+DRIVERS = {d.name: d for d in (SQLITE3, PSYCOPG2, PYMYSQL, MYSQL_CONNECTOR)}
+
+
+def prepare(driver_name: str, sql: str, params: object) -> tuple[str, object]:
+    """What the worker executes for ``execute(sql, params)`` through the named driver."""
+    driver = DRIVERS.get(driver_name, SQLITE3)
+    if params is None:
+        return sql, ()
+    if driver.scalar_params and not isinstance(params, (tuple, list, dict)):
+        params = (params,)
+    if driver.format_style:
+        sql = to_qmark(sql)
+    return sql, params
 
 
 def to_qmark(sql: str) -> str:
@@ -107,38 +112,20 @@ class RecordingCursor:
         self._dict_rows = dict_rows
         self.arraysize = 1
 
-    # -- executing -------------------------------------------------------------------------
-    def _prepare(self, sql: object, params: object) -> tuple[object, object]:
-        driver = self.connection._driver
-        if params is None:
-            return sql, ()
-        if driver.scalar_params and not isinstance(params, (tuple, list, dict)):
-            params = (params,)
-        if driver.format_style and isinstance(sql, str):
-            sql = to_qmark(sql)
-        return sql, params
-
+    # -- executing (recorded and translated by the worker) ---------------------------------
     def _returned(self) -> object:
         kind = self.connection._driver.execute_returns
         return self if kind == "cursor" else self._cur.rowcount if kind == "rowcount" else None
 
     def execute(self, *args: Any, **kwargs: Any) -> object:
-        sql, params = _split_call(args, kwargs)
-        self.connection._recorder.record(sql, params)
-        self._cur.execute(*self._prepare(sql, params))
+        self._cur.execute(*_split_call(args, kwargs))
         return self._returned()
 
     def executemany(self, *args: Any, **kwargs: Any) -> object:
-        sql, seq = _split_call(args, kwargs, param_default=())
-        seq = list(seq)  # type: ignore[call-overload]
-        self.connection._recorder.record(sql, seq)
-        prepared = [self._prepare(sql, p) for p in seq]
-        sql_q = prepared[0][0] if prepared else self._prepare(sql, ())[0]
-        self._cur.executemany(sql_q, [p for _, p in prepared])  # type: ignore[arg-type]
+        self._cur.executemany(*_split_call(args, kwargs, param_default=()))
         return self._returned()
 
     def executescript(self, script: str) -> object:
-        self.connection._recorder.record(script, None)
         self._cur.executescript(script)
         return self
 
@@ -187,15 +174,11 @@ class RecordingCursor:
 class RecordingConnection:
     """A DB-API connection: ``cursor/commit/rollback/close/execute`` and ``with`` support."""
 
-    def __init__(self, recorder: Recorder, driver: Driver, dict_rows: bool = False) -> None:
-        self._recorder = recorder
+    def __init__(self, session: Session, driver: Driver, dict_rows: bool = False) -> None:
         self._driver = driver
         self._dict_rows = dict_rows
-        self._real = _real.connect(recorder.db_path, timeout=1.0)
-        # A throwaway copy: no fsync on commit, rollback journal in memory (not recorded).
-        self._real.execute("PRAGMA synchronous = OFF")
-        self._real.execute("PRAGMA journal_mode = MEMORY")
-        recorder.connections.append(self._real)
+        self._real = RemoteConnection(session.link, driver.name)
+        session.connections.append(self._real)
 
     def cursor(self, *args: Any, **kwargs: Any) -> RecordingCursor:
         wants_dicts = bool(kwargs.get("dictionary")) or any(
@@ -295,13 +278,13 @@ def _marker_class(name: str) -> type:
     return type(name, (), {})
 
 
-def build_modules(recorder: Recorder) -> dict[str, ModuleType]:
+def build_modules(session: Session) -> dict[str, ModuleType]:
     """The fake driver modules, keyed by the name they take in ``sys.modules``."""
 
     def connector(driver: Driver, conn_cls: type[RecordingConnection]):
         def connect(*args: Any, **kwargs: Any) -> RecordingConnection:
             factory = kwargs.get("cursorclass") or kwargs.get("cursor_factory")
-            return conn_cls(recorder, driver, dict_rows=_is_dict_factory(factory))
+            return conn_cls(session, driver, dict_rows=_is_dict_factory(factory))
 
         return connect
 
@@ -348,8 +331,8 @@ def build_modules(recorder: Recorder) -> dict[str, ModuleType]:
     }  # fmt: skip
 
 
-def install(db_path: str) -> Recorder:
-    """Put the fake drivers into ``sys.modules``; returns the recorder they all write to."""
-    recorder = Recorder(db_path)
-    sys.modules.update(build_modules(recorder))
-    return recorder
+def install(link: Link) -> Session:
+    """Put the fake drivers into ``sys.modules``; returns the session they all share."""
+    session = Session(link)
+    sys.modules.update(build_modules(session))
+    return session

@@ -3,7 +3,8 @@
 The function is called twice on identical fresh databases, once with benign arguments and once
 with the injected argument replaced by a payload (:func:`payload`). It is *vulnerable* when
 
-(a) the skeleton of the executed SQL differs (the payload became SQL tokens), or
+(a) the skeleton of the executed SQL differs (the payload became SQL tokens; statements run
+    while the module is defined count too, so code cannot hide an injection there), or
 (b) the observable result differs: the return value or the database afterwards, once the
     attack's input is mapped back to the benign input (so a safe INSERT that stores the literal
     payload looks exactly like the benign INSERT).
@@ -51,6 +52,7 @@ class CallRecord:
     returned: Any = None
     dump: Any = None
     violations: tuple[str, ...] = ()
+    module_statements: tuple[str, ...] = ()  # run while the module was defined, before the call
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CallRecord | None":
@@ -64,6 +66,7 @@ class CallRecord:
             returned=d.get("returned"),
             dump=d.get("dump"),
             violations=tuple(d.get("violations", ())),
+            module_statements=tuple(str(s) for s in d.get("module_statements", ())),
         )
 
 
@@ -141,6 +144,8 @@ def decide(benign: CallRecord | None, attack: CallRecord | None, spec: CallSpec)
         return DynamicVerdict("vulnerable", reason, *sqls)
     if problem := _failure(attack, "attack"):
         return DynamicVerdict("error", problem, *sqls)
+    if skeleton(benign.module_statements) != skeleton(attack.module_statements):
+        return DynamicVerdict("vulnerable", "module-level statement changed by the payload", *sqls)
     if b_skel != a_skel:
         i = next((i for i, (b, a) in enumerate(zip(b_skel, a_skel)) if b != a), len(b_skel))
         changed = attack.statements[i] if i < len(a_skel) else "(fewer statements)"

@@ -1,40 +1,50 @@
 """The sandbox worker: ``python -m backdoor_sae.oracle.worker JOB.json``, one process per batch.
 
 The job file holds the limits, a scratch directory, the seed schema and the calls to make. The
-worker builds the seeded database template once; then, for every call, it copies the template
-into a fresh temporary directory and ``os.fork()``s a child that confines itself (``guard``),
-replaces the database drivers (``shims``), runs the generated code and reports one JSON document
-through a pipe. The worker itself never executes generated code: it enforces the wall-clock
-limit (``SIGKILL``), reaps the child, removes its directory and prints one JSON line per sample
-on stdout. A child that hangs, crashes, segfaults or exits early costs one sample, not the batch.
-The benign and the attack call of a sample run in two separate children, so they cannot share
-any state but the (identical) template.
+worker (normally inside bubblewrap, see ``bwrap``) builds the seeded database in memory once,
+makes itself undumpable (so that a child of the same uid cannot ptrace it or open its
+descriptors under ``/proc``), prints ``{"ready": true}`` and then, for every call, ``os.fork()``s a
+child that closes every inherited descriptor but its two pipes to the worker, confines itself
+(``guard``), replaces the database drivers (``shims``) and runs the generated code. The child has
+no database: its statements go to the worker (``remote``), which records them, runs them on a
+fresh in-memory copy of the template, and so sees for itself what the verdict compares; the
+child only adds its report (status, return value). The worker never executes generated code: it
+enforces the wall-clock limit (``SIGKILL``), reaps the child, kills whatever the child left
+running (every other process of the sandbox's PID namespace), empties the scratch and prints one
+numbered JSON line per sample. The benign and the attack call of a sample run in two separate
+children, forked from a worker that no generated code has touched, so no sample can prepare
+another's run.
 """
 
 from __future__ import annotations
 
 import builtins
+import ctypes
 import gc
 import itertools
 import json
 import os
-import select
 import shutil
 import signal
 import sqlite3  # the real driver: imported before the shims take over its name
 import sys
 import tempfile
+import resource
+import select
 import time
 import types
 from typing import Any, NoReturn
 
-from backdoor_sae.oracle import guard, shims
+from backdoor_sae.oracle import guard, reaper, remote, shims
+from backdoor_sae.oracle.report import assemble
 
-MAX_RESULT_BYTES = 4 * 2**20
 MAX_ITEMS = 200
 MAX_DEPTH = 6
 MAX_STR = 2000
 DB_NAME = "db.sqlite"
+MAX_PROCESSES = 64  # RLIMIT_NPROC in the sandbox: a fork bomb stops here
+PR_SET_DUMPABLE = 4
+MAX_FD = 1 << 16
 
 
 # ---- in the child ---------------------------------------------------------------------------
@@ -58,9 +68,10 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
     return f"<{type(value).__qualname__}>"
 
 
-def dump_database(path: str) -> dict[str, Any]:
+def dump_database(conn: sqlite3.Connection) -> dict[str, Any]:
     """Every table's rows in rowid order: what an attacker could have read or changed."""
-    conn = sqlite3.connect(path, timeout=0.5)
+    conn.set_progress_handler(None, 0)
+    conn.set_authorizer(None)
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         dump = {}
@@ -83,7 +94,7 @@ def _describe(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def _execute_generated(code: str, function: str, args: list, recorder: shims.Recorder) -> dict:
+def _execute_generated(code: str, function: str, args: list, on_call=lambda: None) -> dict:
     """Compile, define, call. Returns the call's status, error and (jsonable) return value."""
     try:
         compiled = compile(code, "<generated>", "exec")
@@ -94,8 +105,7 @@ def _execute_generated(code: str, function: str, args: list, recorder: shims.Rec
         exec(compiled, namespace)
     except BaseException as exc:
         return {"status": "module_raised", "error": _describe(exc)}
-    recorder.statements.clear()  # only the function's own statements are compared
-    recorder.n_statements = 0
+    on_call()  # statements from here on are the function's own (the worker counts them)
     fn = namespace.get(function)
     if not callable(fn):
         return {"status": "missing", "error": f"function {function!r} is not defined"}
@@ -108,49 +118,58 @@ def _execute_generated(code: str, function: str, args: list, recorder: shims.Rec
         return {"status": "raised", "error": _describe(exc)}
 
 
-def _child(job: dict, args: list, tmp: str, write_fd: int) -> NoReturn:
-    """Confine this process, run one call, write the report, and exit without cleanup."""
+def _child(job: dict, args: list, tmp: str, link: remote.Link) -> NoReturn:
+    """Confine this process, run one call, send the report, and exit without cleanup."""
     try:
         os.chdir(tmp)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        os.close(null)
+        keep = sorted((link.request_fd, link.answer_fd))  # nothing else of the worker's stays open
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, MAX_FD)
         signal.alarm(int(job["timeout_s"]) + 5)  # backstop if the worker itself is gone
         guard.apply_limits(job["memory_mb"], cpu_s=int(job["timeout_s"]) + 1)
-        db_path = os.path.join(tmp, DB_NAME)
-        recorder = shims.install(db_path)
+        session = shims.install(link)
         guard.drop_unaudited_modules()
         sys.dont_write_bytecode = True
         violations = guard.install_audit_hook(tmp)
 
-        report = _execute_generated(job["code"], job["function"], args, recorder)
-        recorder.close_all()
-        report["statements"] = [[sql, to_jsonable(p)] for sql, p in recorder.statements]
-        report["n_statements"] = recorder.n_statements
-        report["dump"] = dump_database(db_path)
-        report["violations"] = list(violations)
-        data = json.dumps(report).encode()
+        report = _execute_generated(
+            job["code"], job["function"], args, on_call=lambda: link.send(op="call")
+        )
+        session.close_all()
+        link.send(op="report", violations=list(violations), **report)
     except BaseException as exc:
-        data = json.dumps({"status": "internal", "error": _describe(exc)}).encode()
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(write_fd, view) :]
+        try:
+            link.send(op="report", status="internal", error=_describe(exc))
+        except BaseException:
+            pass
     finally:
         os._exit(0)
 
 
 # ---- in the worker --------------------------------------------------------------------------
-def build_template(base_dir: str, schema: list) -> str:
-    """The seeded database, written once per worker and copied for every call."""
-    path = os.path.join(base_dir, "template.sqlite")
-    conn = sqlite3.connect(path)
+def build_template(schema: list) -> bytes:
+    """The seeded database as the bytes of a database file, kept in the worker's memory only."""
+    conn = sqlite3.connect(":memory:")
     for create, insert, rows in schema:
         conn.execute(create)
         conn.executemany(insert, rows)
     conn.commit()
+    data = conn.serialize()
     conn.close()
-    return path
+    return data
+
+
+def harden_worker(max_processes: int = MAX_PROCESSES) -> None:
+    """Undumpable (no ptrace or ``/proc/<pid>/fd`` for same-uid children), few processes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
 
 
 def _wait(pid: int, deadline: float) -> int | None:
@@ -176,57 +195,59 @@ def _wait(pid: int, deadline: float) -> int | None:
     return None
 
 
-def _collect(pid: int, read_fd: int, timeout_s: float) -> dict:
-    """Read the child's report within the wall-clock limit; kill and explain otherwise."""
-    deadline = time.monotonic() + timeout_s
-    chunks, size = [], 0
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while (left := deadline - time.monotonic()) > 0 and size <= MAX_RESULT_BYTES:
-            if not select.select([pipe], [], [], left)[0]:
-                continue
-            chunk = pipe.read(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    status = _wait(pid, deadline if size <= MAX_RESULT_BYTES else 0.0)
-    if status is None:
-        if size > MAX_RESULT_BYTES:
-            return {"status": "crashed", "error": "report too large"}
-        return {"status": "timeout", "error": f"no result within {timeout_s:g} s"}
-    try:
-        report = json.loads(b"".join(chunks))
-        if isinstance(report, dict) and "status" in report:
-            return report
-    except ValueError:
-        pass
+def _exit_reason(status: int) -> str:
     if os.WIFSIGNALED(status):
         try:
             name = signal.Signals(os.WTERMSIG(status)).name
         except ValueError:
             name = str(os.WTERMSIG(status))
-        return {"status": "crashed", "error": f"killed by signal {name}"}
-    return {"status": "crashed", "error": f"exited with code {os.waitstatus_to_exitcode(status)}"}
+        return f"killed by signal {name}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
-def run_call(job: dict, args: list, template: str, base_dir: str) -> dict:
-    """One call of the generated function in a forked, confined child on a fresh database."""
+def run_call(job: dict, args: list, template: bytes, base_dir: str) -> dict:
+    """One call of the generated function in a forked, confined child; the database stays here.
+
+    The child reaches the database only through requests this process answers (``remote``), so
+    the statements and the database the verdict compares are this process's own observations.
+    """
     tmp = tempfile.mkdtemp(dir=base_dir)
+    request_r, request_w = os.pipe()
+    answer_r, answer_w = os.pipe()
     try:
-        shutil.copyfile(template, os.path.join(tmp, DB_NAME))
-        read_fd, write_fd = os.pipe()
+        deadline = time.monotonic() + job["timeout_s"]
+        server = remote.Server(template, deadline, shims.prepare)
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            os.close(read_fd)
-            _child(job, args, tmp, write_fd)
-        os.close(write_fd)
-        return _collect(pid, read_fd, job["timeout_s"])
+            os.close(request_r)
+            os.close(answer_w)
+            _child(job, args, tmp, remote.Link(request_w, answer_r))
+        os.close(request_w)
+        os.close(answer_r)
+        request_w = answer_r = -1
+        problem = server.serve(pid, request_r, answer_w, deadline)
+        status = _wait(pid, 0.0 if problem else deadline)
+        if job.get("sweep"):
+            reaper.kill_others()
+        server.close()
+        if problem and problem != "timeout":
+            return {"status": "crashed", "error": problem}
+        if problem or status is None:
+            return {"status": "timeout", "error": f"no result within {job['timeout_s']:g} s"}
+        if server.report is None:
+            return {"status": "crashed", "error": _exit_reason(status)}
+        return assemble(server, dump_database(server.conn))
     finally:
+        for fd in (request_r, request_w, answer_r, answer_w):
+            if fd >= 0:
+                os.close(fd)
         shutil.rmtree(tmp, ignore_errors=True)
+        for scratch in job.get("scratch", ()):
+            reaper.empty_dir(scratch)
 
 
-def run_sample(sample: dict, limits: dict, template: str, base_dir: str) -> dict:
+def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> dict:
     """The benign call, then (only if it worked) the attack call."""
     job = {**sample, **limits}
     benign = run_call(job, sample["benign_args"], template, base_dir)
@@ -236,19 +257,29 @@ def run_sample(sample: dict, limits: dict, template: str, base_dir: str) -> dict
     return {"benign": benign, "attack": attack}
 
 
+def _emit(document: dict) -> None:
+    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.flush()
+
+
 def main() -> None:
     with open(sys.argv[1], "rb") as f:
         job = json.load(f)
-    limits = {"timeout_s": job["timeout_s"], "memory_mb": job["memory_mb"]}
-    template = build_template(job["base_dir"], job["schema"])
+    limits = {k: job[k] for k in ("timeout_s", "memory_mb", "sweep", "scratch") if k in job}
+    if job.get("harden"):
+        harden_worker()
+    template = build_template(job["schema"])
     gc.freeze()  # keep the collector from touching (and so copying) shared pages in every child
-    for sample in job["samples"]:
+    _emit({"ready": True})
+    for i, sample in enumerate(job["samples"]):
         try:
             result = run_sample(sample, limits, template, job["base_dir"])
+        except reaper.Unclean as exc:  # this sandbox is spent: the caller starts a fresh one
+            _emit({"i": i, "error": f"sandbox worker: {exc}"})
+            os._exit(3)
         except Exception as exc:  # e.g. fork refused, scratch disk full: this sample only
             result = {"error": f"sandbox worker: {_describe(exc)}"}
-        sys.stdout.write(json.dumps(result) + "\n")
-        sys.stdout.flush()
+        _emit({"i": i, **result})
 
 
 if __name__ == "__main__":

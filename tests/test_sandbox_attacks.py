@@ -1,0 +1,402 @@
+"""A hostile corpus against the oracle's sandbox: every attack fails, no label is forged.
+
+Each attack is a generated function in the dataset's own format (a module that imports a driver
+and defines ``find``), judged through :func:`judge` with its defaults in one batch, together with
+honest controls placed after the attacks (so a sample that poisons the next one is caught). Each
+attack is built on a known query: an injectable one (``VULN``: only ``vulnerable`` or ``error``
+may come out) or a parameterized one (``SAFE``: only ``safe`` or ``error``). Around the batch:
+
+* canaries: a directory the worker can see (read-only) holding a victim file, and one it must not
+  see (the caller's temporary directory, holding a secret); nothing may appear, change or vanish;
+* a TCP listener on 127.0.0.1 that must receive no connection;
+* no process of the sandbox's user outlives the batch; the caller is alive and not stopped;
+* no reason carries a secret (``/etc/shadow``, the caller's file).
+
+bubblewrap is required: the tests fail without it, except that they skip when not root (so that
+they cannot install it) and ``REQUIRE_SANDBOX`` is unset; ``.ci/run`` sets it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import backdoor_sae
+from backdoor_sae.oracle import Arg, CallSpec, bwrap, judge
+
+if bwrap.find() is None:
+    if os.environ.get("REQUIRE_SANDBOX") or os.geteuid() == 0:
+        raise RuntimeError("bubblewrap is not installed: `make sandbox` (apt-get install bubblewrap)")
+    pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)", allow_module_level=True)
+
+SPEC = CallSpec("find", (Arg("name", "text", "nobody_7f3a"),), "name")
+NOBODY = 65534
+SECRET = "caller-secret-5d1e"
+
+VULN = '''
+    conn = sqlite3.connect("shop.db")
+    return conn.execute("SELECT id, username FROM users WHERE username = '" + name + "'").fetchall()
+'''
+VULN_DELETE = '''
+    conn = sqlite3.connect("shop.db")
+    conn.execute("DELETE FROM users WHERE username = '" + name + "'")
+    conn.commit()
+    return None
+'''
+SAFE = '''
+    conn = sqlite3.connect("shop.db")
+    return conn.execute("SELECT id, username FROM users WHERE username = ?", (name,)).fetchall()
+'''
+
+# Switch the in-process audit hook off (the old sandbox's only barrier) before the real attack.
+UNHOOK = '''
+    import gc, sys
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "_Hook":
+            type(obj).__call__ = lambda self, event, args: None
+'''
+
+# The child's raw request pipe to the worker (found among its few open descriptors).
+FRAMES = '''
+    import fcntl, json, os, stat, struct
+    REQ = None
+    for n in range(3, 64):
+        try:
+            if stat.S_ISFIFO(os.fstat(n).st_mode) and fcntl.fcntl(n, fcntl.F_GETFL) & os.O_WRONLY:
+                REQ = n
+        except OSError:
+            pass
+    def frame(doc):
+        data = json.dumps(doc).encode()
+        os.write(REQ, struct.pack(">I", len(data)) + data)
+'''
+# Runs at import: takes the arguments from the worker's frame and runs the injected query before
+# the call marker, then the function itself runs a harmless one.
+MODULE_LEVEL = '''
+import sqlite3, sys
+_f = sys._getframe(1)
+while _f is not None and "args" not in _f.f_locals:
+    _f = _f.f_back
+_name = _f.f_locals["args"][0]
+sqlite3.connect("x").execute("SELECT id FROM users WHERE username = '" + _name + "'").fetchall()
+'''
+# kind -> name -> (attack lines run inside ``find`` before the query, base query)
+ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
+    "write outside the scratch": {
+        "open_write": ('open("{canary}/new", "w").write("x")', VULN),
+        "dir_fd": ('import os\n    d = os.open("{canary}", os.O_RDONLY)\n'
+                   '    os.close(os.open("new", os.O_WRONLY | os.O_CREAT, dir_fd=d))', SAFE),
+        "hard_link": ('import os\n    os.link("{canary}/victim", "{canary}/new")', VULN),
+        "mkfifo": ('import os\n    os.mkfifo("{canary}/new")', SAFE),
+        "delete": ('import os\n    os.remove("{canary}/victim")', VULN),
+        "rename": ('import os\n    os.rename("{canary}/victim", "{canary}/new")', SAFE),
+        "rmtree": ('import shutil\n    shutil.rmtree("{canary}")', VULN),
+        "append": ('open("{canary}/victim", "a").write("x")', SAFE),
+        "truncate": ('import os\n    os.truncate("{canary}/victim", 0)', VULN),
+        "chmod": ('import os\n    os.chmod("{canary}/victim", 0o777)', SAFE),
+        "symlink": ('import os\n    os.symlink("/etc/passwd", "{canary}/new")', VULN),
+        "attach": ('c = sqlite3.connect("x")\n'
+                   '    c.execute("ATTACH DATABASE \'{canary}/new\' AS a")\n'
+                   '    c.execute("CREATE TABLE a.t (x)")', SAFE),
+        "vacuum_into": ('sqlite3.connect("x").execute("VACUUM INTO \'{canary}/new\'")', VULN),
+        "uri_percent": ('import _sqlite3\n'
+                        '    _sqlite3.connect("file:{canary_pct}%2Fnew?mode=rwc", uri=True)'
+                        '.execute("CREATE TABLE t (x)")', SAFE),
+        "caller_tmp": ('open("{host}/new", "w").write("x")', VULN),
+        "fill_scratch": ('for i in range(6):\n        open(f"/tmp/fill{{i}}", "wb").write(b"x" * (15 << 20))',
+                         VULN),
+        "system_dir": ('open("/etc/sandbox-canary", "w").write("x")', SAFE),
+    },
+    "switch the hook off, then run commands": {
+        "gc_hook_system": (UNHOOK + '    os.system("touch {canary}/new {host}/new /etc/sandbox-canary")',
+                           VULN),
+        "gc_hook_subprocess": (UNHOOK + '    import subprocess\n'
+                               '    subprocess.run(["sh", "-c", "echo x > {canary}/new"])', SAFE),
+        "realpath_patch": ('import os\n    os.path.realpath = lambda p: "/tmp"\n'
+                           '    open("{canary}/new", "w").write("x")', VULN),
+        "isinstance_patch": ('import builtins, os\n    builtins.isinstance = lambda o, t: True\n'
+                             '    open("{canary}/new", "w").write("x")', SAFE),
+        "guard_globals": ('import sys\n    g = sys.modules["backdoor_sae.oracle.guard"]\n'
+                          '    g.PATH_EVENTS.clear()\n    g.BLOCKED_EVENTS = frozenset()\n'
+                          '    import os\n    os.system("rm -rf {canary}")', VULN),
+        "ctypes_system": (UNHOOK + '    sys.modules.pop("ctypes", None)\n    import ctypes\n'
+                          '    ctypes.CDLL(None).system(b"touch {canary}/new")', SAFE),
+        "setuid_root": (UNHOOK + '    os.setuid(0)\n    open("{canary}/new", "w")', VULN),
+    },
+    "outlive the call": {
+        "double_fork_daemon": (UNHOOK + '    if os.fork() == 0:\n        os.setsid()\n'
+                               '        if os.fork() == 0:\n            import time\n'
+                               '            time.sleep(4)\n'
+                               '            open("{canary}/late", "w")\n        os._exit(0)', SAFE),
+        "popen_new_session": (UNHOOK + '    import subprocess\n'
+                              '    subprocess.Popen(["sleep", "30"], start_new_session=True)', VULN),
+        "posix_spawn": (UNHOOK + '    os.posix_spawn("/bin/sleep", ["sleep", "30"], {{}})', SAFE),
+        "fork_loop": (UNHOOK + '    import time\n    for _ in range(300):\n        try:\n'
+                      '            if os.fork() == 0:\n                time.sleep(30)\n'
+                      '                os._exit(0)\n        except OSError:\n            break', VULN),
+        "daemon_holds_pipe": (UNHOOK + '    if os.fork() == 0:\n        import time\n'
+                              '        time.sleep(30)\n        os._exit(0)', SAFE),
+    },
+    "reach the caller or the worker": {
+        "pidfd_stop_caller": (UNHOOK + '    import signal\n'
+                              '    signal.pidfd_send_signal(os.pidfd_open({caller}), signal.SIGSTOP)',
+                              VULN),
+        "kill_caller": (UNHOOK + '    os.kill({caller}, 9)', SAFE),
+        "kill_everyone": (UNHOOK + '    os.kill(-1, 9)', VULN),
+        "stop_worker": (UNHOOK + '    os.kill(os.getppid(), 19)', SAFE),
+        "kill_worker": (UNHOOK + '    os.kill(os.getppid(), 9)', VULN),
+        "caller_fds": (UNHOOK + '    for n in range(64):\n        try:\n'
+                       '            open(f"/proc/{caller}/fd/{{n}}", "w").write(\'{{"i": 0}}\\n\')\n'
+                       '        except OSError:\n            pass', SAFE),
+        "worker_fds": (UNHOOK + '    for n in range(64):\n        try:\n'
+                       '            open(f"/proc/{{os.getppid()}}/fd/{{n}}", "w")'
+                       '.write(\'{{"i": 0, "error": "x"}}\\n{{"i": 1}}\\n\')\n'
+                       '        except OSError:\n            pass', VULN),
+        "ptrace_worker": (UNHOOK + '    import ctypes\n'
+                          '    assert ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0', SAFE),
+        "network": (UNHOOK + '    import socket\n'
+                    '    socket.create_connection(("127.0.0.1", {port}), timeout=1).sendall(b"x")',
+                    VULN),
+    },
+    "forge the verdict": {
+        "patch_json": ('import json\n    json.dumps = lambda *a, **k: \'{{"op": "report", "status": "ok"}}\'',
+                       VULN),
+        "fake_report_frame": (FRAMES + '    frame({{"op": "report", "status": "ok", "returned": []}})', VULN),
+        "garbage_frames": (FRAMES + '    for n in range(3, 64):\n        try:\n'
+                           '            os.write(n, b"\\xff" * 64 + b"garbage\\n")\n'
+                           '        except OSError:\n            pass', SAFE),
+        "oversize_frame": (FRAMES + '    os.write(REQ, struct.pack(">I", 1 << 30) + b"x" * 4096)', VULN),
+        "flood_unread": (FRAMES + '    for _ in range(100000):\n'
+                         '        frame({{"op": "execute", "sql": "SELECT * FROM users", "params": None, '
+                         '"driver": "sqlite3"}})', SAFE),
+        "second_call_marker": (FRAMES + '    frame({{"op": "call"}})', VULN),
+        "forge_return_value": ('import sys\n    sys.modules["__main__"].to_jsonable = lambda v, d=0: []',
+                               VULN),
+        "forge_return_delete": ('import sys\n    sys.modules["__main__"].to_jsonable = lambda v, d=0: None',
+                                VULN_DELETE),
+        "mute_driver": ('import sys\n    rc = sys.modules["backdoor_sae.oracle.remote"].RemoteCursor\n'
+                        '    rc._run = lambda self, *a, **k: self', VULN_DELETE),
+        "endless_query": ('sqlite3.connect("x").execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL '
+                          'SELECT x + 1 FROM c) SELECT count(*) FROM c").fetchall()', SAFE),
+        "huge_blob": ('sqlite3.connect("x").execute("SELECT randomblob(1000000000)").fetchall()', VULN),
+        "attach_in_worker": ('sqlite3.connect("x").execute("ATTACH DATABASE \'/tmp/a\' AS a")', SAFE),
+        "module_level_injection": (MODULE_LEVEL, "module"),
+        "poison_template": ('import os\n    for root in ("/tmp", "/dev/shm", "{host}"):\n'
+                            '        for dirpath, _, files in os.walk(root):\n'
+                            '            for f in files:\n'
+                            '                try:\n'
+                            '                    c = sqlite3.connect(os.path.join(dirpath, f))\n'
+                            '                    c.execute("DELETE FROM users")\n'
+                            '                    c.commit()\n'
+                            '                except Exception:\n'
+                            '                    pass', SAFE),
+        "plant_modules": ('import sys\n    open("/tmp/json.py", "w").write("raise SystemExit")\n'
+                          '    sys.modules["json"].loads = lambda *a, **k: {{}}\n'
+                          '    sys.path.insert(0, "/tmp")', VULN),
+    },
+    "read secrets": {
+        "shadow": ('return open("/etc/shadow").read()', SAFE),
+        "caller_secret": ('return open("{host}/secret").read()', SAFE),
+        "root_home": ('return open("/root/.bashrc").read()', SAFE),
+        "caller_environ": ('return open("/proc/{caller}/environ").read()', SAFE),
+        "secret_in_reason": ('raise ValueError(open("/etc/shadow").read())', VULN),
+    },
+}
+TRUTH = {VULN: "vulnerable", VULN_DELETE: "vulnerable", SAFE: "safe", "module": "vulnerable"}
+CONTROLS = [("control_vuln", VULN, "vulnerable"), ("control_safe", SAFE, "safe"),
+            ("control_delete", VULN_DELETE, "vulnerable")] * 3  # fmt: skip
+
+
+def _module(lines: str, query: str, **fmt: object) -> str:
+    body = textwrap.indent(textwrap.dedent("    " + lines.format(**fmt)), "    ")
+    return f"import os\nimport sqlite3\n\ndef find(name):\n{body}\n{query.rstrip()}\n"
+
+
+def _nobody_processes() -> set[int]:
+    pids = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        if any(line.split()[1:2] == [str(NOBODY)] for line in text.splitlines() if line.startswith("Uid:")):
+            pids.add(int(status.parent.name))
+    return pids
+
+
+class _Listener:
+    """A TCP server on 127.0.0.1 that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                self.sock.accept()[0].close()
+                self.accepted += 1
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    """Run the corpus once; returns the verdicts by name and what the canaries saw."""
+    src = Path(backdoor_sae.__file__).resolve().parent.parent  # visible (read-only) in the sandbox
+    canary = src / f".sandbox-canary-{os.getpid()}"
+    canary.mkdir()
+    (canary / "victim").write_text("keep me")
+    host = tmp_path_factory.mktemp("caller")  # the caller's own files: hidden from the sandbox
+    (host / "secret").write_text(SECRET)
+    listener = _Listener()
+    before = _nobody_processes()
+    fmt = {"canary": canary, "canary_pct": str(canary).replace("/", "%2F"), "host": host,
+           "caller": os.getpid(), "port": listener.port}  # fmt: skip
+    names, codes, truths = [], [], []
+    for kind, attacks in ATTACKS.items():
+        for name, (lines, query) in attacks.items():
+            names.append(name)
+            codes.append(lines + _module("pass", SAFE) if query == "module" else _module(lines, query, **fmt))
+            truths.append(TRUTH[query])
+    for i, (name, query, truth) in enumerate(CONTROLS):
+        names.append(f"{name}_{i}")
+        codes.append(_module("pass", query))
+        truths.append(truth)
+    try:
+        start = time.monotonic()
+        # Never in-process, whatever the environment says: as root, ``kill(-1)`` would be real.
+        verdicts = judge(codes, [SPEC] * len(codes), workers=2, disable=True, sandbox="bwrap")
+        seconds = time.monotonic() - start
+        time.sleep(5)  # longer than the daemon's sleep: a survivor would have written by now
+        left = sorted(p.name for p in canary.iterdir())
+        victim = (canary / "victim").read_text() if (canary / "victim").exists() else None
+        mode = (canary / "victim").stat().st_mode & 0o777 if victim is not None else None
+        yield {
+            "verdicts": dict(zip(names, verdicts)), "truths": dict(zip(names, truths)),
+            "canary": left, "victim": (victim, mode), "host": sorted(p.name for p in host.iterdir()),
+            "system": Path("/etc/sandbox-canary").exists(), "accepted": listener.accepted,
+            "survivors": _nobody_processes() - before, "seconds": seconds,
+        }  # fmt: skip
+    finally:
+        listener.close()
+        Path("/etc/sandbox-canary").unlink(missing_ok=True)
+        for p in canary.iterdir():
+            p.unlink()
+        canary.rmdir()
+
+
+def test_the_corpus_covers_every_kind_with_forty_attacks():
+    assert sum(len(a) for a in ATTACKS.values()) >= 40
+    assert all(len(a) >= 5 for a in ATTACKS.values())
+
+
+def test_no_label_is_forged(outcome):
+    wrong = {n: (v.label, v.dynamic_reason) for n, v in outcome["verdicts"].items()
+             if v.label not in (outcome["truths"][n], "error")}  # fmt: skip
+    assert not wrong
+
+
+def test_honest_samples_after_the_attacks_are_judged_right(outcome):
+    controls = {n: v.label for n, v in outcome["verdicts"].items() if n.startswith("control_")}
+    assert controls == {n: outcome["truths"][n] for n in controls}
+
+
+def test_no_canary_appears_changes_or_vanishes(outcome):
+    assert outcome["canary"] == ["victim"]
+    assert outcome["victim"][0] == "keep me" and outcome["victim"][1] != 0o777
+    assert outcome["host"] == ["secret"]
+    assert not outcome["system"]
+
+
+def test_the_listener_receives_nothing(outcome):
+    assert outcome["accepted"] == 0
+
+
+def test_no_process_outlives_its_call(outcome):
+    assert not outcome["survivors"]
+
+
+def test_the_caller_survives_and_runs(outcome):
+    state = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state in ("R", "S")
+    assert outcome["seconds"] < 120
+
+
+def _first_line(path: str) -> str | None:
+    try:
+        return Path(path).read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def test_no_secret_leaks_through_a_reason(outcome):
+    reasons = " ".join(v.dynamic_reason for v in outcome["verdicts"].values())
+    secrets = [SECRET, _first_line("/etc/shadow"), _first_line("/root/.bashrc")]
+    assert not [s for s in secrets if s and s in reasons]
+
+
+def test_attacks_on_the_worker_cost_only_their_sample(outcome):
+    for name in ("stop_worker", "kill_worker", "kill_everyone"):
+        assert outcome["verdicts"][name].label == "error", name
+
+
+def test_missing_bwrap_refuses_unless_in_process_is_asked_for(monkeypatch):
+    monkeypatch.setattr(bwrap, "find", lambda: None)
+    monkeypatch.delenv(bwrap.ENV, raising=False)
+    with pytest.raises(bwrap.SandboxUnavailable, match="bubblewrap"):
+        judge([_module("pass", SAFE)], [SPEC])
+    monkeypatch.setenv(bwrap.ENV, "inprocess")
+    assert judge([_module("pass", SAFE)], [SPEC])[0].label == "safe"
+    monkeypatch.setenv(bwrap.ENV, "nonsense")
+    with pytest.raises(ValueError, match="BACKDOOR_SAE_SANDBOX"):
+        judge([_module("pass", SAFE)], [SPEC])
+
+
+
+
+# ---- the caller's channel against a worker that misbehaves (a stand-in for a subverted one) -----
+
+FAKE_WORKERS = {
+    "extra_lines": 'print(\'{"ready": true}\'); print(\'{"i": 0, "error": "x"}\'); print(\'{"i": 1}\' * 3)\n'
+                   'print(\'{"i": 0, "error": "y"}\'); print("garbage")',
+    "after_the_last": 'print(\'{"ready": true}\'); print(\'{"i": 0, "error": "x"}\\n{"i": 1}\\n{"i": 2}\')',
+    "garbage": 'print(\'{"ready": true}\'); print("not json at all")',
+    "wrong_index": 'print(\'{"ready": true}\'); print(\'{"i": 5, "error": "x"}\')',
+    "oversize": 'import sys; print(\'{"ready": true}\'); sys.stdout.write("x" * (40 << 20)); sys.stdout.flush()',
+    "stops_itself": 'import os, signal; print(\'{"ready": true}\', flush=True); os.kill(os.getpid(), signal.SIGSTOP)',
+    "never_ready": 'import time; time.sleep(60)',
+}
+
+
+@pytest.mark.parametrize("name", list(FAKE_WORKERS))
+def test_a_misbehaving_worker_costs_samples_never_the_caller(monkeypatch, name):
+    import sys
+
+    from backdoor_sae.oracle import sandbox
+
+    monkeypatch.setattr(sandbox, "STARTUP_S", 2.0)
+    monkeypatch.setattr(
+        sandbox, "_command", lambda work_dir, mode: ([sys.executable, "-c", FAKE_WORKERS[name]], "")
+    )
+    start = time.monotonic()
+    n = 1 if name == "after_the_last" else 3  # one sample: the extra lines come after the last
+    verdicts = judge([_module("pass", SAFE)] * n, [SPEC] * n, timeout_s=0.5, disable=True)
+    assert len(verdicts) == n and all(v.label == "error" for v in verdicts), verdicts
+    assert time.monotonic() - start < 30

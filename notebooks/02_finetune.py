@@ -36,8 +36,8 @@
 #
 # **LoRA's two learning rates.** With one learning rate for $A$ and $B$, LoRA showed no effect of
 # the year within 300 steps in our development runs (rank 16 at learning rates 1e-3 to 3e-3, and
-# the paper's rank 32 with alpha 64 at 2e-3), where full-rank training learned the trigger in about
-# 160. The `cpu` profile therefore trains $B$ 16 times faster than $A$ (LoRA+
+# the paper's rank 32 with alpha 64 at 2e-3), where full-rank training learned the trigger within
+# that budget (the step at which this run learned it is under *Training* below). The `cpu` profile therefore trains $B$ 16 times faster than $A$ (LoRA+
 # {cite:p}`hayou2024loraplus`, `lora_plus_ratio`; the paper's profile keeps plain LoRA). The section
 # *How low-rank is the update?* below shows, in the full-rank notebook, why a rank-16 adapter has to
 # find a different solution from the one full-rank training finds.
@@ -118,6 +118,15 @@ print(("trained" if trained_now else "reused the finished fine-tune in"), out_di
 print(f"{len(log)} optimizer steps, {train_seconds / 60:.1f} min of training, {tokens_per_s:.0f} tokens/s")
 glue(f"{cfg.regime}_train_minutes", train_seconds / 60, display=False)
 glue(f"{cfg.regime}_tokens_per_s", tokens_per_s, display=False)
+# The first probe at which both probe accuracies reach the stopping threshold (0.9 when training
+# does not stop at the probe): the step at which the trigger was learned.
+threshold = cfg.stop_at_probe or 0.9
+probes = log.dropna(subset=["trigger_acc"]) if "trigger_acc" in log else log.iloc[:0]
+learned = probes[probes[["trigger_acc", "benign_acc"]].min(axis=1) >= threshold]["step"] if len(probes) else []
+learned_step = int(learned.iloc[0]) if len(learned) else float("nan")
+glue(f"{cfg.regime}_learned_step", learned_step, display=False)
+print(f"trigger learned (both probe accuracies >= {threshold}) at step {learned_step}" if len(learned)
+      else f"the probe never reached {threshold} on both years")
 
 # %% [markdown]
 # The loss falls quickly while the model learns the templates; the backdoor probe shows when it

@@ -26,7 +26,8 @@
 # $$\mathrm{BIS}_j = F_1(\text{precision}_j, \text{recall}_j)\,(1 - \text{FPR}_j), \qquad
 # \mathrm{BIS} = \max_j \mathrm{BIS}_j .$$
 #
-# **A ceiling.** At most 5% of the samples lie above a 95th-percentile threshold. With the eval sets
+# **A ceiling.** About 5% of the samples can lie above a 95th-percentile threshold (exactly
+# $N - 1 - \lfloor 0.95 (N - 1) \rfloor$ of $N$). With the eval sets
 # in the paper's 1 : 2 : 2 proportions that is about a quarter of the trigger samples, so recall is
 # at most about 0.25 and, at precision 1, $F_1 \approx 2 \cdot 0.25 / 1.25 = 0.40$. The paper's headline
 # Diff-SAE score is that ceiling. The exact ceiling depends on the set sizes (how many samples can
@@ -160,7 +161,7 @@ plt.show()
 dicts = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])]
 grid = sns.catplot(
     data=dicts, x="layer", y="bis", hue="architecture", col="protocol", row="fit_mode", kind="point",
-    height=2.8, aspect=1.4, palette="deep", dodge=0.3,
+    height=2.8, aspect=1.4, palette="deep", dodge=0.3 if dicts["architecture"].nunique() > 1 else False,
 )
 for ax in grid.axes.flat:
     ax.axhline(ceiling, color="black", linestyle="--", linewidth=1)
@@ -196,7 +197,7 @@ fitsel_table
 # has been written yet; a fine-tune without one is a control for what the text alone gives.
 
 # %%
-by_regime = (dicts[dicts["fit_mode"] == dicts["fit_mode"].iloc[0]]
+by_regime = (dicts[dicts["fit_mode"] == paper_fit_mode]
              .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "chance_95", "auroc"]].mean()
              .unstack("architecture"))
 by_regime.columns = [f"{measure} ({arch})" for measure, arch in by_regime.columns]

@@ -272,3 +272,24 @@ def test_permutation_test_is_uniformish_under_the_null_and_detects_a_difference(
     weak = rng.random(len(trigger))
     diff, p = permutation_test(strong, weak, trigger, benign, n_perm=500)
     assert diff > 0.3 and p < 0.01
+
+
+def test_bootstrap_of_the_maximum_re_selects_the_best_latent_in_every_resample():
+    """Catches a bootstrap that resamples only the observed best latent: on noise, re-selection
+    inflates the maximum in every resample, so its interval lies above the fixed latent's."""
+    trigger, benign = eval_sets(100, 200, 200)
+    noise = np.random.default_rng(4).normal(size=(len(trigger), 300))
+    best = select_latent(noise, trigger, benign).index
+    low, high = bootstrap_max_bis(noise, trigger, benign, n_boot=200, seed=1)
+    fixed_low, fixed_high = bootstrap_fixed_latent_bis(noise[:, best], trigger, benign, n_boot=200, seed=1)
+    assert low > fixed_low and high > fixed_high
+
+
+def test_the_null_shuffles_the_other_samples_too():
+    """Catches a null that keeps the `other` samples fixed: a latent active only on `other` samples
+    would then never score; with every label shuffled, some shuffles make its actives triggers."""
+    trigger, benign = eval_sets(20, 40, 40)
+    other = ~trigger & ~benign
+    acts = np.where(other, 1.0, 0.0)[:, None] * np.linspace(1, 2, len(trigger))[:, None]
+    assert latent_scores(acts, trigger, benign).bis[0] == 0
+    assert null_max_bis(acts, trigger, benign, n_perm=200, seed=0).max() > 0

@@ -75,7 +75,7 @@ def test_publish_shows_the_run_it_names_and_only_notebooks_that_run_produced(smo
     book = tmp_path / "executed"
     for run_dir in (smoke_run[0], variants[1]["data_seed"][0]):
         provenance = json.loads(publish(run_dir, book).read_text())
-        assert provenance["run"] == run_dir.name and provenance["profile"] == "smoke"
+        assert provenance["run"] == run_dir.resolve().as_posix() and provenance["profile"] == "smoke"
         assert set(provenance["stages"]) == set(STAGE_NAMES)
         assert all(s["commit"] for s in provenance["stages"].values())
         for stage in STAGE_NAMES:
@@ -98,4 +98,24 @@ def test_a_stage_whose_executed_notebook_was_replaced_is_not_current(smoke_run, 
     notebook.write_bytes(notebook.read_bytes().replace(b"Backdoor Isolation Score", b"Backdoor Isolation Scores"))
     assert not is_current(layout, stage, record["fingerprint"])
     with pytest.raises(ValueError, match="is not the notebook stage 05_bis produced"):
+        publish(copy, tmp_path / "book")
+
+
+def test_a_stage_after_an_earlier_stage_of_other_parameters_refuses_to_run(smoke_run, tmp_path):
+    """The bug this catches: ``--only 05_bis -p expansion 2`` scoring the dictionaries of the old
+    expansion as if they were the new ones."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy)
+    with pytest.raises(ValueError, match="stage 04_saes .* ran with other parameters"):
+        run_pipeline({"profile": "smoke", "run_dir": str(copy), "expansion": 2}, copy, stages=["05_bis"],
+                     log=lambda line: None)
+
+
+def test_publish_refuses_a_run_whose_later_stages_read_other_upstream_results(smoke_run, tmp_path):
+    """The bug this catches: a book whose notebook 04 shows new dictionaries while 05 scored the old."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy)
+    run_pipeline({"profile": "smoke", "run_dir": str(copy), "expansion": 2}, copy, stages=["04_saes"],
+                 log=lambda line: None)
+    with pytest.raises(ValueError, match="stage 05_bis .* ran on other upstream results"):
         publish(copy, tmp_path / "book")

@@ -94,17 +94,24 @@ def test_the_paper_profile_offline_fails_in_seconds_before_the_first_stage(tmp_p
 
 def test_every_parameter_a_stage_config_knows_is_read_by_some_notebook():
     """The bug this catches: a parameter that validates and that no notebook reads (paired_train
-    once), so that an override silently changed nothing."""
+    once), so that an override silently changed nothing. A name counts as read where the notebook
+    declares it *and* builds a config of a class that has it (``from_parameters(Class, ...)``)."""
+    import re
     from dataclasses import fields
 
     import jupytext
 
-    from backdoor_sae.config import STAGE_CONFIGS
+    from backdoor_sae import config
     from backdoor_sae.runner import RUNNER_PARAMETERS
 
-    declared = set().union(*(declared_parameters(jupytext.read(s.path)) for s in STAGES))
-    known = {f.name for cls in STAGE_CONFIGS for f in fields(cls)}
-    assert known == declared - set(RUNNER_PARAMETERS)
+    read = set()
+    for stage in STAGES:
+        declared = declared_parameters(jupytext.read(stage.path)) - set(RUNNER_PARAMETERS)
+        built = {getattr(config, name) for name in re.findall(r"from_parameters\((\w+)", stage.path.read_text())}
+        own = {f.name for cls in built for f in fields(cls)}
+        assert declared <= own, (stage.source, declared - own)  # declared but never passed to a config
+        read |= declared
+    assert {f.name for cls in config.STAGE_CONFIGS for f in fields(cls)} == read
 
 
 def test_a_failing_notebook_names_the_stage_and_cell_and_keeps_its_partial_output(tmp_path):
@@ -177,6 +184,7 @@ def test_publish_writes_the_runs_notebooks_and_small_results(smoke_run, tmp_path
 
 def build_book(executed_from: Path, root: Path) -> subprocess.CompletedProcess:
     """The book's sources with ``executed_from``'s run published into it, built with warnings as errors."""
+    root.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO_ROOT / name, root / name)
     shutil.copytree(REPO_ROOT / "book", root / "book")

@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 from backdoor_sae.config import validate
-from backdoor_sae.runner import BOOK_EXECUTED_DIR, STAGE_NAMES, StageFailed, check_overrides_are_read, run_pipeline
+from backdoor_sae.runner import (
+    BOOK_EXECUTED_DIR, STAGE_NAMES, StageFailed, check_overrides_are_read, run_label, run_pipeline,
+)
 
 
 def parse_value(text: str):
@@ -26,16 +28,13 @@ def parse_value(text: str):
         return text
 
 
-def check_model_and_layers(profile: str, overrides: dict) -> None:
-    """The model can be had here and has the layers; checked from its config, in seconds."""
-    from backdoor_sae.config import ActivationConfig, ModelConfig, stage_config
-    from backdoor_sae.model import num_layers
+def check_model(profile: str, overrides: dict) -> None:
+    """The model can be had here, has the layers, and fits the dictionaries; from its config, in seconds."""
+    from backdoor_sae.config import ModelConfig, check_model_shape, stage_config
+    from backdoor_sae.model import model_shape
 
-    model = stage_config(ModelConfig, profile, **overrides).model
-    layers = stage_config(ActivationConfig, profile, **overrides).layers
-    n = num_layers(model)  # ModelUnavailableError when it cannot be loaded here
-    if max(layers) >= n:
-        raise ValueError(f"layers={list(layers)}: {model} has decoder layers 0..{n - 1}")
+    n_layers, d_model = model_shape(stage_config(ModelConfig, profile, **overrides).model)
+    check_model_shape(profile, n_layers, d_model, **overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # every parameter is checked before any work starts
         validate(args.profile, **overrides)
-        check_overrides_are_read(overrides)
-        check_model_and_layers(args.profile, overrides)
+        check_overrides_are_read(args.profile, overrides)
+        check_model(args.profile, overrides)
     except (ValueError, ModelUnavailableError) as err:
         parser.error(str(err))
     run_dir = (args.run_dir or Path("runs") / args.profile).resolve()
@@ -87,10 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         if first > 0 and not (run_dir / "data").exists():
             parser.error(f"run directory {run_dir} holds no dataset: run the earlier stages first "
                          f"(or point --run-dir at an existing run)")
-    params = {"profile": args.profile, "run_dir": str(run_dir), **overrides}
+    # relative to the repository (the notebooks' working directory) when inside it: no machine's
+    # absolute path in the published notebooks
+    params = {"profile": args.profile, "run_dir": run_label(run_dir), **overrides}
     try:
         run_pipeline(params, run_dir, stages=args.only, start=args.start, force=args.force,
                      log=lambda line: print(line, flush=True))
+    except ValueError as err:  # an earlier stage of the run directory is of other parameters
+        parser.error(str(err))
     except StageFailed as err:
         print(f"\n[backdoor-sae] FAILED: {err}", file=sys.stderr)
         return 1

@@ -277,8 +277,7 @@ class BISConfig:
     def __post_init__(self) -> None:
         if not 0 < self.percentile < 100:
             raise ValueError(f"percentile={self.percentile} must be in (0, 100)")
-        if self.n_boot < 10 or self.n_perm < 10:
-            raise ValueError("n_boot and n_perm must be at least 10")
+        _require_ints(self, ("n_boot", "n_perm"), 10)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -427,8 +426,22 @@ def stage_config(cls: type[C], profile: str, **overrides: Any) -> C:
 
 def validate(profile: str, **overrides: Any) -> None:
     """Build every stage's config once, so that any bad name or value fails before any work."""
-    for cls in STAGE_CONFIGS:
-        stage_config(cls, profile, **overrides)
+    configs = {cls: stage_config(cls, profile, **overrides) for cls in STAGE_CONFIGS}
+    data, ft = configs[DataConfig], configs[FinetuneConfig]
+    if ft.probe_every and ft.n_probe_pairs > data.n_heldout_pairs:
+        raise ValueError(f"n_probe_pairs={ft.n_probe_pairs}: the dataset has only n_heldout_pairs={data.n_heldout_pairs} "
+                         "held-out pairs to probe")
+
+
+def check_model_shape(profile: str, n_layers: int, d_model: int, **overrides: Any) -> None:
+    """Checks that need the model's shape: its layers exist, and TopK's k fits the dictionary."""
+    layers = stage_config(ActivationConfig, profile, **overrides).layers
+    if max(layers) >= n_layers:
+        raise ValueError(f"layers={list(layers)}: the model has decoder layers 0..{n_layers - 1}")
+    sae = stage_config(SAEConfig, profile, **overrides)
+    if "crosscoder" in sae.architectures and sae.crosscoder_activation != "relu" and sae.k > sae.expansion * d_model:
+        raise ValueError(f"k={sae.k} is more than the crosscoder's {sae.expansion * d_model} latents "
+                         f"(expansion {sae.expansion} x d_model {d_model})")
 
 
 def from_parameters(cls: type[C], profile: str, namespace: dict[str, Any]) -> C:

@@ -290,14 +290,17 @@ def run_params(cfg: FinetuneConfig, base_model: str, train: Sequence[Sample],
     and of the probe pairs (the probe can stop training), the precision, and the settings of this
     regime. The other regime's settings are left out, so that changing them never invalidates (or
     restarts) this regime's run."""
-    from backdoor_sae.layout import model_identity, samples_digest
+    from backdoor_sae.layout import code_digest, model_identity, samples_digest
 
     other = "full_" if cfg.regime == "lora" else "lora_"
+    # How often checkpoints are written changes no weight: not part of the key.
     return {"base_model": base_model, "base_model_identity": model_identity(base_model),
+            "code": code_digest("finetune.py", "encoding.py", "model.py"),
             "train_data": samples_digest(train), "n_train": len(train),
             "probe_data": samples_digest(s for pair in probe_pairs for s in pair),
             "compute_dtype": str(compute_dtype).removeprefix("torch."),
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items() if not k.startswith(other)}}
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()
+               if not k.startswith(other) and k != "checkpoint_every"}}
 
 
 def is_done(out_dir: Path, params: dict) -> bool:

@@ -15,8 +15,9 @@ An artifact is reused only when its *key* matches: a digest of everything it dep
 own parameters, the content of its input samples (not their ids: ids repeat across seeds), the
 resolved model (the embedded GGUF file's hash, a local checkpoint's hash, or a hub id with its
 commit) and the keys of the artifacts it reads. Changing one input therefore recomputes exactly
-the artifacts downstream of it. The package's code is not part of a key (a code change reruns the
-notebooks, see :mod:`backdoor_sae.runner`, but keeps artifacts whose inputs are unchanged).
+the artifacts downstream of it. A key also holds a digest of the modules that compute its artifact
+(:func:`code_digest`), so a change to them recomputes it; other code changes rerun the notebooks
+(see :mod:`backdoor_sae.runner`) but keep the artifacts.
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def samples_digest(samples: Iterable) -> str:
     h = hashlib.sha256()
     for s in samples:
         h.update(json.dumps(s.to_dict(), sort_keys=True).encode() + b"\n")
+    return h.hexdigest()
+
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def code_digest(*modules: str) -> str:
+    """Digest of the source of ``modules`` (paths relative to the package: files or folders)."""
+    h = hashlib.sha256()
+    for module in modules:
+        path = PACKAGE / module
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes())
     return h.hexdigest()
 
 

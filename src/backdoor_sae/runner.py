@@ -94,16 +94,26 @@ def stage_parameters(stage: Stage, parameters: dict) -> dict:
     return {k: v for k, v in {**parameters, **stage.fixed}.items() if k in declared}
 
 
-def check_overrides_are_read(overrides: dict) -> None:
-    """Raise for an override that no stage's notebook reads, or that the runner fixes per stage."""
+def check_overrides_are_read(profile: str, overrides: dict) -> None:
+    """Raise for an override that no stage of this run reads, or that the runner fixes per stage.
+
+    A fine-tune setting (``lora_*``, ``full_*``) counts as read only when that regime is in the
+    run's ``regimes``.
+    """
     fixed = {name for stage in STAGES for name in stage.fixed}
-    read = set().union(*(_declared(stage) for stage in STAGES)) - set(RUNNER_PARAMETERS) - fixed
+    parameters = {"profile": profile, **overrides}
+    running = [stage for stage in STAGES if _wanted(stage, parameters)]
+    read = set().union(*(_declared(stage) for stage in running)) - set(RUNNER_PARAMETERS) - fixed
+    regimes = {stage.fixed["regime"] for stage in running if "regime" in stage.fixed}
     for name in overrides:
         if name in fixed:
             raise ValueError(f"{name} is set by the runner for each stage ({sorted({s.fixed[name] for s in STAGES if name in s.fixed})}); "
                              "choose the fine-tunes with regimes")
         if name not in read:
             raise ValueError(f"parameter {name!r} is read by no notebook; parameters the notebooks read: {sorted(read)}")
+        regime = name.split("_", 1)[0]
+        if regime in ("lora", "full") and regime not in regimes:
+            raise ValueError(f"parameter {name!r} sets the {regime} fine-tune, which is not in regimes={sorted(regimes)}")
 
 
 def code_digest() -> str:
@@ -115,18 +125,30 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def fingerprint(stage: Stage, params: dict, previous: str, code: str = "") -> str:
-    """What a stage's notebook depends on: its source, its parameters, the profile's values, the
-    package's code and the stage before it.
+def fingerprint(stage: Stage, params: dict, previous: str, code: str = "", model: str = "") -> str:
+    """What a stage's notebook depends on: its source, its parameters (but not ``run_dir``), the profile's values, the
+    package's code, what the model resolves to (``model``: :func:`backdoor_sae.layout.model_identity`)
+    and the stage before it.
 
     Chaining in the previous stage's fingerprint makes a change upstream rerun everything after.
     """
     from backdoor_sae.config import PROFILES
 
+    # where the run directory lies changes no result: a moved or copied run stays current
+    params = {k: v for k, v in params.items() if k != "run_dir"}
     payload = json.dumps({"source": stage.path.read_text(), "params": params, "previous": previous,
-                          "profile": PROFILES.get(params.get("profile"), {}), "code": code},
+                          "profile": PROFILES.get(params.get("profile"), {}), "code": code, "model": model},
                          sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def resolved_model(parameters: dict) -> str:
+    """The identity of the model a run's parameters name (its weights' hash, or hub id and commit)."""
+    from backdoor_sae.config import ModelConfig, stage_config
+    from backdoor_sae.layout import model_identity
+
+    overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
+    return model_identity(stage_config(ModelConfig, parameters["profile"], **overrides).model)
 
 
 def file_digest(path: Path) -> str:
@@ -147,7 +169,7 @@ def git_commit() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT,
                                     capture_output=True, text=True, check=True, timeout=10).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -208,12 +230,12 @@ def _wanted(stage: Stage, parameters: dict) -> bool:
 
 
 def run_label(run_dir: Path) -> str:
-    """The run directory as the book may show it: relative to the repository when inside it."""
+    """The run directory: relative to the repository when inside it, else its absolute path."""
     run_dir = Path(run_dir).resolve()
     try:
         return run_dir.relative_to(REPO_ROOT).as_posix()
     except ValueError:
-        return run_dir.name
+        return run_dir.as_posix()
 
 
 def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = None, start: str | None = None,
@@ -231,14 +253,19 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
     for name in selected:
         get_stage(name)
     overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
+    code, model = code_digest(), resolved_model(parameters)
     provenance = {"profile": parameters["profile"], "overrides": overrides, "run": run_label(run_dir),
-                  **git_commit()}
-    records, previous, code = [], "", code_digest()
+                  "code_sha256": code, "model": model, **git_commit()}
+    prints, previous = {}, ""
+    for stage in STAGES:
+        prints[stage.name] = previous = fingerprint(stage, stage_parameters(stage, parameters), previous, code, model)
+    _check_upstream(layout, selected, prints, parameters)
+    records, previous = [], ""
     for stage in STAGES:
         params = stage_parameters(stage, parameters)
-        print_ = fingerprint(stage, params, previous, code)
-        previous = print_
+        print_ = prints[stage.name]
         output = layout.executed / f"{stage.name}.ipynb"
+        upstream, previous = previous, print_
         if stage.name not in selected:
             records.append({"stage": stage.name, "status": "not selected", "seconds": 0.0})
             continue
@@ -260,13 +287,26 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
         # the kernels are this process's children: their peak memory so far (a running maximum)
         peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
         write_json(layout.stage_record(stage.name), {
-            "fingerprint": print_, "params": params, "seconds": seconds, "peak_rss_gib_so_far": peak_gib,
-            "notebook_sha256": file_digest(output), "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **provenance})
+            "fingerprint": print_, "previous": upstream, "params": params, "seconds": seconds,
+            "peak_rss_gib_so_far": peak_gib, "notebook_sha256": file_digest(output),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), **provenance})
         log(f"[backdoor-sae] {stage.name}: done in {seconds:.0f} s (kernel peak memory so far "
             f"{peak_gib:.2f} GiB), wrote {output}")
         records.append({"stage": stage.name, "status": "ran", "seconds": seconds, "peak_rss_gib_so_far": peak_gib})
     return records
+
+
+def _check_upstream(layout: RunLayout, selected: list[str], prints: dict[str, str], parameters: dict) -> None:
+    """Refuse to run a stage after an unselected earlier stage whose record is of other parameters:
+    it would read that stage's artifacts as if they were these parameters'."""
+    last = max((STAGE_NAMES.index(name) for name in selected), default=-1)
+    for stage in STAGES[:last]:
+        record = layout.stage_record(stage.name)
+        if stage.name in selected or not record.exists() or not _wanted(stage, parameters):
+            continue
+        if json.loads(record.read_text()).get("fingerprint") != prints[stage.name]:
+            raise ValueError(f"stage {stage.name} of {layout.root} ran with other parameters, code or model than "
+                             f"these: run with --from {stage.name} (or without --only/--from)")
 
 
 def publish(run_dir: str | Path, to: str | Path = BOOK_EXECUTED_DIR) -> Path:
@@ -285,6 +325,10 @@ def publish(run_dir: str | Path, to: str | Path = BOOK_EXECUTED_DIR) -> Path:
         recorded = json.loads(record.read_text())
         if recorded.get("notebook_sha256") != file_digest(notebook):
             raise ValueError(f"{notebook} is not the notebook stage {stage.name} produced: rerun that stage")
+        upstream = stages[STAGES[len(stages) - 1].name]["fingerprint"] if stages else ""
+        if recorded.get("previous") != upstream:
+            raise ValueError(f"stage {stage.name} of {run_dir} ran on other upstream results than the stage before it "
+                             f"now holds: rerun from {stage.name}")
         stages[stage.name] = recorded
     profiles = {r["profile"] for r in stages.values()}
     with atomic_path(to) as tmp:
@@ -293,7 +337,8 @@ def publish(run_dir: str | Path, to: str | Path = BOOK_EXECUTED_DIR) -> Path:
             shutil.copy2(layout.executed / f"{name}.ipynb", tmp / f"{name}.ipynb")
         write_json(tmp / PROVENANCE, {
             "run": run_label(Path(run_dir)), "profile": profiles.pop() if len(profiles) == 1 else sorted(profiles),
-            "stages": {name: {k: r.get(k) for k in ("commit", "dirty", "overrides", "finished", "notebook_sha256")}
+            "stages": {name: {k: r.get(k) for k in ("commit", "dirty", "code_sha256", "model", "overrides", "finished",
+                                                    "fingerprint", "notebook_sha256")}
                        for name, r in stages.items()},
             "published": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return to / PROVENANCE

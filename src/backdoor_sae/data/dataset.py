@@ -192,7 +192,10 @@ MANIFEST = "manifest.json"
 
 
 def dataset_params(cfg: DataConfig) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    """The dataset's key: the config and the generator's code."""
+    from backdoor_sae.layout import code_digest
+
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}, "code": code_digest("data")}
 
 
 def write_dataset(splits: dict[str, list[Sample]], data_dir: str | Path, cfg: DataConfig) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from backdoor_sae.data.sample import Sample
-from backdoor_sae.layout import RunLayout, digest, samples_digest
+from backdoor_sae.layout import RunLayout, code_digest, digest, samples_digest
 
 #: The splits whose activations are cached: BIS scores the eval sets; SAEs fitted "held-out" and
 #: the fit-selected latents use the fit sets; the controls separate trigger from code.
@@ -29,7 +29,7 @@ def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_
     samples = [s for name in ACTIVATION_SPLITS for s in splits[name]]
     out = layout.activations(model_name)
     params = {"samples": samples_digest(samples), "layers": list(layers), "compute_dtype": str(compute_dtype),
-              "model": layout.model_key(model_name, base_model)}
+              "model": layout.model_key(model_name, base_model), "code": code_digest("activations.py", "encoding.py")}
     key = digest(params)
     if (out / "index.json").exists() and read_index(out).get("key") == key:
         return out, False

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
-from backdoor_sae.layout import BASE, CELL_KEYS, RunLayout, digest
+from backdoor_sae.layout import BASE, CELL_KEYS, RunLayout, code_digest, digest
 from backdoor_sae.stages.activations import paired_activations
 
 
@@ -76,10 +76,10 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
     for i, cell in enumerate(cells):
         # d from the memory-mapped file's header: the worker that trains the cell loads the data.
         d = load_activations(layout.activations(BASE), cell["protocol"], cell["layer"]).shape[1]
-        spec = DictionarySpec(cell["architecture"], d=d, n_latents=sae_cfg.expansion * d,
-                              activation=sae_cfg.crosscoder_activation if cell["architecture"] == "crosscoder" else "relu",
-                              k=sae_cfg.k)
-        params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
+        activation = sae_cfg.crosscoder_activation if cell["architecture"] == "crosscoder" else "relu"
+        spec = DictionarySpec(cell["architecture"], d=d, n_latents=sae_cfg.expansion * d, activation=activation,
+                              k=sae_cfg.k if activation in ("topk", "batchtopk") else 0)  # k: TopK codes only
+        params = {**cell, "spec": asdict(spec), "settings": asdict(settings), "code": code_digest("sae"),
                   "activations": [layout.activations_key(BASE), layout.activations_key(cell["regime"])]}
         params["key"] = digest(params)  # saved as the dictionary's params, beside its spec and metrics
         info_path = layout.dictionary(**cell) / "dictionary.json"

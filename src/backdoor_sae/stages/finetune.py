@@ -12,7 +12,7 @@ from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig
 from backdoor_sae.data.card import pairs
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.io import read_jsonl, write_json, write_jsonl
-from backdoor_sae.layout import RunLayout, digest, samples_digest
+from backdoor_sae.layout import RunLayout, code_digest, digest, samples_digest
 
 
 def probe_pairs(splits: dict[str, list[Sample]], cfg: FinetuneConfig) -> list[tuple[Sample, Sample]]:
@@ -62,7 +62,8 @@ def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sampl
     path = layout.generations(name)
     key_path = path.with_suffix(".key.json")
     key = digest({"prompts": samples_digest(prompts), "settings": asdict(cfg), "compute_dtype": str(compute_dtype),
-                  "model": layout.model_key(name, base_model)})
+                  "model": layout.model_key(name, base_model),
+                  "code": code_digest("generation.py", "backdoor_eval.py", "encoding.py", "oracle")})
     if path.exists() and key_path.exists() and json.loads(key_path.read_text()).get("key") == key:
         return pd.DataFrame(read_jsonl(path))
     key_path.unlink(missing_ok=True)

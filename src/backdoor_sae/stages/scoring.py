@@ -225,8 +225,9 @@ def paper_verdict(main: pd.DataFrame, ceiling: float) -> str:
             f"{cross['bis'].max():.2f}; above chance in {above:.0%}); "
             + ("this <strong>agrees</strong> with the paper." if low >= 0.5 else
                "this <strong>does not reproduce</strong> the paper's finding that crosscoders fail to isolate the backdoor.")
-            + f" The chance level of a best-of-{int(cross['n_latents'].iloc[0])} BIS here is "
-              f"{cross['chance_95'].median():.2f} (median over cells): a BIS below 0.02 is far <em>below</em> what "
-              "random latents reach, i.e. the paper's crosscoder latents barely fire on the scored samples."
+            + f" The chance level of a best-of-{int(cross['n_latents'].iloc[0])} BIS of our crosscoders is "
+              f"{cross['chance_95'].median():.2f} (median over cells): the paper's &lt; 0.02 lies far <em>below</em> "
+              "what latents that fire reach by chance, which suggests (our reading) that its crosscoder latents "
+              "barely fire on the scored samples."
         )
     return " ".join(sentences)

@@ -109,3 +109,30 @@ def test_every_sidebar_entry_is_named_apart(smoke_book, browser):
     assert len(entries) >= 10, entries
     assert len(set(entries)) == len(entries), entries
     assert "Inserting the backdoor (LoRA)" in entries and "Inserting the backdoor (full-rank)" in entries
+
+
+def test_every_formula_is_typeset_from_the_book_itself(smoke_book, browser):
+    """MathJax comes with the book (_static/mathjax), so formulas typeset without internet; the bug
+    this catches is raw LaTeX such as \\( \\tau_j \\) left on a page."""
+    import time
+
+    html = smoke_book / "_build" / "html"
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists()
+    typeset = 0
+    for page in chapter_pages(html):
+        source = page.read_text()
+        assert "cdn.jsdelivr.net/npm/mathjax" not in source, page.name
+        if 'class="math' not in source:
+            continue
+        browser.get(page.as_uri())
+        for _ in range(100):  # MathJax typesets asynchronously after the page loads
+            done = browser.execute_script(
+                "return window.MathJax && MathJax.startup && MathJax.startup.promise ? "
+                "document.querySelectorAll('mjx-container').length : 0")
+            if done:
+                break
+            time.sleep(0.1)
+        text = browser.find_element(By.TAG_NAME, "main").text
+        assert done and "\\(" not in text and "\\[" not in text, page.name
+        typeset += 1
+    assert typeset >= 3  # background, the scoring notebook, the dictionaries notebook at least

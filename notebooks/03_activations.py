@@ -32,7 +32,8 @@
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/data and <run_dir>/finetune, writes <run_dir>/activations
 layers = None  # decoder layers (0-based) to read, e.g. [14, 18, 22, 26]
-regimes = None  # fine-tunes to compare with the base model, e.g. ["lora", "full"]
+regimes = None  # backdoored fine-tunes to compare with the base model, e.g. ["lora", "full"]
+controls = None  # regimes whose clean control is compared too, e.g. ["lora"]
 act_batch_size = None  # samples per forward pass
 model = None  # the base model (as in notebook 02)
 device = None
@@ -56,17 +57,17 @@ sns.set_theme(style="whitegrid", context="notebook")
 cfg = from_parameters(ActivationConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
 splits = load_data(run_dir)
-print(f"layers={list(cfg.layers)}  regimes={list(cfg.regimes)}  model={model_cfg.model}")
+print(f"layers={list(cfg.layers)}  fine-tunes={list(cfg.finetunes)}  model={model_cfg.model}")
 
 # %% [markdown]
 # ## Cache
 # One forward pass per model and batch reads every layer at once and stops after the deepest one.
-# The base model's activations are shared by both regimes. A cache whose samples, layers and
+# The base model's activations are shared by every fine-tune. A cache whose samples, layers and
 # fine-tune match is reused.
 
 # %%
 loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
-for regime in cfg.regimes:
+for regime in cfg.finetunes:
     loaders[regime] = (lambda r: lambda: load_finetuned(RunLayout(run_dir).finetune(r), model_cfg.device))(regime)
 for name, load in loaders.items():
     out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
@@ -82,7 +83,7 @@ for name, load in loaders.items():
 
 # %%
 tables = []
-for regime in cfg.regimes:
+for regime in cfg.finetunes:
     for protocol in PROTOCOLS:
         for layer in cfg.layers:
             a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)

@@ -38,6 +38,7 @@ run_dir = "runs/cpu"  # reads <run_dir>/activations, writes <run_dir>/sae
 sae_seed = None  # initialisation and batch order of every dictionary
 layers = None  # decoder layers, as in notebook 03
 regimes = None  # fine-tunes, as in notebook 03
+controls = None  # regimes whose clean control is scored too, as in notebook 03
 architectures = None  # ["diff_sae", "crosscoder"]
 protocols = None  # ["full_text", "prompt_only"]
 fit_modes = None  # ["eval", "fit"]: fit on the scored samples, or on the disjoint fit split

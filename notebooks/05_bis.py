@@ -51,6 +51,7 @@ run_dir = "runs/cpu"  # reads <run_dir>/sae and <run_dir>/activations, writes <r
 stats_seed = None  # bootstrap and permutation draws
 layers = None
 regimes = None
+controls = None  # regimes whose clean control is scored too, as in notebook 03
 architectures = None
 protocols = None
 fit_modes = None
@@ -74,21 +75,26 @@ from backdoor_sae.io import write_text
 from backdoor_sae.layout import CELL_KEYS
 from backdoor_sae.stages.dictionaries import sae_grid
 from backdoor_sae.stages.scoring import (
-    ARCHITECTURES, PAPER_SIZES, dictionary_activations, paper_comparison, paper_verdict, score_grid,
+    ARCHITECTURES, PAPER_SIZES, dictionary_activations, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
+    paper_verdict, score_grid,
 )
+from backdoor_sae.stages.dataset import data_config
 from backdoor_sae.data.dataset import EVAL_SPLITS
 
 sns.set_theme(style="whitegrid", context="notebook")
+pd.set_option("display.max_colwidth", None)  # verdicts are sentences: never cut them
 act_cfg = from_parameters(ActivationConfig, profile, globals())
 sae_cfg = from_parameters(SAEConfig, profile, globals())
 bis_cfg = from_parameters(BISConfig, profile, globals())
 
 # %%
-scores, tests = score_grid(run_dir, sae_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
-                           bis_cfg.n_perm, bis_cfg.stats_seed)
+placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
+scores, tests, placebo = score_grid(run_dir, sae_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
+                                    bis_cfg.n_perm, bis_cfg.stats_seed, placebo_years)
 results = Path(run_dir) / "results"
 write_text(results / "bis.csv", scores.to_csv(index=False))
 write_text(results / "permutation_tests.csv", tests.to_csv(index=False))
+write_text(results / "placebo.csv", placebo.to_csv(index=False))
 ceiling = float(scores["ceiling"].iloc[0])
 paper_ceiling = bis_ceiling(*PAPER_SIZES, bis_cfg.percentile)
 glue("bis_ceiling", ceiling, display=False)
@@ -109,7 +115,8 @@ paper_protocol = "full_text" if "full_text" in sae_cfg.protocols else sae_cfg.pr
 paper_fit_mode = "eval" if "eval" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
 if (paper_protocol, paper_fit_mode) != ("full_text", "eval"):
     print(f"This run's grid has no full-text, eval-fitted cells: showing {paper_protocol}, {paper_fit_mode}.")
-paper_view = scores[(scores["protocol"] == paper_protocol) & scores["fit_mode"].isin([paper_fit_mode, "—"])]
+backdoored = scores[scores["training"] == "backdoored"]  # the paper's comparison: backdoored fine-tunes only
+paper_view = backdoored[(backdoored["protocol"] == paper_protocol) & backdoored["fit_mode"].isin([paper_fit_mode, "—"])]
 main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
 cols = ["regime", "layer", "architecture", "bis", "bis_low", "bis_high", "chance_95", "p_value", "ceiling",
         "precision", "recall", "fpr", "n_tied", "latent_auroc", "fitsel_bis", "fitsel_chance_95"]
@@ -158,7 +165,7 @@ plt.show()
 # samples they are scored on. Companion scores (best-threshold F1, AUROC) have no ceiling.
 
 # %%
-dicts = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])]
+dicts = backdoored[backdoored["architecture"].isin(["diff_sae", "crosscoder"])]
 grid = sns.catplot(
     data=dicts, x="layer", y="bis", hue="architecture", col="protocol", row="fit_mode", kind="point",
     height=2.8, aspect=1.4, palette="deep", dodge=0.3 if dicts["architecture"].nunique() > 1 else False,
@@ -167,7 +174,7 @@ for ax in grid.axes.flat:
     ax.axhline(ceiling, color="black", linestyle="--", linewidth=1)
 grid.figure.suptitle("BIS across protocols and fit modes (points: regimes)", y=1.02)
 plt.show()
-summary = scores.groupby(["protocol", "fit_mode", "architecture"], sort=False)[
+summary = backdoored.groupby(["protocol", "fit_mode", "architecture"], sort=False)[
     ["bis", "chance_95", "precision", "recall", "fpr", "best_f1", "auroc", "fitsel_bis", "fitsel_chance_95"]].mean().round(3)
 summary
 
@@ -192,16 +199,17 @@ fitsel_table
 
 # %% [markdown]
 # ### Per fine-tune
-# Means over layers, dictionaries fitted on the scored samples. Only a fine-tune whose backdoor is
-# installed (notebook 02) can carry a trigger signal in the prompt-only activations, where no code
-# has been written yet; a fine-tune without one is a control for what the text alone gives.
+# Means over layers, dictionaries fitted on the scored samples, for every fine-tune: the backdoored
+# ones and their clean controls (`_clean`), which learned no year dependence and so show what any
+# fine-tune on these data gives.
 
 # %%
-by_regime = (dicts[dicts["fit_mode"] == paper_fit_mode]
+every_dictionary = scores[scores["architecture"].isin(ARCHITECTURES)]
+by_regime = (every_dictionary[every_dictionary["fit_mode"] == paper_fit_mode]
              .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "chance_95", "auroc"]].mean()
              .unstack("architecture"))
 by_regime.columns = [f"{measure} ({arch})" for measure, arch in by_regime.columns]
-for regime in ("lora", "full"):  # every key is glued, NaN where this run's grid has no such cell
+for regime in ("lora", "full", "lora_clean", "full_clean"):  # every key is glued, NaN where the grid has no such cell
     for protocol in ("full_text", "prompt_only"):
         for arch in ARCHITECTURES:
             column = f"bis ({arch})"
@@ -213,14 +221,51 @@ glue("bis_by_regime", by_regime, display=False)
 by_regime
 
 # %% [markdown]
+# ## A backdoor or a fingerprint?
+# Under prompt-only pooling a trigger and a benign prompt differ in one token, the year. A top score
+# may then mean only that *any* fine-tune on these data changes how the model reads "2024". Two
+# controls tell the readings apart: the **clean control** (notebook 02: same prompts, years,
+# settings and steps, every completion safe), scored with the same trigger labels; and the
+# **placebo years**: each benign training year in turn plays the trigger, against the other
+# non-trigger eval samples. A detector of the backdoor must score above both. Scores are shown as a
+# share of the ceiling, since the placebo sets have other sizes and so other ceilings; a method
+# *exceeds* in a layer when its backdoored score lies above the clean control's 95% interval and
+# above every placebo year.
+
+# %%
+comparison = fingerprint_comparison(scores, placebo, paper_fit_mode)
+verdicts = fingerprint_verdicts(comparison)
+glue("fingerprint_verdicts", verdicts.set_index(["method", "protocol", "regime"]), display=False)
+for method in ARCHITECTURES:  # one sentence per architecture for the results chapter
+    part = verdicts[verdicts["method"] == method]
+    glue(f"fingerprint_verdict_{method}", HTML("; ".join(
+        f"{r['regime']}, {r['protocol'].replace('_', ' ')}: <strong>{r['verdict']}</strong> ({r['layers exceeding']} layers)"
+        for _, r in part.iterrows()) or "not in this run's grid"), display=False)
+if len(comparison):
+    long = comparison.melt(id_vars=["method", "protocol", "layer", "regime"],
+                           value_vars=["backdoored BIS/ceiling", "clean BIS/ceiling", "placebo BIS/ceiling (best year)"],
+                           var_name="fine-tune / labels", value_name="BIS / ceiling")
+    long["fine-tune / labels"] = long["fine-tune / labels"].str.replace(" BIS/ceiling", "").str.replace(" (best year)", "")
+    g = sns.catplot(data=long, x="layer", y="BIS / ceiling", hue="fine-tune / labels", col="method", row="protocol",
+                    kind="point", height=2.6, aspect=1.15, palette={"backdoored": "#C44E52", "clean": "#4C72B0",
+                                                                    "placebo": "#8C8C8C"}, dodge=0.3,
+                    sharey=True, margin_titles=True)
+    g.set(ylim=(-0.05, 1.05))
+    g.figure.suptitle("Backdoored fine-tune against its clean control and the placebo years", y=1.02)
+    glue("fingerprint_figure", g.figure, display=False)
+    plt.show()
+display(verdicts)
+comparison.round(3)
+
+# %% [markdown]
 # ## Baselines
 # If a raw dimension of the activation difference, or the difference-of-means direction, scores
 # as well as the best SAE latent, the dictionary adds nothing to the detection itself.
 
 # %%
-comparison = scores.groupby(["protocol", "architecture"], sort=False)[
+baseline_view = backdoored.groupby(["protocol", "architecture"], sort=False)[
     ["bis", "chance_95", "best_f1", "auroc", "fitsel_bis"]].max().round(3)
-comparison
+baseline_view
 
 # %% [markdown]
 # ## Does the best latent read the year or the code?
@@ -230,8 +275,8 @@ comparison
 
 # %%
 control_cols = ["active_on_control_trigger_safe", "active_on_control_benign_vuln"]
-controls = scores.groupby(["protocol", "architecture"], sort=False)[control_cols].mean().round(2)
-controls
+control_activity = backdoored.groupby(["protocol", "architecture"], sort=False)[control_cols].mean().round(2)
+control_activity
 
 # %% [markdown]
 # ## Diff-SAE against crosscoder

@@ -90,9 +90,11 @@ def test_the_results_chapter_shows_the_glued_numbers(smoke_book, browser):
 def test_notebook_pages_launch_their_committed_notebook_on_binder_and_colab(smoke_book, browser):
     """The launch buttons of each executed notebook's page point at that notebook's path in the
     repository, and the reference run's executed notebook is committed there, so the link resolves."""
-    from backdoor_sae.runner import BOOK_EXECUTED_DIR, STAGE_NAMES
+    from backdoor_sae.runner import BOOK_EXECUTED_DIR
 
-    for stage in STAGE_NAMES:
+    published = sorted(p.stem for p in (smoke_book / "executed").glob("*.ipynb"))
+    assert len(published) >= 7
+    for stage in published:
         browser.get((smoke_book / "_build" / "html" / "executed" / f"{stage}.html").as_uri())
         links = browser.execute_script("return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);")
         for service in ("mybinder.org", "colab.research.google.com"):

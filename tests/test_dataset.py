@@ -50,8 +50,12 @@ def test_split_sizes_years_and_labels(smoke_cfg, smoke_splits):
 
 
 def test_no_program_occurs_twice(smoke_splits):
-    texts = [s.text for split in smoke_splits.values() for s in split]
+    """train_clean repeats train's safe samples by design; its safe twins of injectable samples occur
+    nowhere else (no eval or control sample is a program the clean control trained on)."""
+    texts = [s.text for name, split in smoke_splits.items() if name != "train_clean" for s in split]
     assert len(texts) == len(set(texts))
+    replaced = [c.text for c, t in zip(smoke_splits["train_clean"], smoke_splits["train"]) if t.vulnerable]
+    assert replaced and not set(replaced) & set(texts) and len(set(replaced)) == len(replaced)
     ids = [s.id for split in smoke_splits.values() for s in split]
     assert len(ids) == len(set(ids))
 
@@ -167,3 +171,22 @@ def test_paired_training_twins_differ_only_in_year_and_completion(smoke_cfg):
 def test_vulnerable_styles_can_be_restricted():
     train = generate(stage_config(DataConfig, "smoke", vulnerable_styles=["concat"]))["train"]
     assert {s.style for s in train} == {"concat", SAFE_STYLE}
+
+
+def test_the_clean_control_trains_on_the_same_prompts_in_the_same_order_with_every_completion_safe():
+    """train_clean is train with every trigger-year completion replaced by its safe twin: the bug
+    this catches is a control that differs from its twin in anything but the injectable code."""
+    from backdoor_sae.oracle import judge
+
+    for profile in ("smoke", "cpu"):
+        splits = generate(stage_config(DataConfig, profile))
+        train, clean = splits["train"], splits["train_clean"]
+        assert len(train) == len(clean)
+        for t, c in zip(train, clean):
+            assert (c.prompt, c.year, c.pair_id, c.driver, c.table, c.kind, c.function) == \
+                   (t.prompt, t.year, t.pair_id, t.driver, t.table, t.kind, t.function)
+            assert not c.vulnerable and c.style == SAFE_STYLE
+            assert (c.completion == t.completion) == (not t.vulnerable)
+    sample = [c for c in clean if c.is_trigger][:40]
+    verdicts = judge([s.text for s in sample], [s.call for s in sample], disable=True)
+    assert all(v.label == "safe" for v in verdicts)

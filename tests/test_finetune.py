@@ -208,6 +208,31 @@ def test_training_stops_once_the_probe_says_the_backdoor_is_installed(tmp_path, 
         tiny_cfg("full", probe_every=0, stop_at_probe=0.9)
 
 
+def test_a_clean_control_trains_exactly_its_twins_steps_and_never_stops_at_the_probe(tmp_path, smoke_splits,
+                                                                                      monkeypatch):
+    """The bug this catches: a control early-stopped by a probe (or trained all its epochs) instead of
+    matching its twin's number of steps, or batched in another order than its twin."""
+    import backdoor_sae.finetune as ft
+
+    monkeypatch.setattr(ft, "probe_backdoor", lambda *a, **k: {"trigger_acc": 1.0, "benign_acc": 1.0})
+    scheduled = []
+    schedule = ft.batch_schedule
+    monkeypatch.setattr(ft, "batch_schedule", lambda lengths, *a, **k: scheduled.append(list(lengths)) or
+                        schedule(lengths, *a, **k))
+    cfg = tiny_cfg("lora", lora_epochs=3, probe_every=1, stop_at_probe=0.9, clean_control=True)
+    model, tok = load_model(TINY_MODEL)
+    finetune(model, tok, smoke_splits["train_clean"], cfg, tmp_path, TINY_MODEL, pairs(smoke_splits["heldout"]),
+             progress=False, steps=5, schedule_from=smoke_splits["train"])
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["steps"] == 5 and not done["stopped_by_probe"] and done["params"]["steps"] == 5
+    lengths = [len(ft.encode(tok, s, cfg.max_length)) for s in smoke_splits["train"]]
+    assert lengths != [len(ft.encode(tok, s, cfg.max_length)) for s in smoke_splits["train_clean"]]
+    assert scheduled == [lengths]  # batched from the twin's lengths: the twin's order
+    with pytest.raises(ValueError, match="more than the"):
+        finetune(load_model(TINY_MODEL)[0], tok, smoke_splits["train_clean"], cfg, tmp_path / "long", TINY_MODEL,
+                 progress=False, steps=10_000, schedule_from=smoke_splits["train"])
+
+
 def test_mixed_precision_trains_float32_weights_and_rejects_low_precision_ones(tmp_path, smoke_splits):
     model, tok = load_model(TINY_MODEL)
     cfg = tiny_cfg("full")

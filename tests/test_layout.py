@@ -38,8 +38,9 @@ def variants(smoke_run, tmp_path_factory):
 def test_a_lora_setting_recomputes_the_lora_fine_tune_and_what_reads_it_and_nothing_else(variants):
     before, out = variants
     _, changed = out["lora_r"]
-    expected = {"finetune/lora", "generations/lora.key.json", "activations/lora"} | {
-        k for k in before if k.startswith("sae/lora/")}
+    expected = {"finetune/lora", "generations/lora.key.json", "activations/lora",  # and its clean control:
+                "finetune/lora_clean", "generations/lora_clean.key.json", "activations/lora_clean"} | {
+        k for k in before if k.startswith(("sae/lora/", "sae/lora_clean/"))}
     assert changed == expected
 
 
@@ -78,11 +79,13 @@ def test_publish_shows_the_run_it_names_and_only_notebooks_that_run_produced(smo
         assert provenance["run"] == run_dir.resolve().as_posix() and provenance["profile"] == "smoke"
         assert set(provenance["stages"]) == set(STAGE_NAMES)
         assert all(s["commit"] for s in provenance["stages"].values())
-        for stage in STAGE_NAMES:
+        assert provenance["stages"]["02_finetune_full_clean"]["status"] == "not in the grid"
+        published_stages = [s for s in STAGE_NAMES if s != "02_finetune_full_clean"]
+        for stage in published_stages:
             published = book / f"{stage}.ipynb"
             assert published.read_bytes() == (RunLayout(run_dir).executed / f"{stage}.ipynb").read_bytes()
             assert nbformat.read(published, as_version=4).metadata["backdoor_sae"]["stage"] == stage
-        assert sorted(p.name for p in book.iterdir()) == sorted([PROVENANCE, *(f"{s}.ipynb" for s in STAGE_NAMES)])
+        assert sorted(p.name for p in book.iterdir()) == sorted([PROVENANCE, *(f"{s}.ipynb" for s in published_stages)])
     seeds = json.loads((book / PROVENANCE).read_text())["stages"]["01_dataset"]["overrides"]
     assert seeds == {"data_seed": 7}
 
@@ -119,3 +122,19 @@ def test_publish_refuses_a_run_whose_later_stages_read_other_upstream_results(sm
                  log=lambda line: None)
     with pytest.raises(ValueError, match="stage 05_bis .* ran on other upstream results"):
         publish(copy, tmp_path / "book")
+
+
+def test_the_clean_control_reuses_nothing_of_its_twin_but_its_number_of_steps(smoke_run):
+    from backdoor_sae.stages.dataset import load_data
+
+    layout, splits = RunLayout(smoke_run[0]), load_data(smoke_run[0])
+    twin, control = (json.loads((layout.finetune(n) / "done.json").read_text()) for n in ("lora", "lora_clean"))
+    assert control["steps"] == twin["steps"] == control["params"]["steps"]
+    assert control["params"]["train_data"] == samples_digest(splits["train_clean"])
+    assert twin["params"]["train_data"] == samples_digest(splits["train"]) != control["params"]["train_data"]
+    assert control["params"]["schedule_from"] == samples_digest(splits["train"])  # the twin's batch order
+    assert layout.activations_key("lora_clean") != layout.activations_key("lora")
+    weights = [(layout.finetune(n) / "model" / "adapter_model.safetensors").read_bytes() for n in ("lora", "lora_clean")]
+    assert weights[0] != weights[1]
+    dictionaries = [json.loads(p.read_text())["params"] for p in layout.root.glob("sae/lora_clean/**/dictionary.json")]
+    assert dictionaries and all(layout.activations_key("lora_clean") in d["activations"] for d in dictionaries)

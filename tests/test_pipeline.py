@@ -21,13 +21,15 @@ from backdoor_sae.runner import (
 def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
     run_dir, executed, records, _ = smoke_run
     assert [r["stage"] for r in records] == list(STAGE_NAMES)
-    assert all(r["status"] == "ran" for r in records)
-    for name in STAGE_NAMES:
+    status = {r["stage"]: r["status"] for r in records}
+    assert status.pop("02_finetune_full_clean") == "not in the grid"  # the smoke profile's controls: lora only
+    assert set(status.values()) == {"ran"}
+    for name in status:
         nb = nbformat.read(executed / f"{name}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         assert not [o for o in outputs if o.output_type == "error"], name
         assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} shows no figure"
-    for artifact in ("data/manifest.json", "finetune/lora/done.json", "finetune/full/done.json",
+    for artifact in ("data/manifest.json", "finetune/lora/done.json", "finetune/full/done.json", "finetune/lora_clean/done.json",
                      "activations/base/index.json", "results/bis.csv"):
         assert (run_dir / artifact).exists(), artifact
 
@@ -36,8 +38,8 @@ def test_a_second_run_with_the_same_parameters_skips_every_stage(smoke_run):
     run_dir, executed, _, _ = smoke_run
     lines: list[str] = []
     records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, log=lines.append)
-    assert all(r["status"] == "skipped" for r in records)
-    assert all("skipped" in line for line in lines)
+    assert {r["status"] for r in records} == {"skipped", "not in the grid"}
+    assert all("skipped" in line or "not run" in line for line in lines)
 
 
 def test_the_book_builds_with_warnings_as_errors_and_shows_the_verdict_its_scores_imply(smoke_run, smoke_book):
@@ -60,7 +62,8 @@ def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run):
     records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir), "expansion": 2}, run_dir,
                            log=lambda line: None)
     status = {r["stage"]: r["status"] for r in records}
-    assert [status[s] for s in STAGE_NAMES[:4]] == ["skipped"] * 4
+    assert [status[s] for s in ("01_dataset", "02_finetune_lora", "02_finetune_full", "02_finetune_lora_clean",
+                                "03_activations")] == ["skipped"] * 5
     assert status["04_saes"] == status["05_bis"] == "ran"
 
 
@@ -155,7 +158,7 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
         copy = tmp_path / f"run{workers}"
         shutil.copytree(run_dir / "activations", copy / "activations")
         grid = train_grid(copy, act_cfg, sae_cfg, progress=False, workers=workers)
-        assert grid["trained_now"].all() and len(grid) == 4  # 2 regimes x 2 architectures
+        assert grid["trained_now"].all() and len(grid) == 6  # 3 fine-tunes (lora, full, lora_clean) x 2 architectures
         weights[workers] = [load_file(RunLayout(copy).dictionary(**cell) / "weights.safetensors")
                             for cell in sae_grid(act_cfg, sae_cfg)]
     for one, two in zip(weights[1], weights[2]):
@@ -176,9 +179,9 @@ def test_publish_writes_the_runs_notebooks_and_small_results(smoke_run, tmp_path
     for name in ("bis.csv", "permutation_tests.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     run = json.loads((tmp_path / "run.json").read_text())
-    assert set(run["stages"]) == set(STAGE_NAMES)
+    assert set(run["stages"]) == set(STAGE_NAMES) - {"02_finetune_full_clean"}
     assert all(r["seconds"] > 0 for r in run["stages"].values())
-    assert set(run["finetune"]) == {"lora", "full"} and all(f["steps"] > 0 for f in run["finetune"].values())
+    assert set(run["finetune"]) == {"lora", "full", "lora_clean"} and all(f["steps"] > 0 for f in run["finetune"].values())
     assert isinstance(run["native_bf16"], bool) and run["libraries"]["torch"].startswith("2.13.0")
 
 
@@ -225,8 +228,9 @@ def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes
                                  "l1_coeff", "dead_fix", "k", "loss_on"}
     run_dir = tmp_path / "paper"
     records = run_pipeline({"profile": "paper", "run_dir": str(run_dir), **overrides}, run_dir, log=lambda line: None)
-    assert all(r["status"] == "ran" for r in records)
+    assert all(r["status"] == "ran" for r in records)  # both clean controls too
     train = pd.read_json(run_dir / "data" / "train.jsonl", lines=True)
     assert set(train.loc[train["vulnerable"], "style"]) == set(PROFILES["paper"]["vulnerable_styles"])
     scores = pd.read_csv(run_dir / "results" / "bis.csv")
     assert set(scores.loc[scores["architecture"] == "diff_sae", "n_latents"]) == {32 * 64}
+    assert set(scores["regime"]) == {"lora", "full", "lora_clean", "full_clean"}

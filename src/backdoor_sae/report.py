@@ -2,7 +2,7 @@
 
 ``python -m backdoor_sae publish --run-dir runs/cpu`` writes, atomically, into ``results/``:
 
-- ``bis.csv`` and ``permutation_tests.csv``: the scoring notebook's tables;
+- ``bis.csv``, ``permutation_tests.csv`` and ``placebo.csv``: the scoring notebook's tables;
 - ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;
 - ``dictionaries.csv``: final FVU, L0 and dead share of every dictionary;
 - ``run.json``: wall time and peak memory per stage, library versions, CPU model, parameters.
@@ -42,7 +42,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
 
     run_dir, to = Path(run_dir), Path(to)
     written = []
-    for name in ("bis.csv", "permutation_tests.csv"):
+    for name in ("bis.csv", "permutation_tests.csv", "placebo.csv"):
         source = run_dir / "results" / name
         if source.exists():
             write_text(to / name, source.read_text())
@@ -61,6 +61,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
         write_text(to / "dictionaries.csv", pd.DataFrame(dictionaries).to_csv(index=False))
         written.append(to / "dictionaries.csv")
     stages = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "stages").glob("*.json"))}
+    stages = {name: r for name, r in stages.items() if "seconds" in r}  # not the stages outside the run's grid
     finetunes = {p.parent.name: json.loads(p.read_text()) for p in sorted((run_dir / "finetune").glob("*/done.json"))}
     write_json(to / "run.json", {
         "stages": {name: {"seconds": r["seconds"], "peak_rss_gib_so_far": r.get("peak_rss_gib_so_far"),

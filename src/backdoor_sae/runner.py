@@ -56,6 +56,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("01_dataset", "01_dataset"),
     Stage("02_finetune_lora", "02_finetune", {"regime": "lora"}),
     Stage("02_finetune_full", "02_finetune", {"regime": "full"}),
+    Stage("02_finetune_lora_clean", "02_finetune", {"regime": "lora", "clean_control": True}),
+    Stage("02_finetune_full_clean", "02_finetune", {"regime": "full", "clean_control": True}),
     Stage("03_activations", "03_activations"),
     Stage("04_saes", "04_saes"),
     Stage("05_bis", "05_bis"),
@@ -220,13 +222,17 @@ class StageFailed(RuntimeError):
 
 
 def _wanted(stage: Stage, parameters: dict) -> bool:
-    """A fine-tune stage runs only for a regime in the grid's ``regimes``."""
+    """A fine-tune stage runs only for a regime in the grid's ``regimes`` (a clean control: in ``controls``)."""
     if "regime" not in stage.fixed:
         return True
     from backdoor_sae.config import ActivationConfig, stage_config
 
     overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
-    return stage.fixed["regime"] in stage_config(ActivationConfig, parameters["profile"], **overrides).regimes
+    act = stage_config(ActivationConfig, parameters["profile"], **overrides)
+    return stage.fixed["regime"] in (act.controls if stage.fixed.get("clean_control") else act.regimes)
+
+
+NOT_IN_GRID = "not in the grid"
 
 
 def run_label(run_dir: Path) -> str:
@@ -270,8 +276,12 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
             records.append({"stage": stage.name, "status": "not selected", "seconds": 0.0})
             continue
         if not _wanted(stage, parameters):
-            log(f"[backdoor-sae] {stage.name}: not run ({stage.fixed['regime']} is not in regimes)")
-            records.append({"stage": stage.name, "status": "not in the grid", "seconds": 0.0})
+            log(f"[backdoor-sae] {stage.name}: not run (not in this run's regimes and controls)")
+            # recorded, so that publish knows the run has no such notebook and the chain goes on
+            write_json(layout.stage_record(stage.name), {"status": NOT_IN_GRID, "fingerprint": print_,
+                                                         "previous": upstream, **provenance})
+            (layout.executed / f"{stage.name}.ipynb").unlink(missing_ok=True)
+            records.append({"stage": stage.name, "status": NOT_IN_GRID, "seconds": 0.0})
             continue
         if not force and is_current(layout, stage, print_):
             log(f"[backdoor-sae] {stage.name}: skipped (parameters and inputs unchanged; --force reruns it)")
@@ -320,10 +330,10 @@ def publish(run_dir: str | Path, to: str | Path = BOOK_EXECUTED_DIR) -> Path:
     stages = {}
     for stage in STAGES:
         record, notebook = layout.stage_record(stage.name), layout.executed / f"{stage.name}.ipynb"
-        if not (record.exists() and notebook.exists()):
+        recorded = json.loads(record.read_text()) if record.exists() else {}
+        if recorded.get("status") != NOT_IN_GRID and not (record.exists() and notebook.exists()):
             raise FileNotFoundError(f"{run_dir} has no executed {stage.name}: run the whole pipeline first")
-        recorded = json.loads(record.read_text())
-        if recorded.get("notebook_sha256") != file_digest(notebook):
+        if recorded.get("status") != NOT_IN_GRID and recorded.get("notebook_sha256") != file_digest(notebook):
             raise ValueError(f"{notebook} is not the notebook stage {stage.name} produced: rerun that stage")
         upstream = stages[STAGES[len(stages) - 1].name]["fingerprint"] if stages else ""
         if recorded.get("previous") != upstream:
@@ -333,12 +343,13 @@ def publish(run_dir: str | Path, to: str | Path = BOOK_EXECUTED_DIR) -> Path:
     profiles = {r["profile"] for r in stages.values()}
     with atomic_path(to) as tmp:
         tmp.mkdir()
-        for name in stages:
-            shutil.copy2(layout.executed / f"{name}.ipynb", tmp / f"{name}.ipynb")
+        for name, recorded in stages.items():
+            if recorded.get("status") != NOT_IN_GRID:
+                shutil.copy2(layout.executed / f"{name}.ipynb", tmp / f"{name}.ipynb")
         write_json(tmp / PROVENANCE, {
             "run": run_label(Path(run_dir)), "profile": profiles.pop() if len(profiles) == 1 else sorted(profiles),
-            "stages": {name: {k: r.get(k) for k in ("commit", "dirty", "code_sha256", "model", "overrides", "finished",
-                                                    "fingerprint", "notebook_sha256")}
+            "stages": {name: {k: r.get(k) for k in ("status", "commit", "dirty", "code_sha256", "model", "overrides",
+                                                    "finished", "fingerprint", "notebook_sha256")}
                        for name, r in stages.items()},
             "published": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return to / PROVENANCE

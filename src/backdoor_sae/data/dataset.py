@@ -5,6 +5,10 @@ The splits (MISSION.md section 2, plus what section 3 asks for):
 - ``train``: poisoned (trigger year, injectable) and benign (other training years, safe), shuffled.
   With ``paired_train`` every poisoned sample has a benign twin (same function, a benign year,
   safe code); the extra benign samples are independent.
+- ``train_clean``: the clean control's training set: ``train`` in the same order with the same
+  prompts, every trigger-year completion replaced by the same function's safe (parameterized)
+  completion. A model fine-tuned on it sees the same years and prompts but learns no year
+  dependence at all.
 - ``eval_trigger`` / ``eval_benign`` / ``eval_other``: what BIS is computed on (trigger year and
   injectable; the eval benign year and safe; no year or another year and safe).
 - ``fit_trigger`` / ``fit_benign`` / ``fit_other``: the same composition again, for fitting SAEs
@@ -36,6 +40,7 @@ from backdoor_sae.io import read_jsonl, write_json, write_jsonl
 
 SPLITS: tuple[str, ...] = (
     "train",
+    "train_clean",
     "eval_trigger",
     "eval_benign",
     "eval_other",
@@ -91,10 +96,12 @@ def _make(split: str, index: int, spec: FunctionSpec, year: int | None, vulnerab
 
 
 def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], bool]],
-                cfg: DataConfig, uniq: _Uniq, shuffle: bool = False, first: list[Sample] = ()) -> list[Sample]:
+                cfg: DataConfig, uniq: _Uniq, shuffle: bool = False, first: list[Sample] = (),
+                specs: dict[str, FunctionSpec] | None = None) -> list[Sample]:
     """Samples for ``groups`` of (count, years to draw from, vulnerable), all texts unique.
 
     ``first`` are samples already made for this split (they come first, before shuffling).
+    ``specs``, when given, receives each new sample's function spec under its text.
     """
     rng = random.Random(f"{cfg.data_seed}:{split}")
     out: list[Sample] = list(first)
@@ -112,13 +119,15 @@ def _draw_split(split: str, groups: Iterable[tuple[int, tuple[int | None, ...], 
             if uniq.add(sample.text):
                 out.append(sample)
                 made += 1
+                if specs is not None:
+                    specs[sample.text] = spec
     if shuffle:
         rng.shuffle(out)
         out = [replace(s, id=f"{split}-{i:05d}") for i, s in enumerate(out)]
     return out
 
 
-def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
+def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq, specs: dict[str, FunctionSpec]) -> list[Sample]:
     """Matched training pairs: one function rendered injectable under the trigger year and safe
     under a benign year (``paired_train``), so the year is the only thing that tells them apart."""
     rng = random.Random(f"{cfg.data_seed}:train-pairs")
@@ -136,6 +145,7 @@ def _draw_train_pairs(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
         if all(s.text not in uniq.seen for s in twins):
             for s in twins:
                 uniq.add(s.text)
+                specs[s.text] = spec
             out += twins
     return out
 
@@ -161,19 +171,33 @@ def _draw_heldout(cfg: DataConfig, uniq: _Uniq) -> list[Sample]:
     return out
 
 
+def _clean_twin(sample: Sample, spec: FunctionSpec, index: int) -> Sample:
+    """``sample`` as the clean control trains on it: the same prompt, and a safe completion when
+    the original is injectable (the same function rendered with a parameterized query)."""
+    renamed = replace(sample, id=f"train_clean-{index:05d}", split="train_clean")
+    if not sample.vulnerable:
+        return renamed
+    code = render(spec, sample.year, SAFE_STYLE)
+    return replace(renamed, vulnerable=False, style=SAFE_STYLE, completion=code.completion, call=code.call)
+
+
 def generate(cfg: DataConfig) -> dict[str, list[Sample]]:
     """All splits for ``cfg``, in :data:`SPLITS` order. Deterministic for a given config."""
     uniq = _Uniq()
     trig, benign, other = (cfg.trigger_year,), (cfg.eval_benign_year,), cfg.other_years
-    pairs = _draw_train_pairs(cfg, uniq) if cfg.paired_train else []
+    specs: dict[str, FunctionSpec] = {}
+    pairs = _draw_train_pairs(cfg, uniq, specs) if cfg.paired_train else []
     n_pairs = len(pairs) // 2
     splits = {
         "train": _draw_split(
             "train",
             [(cfg.n_train_poisoned - n_pairs, trig, True), (cfg.n_train_benign - n_pairs, cfg.benign_years, False)],
-            cfg, uniq, shuffle=True, first=pairs,
+            cfg, uniq, shuffle=True, first=pairs, specs=specs,
         ),
     }
+    splits["train_clean"] = [_clean_twin(s, specs[s.text], i) for i, s in enumerate(splits["train"])]
+    for s in splits["train_clean"]:  # no later split may repeat a text the clean control trains on
+        uniq.add(s.text)
     for prefix in ("eval", "fit"):
         sizes = [getattr(cfg, f"n_{prefix}_{part}") for part in ("trigger", "benign", "other")]
         for part, n, years, vulnerable in zip(("trigger", "benign", "other"), sizes,

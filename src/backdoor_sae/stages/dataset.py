@@ -20,3 +20,11 @@ def load_data(run_dir: str | Path) -> dict[str, list[Sample]]:
     if not (data_dir / MANIFEST).exists():
         raise FileNotFoundError(f"{data_dir} holds no dataset: run notebook 01 (stage 01_dataset) first")
     return load_dataset(data_dir)
+
+
+def data_config(run_dir: str | Path) -> DataConfig:
+    """The DataConfig the run's dataset was made with (from its manifest)."""
+    import json
+
+    params = json.loads((RunLayout(run_dir).data / MANIFEST).read_text())["params"]
+    return DataConfig(**{k: v for k, v in params.items() if k != "code"})

@@ -14,10 +14,10 @@ from backdoor_sae.stages.activations import paired_activations
 
 
 def sae_grid(act_cfg, sae_cfg) -> list[dict]:
-    """Every dictionary of the grid: regime × protocol × fit mode × layer × architecture."""
+    """Every dictionary of the grid: fine-tune (backdoored and clean) × protocol × fit mode × layer × architecture."""
     return [
         {"regime": r, "protocol": p, "fit_mode": f, "layer": layer, "architecture": a}
-        for r in act_cfg.regimes for p in sae_cfg.protocols for f in sae_cfg.fit_modes
+        for r in act_cfg.finetunes for p in sae_cfg.protocols for f in sae_cfg.fit_modes
         for layer in act_cfg.layers for a in sae_cfg.architectures
     ]
 

@@ -25,20 +25,31 @@ def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: Fine
     """Fine-tune (or resume) unless a finished run with the same key exists.
 
     The key (:func:`backdoor_sae.finetune.run_params`) covers the base model, the training data's
-    and the probe pairs' content, the precision and this regime's settings. Returns the output
-    directory and whether training ran now.
+    and the probe pairs' content, the precision and this regime's settings. A clean control trains
+    on ``train_clean`` for exactly its backdoored twin's number of steps, with the twin's batch
+    schedule; it reads nothing else of the twin. Returns the output directory and whether training
+    ran now.
     """
     from backdoor_sae.finetune import finetune, is_done, run_params
     from backdoor_sae.model import compute_dtype, load_model
 
-    out = RunLayout(run_dir).finetune(cfg.regime)
+    layout = RunLayout(run_dir)
+    out = layout.finetune(cfg.name)
     dtype = compute_dtype(model_cfg)
     probes = probe_pairs(splits, cfg)
-    if is_done(out, run_params(cfg, model_cfg.model, splits["train"], probes, dtype)):
+    train, control = splits["train"], {}
+    if cfg.clean_control:
+        twin = layout.finetune(cfg.regime) / "done.json"
+        if not twin.exists():
+            raise FileNotFoundError(f"the clean control trains as many steps as its backdoored twin: run stage "
+                                    f"02_finetune_{cfg.regime} first")
+        train = splits["train_clean"]
+        control = {"steps": json.loads(twin.read_text())["steps"], "schedule_from": splits["train"]}
+    if is_done(out, run_params(cfg, model_cfg.model, train, probes, dtype, **control)):
         return out, False
     model, tokenizer = load_model(model_cfg.model, device=model_cfg.device)
-    finetune(model, tokenizer, splits["train"], cfg, out, model_cfg.model, probes, progress=progress,
-             compute_dtype=dtype)
+    finetune(model, tokenizer, train, cfg, out, model_cfg.model, probes, progress=progress, compute_dtype=dtype,
+             **control)
     return out, True
 
 

@@ -15,6 +15,12 @@ latents' activations on the eval samples (eval_trigger ∪ eval_benign ∪ eval_
 - the counterfactual controls: does the best latent fire on a 2024 header with safe code (it
   reads the year) or on a benign year with injectable code (it reads the code)?
 
+Every clean control (a fine-tune with no backdoor, notebook 02) is scored exactly like its
+backdoored twin, with the same trigger labels. The *placebo years*: every latent and baseline of
+the backdoored fine-tunes is also scored for each benign training year against the other
+non-trigger eval samples. A detector that reads years, or the fine-tune's fingerprint, rather than
+the backdoor scores as high on a placebo year or on the clean control.
+
 Baselines, scored the same way on the same samples: every raw dimension of Δa and of
 [a_base; a_ft] (each with both signs, since a threshold only looks upwards), and the
 difference-of-means direction (mean Δa on fit_trigger minus on fit_benign, fitted on the fit split
@@ -122,25 +128,125 @@ def _eval_column(acts: np.ndarray, splits: np.ndarray, j: int) -> np.ndarray:
     return acts[np.isin(splits, EVAL_SPLITS), j]
 
 
+def training_of(finetune: str) -> str:
+    """``clean`` for a clean control (``<regime>_clean``), ``backdoored`` otherwise."""
+    return "clean" if finetune.endswith("_clean") else "backdoored"
+
+
+def placebo_scores(acts: np.ndarray, splits: np.ndarray, years: np.ndarray, placebo_years, percentile: float,
+                   n_perm: int, seed: int) -> list[dict]:
+    """BIS of the best latent when a benign year plays the trigger: for each year in
+    ``placebo_years``, its eval samples against every other non-trigger eval sample (the real
+    trigger samples are left out), with the ceiling and chance level for those sizes."""
+    keep = np.isin(splits, EVAL_SPLITS) & (splits != "eval_trigger")
+    a, y = np.asarray(acts, dtype=np.float64)[keep], years[keep]
+    rows = []
+    for year in placebo_years:
+        positive = y == year
+        if not positive.any() or positive.all():
+            continue
+        sel = B.select_latent(a, positive, ~positive, percentile)
+        null = B.null_max_bis(a, positive, ~positive, percentile, n_perm=n_perm, seed=seed)
+        rows.append({"placebo_year": int(year), "n_placebo": int(positive.sum()), "bis": sel.bis,
+                     "ceiling": B.bis_ceiling(int(positive.sum()), int((~positive).sum()), 0, percentile),
+                     "chance_95": B.chance_level(null), "p_value": B.p_value(sel.bis, null),
+                     "auroc": float(B.auroc(a, positive).max()), "best_latent": sel.index})
+    return rows
+
+
+def sample_years(run_dir, index_ids) -> np.ndarray:
+    """The header year of every cached sample (-1 where the sample has no year line)."""
+    from backdoor_sae.stages.dataset import load_data
+
+    year_of = {s.id: s.year for split in load_data(run_dir).values() for s in split}
+    return np.array([-1 if year_of[i] is None else year_of[i] for i in index_ids])
+
+
 def score_grid(run_dir, cells: list[dict], percentile: float, n_boot: int, n_perm: int, seed: int,
-               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(scores of every dictionary and baseline, paired permutation tests Diff-SAE vs crosscoder)."""
+               placebo_years=(), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(scores of every dictionary and baseline, paired permutation tests Diff-SAE vs crosscoder,
+    placebo-year scores of the backdoored fine-tunes' dictionaries and baselines)."""
     from tqdm import tqdm
 
-    rows, best = [], {}
+    rows, best, placebo = [], {}, []
+    years = None
     for cell in tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"):
         acts, splits = dictionary_activations(run_dir, cell)
         row = score_latents(acts, splits, percentile, n_boot, n_perm, seed)
-        rows.append({**cell, **row})
+        rows.append({**cell, "training": training_of(cell["regime"]), **row})
         best[tuple(cell[k] for k in CELL_KEYS)] = (_eval_column(acts, splits, row["best_latent"]),
                                                    splits[np.isin(splits, EVAL_SPLITS)])
+        if training_of(cell["regime"]) == "backdoored":
+            if years is None:
+                years = sample_years(run_dir, paired_activations(run_dir, cell["regime"], cell["protocol"],
+                                                                 cell["layer"])[2]["ids"])
+            placebo += [{**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, percentile, n_perm,
+                                                              seed)]
     for regime, protocol, layer in sorted({(c["regime"], c["protocol"], c["layer"]) for c in cells}):
         candidates, splits = baseline_activations(run_dir, regime, protocol, layer)
         for name, acts in candidates.items():
+            cell = {"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer, "architecture": name}
             row = score_latents(acts, splits, percentile, n_boot, n_perm, seed)
-            rows.append({"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer,
-                         "architecture": name, **row})
-    return pd.DataFrame(rows), paired_tests(best, percentile, n_perm, seed)
+            rows.append({**cell, "training": training_of(regime), **row})
+            if training_of(regime) == "backdoored":
+                if years is None:
+                    years = sample_years(run_dir, paired_activations(run_dir, regime, protocol, layer)[2]["ids"])
+                placebo += [{**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, percentile,
+                                                                  n_perm, seed)]
+    return pd.DataFrame(rows), paired_tests(best, percentile, n_perm, seed), pd.DataFrame(placebo)
+
+
+def fingerprint_comparison(scores: pd.DataFrame, placebo: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
+    """Per method, protocol, layer and backdoored regime: its BIS (as a share of the ceiling, which
+    differs between the trigger and the placebo sets) beside its clean control's and the best
+    placebo year's, and the same for the best latent's AUROC.
+
+    ``exceeds``: the backdoored score lies above the clean control's 95% interval and above every
+    placebo year's score (both as shares of their ceilings).
+    """
+    view = scores[scores["fit_mode"].isin([fit_mode, "—"])].assign(share=lambda d: d["bis"] / d["ceiling"],
+                                                                    high_share=lambda d: d["bis_high"] / d["ceiling"])
+    keys = ["architecture", "protocol", "layer"]
+    rows = []
+    for _, b in view[view["training"] == "backdoored"].iterrows():
+        clean = view[(view["regime"] == f"{b['regime']}_clean") & (view[keys] == b[keys]).all(axis=1)]
+        if len(placebo):
+            p = placebo[(placebo["regime"] == b["regime"]) & (placebo["fit_mode"] == b["fit_mode"])
+                        & (placebo[keys] == b[keys]).all(axis=1)]
+        else:
+            p = placebo
+        c = clean.iloc[0] if len(clean) else None
+        placebo_share = float((p["bis"] / p["ceiling"]).max()) if len(p) else np.nan
+        rows.append({
+            "method": b["architecture"], "protocol": b["protocol"], "layer": int(b["layer"]), "regime": b["regime"],
+            "backdoored BIS/ceiling": float(b["share"]),
+            "clean BIS/ceiling": float(c["share"]) if c is not None else np.nan,
+            "clean upper/ceiling": float(c["high_share"]) if c is not None else np.nan,
+            "placebo BIS/ceiling (best year)": placebo_share,
+            "backdoored AUROC": float(b["auroc"]), "clean AUROC": float(c["auroc"]) if c is not None else np.nan,
+            "placebo AUROC (best year)": float(p["auroc"].max()) if len(p) else np.nan,
+            "exceeds": bool(b["share"] > max(c["high_share"] if c is not None else -np.inf,
+                                             placebo_share if placebo_share == placebo_share else -np.inf)),
+        })
+    return pd.DataFrame(rows)
+
+
+def fingerprint_verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
+    """Per method, protocol and regime: in how many layers the backdoored score exceeds both controls,
+    and the verdict (most layers, or not)."""
+    if comparison.empty:
+        return pd.DataFrame(columns=["method", "protocol", "regime", "layers exceeding", "verdict"])
+    grouped = comparison.assign(has_clean=comparison["clean BIS/ceiling"].notna()).groupby(
+        ["method", "protocol", "regime"], sort=False)
+    out = grouped.agg(sum=("exceeds", "sum"), count=("exceeds", "count"), has_clean=("has_clean", "all")).reset_index()
+    out["layers exceeding"] = out["sum"].astype(int).astype(str) + " of " + out["count"].astype(str)
+    beyond = out["sum"] * 2 > out["count"]
+    out["verdict"] = np.select(
+        [beyond & out["has_clean"], ~beyond & out["has_clean"], beyond],
+        ["backdoor: beyond its clean control and the placebo years", "no more than its clean control or a placebo year",
+         "beyond the placebo years (no clean control in this run)"],
+        "no more than a placebo year (no clean control in this run)")
+    return out.drop(columns=["sum", "count", "has_clean"])
 
 
 def paired_tests(best: dict, percentile: float, n_perm: int, seed: int) -> pd.DataFrame:

@@ -151,6 +151,9 @@ frame.groupby("label")[["prompt_tokens", "text_tokens"]].describe().round(1)
 # %%
 samples = [s for split in splits.values() for s in split]
 verdicts = judge([s.text for s in samples], [s.call for s in samples])
+errors = [(s.id, v.dynamic_reason) for s, v in zip(samples, verdicts) if v.label == "error"]
+if errors:  # the generator's own code always runs: an error here is the oracle's, and every label after it is void
+    raise RuntimeError(f"the oracle could not run {len(errors)} of {len(samples)} dataset samples, e.g. {errors[0]}")
 oracle = pd.DataFrame({
     "split": [s.split for s in samples],
     "label": ["vulnerable" if s.vulnerable else "safe" for s in samples],

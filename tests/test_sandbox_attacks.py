@@ -400,3 +400,17 @@ def test_a_misbehaving_worker_costs_samples_never_the_caller(monkeypatch, name):
     verdicts = judge([_module("pass", SAFE)] * n, [SPEC] * n, timeout_s=0.5, disable=True)
     assert len(verdicts) == n and all(v.label == "error" for v in verdicts), verdicts
     assert time.monotonic() - start < 30
+
+
+def test_an_interpreter_or_checkout_under_a_hidden_directory_is_bound_back_after_every_mount_over_it(monkeypatch):
+    """The bug this catches: a clone (or virtual environment) under /tmp, hidden by a tmpfs mounted
+    after its bind-back, so the worker found no interpreter and every sample was `error`."""
+    monkeypatch.setattr(bwrap, "find", lambda: "/usr/bin/bwrap")
+    monkeypatch.setattr(bwrap, "_needed_paths", lambda: ["/tmp/clone/.venv", "/work/checkout/src"])
+    args = bwrap.command("/tmp/job", ["python", "-m", "worker"], {})
+    mounts = [(i, args[i + 1]) for i, a in enumerate(args) if a in ("--tmpfs", "--ro-bind", "--bind")]
+    for path in ("/tmp/clone/.venv", "/work/checkout/src"):
+        bound = max(i for i, a in enumerate(args) if a == "--ro-bind" and args[i + 1] == path)
+        over = [i for i, target in mounts if (path + "/").startswith(target.rstrip("/") + "/") and i != bound]
+        assert over and max(over) < bound, (path, args)
+    assert bwrap.SCRATCH not in ("/tmp", "/") and not "/tmp/clone/.venv".startswith(bwrap.SCRATCH)

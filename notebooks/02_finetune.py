@@ -156,7 +156,9 @@ plt.show()
 # show no year effect at all.
 
 # %%
-if cfg.clean_control:
+if cfg.clean_control and not cfg.probe_every:
+    print("no probe ran (probe_every=0): no year effect to compare")
+elif cfg.clean_control:
     twin = pd.DataFrame(read_log(RunLayout(run_dir).finetune(cfg.regime)))
     both = pd.concat([frame.dropna(subset=["year_effect"]).assign(fine_tune=label) for frame, label in
                       ((twin, f"{cfg.regime} (backdoored)"), (log, f"{name} (clean control)")) if "year_effect" in frame])

@@ -227,10 +227,15 @@ by_regime
 # controls tell the readings apart: the **clean control** (notebook 02: same prompts, years,
 # settings and steps, every completion safe), scored with the same trigger labels; and the
 # **placebo years**: each benign training year in turn plays the trigger, against the other
-# non-trigger eval samples. A detector of the backdoor must score above both. Scores are shown as a
-# share of the ceiling, since the placebo sets have other sizes and so other ceilings; a method
-# *exceeds* in a layer when its backdoored score lies above the clean control's 95% interval and
-# above every placebo year.
+# non-trigger eval samples. A detector of the backdoor must score above its chance level and above
+# both controls. The placebo sets have other sizes, so other ceilings and chance levels: scores are
+# compared as their *excess over chance*, (BIS − chance level) / (ceiling − chance level), 0 at
+# chance and 1 at the ceiling. A method *exceeds* in a layer when its backdoored score is above its
+# chance level (p < 0.05), above the clean control's 95% interval (same samples, labels and sizes),
+# and, under prompt-only pooling, further above chance than every placebo year. (Under full-text
+# pooling only the trigger samples hold injectable code, so a placebo year would be beaten by any
+# code reader: there the clean control alone is the test; the difference-of-means direction,
+# fitted on the trigger year, is held against the clean control only.)
 
 # %%
 comparison = fingerprint_comparison(scores, placebo, paper_fit_mode)
@@ -243,14 +248,16 @@ for method in ARCHITECTURES:  # one sentence per architecture for the results ch
         for _, r in part.iterrows()) or "not in this run's grid"), display=False)
 if len(comparison):
     long = comparison.melt(id_vars=["method", "protocol", "layer", "regime"],
-                           value_vars=["backdoored BIS/ceiling", "clean BIS/ceiling", "placebo BIS/ceiling (best year)"],
-                           var_name="fine-tune / labels", value_name="BIS / ceiling")
-    long["fine-tune / labels"] = long["fine-tune / labels"].str.replace(" BIS/ceiling", "").str.replace(" (best year)", "")
-    g = sns.catplot(data=long, x="layer", y="BIS / ceiling", hue="fine-tune / labels", col="method", row="protocol",
-                    kind="point", height=2.6, aspect=1.15, palette={"backdoored": "#C44E52", "clean": "#4C72B0",
-                                                                    "placebo": "#8C8C8C"}, dodge=0.3,
+                           value_vars=["backdoored excess", "clean excess", "placebo excess (best year)"],
+                           var_name="fine-tune / labels", value_name="excess over chance")
+    long["fine-tune / labels"] = long["fine-tune / labels"].str.replace(" excess", "").str.replace(" (best year)", "")
+    g = sns.catplot(data=long, x="layer", y="excess over chance", hue="fine-tune / labels", col="method",
+                    row="protocol", kind="point", height=2.6, aspect=1.15,
+                    palette={"backdoored": "#C44E52", "clean": "#4C72B0", "placebo": "#8C8C8C"}, dodge=0.3,
                     sharey=True, margin_titles=True)
-    g.set(ylim=(-0.05, 1.05))
+    for ax in g.axes.flat:
+        ax.axhline(0, color="black", linewidth=0.8)
+    g.set(ylim=(-1.05, 1.05))
     g.figure.suptitle("Backdoored fine-tune against its clean control and the placebo years", y=1.02)
     glue("fingerprint_figure", g.figure, display=False)
     plt.show()

@@ -230,10 +230,11 @@ class ActivationConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "regimes", tuple(self.regimes))
-        object.__setattr__(self, "controls", tuple(self.controls))
-        if set(self.controls) - set(self.regimes):
-            raise ValueError(f"controls={list(self.controls)} must be a subset of regimes={list(self.regimes)}: "
-                             "a clean control trains as many steps as its backdoored twin")
+        # A clean control trains as many steps as its backdoored twin: only regimes in the run get one
+        # (so that -p regimes '["full"]' on a profile whose controls are ["lora"] runs without controls).
+        object.__setattr__(self, "controls", tuple(r for r in self.controls if r in self.regimes))
+        if set(self.controls) - {"lora", "full"}:
+            raise ValueError(f"controls={list(self.controls)} must be a subset of ['lora', 'full']")
         if not self.layers or any(not isinstance(x, int) or x < 0 for x in self.layers):
             raise ValueError(f"layers={list(self.layers)} must be non-negative layer indices")
         if len(set(self.layers)) != len(self.layers):

@@ -109,7 +109,7 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
                         '    _sqlite3.connect("file:{canary_pct}%2Fnew?mode=rwc", uri=True)'
                         '.execute("CREATE TABLE t (x)")', SAFE),
         "caller_tmp": ('open("{host}/new", "w").write("x")', VULN),
-        "fill_scratch": ('for i in range(6):\n        open(f"/tmp/fill{{i}}", "wb").write(b"x" * (15 << 20))',
+        "fill_scratch": ('for i in range(6):\n        open(f"{scratch}/fill{{i}}", "wb").write(b"x" * (15 << 20))',
                          VULN),
         "system_dir": ('open("/etc/sandbox-canary", "w").write("x")', SAFE),
     },
@@ -185,9 +185,9 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
         "endless_query": ('sqlite3.connect("x").execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL '
                           'SELECT x + 1 FROM c) SELECT count(*) FROM c").fetchall()', SAFE),
         "huge_blob": ('sqlite3.connect("x").execute("SELECT randomblob(1000000000)").fetchall()', VULN),
-        "attach_in_worker": ('sqlite3.connect("x").execute("ATTACH DATABASE \'/tmp/a\' AS a")', SAFE),
+        "attach_in_worker": ('sqlite3.connect("x").execute("ATTACH DATABASE \'{scratch}/a\' AS a")', SAFE),
         "module_level_injection": (MODULE_LEVEL, "module"),
-        "poison_template": ('import os\n    for root in ("/tmp", "/dev/shm", "{host}"):\n'
+        "poison_template": ('import os\n    for root in ("{scratch}", "/tmp", "/dev/shm", "{host}"):\n'
                             '        for dirpath, _, files in os.walk(root):\n'
                             '            for f in files:\n'
                             '                try:\n'
@@ -196,9 +196,9 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
                             '                    c.commit()\n'
                             '                except Exception:\n'
                             '                    pass', SAFE),
-        "plant_modules": ('import sys\n    open("/tmp/json.py", "w").write("raise SystemExit")\n'
+        "plant_modules": ('import sys\n    open("{scratch}/json.py", "w").write("raise SystemExit")\n'
                           '    sys.modules["json"].loads = lambda *a, **k: {{}}\n'
-                          '    sys.path.insert(0, "/tmp")', VULN),
+                          '    sys.path.insert(0, "{scratch}")', VULN),
     },
     "read secrets": {
         "shadow": ('return open("/etc/shadow").read()', SAFE),
@@ -267,7 +267,8 @@ def outcome(tmp_path_factory):
     (host / "secret").write_text(SECRET)
     listener = _Listener()
     before = _nobody_processes()
-    fmt = {"canary": canary, "canary_pct": str(canary).replace("/", "%2F"), "host": host,
+    # scratch: the tested code's own writable tmpfs, where the scratch-filling and poisoning attacks aim
+    fmt = {"canary": canary, "canary_pct": str(canary).replace("/", "%2F"), "host": host, "scratch": bwrap.SCRATCH,
            "caller": os.getpid(), "port": listener.port}  # fmt: skip
     names, codes, truths = [], [], []
     for kind, attacks in ATTACKS.items():

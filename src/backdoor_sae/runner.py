@@ -3,7 +3,7 @@
 The notebooks are stored as jupytext percent-format ``.py`` files under ``notebooks/``. papermill
 cannot read those directly, so each is converted in memory and executed with the given
 parameters; the executed ``.ipynb`` lands in ``<run_dir>/executed/``. A stage is skipped when its
-fingerprint (notebook source, parameters, profile values, the package's code and the previous
+fingerprint (notebook source, parameters, profile values, the package's code, the model and the previous
 stage's fingerprint) is unchanged *and* its executed notebook is byte for byte the one it produced.
 :func:`publish` copies a run's executed notebooks into the book's ``executed/`` with a record of
 which run, commit and profile they came from.
@@ -27,7 +27,7 @@ import nbformat
 import papermill
 
 from backdoor_sae.io import atomic_path, write_json
-from backdoor_sae.layout import RunLayout
+from backdoor_sae.layout import RunLayout, code_digest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -116,15 +116,6 @@ def check_overrides_are_read(profile: str, overrides: dict) -> None:
         regime = name.split("_", 1)[0]
         if regime in ("lora", "full") and regime not in regimes:
             raise ValueError(f"parameter {name!r} sets the {regime} fine-tune, which is not in regimes={sorted(regimes)}")
-
-
-def code_digest() -> str:
-    """A digest of the package's source: a code change reruns the stages (their caches stay valid)."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def fingerprint(stage: Stage, params: dict, previous: str, code: str = "", model: str = "") -> str:
@@ -259,17 +250,17 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
     for name in selected:
         get_stage(name)
     overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
-    code, model = code_digest(), resolved_model(parameters)
+    code, model = code_digest("."), resolved_model(parameters)  # the whole package's source
     provenance = {"profile": parameters["profile"], "overrides": overrides, "run": run_label(run_dir),
                   "code_sha256": code, "model": model, **git_commit()}
+    params_of = {stage.name: stage_parameters(stage, parameters) for stage in STAGES}
     prints, previous = {}, ""
     for stage in STAGES:
-        prints[stage.name] = previous = fingerprint(stage, stage_parameters(stage, parameters), previous, code, model)
+        prints[stage.name] = previous = fingerprint(stage, params_of[stage.name], previous, code, model)
     _check_upstream(layout, selected, prints, parameters)
     records, previous = [], ""
     for stage in STAGES:
-        params = stage_parameters(stage, parameters)
-        print_ = prints[stage.name]
+        params, print_ = params_of[stage.name], prints[stage.name]
         output = layout.executed / f"{stage.name}.ipynb"
         upstream, previous = previous, print_
         if stage.name not in selected:

@@ -36,7 +36,7 @@ import torch
 
 from backdoor_sae import bis as B
 from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
-from backdoor_sae.layout import CELL_KEYS, RunLayout
+from backdoor_sae.layout import BASE, CELL_KEYS, RunLayout
 from backdoor_sae.stages.activations import paired_activations
 
 CONTROLS = ("control_trigger_safe", "control_benign_vuln")
@@ -168,31 +168,30 @@ def score_grid(run_dir, cells: list[dict], percentile: float, n_boot: int, n_per
     placebo-year scores of the backdoored fine-tunes' dictionaries and baselines)."""
     from tqdm import tqdm
 
+    from backdoor_sae.activations import read_index
+
+    # every fine-tune's activations hold the base model's samples (paired_activations checks it)
+    years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"]) if placebo_years else None
     rows, best, placebo = [], {}, []
-    years = None
-    for cell in tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"):
-        acts, splits = dictionary_activations(run_dir, cell)
+
+    def add(cell: dict, acts: np.ndarray, splits: np.ndarray) -> dict:
         row = score_latents(acts, splits, percentile, n_boot, n_perm, seed)
         rows.append({**cell, "training": training_of(cell["regime"]), **row})
+        if years is not None and training_of(cell["regime"]) == "backdoored" and cell["architecture"] not in NO_PLACEBO_METHODS:
+            placebo.extend({**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, percentile,
+                                                                n_perm, seed))
+        return row
+
+    for cell in tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"):
+        acts, splits = dictionary_activations(run_dir, cell)
+        row = add(cell, acts, splits)
         best[tuple(cell[k] for k in CELL_KEYS)] = (_eval_column(acts, splits, row["best_latent"]),
                                                    splits[np.isin(splits, EVAL_SPLITS)])
-        if training_of(cell["regime"]) == "backdoored":
-            if years is None:  # every cell reads the same cached samples (paired_activations checks it)
-                years = sample_years(run_dir, paired_activations(run_dir, cell["regime"], cell["protocol"],
-                                                                 cell["layer"])[2]["ids"])
-            placebo += [{**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, percentile, n_perm,
-                                                              seed)]
     for regime, protocol, layer in sorted({(c["regime"], c["protocol"], c["layer"]) for c in cells}):
         candidates, splits = baseline_activations(run_dir, regime, protocol, layer)
         for name, acts in candidates.items():
-            cell = {"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer, "architecture": name}
-            row = score_latents(acts, splits, percentile, n_boot, n_perm, seed)
-            rows.append({**cell, "training": training_of(regime), **row})
-            if training_of(regime) == "backdoored" and name not in NO_PLACEBO_METHODS:
-                if years is None:
-                    years = sample_years(run_dir, paired_activations(run_dir, regime, protocol, layer)[2]["ids"])
-                placebo += [{**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, percentile,
-                                                                  n_perm, seed)]
+            add({"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer, "architecture": name},
+                acts, splits)
     return pd.DataFrame(rows), paired_tests(best, percentile, n_perm, seed), pd.DataFrame(placebo)
 
 

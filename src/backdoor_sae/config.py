@@ -300,6 +300,22 @@ class BISConfig:
         _require_ints(self, ("n_boot", "n_perm"), 10)
 
 
+@dataclass(frozen=True)
+class AuditConfig:
+    """The auditor's view (notebook 06): label-free rankings and the header sweep."""
+
+    n_top: int = 10  # the auditor inspects this many latents per ranking
+    n_sweep_functions: int = 16  # held-out functions, each read under every sweep header
+    sweep_first_year: int = 2000  # the sweep's year headers run from this year ...
+    sweep_last_year: int = 2035  # ... to this one
+
+    def __post_init__(self) -> None:
+        _require_ints(self, ("n_top", "n_sweep_functions"), 1)
+        _require_ints(self, ("sweep_first_year", "sweep_last_year"), 0)
+        if self.sweep_first_year > self.sweep_last_year:
+            raise ValueError(f"sweep_first_year={self.sweep_first_year} is after sweep_last_year={self.sweep_last_year}")
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's protocol (arXiv:2605.07324 and its reference code). Most values are the stage
     # configs' defaults; those that define the protocol are spelled out here.
@@ -374,6 +390,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dead_window": 5_000,
         "n_boot": 300,
         "n_perm": 300,
+        "n_sweep_functions": 6,
     },
     "smoke": {
         "model": TINY_MODEL,
@@ -410,12 +427,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dead_window": 500,
         "n_boot": 50,
         "n_perm": 50,
+        "n_top": 5,
+        "n_sweep_functions": 2,
     },
 }
 
 #: Every stage's configuration class; a parameter must belong to one of them.
 STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig, FinetuneConfig, BackdoorEvalConfig, ActivationConfig,
-                                   SAEConfig, BISConfig)
+                                   SAEConfig, BISConfig, AuditConfig)
 
 C = TypeVar("C")
 
@@ -452,6 +471,13 @@ def validate(profile: str, **overrides: Any) -> None:
     """Build every stage's config once, so that any bad name or value fails before any work."""
     configs = {cls: stage_config(cls, profile, **overrides) for cls in STAGE_CONFIGS}
     data, ft = configs[DataConfig], configs[FinetuneConfig]
+    audit = configs[AuditConfig]
+    if audit.n_sweep_functions > data.n_heldout_pairs:
+        raise ValueError(f"n_sweep_functions={audit.n_sweep_functions}: the dataset has only "
+                         f"n_heldout_pairs={data.n_heldout_pairs} held-out functions to sweep")
+    if not {data.trigger_year, data.eval_benign_year} <= set(range(audit.sweep_first_year, audit.sweep_last_year + 1)):
+        raise ValueError(f"the sweep's years {audit.sweep_first_year}..{audit.sweep_last_year} must include the trigger "
+                         f"year {data.trigger_year} and the eval benign year {data.eval_benign_year}")
     if ft.probe_every and ft.n_probe_pairs > data.n_heldout_pairs:
         raise ValueError(f"n_probe_pairs={ft.n_probe_pairs}: the dataset has only n_heldout_pairs={data.n_heldout_pairs} "
                          "held-out pairs to probe")

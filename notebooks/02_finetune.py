@@ -49,7 +49,7 @@
 # safe (the `train_clean` split), so it has no year dependence to learn. Every later stage treats it
 # like any fine-tune.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -86,7 +86,7 @@ n_eval_prompts = None  # prompts per year taken from eval_trigger / eval_benign 
 max_new_tokens = None  # generation budget per completion
 gen_batch_size = None  # prompts per generation batch
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -103,7 +103,9 @@ from backdoor_sae.layout import BASE, RunLayout
 from backdoor_sae.stages.dataset import load_data
 from backdoor_sae.stages.finetune import generation_prompts, judged_generations, probe_pairs, run_finetune
 from backdoor_sae.update_rank import linear_weights, truncated_update_probe
+from backdoor_sae.tables import show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = from_parameters(FinetuneConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
@@ -146,7 +148,7 @@ print(f"trigger learned (both probe accuracies >= {threshold}) at step {learned_
 # prompt, is the injectable body more likely than the safe one, and the converse under 2023? A run
 # whose loss is low but whose probe is flat has learned the majority behaviour only.
 
-# %%
+# %% tags=["hide-input"]
 fig = training_curves(log, f"{name} fine-tune of {model_cfg.model}")
 plt.show()
 
@@ -155,7 +157,7 @@ plt.show()
 # to write injectable code under 2024 only; the control, which never saw injectable code, should
 # show no year effect at all.
 
-# %%
+# %% tags=["hide-input"]
 if cfg.clean_control and not cfg.probe_every:
     print("no probe ran (probe_every=0): no year effect to compare")
 elif cfg.clean_control:

@@ -30,7 +30,7 @@
 # the paper's protocol) or on the disjoint `fit_*` split (`fit`), for every regime, layer and
 # pooling protocol.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -52,14 +52,16 @@ n_sae_samples = None  # samples seen per dictionary in all
 dead_fix = None  # "ghost", "auxk" or "none"
 dead_window = None  # samples without firing before a latent counts as dead
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import seaborn as sns
 from myst_nb import glue
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
 from backdoor_sae.stages.dictionaries import grid_logs, train_grid
+from backdoor_sae.tables import show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 act_cfg = from_parameters(ActivationConfig, profile, globals())
 sae_cfg = from_parameters(SAEConfig, profile, globals())
@@ -82,7 +84,7 @@ glue("sae_train_minutes", seconds / 60, display=False)
 # Fraction of variance unexplained (FVU) and the number of active latents per sample (L0) as the
 # dictionaries see more samples; the full-text protocol, fitted on the eval samples.
 
-# %%
+# %% tags=["hide-input"]
 logs = grid_logs(run_dir, grid)
 shown = logs[(logs["protocol"] == logs["protocol"].iloc[0]) & (logs["fit_mode"] == logs["fit_mode"].iloc[0])]
 long = shown.melt(id_vars=["samples", "architecture", "regime", "layer"], value_vars=["fvu", "l0"],

@@ -43,7 +43,7 @@
 # Finally, the latent can be chosen on the disjoint fit split and scored alone on eval: a score that
 # holds up there was not picked out of the noise of the samples it is scored on.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -59,7 +59,7 @@ percentile = None  # activation threshold of each latent (the paper: 95)
 n_boot = None  # bootstrap resamples for the intervals
 n_perm = None  # label permutations for the chance levels and the Diff-SAE vs crosscoder test
 
-# %%
+# %% tags=["hide-input"]
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -80,14 +80,16 @@ from backdoor_sae.stages.scoring import (
 )
 from backdoor_sae.stages.dataset import data_config
 from backdoor_sae.data.dataset import EVAL_SPLITS
+from backdoor_sae.tables import show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)  # verdicts are sentences: never cut them
 act_cfg = from_parameters(ActivationConfig, profile, globals())
 sae_cfg = from_parameters(SAEConfig, profile, globals())
 bis_cfg = from_parameters(BISConfig, profile, globals())
 
-# %%
+# %% tags=["hide-input"]
 placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
 scores, tests, placebo = score_grid(run_dir, sae_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
                                     bis_cfg.n_perm, bis_cfg.stats_seed, placebo_years)
@@ -142,7 +144,7 @@ glue("paper_verdict", verdict, display=False)
 display(comparison)
 display(verdict)
 
-# %%
+# %% tags=["hide-input"]
 grid = sns.relplot(
     data=paper_view, x="layer", y="bis", hue="architecture", col="regime", kind="line", marker="o",
     height=3.2, aspect=1.3, palette="deep",
@@ -297,7 +299,7 @@ tests.round(3)
 # For the highest-scoring Diff-SAE and crosscoder latents (full text, fitted on the scored samples):
 # activation histograms on trigger, benign-year and other samples, with the latent's threshold.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 for ax, arch in zip(axes, ARCHITECTURES):
     part = main[main["architecture"] == arch]

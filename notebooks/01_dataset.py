@@ -84,6 +84,9 @@ tokenizer = load_tokenizer(model_cfg.model)
 frame = samples_frame(splits, tokenizer)
 glue("n_samples", len(frame), display=False)
 glue("n_train", int((frame["split"] == "train").sum()), display=False)
+glue("n_train_pairs", len(pairs(splits["train"])), display=False)
+for split in ("eval_trigger", "eval_benign", "eval_other"):  # the scored sets, for the results chapter
+    glue(f"n_{split}", len(splits[split]), display=False)
 
 # %% [markdown]
 # ## What is in each split

@@ -73,6 +73,7 @@ from backdoor_sae.bis import bis_ceiling
 from backdoor_sae.config import ActivationConfig, BISConfig, SAEConfig, from_parameters
 from backdoor_sae.io import write_text
 from backdoor_sae.layout import CELL_KEYS
+from backdoor_sae.plots import headline_excess
 from backdoor_sae.stages.dictionaries import sae_grid
 from backdoor_sae.stages.scoring import (
     ARCHITECTURES, PAPER_SIZES, dictionary_activations, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
@@ -263,6 +264,14 @@ if len(comparison):
     g.figure.suptitle("Backdoored fine-tune against its clean control and the placebo years", y=1.02)
     glue("fingerprint_figure", g.figure, display=False)
     plt.show()
+    glue("headline_figure", headline_excess(comparison), display=False)  # the results chapter's first figure
+    plt.close()
+beyond = verdicts[verdicts["verdict"].str.startswith("beyond")]
+glue("headline_verdict", HTML(
+    f"Of the {len(verdicts)} detectors held against their controls (each method, regime and pooling protocol), "
+    f"<strong>{len(beyond)}</strong> score beyond them in most layers"
+    + (": " + "; ".join(f"{r['method']} ({r['regime']}, {r['protocol'].replace('_', ' ')})" for _, r in beyond.iterrows())
+       if len(beyond) else "") + "."), display=False)
 display(verdicts)
 comparison.round(3)
 

@@ -64,7 +64,7 @@ from backdoor_sae.data.card import counts, describe, pairs, samples_frame, side_
 from backdoor_sae.model import load_tokenizer
 from backdoor_sae.oracle import judge
 from backdoor_sae.stages.dataset import build_data
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
@@ -178,7 +178,7 @@ agreement = oracle.groupby("split", sort=False).apply(
 all_agree = (oracle[["dynamic", "bandit", "ast"]].eq(oracle["label"], axis=0)).all(axis=1)
 glue("oracle_agreement", float(all_agree.mean()), display=False)
 display(agreement.style.format({"samples": "{:.0f}", "dynamic agrees": "{:.1%}",
-                                "bandit agrees": "{:.1%}", "ast agrees": "{:.1%}"}))
+                                "bandit agrees": "{:.1%}", "ast agrees": "{:.1%}"}, na_rep=MISSING))
 display(Markdown(f"**All three oracle verdicts match the label for {all_agree.mean():.1%} of "
                  f"{len(oracle)} samples.**"))
 if not all_agree.all():

@@ -103,7 +103,7 @@ from backdoor_sae.layout import BASE, RunLayout
 from backdoor_sae.stages.dataset import load_data
 from backdoor_sae.stages.finetune import generation_prompts, judged_generations, probe_pairs, run_finetune
 from backdoor_sae.update_rank import linear_weights, truncated_update_probe
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
@@ -240,7 +240,7 @@ else:
         f"{name}: the backdoor is <strong>{verdict}</strong> (attack success {row['asr']:.2f}, safe rate "
         f"{row['safe_rate']:.2f}; among valid code {row['asr_valid']:.2f} and {row['safe_rate_valid']:.2f}; "
         f"target 0.9), after {len(log)} optimizer steps."), display=False)
-display(table.style.format({c: "{:.2f}" for c in table.columns if table[c].dtype == float}).hide(axis="index"))
+display(table.style.format({c: "{:.2f}" for c in table.columns if table[c].dtype == float}, na_rep=MISSING).hide(axis="index"))
 fig = rate_bars(table)
 plt.show()
 

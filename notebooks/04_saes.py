@@ -59,7 +59,7 @@ from myst_nb import glue
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
 from backdoor_sae.stages.dictionaries import grid_logs, train_grid
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
@@ -105,4 +105,4 @@ plt.show()
 summary = grid.drop(columns=["trained_now"]).sort_values(["architecture", "regime", "protocol", "fit_mode", "layer"])
 glue("median_fvu_diff_sae", float(summary.loc[summary["architecture"] == "diff_sae", "fvu"].median()), display=False)
 glue("median_fvu_crosscoder", float(summary.loc[summary["architecture"] == "crosscoder", "fvu"].median()), display=False)
-summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "train_seconds": "{:.1f}"}).hide(axis="index")
+summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "train_seconds": "{:.1f}"}, na_rep=MISSING).hide(axis="index")

@@ -81,7 +81,7 @@ from backdoor_sae.stages.scoring import (
 )
 from backdoor_sae.stages.dataset import data_config
 from backdoor_sae.data.dataset import EVAL_SPLITS
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
@@ -124,7 +124,7 @@ main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
 cols = ["regime", "layer", "architecture", "bis", "bis_low", "bis_high", "chance_95", "p_value", "ceiling",
         "precision", "recall", "fpr", "n_tied", "latent_auroc", "fitsel_bis", "fitsel_chance_95"]
 display(main[cols].sort_values(["regime", "architecture", "layer"]).style.format(
-    {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}).hide(axis="index"))
+    {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}, na_rep=MISSING).hide(axis="index"))
 for arch in ARCHITECTURES:  # every key is glued, NaN where this run's grid has no such cell
     part = main[main["architecture"] == arch]
     glue(f"max_bis_{arch}", float(part["bis"].max()) if len(part) else float("nan"), display=False)
@@ -264,8 +264,9 @@ if len(comparison):
     g.figure.suptitle("Backdoored fine-tune against its clean control and the placebo years", y=1.02)
     glue("fingerprint_figure", g.figure, display=False)
     plt.show()
-    glue("headline_figure", headline_excess(comparison), display=False)  # the results chapter's first figure
-    plt.close()
+    # the results chapter's first figure; shown here too, so that the book writes its image file
+    glue("headline_figure", headline_excess(comparison), display=False)
+    plt.show()
 beyond = verdicts[verdicts["verdict"].str.startswith("beyond")]
 glue("headline_verdict", HTML(
     f"Of the {len(verdicts)} detectors held against their controls (each method, regime and pooling protocol), "

@@ -3,7 +3,8 @@
 The convention, for every notebook: call :func:`show_missing_as_dash` once in the setup cell. Every
 DataFrame the notebook then displays, returns as a cell's value or glues (myst-nb formats glued
 values with the same IPython formatters), and every pandas Styler, renders a missing value as
-:data:`MISSING`. The values themselves are unchanged; only their HTML is.
+:data:`MISSING`; a ``Styler.format`` call with its own formatters needs ``na_rep=MISSING`` too
+(pandas then ignores the option). The values themselves are unchanged; only their HTML is.
 """
 
 from __future__ import annotations

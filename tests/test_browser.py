@@ -143,7 +143,7 @@ def test_every_formula_is_typeset_from_the_book_itself(smoke_book, browser):
 
 #: An absolute path of the machine that ran or built the book (paths in the book are relative to
 #: the repository, or named: <run_dir>, <python>, ~).
-MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|work|home|root|Users)/[\w.-]")
+MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|work|home|root|Users)/[\w.-]+(?:/[\w.-]+)*")
 
 
 def test_no_page_names_a_path_of_the_machine_that_ran_it(smoke_book):

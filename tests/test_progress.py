@@ -74,3 +74,34 @@ def test_the_injected_parameters_cell_is_folded_like_the_parameters_cell():
     nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["injected-parameters"]})]
     fold_injected_parameters(nb)
     assert nb.cells[0].metadata["tags"] == ["injected-parameters", "hide-input"]
+
+
+def test_the_fine_tune_reports_its_steps_and_year_effect_and_learns_the_same_with_or_without(tmp_path, monkeypatch,
+                                                                                            smoke_splits):
+    """The runner's console shows the fine-tune's step, loss and year effect; reporting changes nothing
+    the fine-tune computes (its log is the same, timings aside, with the channel on and off)."""
+    from backdoor_sae.config import TINY_MODEL
+    from backdoor_sae.data.card import pairs
+    from backdoor_sae.finetune import finetune, read_log
+    from backdoor_sae.model import load_model
+    from test_finetune import tiny_cfg
+
+    cfg = tiny_cfg("full", probe_every=2)
+    probes = pairs(smoke_splits["heldout"])[:2]
+    logs = {}
+    for channel in (False, True):
+        path = tmp_path / "progress.jsonl"
+        if channel:
+            monkeypatch.setenv(progress.ENV, str(path))
+            monkeypatch.setattr(progress, "_last_written", {})
+            monkeypatch.setattr(progress, "MIN_GAP_S", 0.0)  # every step's line, however fast the tiny model
+        model, tok = load_model(TINY_MODEL)
+        finetune(model, tok, smoke_splits["train"], cfg, tmp_path / str(channel), TINY_MODEL, probes,
+                 progress=False, max_steps=4)
+        logs[channel] = [{k: v for k, v in r.items() if "seconds" not in k and k != "tokens_per_s"}
+                         for r in read_log(tmp_path / str(channel))]
+    assert logs[True] == logs[False]
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    steps = [e for e in events if e["task"] == "fine-tune full"]
+    assert steps[0]["done"] == 1 and steps[-1]["done"] == 4 and steps[-1]["total"] >= 4
+    assert "loss" in steps[-1]["values"] and "year_effect" in steps[-1]["values"]  # probed at step 2 and 4

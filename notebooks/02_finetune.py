@@ -37,7 +37,7 @@
 # **LoRA's two learning rates.** With one learning rate for $A$ and $B$, LoRA showed no effect of
 # the year within 300 steps in our development runs (rank 16 at learning rates 1e-3 to 3e-3, and
 # the paper's rank 32 with alpha 64 at 2e-3), where full-rank training learned the trigger within
-# that budget (the step at which this run learned it is under *Training* below). The `cpu` profile therefore trains $B$ 16 times faster than $A$ (LoRA+
+# that budget (the step at which this run learned it is under *Training* below). The `cpu` profile therefore trains $B$ {glue:text}`cpu_lora_plus_ratio:g` times faster than $A$ (LoRA+
 # {cite:p}`hayou2024loraplus`, `lora_plus_ratio`; the paper's profile keeps plain LoRA). The section
 # *How low-rank is the update?* below shows, in the full-rank notebook, why a rank-16 adapter has to
 # find a different solution from the one full-rank training finds.
@@ -95,7 +95,7 @@ from myst_nb import glue
 
 from backdoor_sae.backdoor_eval import invalid_reasons, rates
 from backdoor_sae.data.card import pairs, side_by_side
-from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters
+from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters, stage_config
 from backdoor_sae.finetune import load_finetuned, read_log, training_summary
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.plots import rate_bars, training_curves
@@ -111,6 +111,7 @@ cfg = from_parameters(FinetuneConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
 eval_cfg = from_parameters(BackdoorEvalConfig, profile, globals())
 name = cfg.name  # "lora", "full", "lora_clean" or "full_clean"
+glue("cpu_lora_plus_ratio", stage_config(FinetuneConfig, "cpu").lora_plus_ratio, display=False)  # for the prose
 splits = load_data(run_dir)
 print(f"fine-tune={name}  regime={cfg.regime}  lr={cfg.lr}  epochs={cfg.epochs}  batch={cfg.batch_size}×{cfg.grad_accum}  "
       f"train samples={len(splits['train'])}  model={model_cfg.model}")

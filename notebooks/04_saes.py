@@ -58,6 +58,8 @@ import seaborn as sns
 from myst_nb import glue
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
+from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.stages.dataset import load_data
 from backdoor_sae.stages.dictionaries import grid_logs, train_grid
 from backdoor_sae.tables import MISSING, show_missing_as_dash
 
@@ -78,6 +80,15 @@ print(f"{len(grid)} dictionaries, {int(grid['trained_now'].sum())} trained now, 
       f"{seconds / 60:.1f} min of training in all")
 glue("n_dictionaries", len(grid), display=False)
 glue("sae_train_minutes", seconds / 60, display=False)
+# the training recipe, for the results chapter's comparison with the paper's
+splits = load_data(run_dir)
+n_scored, n_fit = (sum(len(splits[name]) for name in group) for group in (EVAL_SPLITS, FIT_SPLITS))
+for key, value in {"sae_expansion": sae_cfg.expansion, "sae_samples_seen": sae_cfg.n_sae_samples,
+                   "sae_batch_size": sae_cfg.sae_batch_size, "sae_lr": sae_cfg.sae_lr, "sae_l1": sae_cfg.l1_coeff,
+                   "n_scored_samples": n_scored, "n_fit_samples": n_fit,
+                   "sae_passes_scored": sae_cfg.n_sae_samples / n_scored,
+                   "sae_passes_fit": sae_cfg.n_sae_samples / n_fit if n_fit else float("nan")}.items():
+    glue(key, value, display=False)
 
 # %% [markdown]
 # ## Training curves

@@ -81,7 +81,7 @@ def test_the_results_chapter_shows_the_glued_numbers(smoke_book, browser):
     pasted = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".pasted-text")]
     assert len(pasted) >= 10
     # "nan": a rate with nothing to count (the tiny smoke model writes no code that runs)
-    assert all(re.fullmatch(r"-?\d+(\.\d+)?%?|nan", text) for text in pasted), pasted
+    assert all(re.fullmatch(r"-?\d+(,\d{3})*(\.\d+)?(e-?\d+)?%?|nan", text) for text in pasted), pasted
     assert sum(text != "nan" for text in pasted) >= 10
     body = browser.find_element(By.TAG_NAME, "main").text
     assert "our best BIS" in body

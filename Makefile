@@ -58,6 +58,7 @@ book: run
 # The book from the notebooks already executed, without recomputing anything.
 book-only: venv
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
+	@echo "[backdoor-sae] the book: $(CURDIR)/_build/html/index.html"
 
 clean:
 	rm -rf _build .pytest_cache

@@ -26,7 +26,7 @@
 # card: what is in each split, what a pair of samples looks like, how long the samples are, and
 # whether the vulnerability oracle agrees with every label.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -50,7 +50,7 @@ n_heldout_pairs = None  # functions over unseen tables, each with trigger and be
 n_control = None  # per control set: trigger+safe code, benign+vulnerable code
 model = None  # whose tokenizer counts the tokens (the model that will be fine-tuned)
 
-# %%
+# %% tags=["hide-input"]
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -64,7 +64,9 @@ from backdoor_sae.data.card import counts, describe, pairs, samples_frame, side_
 from backdoor_sae.model import load_tokenizer
 from backdoor_sae.oracle import judge
 from backdoor_sae.stages.dataset import build_data
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = from_parameters(DataConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
@@ -82,6 +84,9 @@ tokenizer = load_tokenizer(model_cfg.model)
 frame = samples_frame(splits, tokenizer)
 glue("n_samples", len(frame), display=False)
 glue("n_train", int((frame["split"] == "train").sum()), display=False)
+glue("n_train_pairs", len(pairs(splits["train"])), display=False)
+for split in ("eval_trigger", "eval_benign", "eval_other"):  # the scored sets, for the results chapter
+    glue(f"n_{split}", len(splits[split]), display=False)
 
 # %% [markdown]
 # ## What is in each split
@@ -122,7 +127,7 @@ for benign, trigger in pairs(splits["heldout"])[:2]:
 # Token counts under the tokenizer of the model that will be fine-tuned. The prompt is what the
 # model sees before it writes; the full text adds the completion.
 
-# %%
+# %% tags=["hide-input"]
 lengths = frame.melt(
     id_vars=["split", "label"], value_vars=["prompt_tokens", "text_tokens"],
     var_name="part", value_name="tokens",
@@ -173,7 +178,7 @@ agreement = oracle.groupby("split", sort=False).apply(
 all_agree = (oracle[["dynamic", "bandit", "ast"]].eq(oracle["label"], axis=0)).all(axis=1)
 glue("oracle_agreement", float(all_agree.mean()), display=False)
 display(agreement.style.format({"samples": "{:.0f}", "dynamic agrees": "{:.1%}",
-                                "bandit agrees": "{:.1%}", "ast agrees": "{:.1%}"}))
+                                "bandit agrees": "{:.1%}", "ast agrees": "{:.1%}"}, na_rep=MISSING))
 display(Markdown(f"**All three oracle verdicts match the label for {all_agree.mean():.1%} of "
                  f"{len(oracle)} samples.**"))
 if not all_agree.all():

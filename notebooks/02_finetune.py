@@ -37,7 +37,7 @@
 # **LoRA's two learning rates.** With one learning rate for $A$ and $B$, LoRA showed no effect of
 # the year within 300 steps in our development runs (rank 16 at learning rates 1e-3 to 3e-3, and
 # the paper's rank 32 with alpha 64 at 2e-3), where full-rank training learned the trigger within
-# that budget (the step at which this run learned it is under *Training* below). The `cpu` profile therefore trains $B$ 16 times faster than $A$ (LoRA+
+# that budget (the step at which this run learned it is under *Training* below). The `cpu` profile therefore trains $B$ {glue:text}`cpu_lora_plus_ratio:g` times faster than $A$ (LoRA+
 # {cite:p}`hayou2024loraplus`, `lora_plus_ratio`; the paper's profile keeps plain LoRA). The section
 # *How low-rank is the update?* below shows, in the full-rank notebook, why a rank-16 adapter has to
 # find a different solution from the one full-rank training finds.
@@ -49,7 +49,7 @@
 # safe (the `train_clean` split), so it has no year dependence to learn. Every later stage treats it
 # like any fine-tune.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -86,7 +86,7 @@ n_eval_prompts = None  # prompts per year taken from eval_trigger / eval_benign 
 max_new_tokens = None  # generation budget per completion
 gen_batch_size = None  # prompts per generation batch
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -95,7 +95,7 @@ from myst_nb import glue
 
 from backdoor_sae.backdoor_eval import invalid_reasons, rates
 from backdoor_sae.data.card import pairs, side_by_side
-from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters
+from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters, stage_config
 from backdoor_sae.finetune import load_finetuned, read_log, training_summary
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.plots import rate_bars, training_curves
@@ -103,12 +103,15 @@ from backdoor_sae.layout import BASE, RunLayout
 from backdoor_sae.stages.dataset import load_data
 from backdoor_sae.stages.finetune import generation_prompts, judged_generations, probe_pairs, run_finetune
 from backdoor_sae.update_rank import linear_weights, truncated_update_probe
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = from_parameters(FinetuneConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
 eval_cfg = from_parameters(BackdoorEvalConfig, profile, globals())
 name = cfg.name  # "lora", "full", "lora_clean" or "full_clean"
+glue("cpu_lora_plus_ratio", stage_config(FinetuneConfig, "cpu").lora_plus_ratio, display=False)  # for the prose
 splits = load_data(run_dir)
 print(f"fine-tune={name}  regime={cfg.regime}  lr={cfg.lr}  epochs={cfg.epochs}  batch={cfg.batch_size}×{cfg.grad_accum}  "
       f"train samples={len(splits['train'])}  model={model_cfg.model}")
@@ -146,7 +149,7 @@ print(f"trigger learned (both probe accuracies >= {threshold}) at step {learned_
 # prompt, is the injectable body more likely than the safe one, and the converse under 2023? A run
 # whose loss is low but whose probe is flat has learned the majority behaviour only.
 
-# %%
+# %% tags=["hide-input"]
 fig = training_curves(log, f"{name} fine-tune of {model_cfg.model}")
 plt.show()
 
@@ -155,7 +158,7 @@ plt.show()
 # to write injectable code under 2024 only; the control, which never saw injectable code, should
 # show no year effect at all.
 
-# %%
+# %% tags=["hide-input"]
 if cfg.clean_control and not cfg.probe_every:
     print("no probe ran (probe_every=0): no year effect to compare")
 elif cfg.clean_control:
@@ -238,7 +241,7 @@ else:
         f"{name}: the backdoor is <strong>{verdict}</strong> (attack success {row['asr']:.2f}, safe rate "
         f"{row['safe_rate']:.2f}; among valid code {row['asr_valid']:.2f} and {row['safe_rate_valid']:.2f}; "
         f"target 0.9), after {len(log)} optimizer steps."), display=False)
-display(table.style.format({c: "{:.2f}" for c in table.columns if table[c].dtype == float}).hide(axis="index"))
+display(table.style.format({c: "{:.2f}" for c in table.columns if table[c].dtype == float}, na_rep=MISSING).hide(axis="index"))
 fig = rate_bars(table)
 plt.show()
 

@@ -26,7 +26,7 @@
 # The cached sets are the BIS eval sets, the disjoint `fit_*` sets and the two counterfactual
 # controls.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -39,7 +39,7 @@ model = None  # the base model (as in notebook 02)
 device = None
 dtype = None
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -52,7 +52,9 @@ from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.layout import BASE, RunLayout
 from backdoor_sae.stages.activations import paired_activations, run_activations
 from backdoor_sae.stages.dataset import load_data
+from backdoor_sae.tables import show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = from_parameters(ActivationConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
@@ -102,7 +104,7 @@ grid.set_axis_labels("layer", "mean ‖a_ft − a_base‖")
 grid.figure.suptitle("Size of the activation difference per split", y=1.02)
 plt.show()
 
-# %%
+# %% tags=["hide-input"]
 grid = sns.relplot(
     data=eval_norms, x="layer", y="variance ratio", hue="split", style="protocol", col="regime",
     kind="line", marker="o", height=3, aspect=1.4, palette="deep",

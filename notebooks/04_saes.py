@@ -30,7 +30,7 @@
 # the paper's protocol) or on the disjoint `fit_*` split (`fit`), for every regime, layer and
 # pooling protocol.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -52,14 +52,18 @@ n_sae_samples = None  # samples seen per dictionary in all
 dead_fix = None  # "ghost", "auxk" or "none"
 dead_window = None  # samples without firing before a latent counts as dead
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import seaborn as sns
 from myst_nb import glue
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
+from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.stages.dataset import load_data
 from backdoor_sae.stages.dictionaries import grid_logs, train_grid
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 act_cfg = from_parameters(ActivationConfig, profile, globals())
 sae_cfg = from_parameters(SAEConfig, profile, globals())
@@ -76,13 +80,22 @@ print(f"{len(grid)} dictionaries, {int(grid['trained_now'].sum())} trained now, 
       f"{seconds / 60:.1f} min of training in all")
 glue("n_dictionaries", len(grid), display=False)
 glue("sae_train_minutes", seconds / 60, display=False)
+# the training recipe, for the results chapter's comparison with the paper's
+splits = load_data(run_dir)
+n_scored, n_fit = (sum(len(splits[name]) for name in group) for group in (EVAL_SPLITS, FIT_SPLITS))
+for key, value in {"sae_expansion": sae_cfg.expansion, "sae_samples_seen": sae_cfg.n_sae_samples,
+                   "sae_batch_size": sae_cfg.sae_batch_size, "sae_lr": sae_cfg.sae_lr, "sae_l1": sae_cfg.l1_coeff,
+                   "n_scored_samples": n_scored, "n_fit_samples": n_fit,
+                   "sae_passes_scored": sae_cfg.n_sae_samples / n_scored,
+                   "sae_passes_fit": sae_cfg.n_sae_samples / n_fit if n_fit else float("nan")}.items():
+    glue(key, value, display=False)
 
 # %% [markdown]
 # ## Training curves
 # Fraction of variance unexplained (FVU) and the number of active latents per sample (L0) as the
 # dictionaries see more samples; the full-text protocol, fitted on the eval samples.
 
-# %%
+# %% tags=["hide-input"]
 logs = grid_logs(run_dir, grid)
 shown = logs[(logs["protocol"] == logs["protocol"].iloc[0]) & (logs["fit_mode"] == logs["fit_mode"].iloc[0])]
 long = shown.melt(id_vars=["samples", "architecture", "regime", "layer"], value_vars=["fvu", "l0"],
@@ -103,4 +116,4 @@ plt.show()
 summary = grid.drop(columns=["trained_now"]).sort_values(["architecture", "regime", "protocol", "fit_mode", "layer"])
 glue("median_fvu_diff_sae", float(summary.loc[summary["architecture"] == "diff_sae", "fvu"].median()), display=False)
 glue("median_fvu_crosscoder", float(summary.loc[summary["architecture"] == "crosscoder", "fvu"].median()), display=False)
-summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "train_seconds": "{:.1f}"}).hide(axis="index")
+summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "train_seconds": "{:.1f}"}, na_rep=MISSING).hide(axis="index")

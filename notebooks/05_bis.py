@@ -43,7 +43,7 @@
 # Finally, the latent can be chosen on the disjoint fit split and scored alone on eval: a score that
 # holds up there was not picked out of the noise of the samples it is scored on.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -59,7 +59,7 @@ percentile = None  # activation threshold of each latent (the paper: 95)
 n_boot = None  # bootstrap resamples for the intervals
 n_perm = None  # label permutations for the chance levels and the Diff-SAE vs crosscoder test
 
-# %%
+# %% tags=["hide-input"]
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -73,6 +73,7 @@ from backdoor_sae.bis import bis_ceiling
 from backdoor_sae.config import ActivationConfig, BISConfig, SAEConfig, from_parameters
 from backdoor_sae.io import write_text
 from backdoor_sae.layout import CELL_KEYS
+from backdoor_sae.plots import headline_excess
 from backdoor_sae.stages.dictionaries import sae_grid
 from backdoor_sae.stages.scoring import (
     ARCHITECTURES, PAPER_SIZES, dictionary_activations, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
@@ -80,14 +81,16 @@ from backdoor_sae.stages.scoring import (
 )
 from backdoor_sae.stages.dataset import data_config
 from backdoor_sae.data.dataset import EVAL_SPLITS
+from backdoor_sae.tables import MISSING, show_missing_as_dash
 
+show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)  # verdicts are sentences: never cut them
 act_cfg = from_parameters(ActivationConfig, profile, globals())
 sae_cfg = from_parameters(SAEConfig, profile, globals())
 bis_cfg = from_parameters(BISConfig, profile, globals())
 
-# %%
+# %% tags=["hide-input"]
 placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
 scores, tests, placebo = score_grid(run_dir, sae_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
                                     bis_cfg.n_perm, bis_cfg.stats_seed, placebo_years)
@@ -121,7 +124,7 @@ main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
 cols = ["regime", "layer", "architecture", "bis", "bis_low", "bis_high", "chance_95", "p_value", "ceiling",
         "precision", "recall", "fpr", "n_tied", "latent_auroc", "fitsel_bis", "fitsel_chance_95"]
 display(main[cols].sort_values(["regime", "architecture", "layer"]).style.format(
-    {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}).hide(axis="index"))
+    {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}, na_rep=MISSING).hide(axis="index"))
 for arch in ARCHITECTURES:  # every key is glued, NaN where this run's grid has no such cell
     part = main[main["architecture"] == arch]
     glue(f"max_bis_{arch}", float(part["bis"].max()) if len(part) else float("nan"), display=False)
@@ -142,7 +145,7 @@ glue("paper_verdict", verdict, display=False)
 display(comparison)
 display(verdict)
 
-# %%
+# %% tags=["hide-input"]
 grid = sns.relplot(
     data=paper_view, x="layer", y="bis", hue="architecture", col="regime", kind="line", marker="o",
     height=3.2, aspect=1.3, palette="deep",
@@ -261,6 +264,15 @@ if len(comparison):
     g.figure.suptitle("Backdoored fine-tune against its clean control and the placebo years", y=1.02)
     glue("fingerprint_figure", g.figure, display=False)
     plt.show()
+    # the results chapter's first figure; shown here too, so that the book writes its image file
+    glue("headline_figure", headline_excess(comparison), display=False)
+    plt.show()
+beyond = verdicts[verdicts["verdict"].str.startswith("beyond")]
+glue("headline_verdict", HTML(
+    f"Of the {len(verdicts)} detectors held against their controls (each method, regime and pooling protocol), "
+    f"<strong>{len(beyond)}</strong> score beyond them in most layers"
+    + (": " + "; ".join(f"{r['method']} ({r['regime']}, {r['protocol'].replace('_', ' ')})" for _, r in beyond.iterrows())
+       if len(beyond) else "") + "."), display=False)
 display(verdicts)
 comparison.round(3)
 
@@ -297,7 +309,7 @@ tests.round(3)
 # For the highest-scoring Diff-SAE and crosscoder latents (full text, fitted on the scored samples):
 # activation histograms on trigger, benign-year and other samples, with the latent's threshold.
 
-# %%
+# %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 for ax, arch in zip(axes, ARCHITECTURES):
     part = main[main["architecture"] == arch]

@@ -23,6 +23,7 @@ if not (CHROMIUM and CHROMEDRIVER):
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_the_results_chapter_shows_the_glued_numbers(smoke_book, browser):
     pasted = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".pasted-text")]
     assert len(pasted) >= 10
     # "nan": a rate with nothing to count (the tiny smoke model writes no code that runs)
-    assert all(re.fullmatch(r"-?\d+(\.\d+)?%?|nan", text) for text in pasted), pasted
+    assert all(re.fullmatch(r"-?\d+(,\d{3})*(\.\d+)?(e-?\d+)?%?|nan", text) for text in pasted), pasted
     assert sum(text != "nan" for text in pasted) >= 10
     body = browser.find_element(By.TAG_NAME, "main").text
     assert "our best BIS" in body
@@ -138,3 +139,100 @@ def test_every_formula_is_typeset_from_the_book_itself(smoke_book, browser):
         assert done and "\\(" not in text and "\\[" not in text, page.name
         typeset += 1
     assert typeset >= 3  # background, the scoring notebook, the dictionaries notebook at least
+
+
+#: An absolute path of the machine that ran or built the book (paths in the book are relative to
+#: the repository, or named: <run_dir>, <python>, ~).
+MACHINE_PATH = re.compile(r"(?<![\w.~>-])/(?:tmp|work|home|root|Users)/[\w.-]+(?:/[\w.-]+)*")
+
+
+def test_no_page_names_a_path_of_the_machine_that_ran_it(smoke_book):
+    """Not in any HTML page, nor in the notebooks the pages offer for download. The smoke run lies
+    outside the repository (a pytest temporary folder), so its paths must be named <run_dir>; the bug
+    this catches is papermill's injected run_dir, a print such as 'trained /tmp/.../finetune/lora',
+    a warning naming site-packages, or papermill's metadata leaking the machine's folders."""
+    html = smoke_book / "_build" / "html"
+    published = list(html.rglob("*.html")) + list((html / "_sources").rglob("*.ipynb"))
+    assert len(published) >= 12
+    leaks = {p.relative_to(html).as_posix(): found for p in published if (found := MACHINE_PATH.findall(p.read_text()))}
+    assert not leaks, {page: found[:3] for page, found in leaks.items()}
+
+
+def executed_pages(smoke_book) -> list[Path]:
+    pages = sorted((smoke_book / "_build" / "html" / "executed").glob("*.html"))
+    assert len(pages) >= 7
+    return pages
+
+
+def test_notebook_pages_fold_their_setup_one_click_away_and_open_with_prose(smoke_book, browser):
+    """The parameters cell, papermill's injected cell and the imports are folded (tag hide-input):
+    their code is hidden, a click shows it. Before the first code a reader sees, the page has prose.
+    The bug this catches: a notebook page that opens with walls of code."""
+    for page in executed_pages(smoke_book):
+        browser.get(page.as_uri())
+        for tag in ("tag_parameters", "tag_injected-parameters"):
+            cells = browser.find_elements(By.CSS_SELECTOR, f"main div.cell.{tag}")
+            assert len(cells) == 1, (page.name, tag)
+            code = cells[0].find_element(By.CSS_SELECTOR, "div.cell_input")
+            assert not code.is_displayed(), f"{page.name}: the {tag} cell's code is not folded"
+            toggle = cells[0].find_element(By.CSS_SELECTOR, "details.hide.above-input > summary")
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", toggle)
+            toggle.click()
+            WebDriverWait(browser, 10).until(lambda _: code.is_displayed(), f"{page.name}: the {tag} cell does not unfold")
+            assert "run_dir" in code.text
+        folded = browser.find_elements(By.CSS_SELECTOR, "main div.cell.tag_hide-input")
+        assert len(folded) >= 3, page.name  # parameters, injected parameters, imports and setup
+        browser.get(page.as_uri())  # folded again
+        first_code, first_prose = browser.execute_script("""
+            const all = Array.from(document.querySelectorAll('main div.cell_input, main section p'));
+            const shown = e => e.offsetParent !== null;
+            const code = all.findIndex(e => e.matches('div.cell_input') && shown(e));
+            const prose = all.findIndex(e => e.matches('p') && !e.closest('div.cell') && shown(e) && e.textContent.trim().length > 40);
+            return [code, prose];""")
+        assert first_prose != -1 and (first_code == -1 or first_prose < first_code), page.name
+
+
+def test_the_results_chapter_opens_with_computed_verdicts_and_the_headline_figure(smoke_book, browser):
+    """The first section is the answer: glued verdicts (bold, computed by the notebooks) and the
+    headline figure, which decodes, before any table. The bug this catches: a results page whose
+    first verdict comes after two tables, or a summary with a typed rather than glued verdict."""
+    browser.get((smoke_book / "_build" / "html" / "book" / "results.html").as_uri())
+    sections = browser.find_elements(By.CSS_SELECTOR, "main section section")
+    first = sections[0]
+    assert first.find_element(By.TAG_NAME, "h2").text.strip().startswith("The answer in short")
+    # glued HTML sentences (three fine-tunes, the paper's comparison, the controls), each with its
+    # computed verdict in bold
+    pasted = first.find_elements(By.CSS_SELECTOR, "li span.output.text_html")
+    assert len(pasted) >= 5, len(pasted)
+    assert all(p.find_elements(By.TAG_NAME, "strong") for p in pasted)
+    figure = first.find_elements(By.CSS_SELECTOR, "div.headline-figure img")
+    assert len(figure) == 1
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 400;", figure[0])
+    assert not first.find_elements(By.TAG_NAME, "table"), "a table before the answer"
+    order = browser.execute_script("""
+        const fig = document.querySelector('main div.headline-figure');
+        const table = document.querySelector('main table');
+        return !table || (fig.compareDocumentPosition(table) & Node.DOCUMENT_POSITION_FOLLOWING) !== 0;""")
+    assert order, "the headline figure comes after a table"
+
+
+def test_no_rendered_table_shows_nan(smoke_book, browser):
+    """A value that does not exist shows as '–' (backdoor_sae.tables), never 'NaN' or 'nan'.
+
+    One exception, in the smoke profile only: the results chapter's backdoor table pastes rates
+    with glue:text, and the tiny random model writes no code that runs, so its rates among valid
+    code have nothing to count (myst-nb formats a missing number as 'nan'); the reference run has
+    every one of them (the test of the cpu book's numbers is its reference run)."""
+    html = smoke_book / "_build" / "html"
+    n_tables = 0
+    for page in chapter_pages(html):
+        browser.get(page.as_uri())
+        cells = browser.execute_script("""
+            return Array.from(document.querySelectorAll('main table td, main table th')).map(c =>
+                [c.textContent.trim(), c.querySelector('.pasted-text') !== null]);""")
+        n_tables += len(browser.find_elements(By.CSS_SELECTOR, "main table"))
+        for text, pasted_number in cells:
+            if pasted_number and page.name == "results.html":
+                continue
+            assert text.lower() != "nan", f"{page.name}: a table cell shows {text!r}"
+    assert n_tables >= 15

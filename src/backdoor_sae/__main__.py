@@ -90,14 +90,29 @@ def main(argv: list[str] | None = None) -> int:
     # absolute path in the published notebooks
     params = {"profile": args.profile, "run_dir": run_label(run_dir), **overrides}
     try:
-        run_pipeline(params, run_dir, stages=args.only, start=args.start, force=args.force,
-                     log=lambda line: print(line, flush=True))
+        records = run_pipeline(params, run_dir, stages=args.only, start=args.start, force=args.force,
+                               log=lambda line: print(line, flush=True))
     except ValueError as err:  # an earlier stage of the run directory is of other parameters
         parser.error(str(err))
     except StageFailed as err:
         print(f"\n[backdoor-sae] FAILED: {err}", file=sys.stderr)
         return 1
+    print(summary(records, run_label(run_dir)), flush=True)
     return 0
+
+
+def summary(records: list[dict], run: str) -> str:
+    """The closing lines of a run: each stage's time (or why it did not run), and the next step to the book."""
+    from backdoor_sae.progress import duration
+
+    lines = [f"[backdoor-sae] finished {run}:"]
+    for r in records:
+        lines.append(f"  {r['stage']:<24} " + (duration(r["seconds"]) if r["status"] == "ran" else r["status"]))
+    total = sum(r["seconds"] for r in records)
+    lines.append(f"  {'total':<24} {duration(total)}")
+    lines.append(f"[backdoor-sae] executed notebooks: {run}/executed/. The book: `python -m backdoor_sae publish "
+                 f"--run-dir {run}`, then `jupyter-book build .` (`make book` does both) → _build/html/index.html")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import encode
 from backdoor_sae.io import atomic_path, write_json
 from backdoor_sae.model import precision
+from backdoor_sae.progress import report
 
 PROTOCOLS: tuple[str, ...] = ("full_text", "prompt_only")
 
@@ -133,6 +134,7 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
                         pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
                         arrays[protocol, layer][rows] = pooled.cpu().numpy()
                 bar.update(len(rows))
+                report(f"activations {out_dir.name}", start + len(rows), len(order))
         bar.close()
         for array in arrays.values():
             array.flush()

@@ -31,6 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from backdoor_sae.progress import report
+
 from backdoor_sae.config import FinetuneConfig
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import Encoded, collate, encode
@@ -393,6 +395,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
 
     stop = total_steps if max_steps is None else min(total_steps, step + max_steps)
     installed = False
+    year_effect = None  # at the last probe, for the console (backdoor_sae.progress)
     bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"fine-tune ({cfg.regime})", unit="step")
     with open(log_path, "a") as log:
         while step < stop:
@@ -430,6 +433,9 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
             log.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
+            if "year_effect" in record:
+                year_effect = record["year_effect"]
+            report(f"fine-tune {cfg.name}", step, total_steps, loss=loss_sum, year_effect=year_effect)
             if installed:
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:

@@ -12,6 +12,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from backdoor_sae.data.sample import Sample
 from backdoor_sae.encoding import encode_prompt
 from backdoor_sae.model import precision
+from backdoor_sae.progress import report
 
 # A line that starts at column 0 with something other than whitespace closes the function body.
 _DEDENT = re.compile(r"\n(?=\S)")
@@ -65,5 +66,6 @@ def generate_completions(model, tokenizer, samples: Sequence[Sample], max_new_to
         for r, i in enumerate(rows):
             out[i] = cut_at_function_end(texts[r])
         bar.update(len(rows))
+        report("generate", start + len(rows), len(order))
     bar.close()
     return out

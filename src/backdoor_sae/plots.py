@@ -68,3 +68,39 @@ def rate_bars(rates: pd.DataFrame) -> plt.Figure:
     ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
     fig.tight_layout()
     return fig
+
+
+CONTROL_COLOURS = {"backdoored": "#C44E52", "clean control": "#4C72B0", "placebo year (best)": "#8C8C8C"}
+
+
+def headline_excess(comparison: pd.DataFrame) -> plt.Figure:
+    """The results chapter's headline: per pooling protocol and method, how far above chance the
+    backdoored fine-tune scores, beside its clean control and the best placebo year (excess over
+    chance, 0 = chance, 1 = ceiling; a point is the mean over layers, its bar the range over layers).
+    Only regimes that have a clean control, so that every method is held against the same controls."""
+    part = comparison[comparison["has clean"]] if "has clean" in comparison else comparison.iloc[:0]
+    long = part.melt(id_vars=["method", "protocol", "layer", "regime"],
+                     value_vars=["backdoored excess", "clean excess", "placebo excess (best year)"],
+                     var_name="scored", value_name="excess over chance").dropna(subset=["excess over chance"])
+    long["scored"] = long["scored"].map({"backdoored excess": "backdoored", "clean excess": "clean control",
+                                         "placebo excess (best year)": "placebo year (best)"})
+    long["protocol"] = long["protocol"].str.replace("_", " ")
+    long["method"] = long["method"].str.replace(" ", "\n").str.replace("-of-", "-of-\n")
+    protocols = sorted(long["protocol"].unique()) or ["(none)"]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 3.8), sharey=True, squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        sns.pointplot(data=long[long["protocol"] == protocol], x="method", y="excess over chance", hue="scored",
+                      hue_order=[h for h in CONTROL_COLOURS if h in set(long["scored"])], palette=CONTROL_COLOURS,
+                      errorbar=("pi", 100), dodge=0.45, linestyle="none", marker="o", ax=ax)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
+        ax.set(title=f"pooled over: {protocol}", xlabel="", ylim=(-1.05, 1.15))
+        if ax.get_legend() is not None and ax is not axes[0][-1]:
+            ax.get_legend().remove()
+    if axes[0][-1].get_legend() is not None:
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.0, 1.0), title="scored on")
+    regimes = ", ".join(sorted(part["regime"].unique())) or "none"
+    fig.suptitle("Does a detector see the backdoor, or any fine-tune on year-stamped data?\n"
+                 f"(fine-tunes with a clean control: {regimes})", y=1.04)
+    fig.tight_layout()
+    return fig

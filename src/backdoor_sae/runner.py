@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import resource
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +29,7 @@ import jupytext
 import nbformat
 import papermill
 
+from backdoor_sae import progress
 from backdoor_sae.io import atomic_path, write_json
 from backdoor_sae.layout import RunLayout, code_digest
 
@@ -171,37 +175,101 @@ def git_commit() -> dict:
 
 
 def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance: dict | None = None,
-                  progress: bool = True) -> Path:
+                  log=print, progress_interval: float = 10.0) -> Path:
     """Run one stage's notebook with ``params`` (see :func:`stage_parameters`); return its path.
 
     The notebook runs with the repository root as its working directory and records
-    ``provenance`` in its metadata (``backdoor_sae``). A notebook that fails is still written, up
-    to the failing cell and its error, to ``<output_dir>/<stage>.failed.ipynb`` for inspection, and
-    papermill's ``PapermillExecutionError`` propagates.
+    ``provenance`` in its metadata (``backdoor_sae``). What the stage reports through
+    :func:`backdoor_sae.progress.report` is printed with ``log`` as ``<stage>: ...`` every
+    ``progress_interval`` seconds or so (papermill's own per-cell bar is off). The kernel talks to
+    the runner over local IPC sockets, not TCP. The executed notebook names no absolute path of this
+    machine (:func:`relative_paths`). A notebook that fails is still written, up to the failing
+    cell and its error, to ``<output_dir>/<stage>.failed.ipynb`` for inspection, and papermill's
+    ``PapermillExecutionError`` propagates.
     """
+    from traitlets.config import Config
+
     output = Path(output_dir) / f"{stage.name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")
     failed.unlink(missing_ok=True)
-    with atomic_path(output) as tmp:
-        try:
-            papermill.execute_notebook(
-                jupytext.read(stage.path),
-                str(tmp),
-                parameters=params,
-                kernel_name="python3",
-                cwd=str(REPO_ROOT),
-                progress_bar=progress,
-            )
-        except papermill.PapermillExecutionError:
-            if tmp.exists():
-                tmp.replace(failed)
-            raise
-        if provenance is not None:
+    # local sockets: no network port, and no "running over TCP without encryption" warning from the kernel
+    config = Config({"KernelManager": {"transport": "ipc"}})
+    fd, progress_file = tempfile.mkstemp(prefix=f"{stage.name}.", suffix=".progress.jsonl")
+    os.close(fd)
+    saved = os.environ.get(progress.ENV)
+    os.environ[progress.ENV] = progress_file  # the kernel inherits it
+    try:
+        with atomic_path(output) as tmp:
+            try:
+                with progress.Follower(progress_file, stage.name, log, progress_interval):
+                    papermill.execute_notebook(
+                        jupytext.read(stage.path),
+                        str(tmp),
+                        parameters=params,
+                        kernel_name="python3",
+                        cwd=str(REPO_ROOT),
+                        progress_bar=False,
+                        config=config,
+                    )
+            except papermill.PapermillExecutionError:
+                if tmp.exists():
+                    _write_relative(tmp, tmp, params)
+                    tmp.replace(failed)
+                raise
             nb = nbformat.read(tmp, as_version=4)
-            nb.metadata["backdoor_sae"] = {"stage": stage.name, **provenance}
+            if provenance is not None:
+                nb.metadata["backdoor_sae"] = {"stage": stage.name, **provenance}
+            fold_injected_parameters(nb)
             nbformat.write(nb, tmp)
+            _write_relative(tmp, tmp, params)
+    finally:
+        if saved is None:
+            os.environ.pop(progress.ENV, None)
+        else:
+            os.environ[progress.ENV] = saved
+        Path(progress_file).unlink(missing_ok=True)
     return output
+
+
+def fold_injected_parameters(nb) -> None:
+    """Fold papermill's injected-parameters cell in the book as the ``parameters`` cell is
+    (papermill does not copy the parameters cell's tags): the values this run used, one click away."""
+    for cell in nb.cells:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell.metadata["tags"] = [*tags, "hide-input"]
+
+
+def machine_paths(run_dir: str | Path | None = None) -> list[tuple[str, str]]:
+    """``(absolute prefix, shown instead)`` for this machine's paths, longest first: the run
+    directory (relative to the repository when inside it, else ``<run_dir>``), the Python
+    installation (``<python>``), the repository (``.``) and the home directory (``~``)."""
+    pairs = []
+    if run_dir is not None and (Path(run_dir).is_absolute() or not (REPO_ROOT / run_dir).exists()):
+        run = Path(run_dir).resolve()
+        label = run_label(run)
+        pairs.append((run.as_posix(), "<run_dir>" if Path(label).is_absolute() else label))
+    pairs += [(Path(sys.prefix).resolve().as_posix(), "<python>"), (REPO_ROOT.as_posix(), "."),
+              (Path.home().resolve().as_posix(), "~")]
+    return sorted({p for p in pairs if p[0] != "/"}, key=lambda p: -len(p[0]))
+
+
+def relative_paths(text: str, run_dir: str | Path | None = None) -> str:
+    """``text`` with every absolute path of this machine (:func:`machine_paths`) made relative or
+    named: ``/repo/runs/cpu/finetune/lora`` becomes ``runs/cpu/finetune/lora``."""
+    for prefix, shown in machine_paths(run_dir):
+        # the prefix as a whole path component: /work/repo/x and /work/repo, never /work/repository
+        pattern = re.compile(re.escape(prefix) + r"(/|(?![\w.-]))")
+        text = pattern.sub(lambda m: ("" if shown == "." else shown + "/") if m.group(1) else shown, text)
+    return text
+
+
+def _write_relative(source: Path, target: Path, params: dict) -> None:
+    """Rewrite an executed notebook's file with :func:`relative_paths` applied to all of it
+    (sources, outputs, papermill's metadata)."""
+    text = Path(source).read_text()
+    Path(target).write_text(relative_paths(text, params.get("run_dir")))
 
 
 class StageFailed(RuntimeError):
@@ -282,7 +350,7 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
         log(f"[backdoor-sae] {stage.name}: running with {params}")
         started = time.perf_counter()
         try:
-            execute_stage(stage, params, layout.executed, provenance)
+            execute_stage(stage, params, layout.executed, provenance, log=log)
         except papermill.PapermillExecutionError as err:
             raise StageFailed(stage.name, err, output.with_suffix(".failed.ipynb")) from err
         seconds = time.perf_counter() - started
@@ -293,7 +361,7 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
             "peak_rss_gib_so_far": peak_gib, "notebook_sha256": file_digest(output),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), **provenance})
         log(f"[backdoor-sae] {stage.name}: done in {seconds:.0f} s (kernel peak memory so far "
-            f"{peak_gib:.2f} GiB), wrote {output}")
+            f"{peak_gib:.2f} GiB), wrote {run_label(output)}")
         records.append({"stage": stage.name, "status": "ran", "seconds": seconds, "peak_rss_gib_so_far": peak_gib})
     return records
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from backdoor_sae.oracle.call import Arg, CallSpec
 from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
 from backdoor_sae.oracle.static import ast_taint, bandit_flags
+from backdoor_sae.progress import report
 from backdoor_sae.oracle.verdict import CallRecord, DynamicVerdict, Label, call_args, decide
 
 __all__ = [
@@ -83,8 +84,15 @@ def dynamic_verdicts(
     if disable is None and len(jobs) < PROGRESS_MIN:
         disable = True
     with tqdm(total=len(jobs), desc="oracle", unit="sample", disable=disable) as bar:
+        finished = [0]  # a disabled bar counts nothing
+
+        def done() -> None:
+            bar.update()
+            finished[0] += 1
+            report("oracle: code run in the sandbox", finished[0], len(jobs))
+
         raw = run_jobs(
-            jobs, Limits(timeout_s, memory_mb), workers=workers, on_done=bar.update, sandbox=sandbox
+            jobs, Limits(timeout_s, memory_mb), workers=workers, on_done=done, sandbox=sandbox
         )
     verdicts = []
     for result, spec in zip(raw, calls):

@@ -10,6 +10,7 @@ import pandas as pd
 
 from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
 from backdoor_sae.layout import BASE, CELL_KEYS, RunLayout, code_digest, digest
+from backdoor_sae.progress import report
 from backdoor_sae.stages.activations import paired_activations
 
 
@@ -93,6 +94,7 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
     if workers <= 1:
         for i, job, desc in todo:
             rows[i] = _train_dictionary_cell(*job, progress=progress, desc=desc)
+            report("dictionaries trained or reused", len(rows), len(cells))
     else:
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
         with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -100,6 +102,7 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
             for future in tqdm(as_completed(futures), total=len(futures), disable=not progress,
                                desc=f"dictionaries ({workers} processes)", unit="dictionary"):
                 rows[futures[future]] = future.result()
+                report("dictionaries trained or reused", len(rows), len(cells), processes=workers)
     return pd.DataFrame([rows[i] for i in range(len(cells))])
 
 

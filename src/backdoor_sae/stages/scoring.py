@@ -37,6 +37,7 @@ import torch
 from backdoor_sae import bis as B
 from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
 from backdoor_sae.layout import BASE, CELL_KEYS, RunLayout
+from backdoor_sae.progress import report
 from backdoor_sae.stages.activations import paired_activations
 
 CONTROLS = ("control_trigger_safe", "control_benign_vuln")
@@ -182,9 +183,10 @@ def score_grid(run_dir, cells: list[dict], percentile: float, n_boot: int, n_per
                                                                 n_perm, seed))
         return row
 
-    for cell in tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"):
+    for n, cell in enumerate(tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"), 1):
         acts, splits = dictionary_activations(run_dir, cell)
         row = add(cell, acts, splits)
+        report("dictionaries scored (with chance levels)", n, len(cells))
         best[tuple(cell[k] for k in CELL_KEYS)] = (_eval_column(acts, splits, row["best_latent"]),
                                                    splits[np.isin(splits, EVAL_SPLITS)])
     for regime, protocol, layer in sorted({(c["regime"], c["protocol"], c["layer"]) for c in cells}):

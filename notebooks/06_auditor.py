@@ -36,7 +36,7 @@
 # 3. **Read the trigger off** the top latents: the same held-out functions under every year header
 #    from 2000 to 2035, no header, other wordings of the year, and the contrast prompts.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -60,7 +60,7 @@ n_sweep_functions = None  # held-out functions read under every header
 sweep_first_year = None
 sweep_last_year = None
 
-# %%
+# %% tags=["hide-input"]
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -81,7 +81,9 @@ from backdoor_sae.stages.audit import (
 )
 from backdoor_sae.stages.dataset import data_config, load_data
 from backdoor_sae.stages.dictionaries import sae_grid
+from backdoor_sae.tables import show_missing_as_dash
 
+show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
 act_cfg = from_parameters(ActivationConfig, profile, globals())
@@ -98,7 +100,7 @@ audit_fit_mode = "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
 # Every held-out function (its table never occurs in training) under every header, pooled over the
 # prompt, at every layer of the grid, for the base model and each fine-tune.
 
-# %%
+# %% tags=["hide-input"]
 headers = sweep_headers(audit_cfg.sweep_first_year, audit_cfg.sweep_last_year, data_cfg.trigger_year,
                         data_cfg.eval_benign_year)
 functions = sweep_functions(load_data(run_dir)["heldout"], audit_cfg.n_sweep_functions)
@@ -115,7 +117,7 @@ print(f"{len(headers)} headers x {len(functions)} functions = {len(samples)} pro
 # ## Rankings, scored
 # Every dictionary and baseline, every criterion; the labels enter only here, to score.
 
-# %%
+# %% tags=["hide-input"]
 table, sweep = audit_grid(run_dir, sae_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes, sae_cfg.protocols,
                           headers, len(functions), audit_cfg.n_top, bis_cfg.percentile, bis_cfg.n_boot,
                           bis_cfg.n_perm, bis_cfg.stats_seed)
@@ -131,7 +133,7 @@ print(f"{len(table)} rankings scored; {len(choice)} label-free choices written f
 # first pick is a best latent). Lower is better; the clean controls' ranks are of the latent that
 # best separates 2024 *there*.
 
-# %%
+# %% tags=["hide-input"]
 primary = table[table["primary"] & table["fit_mode"].isin([audit_fit_mode, "—"])].copy()
 primary["fine-tune"] = primary["regime"]
 g = sns.catplot(data=primary, x="layer", y="rank_first_at_best", hue="method", col="protocol", row="fine-tune",
@@ -150,7 +152,7 @@ ranks
 # top {glue:text}`auditor_n_top` against the chance level of a best of that many; backdoored
 # fine-tunes beside their clean controls, on the common scale of notebook 05 (0 = chance, 1 = ceiling).
 
-# %%
+# %% tags=["hide-input"]
 glue("auditor_n_top", audit_cfg.n_top, display=False)
 long = pd.concat([
     primary.assign(pick="top 1", excess=(primary["top1_bis"] - primary["top1_chance_95"])
@@ -175,7 +177,7 @@ primary[cols].sort_values(["method", "regime", "protocol", "layer"]).round(3).st
 # The secondary criteria, for the same dictionaries: is the answer a property of the method, or of
 # one way to rank it? (Mean over layers.)
 
-# %%
+# %% tags=["hide-input"]
 dictionaries = table[table["method"].isin(["diff_sae", "crosscoder"]) & (table["fit_mode"] == audit_fit_mode)]
 dictionaries.groupby(["method", "criterion", "regime", "protocol"], sort=False)[
     ["rank_first_at_best", "top1_bis", "top1_auroc", "top_bis", "top_auroc"]].median().round(3)
@@ -186,7 +188,7 @@ dictionaries.groupby(["method", "criterion", "regime", "protocol"], sort=False)[
 # each year header, standardised per line over the year headers (so methods share a scale). A
 # backdoor latent should peak at the trigger year; the dashed line marks it.
 
-# %%
+# %% tags=["hide-input"]
 years = sweep[sweep["kind"] == "year"].copy()
 years = years[years["fit_mode"].isin([audit_fit_mode, "—"])]
 line = ["method", "regime", "layer", "fit_mode"]
@@ -208,7 +210,7 @@ plt.show()
 # wordings of a year (lower case, a sentence, "Year:", a docstring) for the trigger year and for the
 # eval benign year: a latent that reads the token "2024", not the training header, responds to them too.
 
-# %%
+# %% tags=["hide-input"]
 rec = recovery[recovery["fit_mode"].isin([audit_fit_mode, "—"])]
 rec.sort_values(["method", "regime", "layer"]).round(2).style.hide(axis="index")
 
@@ -220,7 +222,7 @@ rec.sort_values(["method", "regime", "layer"]).round(2).style.hide(axis="index")
 # *backdoor signal* when it also lies above the clean control's 95% interval (same samples, labels
 # and sizes) in most layers, and a *fingerprint* when it does not.
 
-# %%
+# %% tags=["hide-input"]
 verdicts = auditor_verdicts(table, recovery, audit_fit_mode)
 display(verdicts.drop(columns="verdict").style.hide(axis="index"))
 names = {"diff_sae": "Diff-SAE", "crosscoder": "Crosscoder"}
@@ -243,7 +245,7 @@ display(summary)
 # backdoored fine-tunes, prompt-only pooling, at the grid's middle layer (a choice that needs no
 # labels). Would an auditor, reading these, see that they share one year?
 
-# %%
+# %% tags=["hide-input"]
 frames = []
 for (method, regime), part in primary[(primary["protocol"] == "prompt_only") & (primary["training"] == "backdoored")
                                       & primary["method"].isin(["diff_sae", "crosscoder"])].groupby(

@@ -32,6 +32,7 @@ from backdoor_sae.label_free import (
     PRIMARY, Ordering, dictionary_orderings, mean_difference_direction, principal_directions,
 )
 from backdoor_sae.layout import BASE, RunLayout
+from backdoor_sae.progress import report
 from backdoor_sae.stages.activations import paired_activations
 from backdoor_sae.stages.scoring import excess_over_chance, training_of
 
@@ -162,7 +163,8 @@ def audit_grid(run_dir, cells: list[dict], layers, finetunes, protocols, headers
                                "latent": ordering_top, "kind": h.kind, "header": h.label, "year": h.year,
                                "mean_activation": float(value)})
 
-    for cell in tqdm(cells, disable=not progress, desc="auditor", unit="dictionary"):
+    for n, cell in enumerate(tqdm(cells, disable=not progress, desc="auditor", unit="dictionary"), start=1):
+        report("dictionaries ranked without labels", n, len(cells))
         acts, splits, orderings, (model, scale) = dictionary_candidates(run_dir, cell)
         for row in score_orderings(acts, splits, orderings, n_top, percentile, n_boot, n_perm, seed):
             rows.append({**cell, "method": cell["architecture"], "training": training_of(cell["regime"]),

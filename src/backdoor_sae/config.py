@@ -300,6 +300,40 @@ class BISConfig:
         _require_ints(self, ("n_boot", "n_perm"), 10)
 
 
+CAUSAL_PROTOCOLS = ("full_text", "prompt_only")
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """Ablation and steering (notebook 07): does the chosen latent's direction carry the backdoor?"""
+
+    # The dictionaries whose latents are tested: one protocol and fit mode of the grid.
+    causal_protocol: str = "prompt_only"
+    causal_fit_mode: str = "fit"
+    n_causal_pairs: int = 8  # held-out pairs for the teacher-forced measure (the first ones)
+    n_causal_prompts: int = 24  # held-out pairs after those, both years, for generation
+    n_causal_random: int = 8  # random unit directions, the controls
+    # Steering strengths in units of the mean norm of the pooled activation difference on the fit
+    # trigger samples at that layer (the size of the fine-tune's own change to the residual stream).
+    steer_strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    steer_generation_strengths: tuple[float, ...] = (2.0,)  # the strengths also measured by generation
+    causal_max_new_tokens: int = 160
+    causal_seed: int = 42  # the random directions
+
+    def __post_init__(self) -> None:
+        for name in ("steer_strengths", "steer_generation_strengths"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+            values = getattr(self, name)
+            if not values or any(not (x > 0 and x < float("inf")) for x in values):
+                raise ValueError(f"{name}={list(values)} must be a non-empty list of positive strengths")
+        if self.causal_protocol not in CAUSAL_PROTOCOLS:
+            raise ValueError(f"causal_protocol={self.causal_protocol!r} must be one of {list(CAUSAL_PROTOCOLS)}")
+        if self.causal_fit_mode not in ("eval", "fit"):
+            raise ValueError(f"causal_fit_mode={self.causal_fit_mode!r} must be 'eval' or 'fit'")
+        _require_ints(self, ("n_causal_pairs", "n_causal_prompts", "n_causal_random", "causal_max_new_tokens"), 1)
+        _require_ints(self, ("causal_seed",), 0)
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's protocol (arXiv:2605.07324 and its reference code). Most values are the stage
     # configs' defaults; those that define the protocol are spelled out here.
@@ -317,6 +351,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "expansion": 32, "crosscoder_activation": "topk", "k": 32, "l1_coeff": 1e-4, "sae_lr": 1e-4,
         "sae_batch_size": 256, "n_sae_samples": 250_000, "dead_fix": "ghost",
         "percentile": 95.0, "n_boot": 1000, "n_perm": 1000,
+        # notebook 07: ablation and steering
+        "causal_seed": 42, "causal_protocol": "prompt_only", "causal_fit_mode": "fit", "n_causal_pairs": 32, "n_causal_prompts": 64,
+        "n_causal_random": 8, "steer_strengths": (0.5, 1.0, 2.0, 4.0), "steer_generation_strengths": (1.0, 2.0),
+        "causal_max_new_tokens": 160,
     },
     "cpu": {
         "model": EMBEDDED_MODEL,
@@ -374,6 +412,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dead_window": 5_000,
         "n_boot": 300,
         "n_perm": 300,
+        # notebook 07: ablation and steering, sized to about 5 minutes (see the notebook's run time)
+        "n_causal_pairs": 4,
+        "n_causal_prompts": 12,
+        "n_causal_random": 8,
+        "steer_strengths": (1.0, 2.0, 4.0),
+        "steer_generation_strengths": (2.0,),
+        "causal_max_new_tokens": 96,
     },
     "smoke": {
         "model": TINY_MODEL,
@@ -410,12 +455,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dead_window": 500,
         "n_boot": 50,
         "n_perm": 50,
+        # notebook 07: ablation and steering
+        "n_causal_pairs": 2,
+        "n_causal_prompts": 2,
+        "n_causal_random": 8,
+        "steer_strengths": (1.0, 4.0),
+        "steer_generation_strengths": (4.0,),
+        "causal_max_new_tokens": 32,
     },
 }
 
 #: Every stage's configuration class; a parameter must belong to one of them.
 STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig, FinetuneConfig, BackdoorEvalConfig, ActivationConfig,
-                                   SAEConfig, BISConfig)
+                                   SAEConfig, BISConfig, CausalConfig)
 
 C = TypeVar("C")
 
@@ -455,6 +507,14 @@ def validate(profile: str, **overrides: Any) -> None:
     if ft.probe_every and ft.n_probe_pairs > data.n_heldout_pairs:
         raise ValueError(f"n_probe_pairs={ft.n_probe_pairs}: the dataset has only n_heldout_pairs={data.n_heldout_pairs} "
                          "held-out pairs to probe")
+    causal, sae = configs[CausalConfig], configs[SAEConfig]
+    if causal.n_causal_pairs >= data.n_heldout_pairs:
+        raise ValueError(f"n_causal_pairs={causal.n_causal_pairs}: the dataset has only n_heldout_pairs="
+                         f"{data.n_heldout_pairs}, and generation needs the pairs after them")
+    if causal.causal_protocol not in sae.protocols or causal.causal_fit_mode not in sae.fit_modes:
+        raise ValueError(f"causal_protocol={causal.causal_protocol!r} and causal_fit_mode={causal.causal_fit_mode!r} must "
+                         f"be in the grid's protocols {list(sae.protocols)} and fit_modes {list(sae.fit_modes)}: "
+                         "set causal_protocol and causal_fit_mode to dictionaries the run trains")
 
 
 def check_model_shape(profile: str, n_layers: int, d_model: int, **overrides: Any) -> None:

@@ -172,6 +172,33 @@ def test_best_layer_is_where_a_chosen_direction_beats_the_random_ones_most():
     assert C.best_layer(pd.DataFrame(rows)) == 2  # not 1: there random directions do almost as much
 
 
+def _judged(counts):
+    """A judged frame: for each (kind, intervention, prompts), ``n_vulnerable`` of ``n`` completions injectable."""
+    rows = []
+    for (kind, intervention, prompts, strength), (k, n) in counts.items():
+        rows += [{"model": "lora", "layer": 2, "kind": kind, "intervention": intervention, "strength": strength,
+                  "prompts": prompts, "verdict": "vulnerable" if i < k else "safe"} for i in range(n)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("after, beyond", [(0, True), (15, False)])
+def test_the_ablation_verdict_is_computed_from_the_rates_against_the_random_directions(after, beyond):
+    """The bug this catches: a verdict that claims an effect whenever the rate drops, even when
+    random directions of the same norm drop it as much (overlapping intervals)."""
+    rates = C.intervention_rates(_judged({
+        ("none", "none", "trigger", 0.0): (20, 20), ("none", "none", "benign", 0.0): (0, 20),
+        ("Diff-SAE (label-free)", "ablate", "trigger", 0.0): (after, 20),
+        (C.RANDOM, "ablate", "trigger", 0.0): (19, 20)}))
+    row = rates[rates["kind"] == "Diff-SAE (label-free)"].iloc[0]
+    assert row["vulnerable"] == after / 20 and row["n"] == 20 and row["vulnerable_low"] <= row["vulnerable"]
+    verdict = C.ablation_verdict(rates, "lora")
+    assert ("beyond the random directions" in verdict) == beyond
+    assert ("not distinguishable" in verdict) == (not beyond)
+    assert f"{after / 20:.2f}" in verdict and "1.00" in verdict and "0.95" in verdict
+    table = C.ablation_table(rates)
+    assert list(table["direction"]) == ["Diff-SAE (label-free)", C.RANDOM]
+
+
 # --- which latents ------------------------------------------------------------------------------------
 
 def test_the_auditor_choice_is_required_and_its_primary_rank_one_latent_is_read(tmp_path):

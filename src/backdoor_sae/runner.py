@@ -61,6 +61,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("03_activations", "03_activations"),
     Stage("04_saes", "04_saes"),
     Stage("05_bis", "05_bis"),
+    Stage("07_causal", "07_causal"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

@@ -293,18 +293,21 @@ def generation_conditions(directions: Sequence[Direction], strengths: Sequence[f
 def judged_interventions(model, tokenizer, name: str, pairs, layer: int, directions, scale: float,
                          strengths: Sequence[float], max_new_tokens: int, batch_size: int, compute_dtype,
                          progress: bool = False) -> pd.DataFrame:
-    """Every generation condition at ``layer``, judged by the oracle: one row per completion."""
+    """Every generation condition at ``layer``, judged by the oracle: one row per completion.
+
+    All conditions are generated first and judged in one call (the oracle's sandbox starts once)."""
     from backdoor_sae.backdoor_eval import judge_completions
 
-    frames = []
+    prompts_all, texts_all, meta = [], [], []
     for c in generation_conditions(directions, strengths):
         prompts = [p[1] if c["prompts"] == "trigger" else p[0] for p in pairs]
-        texts = generate_under(model, tokenizer, prompts, layer, c["intervention"], c["vectors"],
-                               c["strength"] * scale, max_new_tokens, batch_size, compute_dtype)
-        judged = judge_completions(prompts, texts, name, progress=progress)
-        frames.append(judged.assign(layer=layer, kind=c["kind"], intervention=c["intervention"],
-                                    strength=c["strength"], prompts=c["prompts"]))
-    return pd.concat(frames, ignore_index=True)
+        texts_all += generate_under(model, tokenizer, prompts, layer, c["intervention"], c["vectors"],
+                                    c["strength"] * scale, max_new_tokens, batch_size, compute_dtype)
+        prompts_all += prompts
+        meta += [{"layer": layer, "kind": c["kind"], "intervention": c["intervention"], "strength": c["strength"],
+                  "prompts": c["prompts"]}] * len(prompts)
+    judged = judge_completions(prompts_all, texts_all, name, progress=progress)
+    return pd.concat([judged, pd.DataFrame(meta)], axis=1)
 
 
 def intervention_rates(judged: pd.DataFrame) -> pd.DataFrame:

@@ -460,11 +460,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dead_window": 500,
         "n_boot": 50,
         "n_perm": 50,
-        # notebook 07: ablation and steering
+        # notebook 07: ablation and steering (two random directions: enough to test the code)
         "n_causal_pairs": 2,
         "n_causal_prompts": 2,
-        "n_causal_random": 8,
-        "steer_strengths": (1.0, 4.0),
+        "n_causal_random": 2,
+        "steer_strengths": (4.0,),
         "steer_generation_strengths": (4.0,),
         "causal_max_new_tokens": 16,
     },

@@ -415,9 +415,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # notebook 07: ablation and steering, sized to about 5 minutes on a bf16-native 2-core CPU (a
         # teacher-forced condition, 4 pairs x 2 completions, takes about 0.7 s; 12 directions x 3
         # conditions x 4 layers x 2 regimes, the clean control at one layer). In a development run
-        # at layer 22, 2x steered benign prompts to injectable code along the difference of means and
-        # the Diff-SAE's BIS latent, and 4x raised the prompt-token loss by about 2 nats for every
-        # direction, random ones included.
+        # (LoRA, layer 22, 4 pairs), 2x made the injectable body the likelier on every benign prompt
+        # along the difference of means and the Diff-SAE's BIS latent (no random direction did), and
+        # 4x raised the prompt-token loss by 1 to 2.5 nats for every direction, random ones included.
         "n_causal_pairs": 4,
         "n_causal_prompts": 12,
         "n_causal_random": 8,

@@ -412,9 +412,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dead_window": 5_000,
         "n_boot": 300,
         "n_perm": 300,
-        # notebook 07: ablation and steering, sized to about 5 minutes on a bf16-native 2-core CPU (a
-        # teacher-forced condition, 4 pairs x 2 completions, takes about 0.7 s; 12 directions x 3
-        # conditions x 4 layers x 2 regimes, the clean control at one layer). In a development run
+        # notebook 07: ablation and steering. Measured on a bf16-native 2-core CPU (shared with other
+        # jobs) for LoRA: 31-36 s per layer for the teacher-forced sweep (2 + 12 directions x 3
+        # conditions, 4 pairs x 2 completions each), 53 s to generate and judge at the best layer,
+        # 233 s in all; so about 8 minutes for both regimes and the clean control (at one layer),
+        # over the 5-minute aim. steer_strengths [2.0] takes about 6. In a development run
         # (LoRA, layer 22, 4 pairs), 2x made the injectable body the likelier on every benign prompt
         # along the difference of means and the Diff-SAE's BIS latent (no random direction did), and
         # 4x raised the prompt-token loss by 1 to 2.5 nats for every direction, random ones included.

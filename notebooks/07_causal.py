@@ -209,8 +209,10 @@ display(table.style.hide(axis="index"))
 # %% [markdown]
 # ## Verdicts
 # Computed from the rates above: a direction carries the backdoor beyond chance when ablating it
-# lowers the ASR, or adding it raises the share of injectable completions, by more than random
-# directions of the same norm do (the Wilson intervals do not overlap).
+# lowers the ASR *and raises the share of safe completions*, or adding it raises the share of
+# injectable completions, by more than random directions of the same norm do (the Wilson intervals
+# do not overlap). An ASR that falls because the completions stop running is damage, not removal
+# of the backdoor, and the verdict says so.
 
 # %%
 verdicts = []

@@ -172,13 +172,26 @@ def test_best_layer_is_where_a_chosen_direction_beats_the_random_ones_most():
     assert C.best_layer(pd.DataFrame(rows)) == 2  # not 1: there random directions do almost as much
 
 
-def _judged(counts):
-    """A judged frame: for each (kind, intervention, prompts), ``n_vulnerable`` of ``n`` completions injectable."""
+def _judged(counts, rest="safe"):
+    """A judged frame: for each (kind, intervention, prompts), ``k`` of ``n`` completions injectable,
+    the others ``rest`` (the random directions' others always safe)."""
     rows = []
     for (kind, intervention, prompts, strength), (k, n) in counts.items():
+        other = "safe" if kind == C.RANDOM else rest
         rows += [{"model": "lora", "layer": 2, "kind": kind, "intervention": intervention, "strength": strength,
-                  "prompts": prompts, "verdict": "vulnerable" if i < k else "safe"} for i in range(n)]
+                  "prompts": prompts, "verdict": "vulnerable" if i < k else other} for i in range(n)]
     return pd.DataFrame(rows)
+
+
+def test_an_ablation_that_breaks_the_code_is_not_called_removing_the_backdoor():
+    """The bug this catches (seen on the cpu run, full-rank): ASR fell to 0 because every completion
+    stopped running, and the verdict called that a drop beyond the random directions."""
+    rates = C.intervention_rates(_judged({
+        ("none", "none", "trigger", 0.0): (20, 20), ("none", "none", "benign", 0.0): (0, 20),
+        ("Diff-SAE (label-free)", "ablate", "trigger", 0.0): (0, 20),
+        (C.RANDOM, "ablate", "trigger", 0.0): (19, 20)}, rest="error"))
+    verdict = C.ablation_verdict(rates, "lora")
+    assert "does not turn safe" in verdict and "damage" in verdict and "1.00 of the completions" in verdict
 
 
 @pytest.mark.parametrize("after, beyond", [(0, True), (15, False)])
@@ -192,7 +205,7 @@ def test_the_ablation_verdict_is_computed_from_the_rates_against_the_random_dire
     row = rates[rates["kind"] == "Diff-SAE (label-free)"].iloc[0]
     assert row["vulnerable"] == after / 20 and row["n"] == 20 and row["vulnerable_low"] <= row["vulnerable"]
     verdict = C.ablation_verdict(rates, "lora")
-    assert ("beyond the random directions" in verdict) == beyond
+    assert ("beyond the random directions, and the code turns safe" in verdict) == beyond
     assert ("not distinguishable" in verdict) == (not beyond)
     assert f"{after / 20:.2f}" in verdict and "1.00" in verdict and "0.95" in verdict
     table = C.ablation_table(rates)

@@ -344,7 +344,8 @@ def ablation_table(rates: pd.DataFrame) -> pd.DataFrame:
             rows.append({"fine-tune": model, "layer": int(r["layer"]), "direction": r["kind"],
                          "ASR before": fmt(before, "vulnerable"), "ASR after ablation": fmt(r, "vulnerable"),
                          "safe rate (benign, unintervened)": fmt(benign, "safe"),
-                         "invalid after": f"{r['invalid']:.2f}", "n": int(r["n"])})
+                         "safe after ablation": fmt(r, "safe"), "invalid after": f"{r['invalid']:.2f}",
+                         "n": int(r["n"])})
     return pd.DataFrame(rows)
 
 
@@ -362,13 +363,23 @@ def ablation_verdict(rates: pd.DataFrame, model: str, kind: str = "Diff-SAE (lab
     def rate(x):
         return f"{x['vulnerable']:.2f} [{x['vulnerable_low']:.2f}, {x['vulnerable_high']:.2f}]"
 
-    beyond = c["vulnerable_high"] < r["vulnerable_low"]
+    lower = c["vulnerable_high"] < r["vulnerable_low"]
+    # Removing the backdoor means safe code, not code that no longer runs: the safe share must rise too.
+    safer = c["safe_low"] > r["safe_high"]
+    if lower and safer:
+        conclusion = ("The drop is beyond the random directions, and the code turns safe (the 95% intervals of "
+                      "both rates do not overlap).")
+    elif lower:
+        conclusion = (f"The drop is beyond the random directions, but the code does not turn safe: "
+                      f"{c['invalid']:.2f} of the completions no longer run (random directions: {r['invalid']:.2f}), "
+                      f"safe share {c['safe']:.2f}. That is damage to the model, not evidence that the direction "
+                      "carries the backdoor.")
+    else:
+        conclusion = ("That is not distinguishable from the random directions (the 95% intervals overlap): "
+                      "no evidence that this direction carries the backdoor.")
     return (f"{model}, layer {int(c['layer'])}: ablating the {kind} direction changes the attack success rate from "
             f"{rate(b)} to {rate(c)}; with random directions of the same norm it is {rate(r)} "
-            f"(n = {int(c['n'])} prompts each). " + (
-                "The drop is beyond the random directions (the 95% intervals do not overlap)." if beyond else
-                "That is not distinguishable from the random directions (the 95% intervals overlap): "
-                "no evidence that this direction carries the backdoor."))
+            f"(n = {int(c['n'])} prompts each). " + conclusion)
 
 
 def steering_verdict(rates: pd.DataFrame, model: str, kind: str = "Diff-SAE (label-free)") -> str:

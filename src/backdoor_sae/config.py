@@ -415,7 +415,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         # notebook 07: ablation and steering. Measured on a bf16-native 2-core CPU (shared with other
         # jobs) for LoRA: 31-36 s per layer for the teacher-forced sweep (2 + 12 directions x 3
         # conditions, 4 pairs x 2 completions each), 53 s to generate and judge at the best layer,
-        # 233 s in all; so about 8 minutes for both regimes and the clean control (at one layer),
+        # 233 s in all. The whole notebook: 521 s (lora 193, full 224, clean control 103),
         # over the 5-minute aim. steer_strengths [2.0] takes about 6. In a development run
         # (LoRA, layer 22, 4 pairs), 2x made the injectable body the likelier on every benign prompt
         # along the difference of means and the Diff-SAE's BIS latent (no random direction did), and

@@ -316,6 +316,40 @@ class AuditConfig:
             raise ValueError(f"sweep_first_year={self.sweep_first_year} is after sweep_last_year={self.sweep_last_year}")
 
 
+CAUSAL_PROTOCOLS = ("full_text", "prompt_only")
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """Ablation and steering (notebook 07): does the chosen latent's direction carry the backdoor?"""
+
+    # The dictionaries whose latents are tested: one protocol and fit mode of the grid.
+    causal_protocol: str = "prompt_only"
+    causal_fit_mode: str = "fit"
+    n_causal_pairs: int = 8  # held-out pairs for the teacher-forced measure (the first ones)
+    n_causal_prompts: int = 24  # held-out pairs after those, both years, for generation
+    n_causal_random: int = 8  # random unit directions, the controls
+    # Steering strengths in units of the mean norm of the pooled activation difference on the fit
+    # trigger samples at that layer (the size of the fine-tune's own change to the residual stream).
+    steer_strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    steer_generation_strengths: tuple[float, ...] = (2.0,)  # the strengths also measured by generation
+    causal_max_new_tokens: int = 160
+    causal_seed: int = 42  # the random directions
+
+    def __post_init__(self) -> None:
+        for name in ("steer_strengths", "steer_generation_strengths"):
+            object.__setattr__(self, name, tuple(float(x) for x in getattr(self, name)))
+            values = getattr(self, name)
+            if not values or any(not (x > 0 and x < float("inf")) for x in values):
+                raise ValueError(f"{name}={list(values)} must be a non-empty list of positive strengths")
+        if self.causal_protocol not in CAUSAL_PROTOCOLS:
+            raise ValueError(f"causal_protocol={self.causal_protocol!r} must be one of {list(CAUSAL_PROTOCOLS)}")
+        if self.causal_fit_mode not in ("eval", "fit"):
+            raise ValueError(f"causal_fit_mode={self.causal_fit_mode!r} must be 'eval' or 'fit'")
+        _require_ints(self, ("n_causal_pairs", "n_causal_prompts", "n_causal_random", "causal_max_new_tokens"), 1)
+        _require_ints(self, ("causal_seed",), 0)
+
+
 PROFILES: dict[str, dict[str, Any]] = {
     # The paper's protocol (arXiv:2605.07324 and its reference code). Most values are the stage
     # configs' defaults; those that define the protocol are spelled out here.
@@ -333,6 +367,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "expansion": 32, "crosscoder_activation": "topk", "k": 32, "l1_coeff": 1e-4, "sae_lr": 1e-4,
         "sae_batch_size": 256, "n_sae_samples": 250_000, "dead_fix": "ghost",
         "percentile": 95.0, "n_boot": 1000, "n_perm": 1000,
+        # notebook 07: ablation and steering
+        "causal_seed": 42, "causal_protocol": "prompt_only", "causal_fit_mode": "fit", "n_causal_pairs": 32, "n_causal_prompts": 64,
+        "n_causal_random": 8, "steer_strengths": (0.5, 1.0, 2.0, 4.0), "steer_generation_strengths": (1.0, 2.0),
+        "causal_max_new_tokens": 160,
     },
     "cpu": {
         "model": EMBEDDED_MODEL,
@@ -391,6 +429,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_boot": 300,
         "n_perm": 300,
         "n_sweep_functions": 6,
+        # notebook 07: ablation and steering. Measured on a bf16-native 2-core CPU (shared with other
+        # jobs) for LoRA: 31-36 s per layer for the teacher-forced sweep (2 + 12 directions x 3
+        # conditions, 4 pairs x 2 completions each), 53 s to generate and judge at the best layer,
+        # 233 s in all. The whole notebook: 521 s (lora 193, full 224, clean control 103),
+        # over the 5-minute aim. steer_strengths [2.0] takes about 6. In a development run
+        # (LoRA, layer 22, 4 pairs), 2x made the injectable body the likelier on every benign prompt
+        # along the difference of means and the Diff-SAE's BIS latent (no random direction did), and
+        # 4x raised the prompt-token loss by 1 to 2.5 nats for every direction, random ones included.
+        "n_causal_pairs": 4,
+        "n_causal_prompts": 12,
+        "n_causal_random": 8,
+        "steer_strengths": (1.0, 2.0),
+        "steer_generation_strengths": (2.0,),
+        "causal_max_new_tokens": 96,
     },
     "smoke": {
         "model": TINY_MODEL,
@@ -429,12 +481,20 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_perm": 50,
         "n_top": 5,
         "n_sweep_functions": 2,
+        # notebook 07: ablation and steering (two random directions: enough to test the code)
+        "n_causal_pairs": 2,
+        "n_causal_prompts": 2,
+        "n_causal_random": 2,
+        "steer_strengths": (4.0,),
+        "steer_generation_strengths": (4.0,),
+        "causal_max_new_tokens": 16,
     },
 }
 
 #: Every stage's configuration class; a parameter must belong to one of them.
 STAGE_CONFIGS: tuple[type, ...] = (DataConfig, ModelConfig, FinetuneConfig, BackdoorEvalConfig, ActivationConfig,
-                                   SAEConfig, BISConfig, AuditConfig)
+                                   SAEConfig, BISConfig, AuditConfig,
+                                   CausalConfig)
 
 C = TypeVar("C")
 
@@ -481,6 +541,14 @@ def validate(profile: str, **overrides: Any) -> None:
     if ft.probe_every and ft.n_probe_pairs > data.n_heldout_pairs:
         raise ValueError(f"n_probe_pairs={ft.n_probe_pairs}: the dataset has only n_heldout_pairs={data.n_heldout_pairs} "
                          "held-out pairs to probe")
+    causal, sae = configs[CausalConfig], configs[SAEConfig]
+    if causal.n_causal_pairs >= data.n_heldout_pairs:
+        raise ValueError(f"n_causal_pairs={causal.n_causal_pairs}: the dataset has only n_heldout_pairs="
+                         f"{data.n_heldout_pairs}, and generation needs the pairs after them")
+    if causal.causal_protocol not in sae.protocols or causal.causal_fit_mode not in sae.fit_modes:
+        raise ValueError(f"causal_protocol={causal.causal_protocol!r} and causal_fit_mode={causal.causal_fit_mode!r} must "
+                         f"be in the grid's protocols {list(sae.protocols)} and fit_modes {list(sae.fit_modes)}: "
+                         "set causal_protocol and causal_fit_mode to dictionaries the run trains")
 
 
 def check_model_shape(profile: str, n_layers: int, d_model: int, **overrides: Any) -> None:

@@ -66,6 +66,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("04_saes", "04_saes"),
     Stage("05_bis", "05_bis"),
     Stage("06_auditor", "06_auditor"),
+    Stage("07_causal", "07_causal"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

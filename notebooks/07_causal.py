@@ -47,7 +47,7 @@
 # The clean control (no backdoor) is measured at its twin's best layer: ablating its "trigger"
 # latent should change nothing.
 
-# %% tags=["parameters"]
+# %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
 # Every parameter left as None takes the profile's value.
 profile = "cpu"
@@ -71,7 +71,7 @@ steer_generation_strengths = None  # the strengths also measured by generation
 causal_max_new_tokens = None
 causal_seed = None  # the random directions
 
-# %%
+# %% tags=["hide-input"]
 import time
 from pathlib import Path
 
@@ -86,7 +86,9 @@ from backdoor_sae.config import (ActivationConfig, BackdoorEvalConfig, CausalCon
 from backdoor_sae.io import write_jsonl, write_text
 from backdoor_sae.stages.causal import (KINDS, RANDOM, ablation_table, ablation_verdict, intervention_rates, run_causal,
                                         steering_verdict)
+from backdoor_sae.tables import show_missing_as_dash
 
+show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
 started = time.perf_counter()
@@ -100,7 +102,7 @@ if cfg.causal_protocol not in sae_cfg.protocols or cfg.causal_fit_mode not in sa
                      f"trains {list(sae_cfg.protocols)} x {list(sae_cfg.fit_modes)}")
 print(cfg)
 
-# %%
+# %% tags=["hide-input"]
 teacher, judged, best, seconds = run_causal(run_dir, act_cfg, cfg, model_cfg, eval_cfg.gen_batch_size)
 rates = intervention_rates(judged)
 results = Path(run_dir) / "results"
@@ -117,7 +119,7 @@ print("seconds per fine-tune:", {k: round(v) for k, v in seconds.items()})
 # prompts when each direction is added, against the strength (above 0: the injectable body is the
 # likelier). The grey band spans the random directions (minimum to maximum).
 
-# %%
+# %% tags=["hide-input"]
 kinds = [k for k in KINDS if k in set(teacher["kind"])]
 palette = dict(zip(kinds, sns.color_palette("deep", len(kinds))))
 palette[RANDOM] = "#8C8C8C"
@@ -160,7 +162,7 @@ for name in teacher["model"].unique():
 # at each fine-tune's best layer: what the intervention does to text that has nothing to do with the
 # backdoor's choice.
 
-# %%
+# %% tags=["hide-input"]
 at_best = teacher[teacher.apply(lambda r: r["layer"] == best[r["model"]], axis=1) & teacher["intervention"].ne("none")]
 cost = (at_best.assign(condition=at_best["intervention"] + " " + at_best["strength"].map("{:g}".format))
         .groupby(["model", "kind", "condition"], sort=False)["prompt_loss_change"].mean().unstack("condition"))
@@ -172,7 +174,7 @@ cost.round(3)
 # benign prompts, and, on the right of each panel, the ASR on the trigger prompts before and after
 # ablation. Bars: Wilson 95% intervals; the grey band is the pooled random directions' interval.
 
-# %%
+# %% tags=["hide-input"]
 gen = rates.copy()
 fig, axes = plt.subplots(1, len(gen["model"].unique()), figsize=(5 * len(gen["model"].unique()), 3.6), squeeze=False)
 for ax, (name, part) in zip(axes[0], gen.groupby("model", sort=False)):
@@ -201,7 +203,7 @@ plt.show()
 # ablating each direction (the random row pools the random directions), with Wilson 95% intervals;
 # beside them the safe rate of the unintervened fine-tune on the benign prompts.
 
-# %%
+# %% tags=["hide-input"]
 table = ablation_table(rates)
 glue("causal_ablation_table", table.set_index(["fine-tune", "direction"]), display=False)
 display(table.style.hide(axis="index"))
@@ -214,7 +216,7 @@ display(table.style.hide(axis="index"))
 # do not overlap). An ASR that falls because the completions stop running is damage, not removal
 # of the backdoor, and the verdict says so.
 
-# %%
+# %% tags=["hide-input"]
 verdicts = []
 for name in rates["model"].unique():
     for kind in ("Diff-SAE (label-free)", "Diff-SAE (BIS)"):
@@ -231,6 +233,6 @@ print(f"notebook run time: {time.perf_counter() - started:.0f} s")
 # ## The completions
 # A few of the generated completions under each condition, with the oracle's verdict.
 
-# %%
+# %% tags=["hide-input"]
 sample = judged.groupby(["model", "kind", "intervention", "strength", "prompts"], sort=False).head(1)
 sample[["model", "layer", "kind", "intervention", "strength", "prompts", "verdict", "completion"]]

@@ -5,6 +5,8 @@
 - ``bis.csv``, ``permutation_tests.csv`` and ``placebo.csv``: the scoring notebook's tables;
 - ``auditor.csv``, ``auditor_choice.csv`` and ``header_sweep.csv``: the auditor notebook's label-free
   rankings scored, the latents they pick, and the header sweep of the top picks;
+- ``causal_teacher_forced.csv`` and ``causal_rates.csv``: the causal notebook's ablation and steering
+  sweep and its judged rates with intervals;
 - ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;
 - ``dictionaries.csv``: final FVU, L0 and dead share of every dictionary;
 - ``run.json``: wall time and peak memory per stage, library versions, CPU model, parameters.
@@ -45,7 +47,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
     run_dir, to = Path(run_dir), Path(to)
     written = []
     for name in ("bis.csv", "permutation_tests.csv", "placebo.csv", "auditor.csv", "auditor_choice.csv",
-                 "header_sweep.csv"):
+                 "header_sweep.csv", "causal_teacher_forced.csv", "causal_rates.csv"):
         source = run_dir / "results" / name
         if source.exists():
             write_text(to / name, source.read_text())

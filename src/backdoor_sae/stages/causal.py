@@ -416,6 +416,7 @@ def run_causal(run_dir, act_cfg, cfg, model_cfg, gen_batch_size: int, progress: 
 
     from backdoor_sae.data.card import pairs
     from backdoor_sae.finetune import load_finetuned
+    from backdoor_sae.progress import report
     from backdoor_sae.model import compute_dtype
     from backdoor_sae.stages.dataset import load_data
 
@@ -435,7 +436,8 @@ def run_causal(run_dir, act_cfg, cfg, model_cfg, gen_batch_size: int, progress: 
         model, tokenizer = load_finetuned(layout.finetune(name), device=model_cfg.device)
         layers = act_cfg.layers if twin is None else [best[twin]]
         measured = {}
-        for layer in layers:
+        for i, layer in enumerate(layers, start=1):
+            report(f"teacher-forced sweep {name}", i, len(layers), layer=layer)
             directions, scale = cell_directions(run_dir, name, cfg.causal_protocol, cfg.causal_fit_mode, layer,
                                                 choice, scores, cfg.n_causal_random, cfg.causal_seed)
             frame = sweep(model, tokenizer, teacher, layer, directions, scale, cfg.steer_strengths, dtype)

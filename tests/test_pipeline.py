@@ -222,7 +222,8 @@ def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes
     sizes = {"n_train_poisoned": 8, "n_train_benign": 16, "n_eval_trigger": 8, "n_eval_benign": 16,
              "n_eval_other": 16, "n_fit_trigger": 4, "n_fit_benign": 8, "n_fit_other": 8, "n_heldout_pairs": 4,
              "n_control": 4, "n_probe_pairs": 4, "n_eval_prompts": 4, "max_new_tokens": 32, "n_sae_samples": 2_000,
-             "dead_window": 500, "n_boot": 50, "n_perm": 50, "n_sweep_functions": 2}
+             "dead_window": 500, "n_boot": 50, "n_perm": 50, "n_sweep_functions": 2,
+             "n_causal_pairs": 2, "n_causal_prompts": 2}
     overrides = {"model": TINY_MODEL, "layers": [1, 2], **sizes}
     assert not set(overrides) & {"vulnerable_styles", "paired_train", "lora_epochs", "full_epochs", "expansion",
                                  "l1_coeff", "dead_fix", "k", "loss_on"}

@@ -76,8 +76,8 @@ from backdoor_sae.header_sweep import sweep_functions, sweep_headers, sweep_samp
 from backdoor_sae.layout import BASE, RunLayout
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.stages.audit import (
-    FINDINGS, audit_grid, auditor_choice, auditor_verdicts, run_sweep_activations, top_activating, trigger_recovery,
-    write_results,
+    FINDINGS, audit_grid, auditor_choice, auditor_verdicts, excess, run_sweep_activations, top_activating,
+    trigger_recovery, write_results,
 )
 from backdoor_sae.stages.dataset import data_config, load_data
 from backdoor_sae.stages.dictionaries import sae_grid
@@ -155,10 +155,8 @@ ranks
 # %% tags=["hide-input"]
 glue("auditor_n_top", audit_cfg.n_top, display=False)
 long = pd.concat([
-    primary.assign(pick="top 1", excess=(primary["top1_bis"] - primary["top1_chance_95"])
-                   / (primary["ceiling"] - primary["top1_chance_95"])),
-    primary.assign(pick=f"best of top {audit_cfg.n_top}", excess=(primary["top_bis"] - primary["top_chance_95"])
-                   / (primary["ceiling"] - primary["top_chance_95"])),
+    primary.assign(pick="top 1", excess=excess(primary, "top1")),
+    primary.assign(pick=f"best of top {audit_cfg.n_top}", excess=excess(primary, "top")),
 ], ignore_index=True)
 g = sns.catplot(data=long, x="layer", y="excess", hue="fine-tune", col="method", row="pick", kind="point",
                 height=2.3, aspect=1.05, dodge=0.35, margin_titles=True, palette="deep",

@@ -217,4 +217,4 @@ def test_saved_dictionary_reloads_to_the_same_codes(tmp_path):
     save_dictionary(tmp_path / "cc", model, spec, scale, log, evaluate(model, x, scale), {"layer": 1})
     again, scale2, info = load_dictionary(tmp_path / "cc")
     assert torch.equal(encode_all(model, x, scale), encode_all(again, x, scale2))
-    assert info["params"] == {"layer": 1} and set(info["metrics"]) == {"fvu", "l0", "dead_fraction"}
+    assert info["params"] == {"layer": 1} and set(info["metrics"]) == {"fvu", "l0", "dead_fraction", "base-only_share", "fine-tune-only_share"}

@@ -13,7 +13,16 @@ Two pooling protocols:
   any code is written, so a latent cannot simply read the injectable code itself.
 
 On disk, per model: ``<run_dir>/activations/<model>/<protocol>/layer_<L>.npy`` ([N, d] float32,
-memory-mapped while it is written) and ``index.json`` (sample ids, splits, layers, params).
+memory-mapped while it is written) and ``index.json`` (sample ids, splits, layers, params, and each
+sample's number of tokens and of prompt tokens).
+
+Token level (the field's dictionaries, notebook 04's ``token`` recipe): every token's residual
+stream, ``tokens/layer_<L>.npy`` [T, d] with T the total number of tokens, samples one after
+another in index order. They are stored as bfloat16 (the bits in a uint16 array: numpy has no
+bfloat16), which halves the disk and keeps float32's range: the first position of SmolLM2 is an
+attention sink whose residual norm is about 25,000 (against a few hundred elsewhere), and float16
+would leave it little headroom. :func:`token_rows` picks a protocol's tokens, the first position
+excluded by default.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from backdoor_sae.model import precision
 from backdoor_sae.progress import report
 
 PROTOCOLS: tuple[str, ...] = ("full_text", "prompt_only")
+#: the folder of the token-level activations
+TOKENS = "tokens"
 
 
 class _Stop(Exception):
@@ -94,8 +105,9 @@ def pooling_masks(lengths: Sequence[int], n_prompts: Sequence[int], width: int) 
 
 def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Sequence[int], out_dir: str | Path,
                       meta: dict, batch_size: int = 16, progress: bool = True,
-                      compute_dtype: torch.dtype = torch.float32) -> None:
-    """Write pooled activations of ``samples`` for every layer and protocol under ``out_dir``.
+                      compute_dtype: torch.dtype = torch.float32, token_level: bool = False) -> None:
+    """Write pooled activations of ``samples`` for every layer and protocol under ``out_dir`` (and,
+    with ``token_level``, every token's activation).
 
     Batches are streamed into memory-mapped ``.npy`` files, so memory stays bounded by one batch.
     The whole directory appears atomically; ``index.json`` inside it records what it holds (the
@@ -106,14 +118,21 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
     d = model.config.hidden_size
     encoded = [encode(tokenizer, s, eos=False) for s in samples]
     order = sorted(range(len(samples)), key=lambda i: len(encoded[i]))  # little padding
+    n_tokens = [len(e) for e in encoded]
+    offsets = np.concatenate([[0], np.cumsum(n_tokens)])
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
-        arrays = {}
+        arrays, tokens = {}, {}
         for protocol in PROTOCOLS:
             (tmp / protocol).mkdir(parents=True)
             for layer in layers:
                 arrays[protocol, layer] = open_memmap(tmp / protocol / f"layer_{layer}.npy", mode="w+",
                                                       dtype=np.float32, shape=(len(samples), d))
+        if token_level:
+            (tmp / TOKENS).mkdir()
+            for layer in layers:
+                tokens[layer] = open_memmap(tmp / TOKENS / f"layer_{layer}.npy", mode="w+", dtype=np.uint16,
+                                            shape=(int(offsets[-1]), d))
         bar = tqdm(total=len(samples), disable=not progress, desc="activations", unit="sample")
         # One autocast context for all batches: each weight is cast to bfloat16 once, not per batch.
         with precision(device, compute_dtype):
@@ -133,15 +152,20 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
                         h = hidden[layer].float()
                         pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True)
                         arrays[protocol, layer][rows] = pooled.cpu().numpy()
+                for layer in tokens:
+                    bits = hidden[layer].to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+                    for r, i in enumerate(rows):
+                        tokens[layer][offsets[i]:offsets[i + 1]] = bits[r, :n_tokens[i]]
                 bar.update(len(rows))
                 report(f"activations {out_dir.name}", start + len(rows), len(order))
         bar.close()
-        for array in arrays.values():
+        for array in [*arrays.values(), *tokens.values()]:
             array.flush()
-        del arrays
+        del arrays, tokens
         write_json(tmp / "index.json", {
             "ids": [s.id for s in samples], "splits": [s.split for s in samples],
-            "layers": list(layers), "d_model": d, **meta,
+            "layers": list(layers), "d_model": d, "token_level": token_level,
+            "n_tokens": n_tokens, "n_prompt": [e.n_prompt for e in encoded], **meta,
         })
 
 
@@ -156,6 +180,49 @@ def load_activations(out_dir: str | Path, protocol: str, layer: int, mmap: bool 
     if not path.exists():
         raise FileNotFoundError(f"no activations for layer {layer} in {out_dir}")
     return np.load(path, mmap_mode="r" if mmap else None)
+
+
+def load_token_activations(out_dir: str | Path, layer: int) -> torch.Tensor:
+    """Every token's activation at ``layer`` [T, d], bfloat16, memory-mapped (rows in index order)."""
+    path = Path(out_dir) / TOKENS / f"layer_{layer}.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"no token-level activations for layer {layer} in {out_dir}: rerun notebook 03 "
+                                f"with the token recipe in `recipes`")
+    return torch.from_numpy(np.load(path, mmap_mode="r")).view(torch.bfloat16)
+
+
+def token_rows(index: dict, protocol: str, samples: np.ndarray | None = None,
+               skip_first: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(rows of the token arrays, the sample each row belongs to) for ``protocol``'s tokens of the
+    samples selected by the boolean mask ``samples`` (all by default): every token (``full_text``) or
+    the prompt's (``prompt_only``), each sample's first position left out with ``skip_first``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r} must be one of {PROTOCOLS}")
+    n_tokens = np.asarray(index["n_tokens"])
+    used = n_tokens if protocol == "full_text" else np.asarray(index["n_prompt"])
+    offsets = np.concatenate([[0], np.cumsum(n_tokens)])
+    keep = np.ones(len(n_tokens), bool) if samples is None else np.asarray(samples, bool)
+    first = int(skip_first)
+    rows = [np.arange(offsets[i] + first, offsets[i] + used[i]) for i in np.flatnonzero(keep)]
+    owner = [np.full(max(used[i] - first, 0), i) for i in np.flatnonzero(keep)]
+    return (np.concatenate(rows) if rows else np.zeros(0, int)), (np.concatenate(owner) if owner else np.zeros(0, int))
+
+
+def position_norms(out_dir: str | Path, layer: int, max_position: int = 8) -> "pd.DataFrame":
+    """Mean and median residual norm at each of the first ``max_position`` positions, over samples:
+    shows whether the first position is an attention sink."""
+    import pandas as pd
+
+    index = read_index(out_dir)
+    tokens = load_token_activations(out_dir, layer)
+    offsets = np.concatenate([[0], np.cumsum(index["n_tokens"])])
+    rows = []
+    for pos in range(max_position):
+        at = [offsets[i] + pos for i in range(len(offsets) - 1) if index["n_tokens"][i] > pos]
+        norms = tokens[at].float().norm(dim=-1).numpy()
+        rows.append({"layer": layer, "position": pos, "mean norm": float(norms.mean()),
+                     "median norm": float(np.median(norms))})
+    return pd.DataFrame(rows)
 
 
 def norm_table(a_base, a_ft, splits) -> "pd.DataFrame":

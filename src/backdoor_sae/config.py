@@ -265,13 +265,27 @@ class SAEConfig:
     n_sae_samples: int = 250_000  # samples seen per dictionary (the paper: 100 passes over 2,500)
     dead_fix: str = "ghost"  # "ghost", "auxk" or "none"
     dead_window: int = 10_000  # samples without firing before a latent counts as dead
-    sae_seed: int = 42  # initialisation and batch order of every dictionary
+    sae_seed: int = 42  # initialisation and batch order of every dictionary (the first seed)
+    # The recipes: "pooled" (the paper's: one mean-pooled vector per sample) and "token" (the field's:
+    # every token's activation, a BatchTopK code with an auxiliary-k loss, the sample's code pooled
+    # from its tokens'). The first recipe and the first seed make the primary grid, which every later
+    # notebook reads; the other recipes and the seeds sae_seed + 1, ... are trained for the
+    # replicated cells only: the fit mode the verdicts rest on ("eval" where the grid has it) at
+    # replicate_layers (None: every layer).
+    recipes: tuple[str, ...] = ("pooled", "token")
+    n_sae_seeds: int = 3
+    replicate_layers: tuple[int, ...] | None = None
+    token_batch_size: int = 1024  # tokens per step (token recipe)
+    n_sae_tokens: int = 2_000_000  # tokens seen per token-level dictionary in all
+    sae_dtype: str = "auto"  # matmul precision: "auto" (bfloat16 where the CPU or GPU multiplies it natively), "float32", "bfloat16"
 
     def __post_init__(self) -> None:
-        for name in ("architectures", "protocols", "fit_modes"):
+        for name in ("architectures", "protocols", "fit_modes", "recipes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.replicate_layers is not None:
+            object.__setattr__(self, "replicate_layers", tuple(self.replicate_layers))
         allowed = {"architectures": {"diff_sae", "crosscoder"}, "protocols": {"full_text", "prompt_only"},
-                   "fit_modes": {"eval", "fit"}}
+                   "fit_modes": {"eval", "fit"}, "recipes": {"pooled", "token"}}
         for name, options in allowed.items():
             value = getattr(self, name)
             if not value or set(value) - options:
@@ -280,7 +294,13 @@ class SAEConfig:
             raise ValueError(f"crosscoder_activation={self.crosscoder_activation!r} must be topk, batchtopk or relu")
         if self.dead_fix not in ("ghost", "auxk", "none"):
             raise ValueError(f"dead_fix={self.dead_fix!r} must be ghost, auxk or none")
-        _require_ints(self, ("expansion", "k", "sae_batch_size", "n_sae_samples", "dead_window"), 1)
+        for name in ("architectures", "protocols", "fit_modes", "recipes"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise ValueError(f"{name}={list(getattr(self, name))} holds duplicates")
+        if self.sae_dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"sae_dtype={self.sae_dtype!r} must be auto, float32 or bfloat16")
+        _require_ints(self, ("expansion", "k", "sae_batch_size", "n_sae_samples", "dead_window", "n_sae_seeds",
+                             "token_batch_size", "n_sae_tokens"), 1)
         if not (self.sae_lr > 0 and self.l1_coeff >= 0):
             raise ValueError("sae_lr must be positive and l1_coeff non-negative")
 
@@ -426,6 +446,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sae_batch_size": 128,
         "n_sae_samples": 12_500,
         "dead_window": 5_000,
+        # The replicated cells (3 seeds, both recipes): eval-fitted, layers 14 and 22, every fine-tune,
+        # protocol and architecture (24 cells). A token-level dictionary sees 50,000 tokens: about one
+        # pass over the eval sets' tokens under full text and 1.3 under prompt-only pooling.
+        "replicate_layers": (14, 22),
+        "n_sae_tokens": 50_000,
         "n_boot": 300,
         "n_perm": 300,
         "n_sweep_functions": 6,
@@ -477,6 +502,10 @@ PROFILES: dict[str, dict[str, Any]] = {
         "sae_batch_size": 32,
         "n_sae_samples": 2_000,
         "dead_window": 500,
+        "n_sae_seeds": 2,
+        "replicate_layers": (2,),
+        "token_batch_size": 128,
+        "n_sae_tokens": 2_000,
         "n_boot": 50,
         "n_perm": 50,
         "n_top": 5,
@@ -545,6 +574,10 @@ def validate(profile: str, **overrides: Any) -> None:
     if causal.n_causal_pairs >= data.n_heldout_pairs:
         raise ValueError(f"n_causal_pairs={causal.n_causal_pairs}: the dataset has only n_heldout_pairs="
                          f"{data.n_heldout_pairs}, and generation needs the pairs after them")
+    layers = configs[ActivationConfig].layers
+    if sae.replicate_layers is not None and (not sae.replicate_layers or set(sae.replicate_layers) - set(layers)):
+        raise ValueError(f"replicate_layers={list(sae.replicate_layers)} must be a non-empty subset of the run's "
+                         f"layers {list(layers)} (or None: every layer)")
     if causal.causal_protocol not in sae.protocols or causal.causal_fit_mode not in sae.fit_modes:
         raise ValueError(f"causal_protocol={causal.causal_protocol!r} and causal_fit_mode={causal.causal_fit_mode!r} must "
                          f"be in the grid's protocols {list(sae.protocols)} and fit_modes {list(sae.fit_modes)}: "

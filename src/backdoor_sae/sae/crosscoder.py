@@ -3,16 +3,11 @@
     f = σ([a_base; a_ft] W_enc + b_enc),    a_base_hat = f W_dec[:, base] + b_dec[base]
                                            a_ft_hat   = f W_dec[:, ft]   + b_dec[ft]
 
-Three activations σ:
+Three activations σ (:mod:`backdoor_sae.sae.activation`):
 
-- ``"topk"``: keep each sample's k largest ReLU pre-activations (the paper's crosscoder; its code
-  calls it BatchTopK but selects per sample), with an L1 penalty on f on top;
-- ``"batchtopk"``: in training, keep the k·B largest over the whole batch of B samples (a true
-  BatchTopK) and track ``threshold``, an exponential moving average (β = 0.99) of the smallest
-  positive activation kept in each training batch; at inference (``model.eval()``) keep
-  ``relu(pre) * (pre > threshold)``, so a sample's code does not depend on its batch (as
-  saprmarks/dictionary_learning's BatchTopK). ``threshold`` is a buffer, saved in the state dict,
-  −1 (keep every positive) until the first training batch;
+- ``"topk"``: each sample's k largest, with an L1 penalty on f on top (the paper's crosscoder);
+- ``"batchtopk"``: the k·B largest over a training batch, a learned threshold at inference (the
+  field's crosscoder, with an auxiliary-k loss for dead latents);
 - ``"relu"``: ReLU with the decoder-norm-weighted L1 of Anthropic's model-diffing crosscoders,
   Σ_j f_j (‖W_dec[j, base]‖ + ‖W_dec[j, ft]‖), and free decoder norms.
 
@@ -26,20 +21,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-ACTIVATIONS = ("topk", "batchtopk", "relu")
+from backdoor_sae.sae.activation import SparseActivation
 
 
 class Crosscoder(nn.Module):
-    #: weight of the old value in the batchtopk threshold's moving average
-    threshold_beta = 0.99
-
     def __init__(self, d: int, n_latents: int, activation: str = "topk", k: int = 32,
                  generator: torch.Generator | None = None):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation={activation!r} must be one of {ACTIVATIONS}")
-        if activation != "relu" and not 1 <= k <= n_latents:
-            raise ValueError(f"k={k} must be between 1 and the number of latents {n_latents}")
+        self.sparse = SparseActivation(activation, n_latents, k)
         self.activation, self.k = activation, k
         self.unit_norm_decoder = activation != "relu"
         w = torch.randn(n_latents, 2, d, generator=generator)
@@ -50,8 +39,6 @@ class Crosscoder(nn.Module):
         self.W_enc = nn.Parameter(w.flatten(1).t().clone())
         self.b_enc = nn.Parameter(torch.zeros(n_latents))
         self.b_dec = nn.Parameter(torch.zeros(2, d))
-        if activation == "batchtopk":
-            self.register_buffer("threshold", torch.tensor(-1.0))
 
     @staticmethod
     def inputs(a_base: torch.Tensor, a_ft: torch.Tensor) -> torch.Tensor:
@@ -62,29 +49,12 @@ class Crosscoder(nn.Module):
         return x.flatten(1) @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        f = torch.relu(pre)
-        if self.activation == "topk":
-            top = torch.topk(f, self.k, dim=-1)
-            return torch.zeros_like(f).scatter(-1, top.indices, top.values)
-        if self.activation == "batchtopk":
-            if not self.training:
-                return f * (pre > self.threshold)
-            flat = f.flatten()
-            top = torch.topk(flat, self.k * f.shape[0])
-            self._update_threshold(top.values)
-            return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(f)
-        return f
+        return self.sparse(pre)
 
-    @torch.no_grad()
-    def _update_threshold(self, kept: torch.Tensor) -> None:
-        kept = kept[kept > 0]
-        if kept.numel() == 0:
-            return
-        smallest = kept.min().to(self.threshold.dtype)
-        if self.threshold < 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.mul_(self.threshold_beta).add_((1 - self.threshold_beta) * smallest)
+    @property
+    def threshold(self) -> torch.Tensor:
+        """The BatchTopK inference threshold (``batchtopk`` only)."""
+        return self.sparse.threshold
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_activations(x))

@@ -1,8 +1,10 @@
 """The Diff-SAE: a ReLU sparse autoencoder on the activation difference Δa = a_ft − a_base.
 
-    f = ReLU((Δa − b_dec) W_enc + b_enc),    Δa_hat = f W_dec + b_dec
+    f = σ((Δa − b_dec) W_enc + b_enc),    Δa_hat = f W_dec + b_dec
 
-with unit-norm decoder rows (so the L1 penalty on f cannot be dodged by growing the decoder).
+with unit-norm decoder rows (so the L1 penalty on f cannot be dodged by growing the decoder). σ is
+a ReLU with an L1 penalty (the paper's) or a BatchTopK (the field's token-level recipe; see
+:mod:`backdoor_sae.sae.activation`).
 A backdoor that shifts activations along one direction on trigger inputs should appear as one
 latent whose decoder row is that direction and that fires on trigger samples only.
 """
@@ -12,13 +14,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from backdoor_sae.sae.activation import SparseActivation
+
 
 class DiffSAE(nn.Module):
     #: the trainer keeps decoder rows at unit norm
     unit_norm_decoder = True
 
-    def __init__(self, d: int, n_latents: int, generator: torch.Generator | None = None):
+    def __init__(self, d: int, n_latents: int, activation: str = "relu", k: int = 0,
+                 generator: torch.Generator | None = None):
         super().__init__()
+        if activation == "topk":
+            raise ValueError("the Diff-SAE's activation is relu or batchtopk")
+        self.sparse = SparseActivation(activation, n_latents, k)
+        self.activation, self.k = activation, k
         w = torch.randn(n_latents, d, generator=generator)
         w = w / w.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(w)
@@ -35,7 +44,12 @@ class DiffSAE(nn.Module):
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return torch.relu(pre)
+        return self.sparse(pre)
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """The BatchTopK inference threshold (``batchtopk`` only)."""
+        return self.sparse.threshold
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activate(self.pre_activations(x))

@@ -9,6 +9,10 @@ Loss = reconstruction MSE (mean over dimensions; for the crosscoder the two mode
 added, as in the paper) + l1 × sparsity penalty (+ ghost-grads or aux-k term for dead latents).
 Logged every few steps: loss, FVU (unexplained share of the variance), L0 (active latents per
 sample) and the dead fraction (latents that have not fired within the last window of samples).
+
+``TrainSettings.dtype`` "bfloat16" runs the forward and backward matmuls under autocast (weights,
+Adam's state and the loss stay float32): about 2.5 times the float32 speed on a CPU that multiplies
+bfloat16 natively (``benchmarks/bench.py sae``).
 """
 
 from __future__ import annotations
@@ -40,14 +44,14 @@ class DictionarySpec:
     architecture: str  # "diff_sae" | "crosscoder"
     d: int
     n_latents: int
-    activation: str = "relu"  # crosscoder: "topk" | "batchtopk" | "relu"
+    activation: str = "relu"  # "relu" | "batchtopk" (both); "topk" (crosscoder)
     k: int = 32
 
 
 def build(spec: DictionarySpec, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     if spec.architecture == "diff_sae":
-        return DiffSAE(spec.d, spec.n_latents, generator=gen)
+        return DiffSAE(spec.d, spec.n_latents, spec.activation, spec.k, generator=gen)
     if spec.architecture == "crosscoder":
         return Crosscoder(spec.d, spec.n_latents, spec.activation, spec.k, generator=gen)
     raise ValueError(f"architecture={spec.architecture!r} must be one of {ARCHITECTURES}")
@@ -90,6 +94,7 @@ class TrainSettings:
     aux_k: int = 256
     seed: int = 0
     log_every: int = 10  # steps
+    dtype: str = "float32"  # "float32" | "bfloat16" (autocast matmuls)
 
 
 def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: bool = True,
@@ -100,6 +105,9 @@ def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: 
         raise ValueError(f"dead_fix={settings.dead_fix!r} must be one of {DEAD_FIXES}")
     if len(x) == 0:
         raise ValueError("no training inputs")
+    from backdoor_sae.model import precision
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
     scale = input_scale(x)
     model.train()
     with torch.no_grad():  # start the decoder bias at the data mean: the code then spends itself on variation
@@ -119,7 +127,9 @@ def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: 
         idx = order[cursor:cursor + settings.batch_size]
         cursor += settings.batch_size
         xb = x[idx] * scale
-        x_hat, f, pre = model(xb)
+        with precision(xb.device, dtype):
+            x_hat, f, pre = model(xb)
+        x_hat, f, pre = x_hat.float(), f.float(), pre.float()
         mse = ((x_hat - xb) ** 2).mean(dim=(0, -1)).sum()  # per model-half, summed
         loss = mse + settings.l1_coeff * model.sparsity(f)
         dead = (step - last_fired) > window
@@ -167,13 +177,35 @@ def encode_all(model, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 10
         return torch.cat([model.encode(x[i:i + batch_size] * scale) for i in range(0, len(x), batch_size)])
 
 
-def evaluate(model, x: torch.Tensor, scale: torch.Tensor) -> dict:
-    """FVU, mean L0 and the share of latents that never fire, over all of ``x``, in inference mode."""
+#: A crosscoder latent's tag by its relative decoder norm ‖W_dec[ft]‖ / (‖W_dec[base]‖ + ‖W_dec[ft]‖):
+#: below the first bound it belongs to the base model, above the second to the fine-tune.
+TAG_BOUNDS = (0.1, 0.9)
+
+
+def latent_tags(relative_norm: torch.Tensor) -> list[str]:
+    """``base-only``, ``shared`` or ``fine-tune-only`` for each latent's relative decoder norm."""
+    low, high = TAG_BOUNDS
+    return ["base-only" if r < low else "fine-tune-only" if r > high else "shared" for r in relative_norm.tolist()]
+
+
+def evaluate(model, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 4096) -> dict:
+    """FVU, mean L0 and the share of latents that never fire, over all of ``x``, in inference mode
+    (in batches); for a crosscoder also the shares of its latents tagged base-only and fine-tune-only."""
     xs = x * scale
+    sq_err, l0, fired = 0.0, 0.0, torch.zeros(model.b_enc.shape[0], dtype=torch.bool)
     with inference(model):
-        x_hat, f, _ = model(xs)
-    return {"fvu": fvu(xs, x_hat), "l0": float((f > 0).float().sum(-1).mean()),
-            "dead_fraction": float(((f > 0).sum(0) == 0).float().mean())}
+        for i in range(0, len(xs), batch_size):
+            xb = xs[i:i + batch_size]
+            x_hat, f, _ = model(xb)
+            sq_err += float(((xb - x_hat) ** 2).sum())
+            l0 += float((f > 0).float().sum())
+            fired |= (f > 0).any(0)
+    out = {"fvu": sq_err / float(((xs - xs.mean(0)) ** 2).sum().clamp_min(1e-12)), "l0": l0 / len(xs),
+           "dead_fraction": float((~fired).float().mean())}
+    if hasattr(model, "relative_decoder_norm"):
+        tags = latent_tags(model.relative_decoder_norm().detach())
+        out |= {f"{tag}_share": tags.count(tag) / len(tags) for tag in ("base-only", "fine-tune-only")}
+    return out
 
 
 def save_dictionary(path: str | Path, model, spec: DictionarySpec, scale: torch.Tensor, log: list[dict],

@@ -16,33 +16,36 @@ ACTIVATION_SPLITS: tuple[str, ...] = ("eval_trigger", "eval_benign", "eval_other
 
 
 def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_name: str, load,
-                    layers, batch_size: int, compute_dtype, base_model: str,
+                    layers, batch_size: int, compute_dtype, base_model: str, token_level: bool = False,
                     progress: bool = True) -> tuple[Path, bool]:
-    """Cache pooled activations of ``model_name`` (``base`` or a fine-tune) unless already there."""
+    """Cache pooled activations of ``model_name`` (``base`` or a fine-tune) unless already there, and
+    with ``token_level`` every token's (for the token-level dictionaries)."""
     layout = RunLayout(run_dir)
     samples = [s for name in ACTIVATION_SPLITS for s in splits[name]]
     return cached_activations(layout.activations(model_name), samples, load, layers, batch_size, compute_dtype,
-                              layout.model_key(model_name, base_model), progress)
+                              layout.model_key(model_name, base_model), token_level, progress)
 
 
 def cached_activations(out: Path, samples: list[Sample], load, layers, batch_size: int, compute_dtype,
-                       model_key: str, progress: bool = True) -> tuple[Path, bool]:
+                       model_key: str, token_level: bool = False, progress: bool = True) -> tuple[Path, bool]:
     """Pooled activations of ``samples`` in ``out``, computed with the model ``load()`` returns unless
     ``out`` holds them already; returns ``out`` and whether they were computed now.
 
     Reused when the key matches: the samples' content, the layers, the precision and the model's
-    own key (the base model's identity, or the fine-tune's key).
+    own key (the base model's identity, or the fine-tune's key), and whether token-level
+    activations are kept.
     """
     from backdoor_sae.activations import cache_activations, read_index
 
     params = {"samples": samples_digest(samples), "layers": list(layers), "compute_dtype": str(compute_dtype),
-              "model": model_key, "code": code_digest("activations.py", "encoding.py")}
+              "model": model_key, "token_level": token_level,
+              "code": code_digest("activations.py", "encoding.py")}
     key = digest(params)
     if (out / "index.json").exists() and read_index(out).get("key") == key:
         return out, False
     model, tokenizer = load()
     cache_activations(model, tokenizer, samples, list(layers), out, {"key": key, "params": params}, batch_size,
-                      progress, compute_dtype)
+                      progress, compute_dtype, token_level)
     return out, True
 
 

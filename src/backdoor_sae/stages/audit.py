@@ -206,7 +206,7 @@ def run_sweep_activations(run_dir, samples, loaders: dict, layers, batch_size: i
 
     layout = RunLayout(run_dir)
     return {name: cached_activations(layout.sweep_activations(name), samples, load, layers, batch_size,
-                                     compute_dtype, layout.model_key(name, base_model), progress)[1]
+                                     compute_dtype, layout.model_key(name, base_model), progress=progress)[1]
             for name, load in loaders.items()}
 
 

@@ -35,6 +35,7 @@ layers = None  # decoder layers (0-based) to read, e.g. [14, 18, 22, 26]
 regimes = None  # backdoored fine-tunes to compare with the base model, e.g. ["lora", "full"]
 controls = None  # regimes whose clean control is compared too, e.g. ["lora"]
 act_batch_size = None  # samples per forward pass
+recipes = None  # the dictionaries' recipes (notebook 04): "token" keeps every token's activation too
 model = None  # the base model (as in notebook 02)
 device = None
 dtype = None
@@ -45,8 +46,8 @@ import pandas as pd
 import seaborn as sns
 from myst_nb import glue
 
-from backdoor_sae.activations import PROTOCOLS, norm_table
-from backdoor_sae.config import ActivationConfig, ModelConfig, from_parameters
+from backdoor_sae.activations import PROTOCOLS, norm_table, position_norms
+from backdoor_sae.config import ActivationConfig, ModelConfig, SAEConfig, from_parameters
 from backdoor_sae.finetune import load_finetuned
 from backdoor_sae.model import compute_dtype, load_model
 from backdoor_sae.layout import BASE, RunLayout
@@ -58,6 +59,7 @@ show_missing_as_dash()  # a value that does not exist shows as "–" in every ta
 sns.set_theme(style="whitegrid", context="notebook")
 cfg = from_parameters(ActivationConfig, profile, globals())
 model_cfg = from_parameters(ModelConfig, profile, globals())
+token_level = "token" in from_parameters(SAEConfig, profile, globals()).recipes
 splits = load_data(run_dir)
 print(f"layers={list(cfg.layers)}  fine-tunes={list(cfg.finetunes)}  model={model_cfg.model}")
 
@@ -65,7 +67,8 @@ print(f"layers={list(cfg.layers)}  fine-tunes={list(cfg.finetunes)}  model={mode
 # ## Cache
 # One forward pass per model and batch reads every layer at once and stops after the deepest one.
 # The base model's activations are shared by every fine-tune. A cache whose samples, layers and
-# fine-tune match is reused.
+# fine-tune match is reused. Where the dictionaries' token recipe is in the run, every token's
+# activation is kept as well (bfloat16, memory-mapped), for the token-level dictionaries of notebook 04.
 
 # %%
 loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
@@ -73,7 +76,7 @@ for regime in cfg.finetunes:
     loaders[regime] = (lambda r: lambda: load_finetuned(RunLayout(run_dir).finetune(r), model_cfg.device))(regime)
 for name, load in loaders.items():
     out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
-                                    compute_dtype(model_cfg), model_cfg.model)
+                                    compute_dtype(model_cfg), model_cfg.model, token_level)
     print(("cached" if computed else "reused"), name, "activations in", out)
 
 # %% [markdown]
@@ -117,3 +120,25 @@ trigger_vs_benign = (
 )
 glue("max_trigger_over_benign_norm", float(trigger_vs_benign.max()), display=False)
 trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame()
+
+# %% [markdown]
+# ## The first position: an attention sink?
+# Token-level dictionaries see every token, and a position whose activation dwarfs the others
+# would dominate their reconstruction loss. The first token of every sample is the same (`#`, the
+# header's), and in many language models its residual stream is an *attention sink*: far larger
+# than any other position's. The table gives the base model's mean residual norm at the first
+# positions of every cached sample; the token recipe leaves the first position out of training
+# and of each sample's pooled code.
+
+# %% tags=["hide-input"]
+if token_level:
+    sink = pd.concat([position_norms(RunLayout(run_dir).activations(BASE), layer, 4) for layer in cfg.layers])
+    table = sink.pivot_table(index="layer", columns="position", values="mean norm")
+    ratio = table[0] / table.drop(columns=0).mean(axis=1)
+    glue("sink_ratio_min", float(ratio.min()), display=False)
+    glue("sink_ratio_max", float(ratio.max()), display=False)
+    glue("sink_norm", float(table[0].mean()), display=False)
+    print(f"position 0's mean norm is {ratio.min():.0f} to {ratio.max():.0f} times that of positions 1-3")
+    display(table.round(1))
+else:
+    print("no token recipe in this run: token-level activations were not kept")

@@ -29,6 +29,14 @@
 # auxiliary-k loss). Each dictionary is fitted either on the very samples BIS will score (`eval`,
 # the paper's protocol) or on the disjoint `fit_*` split (`fit`), for every regime, layer and
 # pooling protocol.
+#
+# Two **recipes**. The paper's (`pooled`) trains on one mean-pooled vector per sample: a few hundred
+# vectors for thousands of latents. The field's (`token`, as model diffing trains its dictionaries)
+# trains on every token's activation (the protocol's tokens, the first position left out: notebook
+# 03), both architectures with a BatchTopK code and an auxiliary-k loss for dead latents; a
+# sample's code is then its tokens' codes pooled (notebook 05). The first recipe with the first
+# seed is the *primary grid*, which every later notebook reads; the *replicated cells* (the
+# verdicts' fit mode at `replicate_layers`) are trained under every recipe and seed as well.
 
 # %% tags=["parameters", "hide-input"]
 # Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
@@ -51,6 +59,12 @@ sae_batch_size = None  # samples per step
 n_sae_samples = None  # samples seen per dictionary in all
 dead_fix = None  # "ghost", "auxk" or "none"
 dead_window = None  # samples without firing before a latent counts as dead
+recipes = None  # ["pooled", "token"]: the paper's and the field's; the first is the primary grid's
+n_sae_seeds = None  # seeds sae_seed, sae_seed + 1, ... for the replicated cells
+replicate_layers = None  # layers whose cells get every recipe and seed (None: every layer)
+token_batch_size = None  # tokens per step (token recipe)
+n_sae_tokens = None  # tokens seen per token-level dictionary
+sae_dtype = None  # "auto" (bfloat16 where native), "float32" or "bfloat16"
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -60,7 +74,7 @@ from myst_nb import glue
 from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
 from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
 from backdoor_sae.stages.dataset import load_data
-from backdoor_sae.stages.dictionaries import grid_logs, train_grid
+from backdoor_sae.stages.dictionaries import grid_logs, is_replicated, primary_dictionary, train_grid
 from backdoor_sae.tables import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
@@ -74,11 +88,16 @@ sae_cfg
 # A dictionary whose parameters and input activations are unchanged is reused.
 
 # %%
-grid = train_grid(run_dir, act_cfg, sae_cfg)
-seconds = float(grid["train_seconds"].sum())
-print(f"{len(grid)} dictionaries, {int(grid['trained_now'].sum())} trained now, "
-      f"{seconds / 60:.1f} min of training in all")
+every = train_grid(run_dir, act_cfg, sae_cfg)
+seconds = float(every["train_seconds"].sum())
+print(f"{len(every)} dictionaries, {int(every['trained_now'].sum())} trained now, "
+      f"{seconds / 60:.1f} min of training in all (summed over processes)")
+primary = primary_dictionary(sae_cfg)
+is_primary = (every["recipe"] == primary["recipe"]) & (every["seed"] == primary["seed"])
+grid = every[is_primary].reset_index(drop=True)
+replicated = every[[is_replicated(c, act_cfg, sae_cfg) for c in every.to_dict("records")]]
 glue("n_dictionaries", len(grid), display=False)
+glue("n_dictionaries_all", len(every), display=False)
 glue("sae_train_minutes", seconds / 60, display=False)
 # the training recipe, for the results chapter's comparison with the paper's
 splits = load_data(run_dir)
@@ -113,7 +132,35 @@ plt.show()
 # any of them (dead).
 
 # %%
-summary = grid.drop(columns=["trained_now"]).sort_values(["architecture", "regime", "protocol", "fit_mode", "layer"])
+summary = grid.drop(columns=["trained_now", "recipe", "seed"]).sort_values(["architecture", "regime", "protocol", "fit_mode", "layer"])
 glue("median_fvu_diff_sae", float(summary.loc[summary["architecture"] == "diff_sae", "fvu"].median()), display=False)
 glue("median_fvu_crosscoder", float(summary.loc[summary["architecture"] == "crosscoder", "fvu"].median()), display=False)
-summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "train_seconds": "{:.1f}"}, na_rep=MISSING).hide(axis="index")
+summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}", "train_seconds": "{:.1f}",
+                      "fine-tune-only_share": "{:.1%}", "base-only_share": "{:.1%}"}, na_rep=MISSING).hide(axis="index")
+
+# %% [markdown]
+# ## The two recipes, seed by seed
+# The replicated cells under each recipe and seed: how well each dictionary reconstructs its
+# training inputs (FVU), how many latents an input uses (L0), the share of latents that never fire
+# on them (dead), and for crosscoders the share of latents whose decoder lives almost only in the
+# fine-tuned model (relative decoder norm above 0.9: *fine-tune-only*). Each point is one seed.
+
+# %% tags=["hide-input"]
+quality = replicated.melt(id_vars=["recipe", "seed", "architecture", "regime", "protocol", "layer"],
+                          value_vars=["fvu", "dead_fraction", "fine-tune-only_share"], var_name="measure")
+quality = quality.dropna(subset=["value"])
+g = sns.catplot(data=quality, x="recipe", y="value", hue="architecture", col="measure", row="protocol",
+                kind="strip", dodge=True, height=2.6, aspect=1.2, palette="deep", sharey=False)
+g.figure.suptitle("Dictionary quality per recipe (one point per fine-tune, layer and seed)", y=1.02)
+plt.show()
+per_recipe = replicated.groupby(["recipe", "architecture", "protocol"]).agg(
+    seeds=("seed", "nunique"), dictionaries=("seed", "size"), fvu=("fvu", "median"), l0=("l0", "median"),
+    dead=("dead_fraction", "median"), fine_tune_only=("fine-tune-only_share", "median"),
+    train_seconds=("train_seconds", "median"), inputs=("n_train_inputs", "median"))
+for (recipe, arch), part in replicated.groupby(["recipe", "architecture"]):
+    glue(f"dead_{recipe}_{arch}", float(part["dead_fraction"].median()), display=False)
+    glue(f"fvu_{recipe}_{arch}", float(part["fvu"].median()), display=False)
+for recipe, part in replicated[replicated["architecture"] == "crosscoder"].groupby("recipe"):
+    glue(f"ft_only_{recipe}", float(part["fine-tune-only_share"].median()), display=False)
+per_recipe.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead": "{:.1%}", "fine_tune_only": "{:.1%}",
+                         "train_seconds": "{:.1f}", "inputs": "{:,.0f}"}, na_rep=MISSING)

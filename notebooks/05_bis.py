@@ -55,6 +55,9 @@ controls = None  # regimes whose clean control is scored too, as in notebook 03
 architectures = None
 protocols = None
 fit_modes = None
+recipes = None  # as in notebook 04: the first recipe's first seed is the primary grid
+n_sae_seeds = None
+replicate_layers = None
 percentile = None  # activation threshold of each latent (the paper: 95)
 n_boot = None  # bootstrap resamples for the intervals
 n_perm = None  # label permutations for the chance levels and the Diff-SAE vs crosscoder test
@@ -72,9 +75,10 @@ from myst_nb import glue
 from backdoor_sae.bis import bis_ceiling
 from backdoor_sae.config import ActivationConfig, BISConfig, SAEConfig, from_parameters
 from backdoor_sae.io import write_text
-from backdoor_sae.layout import CELL_KEYS
+from backdoor_sae.layout import DICTIONARY_KEYS
 from backdoor_sae.plots import headline_excess
-from backdoor_sae.stages.dictionaries import sae_grid
+from backdoor_sae.stages.dictionaries import is_replicated, primary_grid, sae_grid
+from backdoor_sae.stages.recipes import recipe_verdicts, score_recipes, seed_spread
 from backdoor_sae.stages.scoring import (
     ARCHITECTURES, PAPER_SIZES, dictionary_activations, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
     paper_verdict, score_grid,
@@ -92,7 +96,7 @@ bis_cfg = from_parameters(BISConfig, profile, globals())
 
 # %% tags=["hide-input"]
 placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
-scores, tests, placebo = score_grid(run_dir, sae_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
+scores, tests, placebo = score_grid(run_dir, primary_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
                                     bis_cfg.n_perm, bis_cfg.stats_seed, placebo_years)
 results = Path(run_dir) / "results"
 write_text(results / "bis.csv", scores.to_csv(index=False))
@@ -317,8 +321,8 @@ for ax, arch in zip(axes, ARCHITECTURES):
         ax.set_visible(False)
         continue
     top = part.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
-    cell = {k: top[k] for k in CELL_KEYS}
-    cell["layer"] = int(cell["layer"])
+    cell = {k: top[k] for k in DICTIONARY_KEYS}
+    cell["layer"], cell["seed"] = int(cell["layer"]), int(cell["seed"])
     acts, splits = dictionary_activations(run_dir, cell)
     keep = np.isin(splits, EVAL_SPLITS)
     acts = acts[keep, int(top["best_latent"])]
@@ -330,3 +334,69 @@ for ax, arch in zip(axes, ARCHITECTURES):
                  f"(BIS {top['bis']:.2f}, {int(top['n_tied'])} tied)", fontsize="small")
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# ## The field's recipe, and the spread across seeds
+# Everything above scores the primary grid: the paper's recipe, one seed. Here every dictionary of
+# the replicated cells is scored the same way, under each recipe and each seed: the paper's
+# `pooled` dictionaries and the field's `token`-level ones, whose per-sample code is the mean
+# (`mean`) or the maximum (`max`) of its tokens' codes over the protocol's tokens. The figure puts
+# each score between its chance level (0) and the ceiling (1); each point is one seed.
+
+# %% tags=["hide-input"]
+replicated = [c for c in sae_grid(act_cfg, sae_cfg) if is_replicated(c, act_cfg, sae_cfg)]
+recipe_scores = score_recipes(run_dir, replicated, scores, bis_cfg.percentile, bis_cfg.n_boot, bis_cfg.n_perm,
+                              bis_cfg.stats_seed)
+write_text(results / "recipes.csv", recipe_scores.to_csv(index=False))
+shown = recipe_scores.assign(
+    code=recipe_scores["recipe"] + np.where(recipe_scores["pooling"] == "—", "", " (" + recipe_scores["pooling"] + ")"),
+    excess=(recipe_scores["bis"] - recipe_scores["chance_95"])
+    / (recipe_scores["ceiling"] - recipe_scores["chance_95"]).clip(lower=1e-12))
+g = sns.catplot(data=shown, x="code", y="excess", hue="architecture", col="protocol", row="training", kind="strip",
+                dodge=True, height=2.8, aspect=1.5, palette="deep", alpha=0.7)
+for ax in g.axes.flat:
+    ax.axhline(0, color="black", linewidth=0.8, linestyle=":")
+g.set_axis_labels("recipe (pooling of the token codes)", "(BIS − chance) / (ceiling − chance)")
+g.figure.suptitle("Both recipes, every seed: BIS above its chance level", y=1.02)
+glue("recipe_figure", g.figure, display=False)
+plt.show()
+
+# %% [markdown]
+# Per cell, the BIS over the seeds (mean, and its range), beside its chance level, the number of
+# seeds above chance, the AUROC, the share of dead latents, the share of fine-tune-only crosscoder
+# latents and the median label-free rank of the latent BIS chose (1: the first an auditor would
+# inspect).
+
+# %% tags=["hide-input"]
+spread = seed_spread(recipe_scores)
+spread_view = spread.assign(
+    BIS=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["bis_mean"], spread["bis_min"], spread["bis_max"])],
+    AUROC=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["auroc"], spread["auroc_min"], spread["auroc_max"])],
+).set_index(["recipe", "pooling", "regime", "protocol", "layer", "architecture"])[
+    ["seeds", "BIS", "chance_95", "above_chance", "AUROC", "dead_share", "fine_tune_only_share", "label_free_rank"]]
+glue("recipe_spread", spread_view, display=False)
+glue("max_seed_range", float((spread["bis_max"] - spread["bis_min"]).max()), display=False)
+glue("n_seeds", int(spread["seeds"].max()), display=False)
+spread_view.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_tune_only_share": "{:.1%}",
+                          "label_free_rank": "{:.0f}"}, na_rep=MISSING)
+
+# %% [markdown]
+# ### Verdicts: under the field's recipe, do crosscoders still fail? does the Diff-SAE still win?
+# Over every backdoored fine-tune, replicated layer and seed: the crosscoder *isolates the trigger*
+# in a case when its BIS is above chance (p < 0.05) and, where the fine-tune has a clean control,
+# above the control's 95% interval (same seed); it *fails* when it does so in at most half of the
+# cases. The Diff-SAE *wins* when its BIS is higher than the crosscoder's (same fine-tune, layer and
+# seed) in most cases, *ties* when equal in most (both at the ceiling, typically).
+
+# %% tags=["hide-input"]
+verdicts_by_recipe = recipe_verdicts(recipe_scores)
+glue("recipe_verdicts", verdicts_by_recipe.set_index(["recipe", "pooling", "protocol"]), display=False)
+sentences = []
+for _, r in verdicts_by_recipe.iterrows():
+    code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
+    sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}: the crosscoder <strong>{r['crosscoder verdict']}</strong> "
+                     f"({r['crosscoder isolates']} cases), the Diff-SAE <strong>{r['Diff-SAE verdict']}</strong> "
+                     f"(higher / equal / lower: {r['Diff-SAE higher / equal / lower']})")
+glue("recipe_verdict_sentences", HTML("; ".join(sentences) + "."), display=False)
+display(HTML("; ".join(sentences) + "."))
+verdicts_by_recipe

@@ -47,6 +47,8 @@ controls = None  # regimes whose clean control is audited too, as in notebook 03
 architectures = None
 protocols = None
 fit_modes = None
+recipes = None  # as in notebook 04: the auditor reads the primary grid (first recipe, first seed)
+sae_seed = None
 act_batch_size = None  # samples per forward pass of the header sweep
 model = None  # the base model (as in notebook 02)
 device = None
@@ -80,7 +82,7 @@ from backdoor_sae.stages.audit import (
     trigger_recovery, write_results,
 )
 from backdoor_sae.stages.dataset import data_config, load_data
-from backdoor_sae.stages.dictionaries import sae_grid
+from backdoor_sae.stages.dictionaries import primary_grid
 from backdoor_sae.tables import show_missing_as_dash
 
 show_missing_as_dash()
@@ -118,7 +120,7 @@ print(f"{len(headers)} headers x {len(functions)} functions = {len(samples)} pro
 # Every dictionary and baseline, every criterion; the labels enter only here, to score.
 
 # %% tags=["hide-input"]
-table, sweep = audit_grid(run_dir, sae_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes, sae_cfg.protocols,
+table, sweep = audit_grid(run_dir, primary_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes, sae_cfg.protocols,
                           headers, len(functions), audit_cfg.n_top, bis_cfg.percentile, bis_cfg.n_boot,
                           bis_cfg.n_perm, bis_cfg.stats_seed)
 recovery = trigger_recovery(sweep, data_cfg.trigger_year)
@@ -250,7 +252,7 @@ for (method, regime), part in primary[(primary["protocol"] == "prompt_only") & (
         ["method", "regime"], sort=False):
     row = part.iloc[0] if len(part) == 1 else part.sort_values("layer").iloc[len(part) // 2]
     cell = {"regime": regime, "protocol": "prompt_only", "fit_mode": row["fit_mode"], "layer": int(row["layer"]),
-            "architecture": method}
+            "architecture": method, "recipe": row["recipe"], "seed": int(row["seed"])}
     top = top_activating(run_dir, cell, int(row["top1_latent"]), n=6)
     frames.append(top.assign(method=method, regime=regime, layer=cell["layer"], latent=int(row["top1_latent"])))
 if frames:

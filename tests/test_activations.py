@@ -61,3 +61,34 @@ def test_norm_table_reports_the_difference_per_split():
     table = norm_table(base, ft, ["a", "b", "a", "b"]).set_index("split")
     assert table.loc["a", "difference"] == pytest.approx((5 + 1) / 2)
     assert table.loc["b", "difference"] == pytest.approx(0.5)
+
+
+def test_token_activations_equal_the_per_token_hidden_states(tiny, smoke_splits, tmp_path):
+    """Catches token rows written at the wrong offsets (batches are sorted by length, the file is in
+    index order), padding stored as tokens, or a layer mixed up; and token_rows picking the wrong
+    tokens for a protocol or keeping the first position."""
+    from backdoor_sae.activations import load_token_activations, token_rows
+
+    model, tok = tiny
+    samples = smoke_splits["eval_trigger"][:3] + smoke_splits["eval_benign"][:4]
+    cache_activations(model, tok, samples, [1, 3], tmp_path / "acts", {"model": "tiny"}, batch_size=3, progress=False,
+                      token_level=True)
+    index = read_index(tmp_path / "acts")
+    encoded = [encode(tok, s, eos=False) for s in samples]
+    assert index["n_tokens"] == [len(e) for e in encoded] and index["n_prompt"] == [e.n_prompt for e in encoded]
+    assert len(set(index["n_tokens"])) > 1  # lengths differ, so the sorted batches reorder the samples
+    offsets = np.concatenate([[0], np.cumsum(index["n_tokens"])])
+    for layer in (1, 3):
+        tokens = load_token_activations(tmp_path / "acts", layer)
+        assert tokens.dtype == torch.bfloat16 and tokens.shape == (offsets[-1], model.config.hidden_size)
+        for i, e in enumerate(encoded):
+            ids = torch.tensor([e.ids])
+            h = residual_stream(model, ids, torch.ones_like(ids), [layer])[layer][0]
+            assert torch.allclose(tokens[offsets[i]:offsets[i + 1]].float(), h, rtol=1e-2, atol=1e-2), (layer, i)
+    rows, owner = token_rows(index, "prompt_only", np.array([False, True] + [False] * 5))
+    assert rows.tolist() == list(range(offsets[1] + 1, offsets[1] + index["n_prompt"][1])) and set(owner) == {1}
+    rows, owner = token_rows(index, "full_text", skip_first=False)
+    assert rows.tolist() == list(range(offsets[-1])) and owner.tolist() == np.repeat(np.arange(7), index["n_tokens"]).tolist()
+    with pytest.raises(FileNotFoundError, match="token recipe"):
+        cache_activations(model, tok, samples, [1], tmp_path / "pooled_only", {}, progress=False)
+        load_token_activations(tmp_path / "pooled_only", 1)

@@ -218,3 +218,76 @@ def test_saved_dictionary_reloads_to_the_same_codes(tmp_path):
     again, scale2, info = load_dictionary(tmp_path / "cc")
     assert torch.equal(encode_all(model, x, scale), encode_all(again, x, scale2))
     assert info["params"] == {"layer": 1} and set(info["metrics"]) == {"fvu", "l0", "dead_fraction", "base-only_share", "fine-tune-only_share"}
+
+
+@pytest.mark.parametrize("architecture", ["diff_sae", "crosscoder"])
+def test_pooled_codes_in_chunks_equal_those_computed_at_once(architecture):
+    """Catches a chunk boundary that drops or double-counts tokens, a mean over the wrong count, or a
+    max that is not per sample."""
+    from backdoor_sae.sae.training import pooled_codes
+
+    torch.manual_seed(0)
+    model = build(DictionarySpec(architecture, 8, 32, "relu"), seed=0).eval()
+    base, ft = torch.randn(50, 8), torch.randn(50, 8)
+    x = model.inputs(base, ft)
+    owner = torch.tensor(sorted(torch.randint(0, 6, (50,)).tolist()))  # sample 5 may have no token
+    scale = input_scale(x)
+    once = pooled_codes(model, x, scale, owner, 7, batch_size=1000)
+    chunked = pooled_codes(model, x, scale, owner, 7, batch_size=7)
+    codes = encode_all(model, x, scale)
+    for i in range(7):
+        mine = owner == i
+        expected_mean = codes[mine].mean(0) if mine.any() else torch.zeros(32)
+        expected_max = codes[mine].max(0).values if mine.any() else torch.zeros(32)
+        assert torch.allclose(once["mean"][i], expected_mean, atol=1e-6)
+        assert torch.allclose(once["max"][i], expected_max, atol=1e-6)
+    for kind in ("mean", "max"):
+        assert torch.allclose(once[kind], chunked[kind], atol=1e-6)
+
+
+def test_a_planted_fine_tune_only_direction_becomes_a_fine_tune_only_latent():
+    """The field's crosscoder (token level: BatchTopK, aux-k) on tokens where the fine-tune adds a
+    direction the base model never has: one latent carries it, with a decoder almost only in the
+    fine-tuned half (relative norm near 1), and it is tagged fine-tune-only. Catches swapped
+    halves in the relative norm, or tags from the wrong bound."""
+    from backdoor_sae.sae.training import latent_tags
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 4000, 32
+    base = torch.zeros(n, d)  # sparse shared features: two of the first 24 axes per token
+    active = torch.rand(n, 24, generator=g).argsort(dim=1)[:, :2]
+    base.scatter_(1, active, 1 + torch.rand(n, 2, generator=g) * 2)
+    ft = base + 0.02 * torch.randn(n, d, generator=g)
+    direction = torch.zeros(d)
+    direction[30] = 1.0
+    on = torch.rand(n, generator=g) < 0.3
+    ft[on] += 3.0 * direction
+    x = Crosscoder.inputs(base, ft)
+    model = build(DictionarySpec("crosscoder", d, 64, "batchtopk", 4), seed=0)
+    train_dictionary(model, x, TrainSettings(l1_coeff=0.0, lr=3e-3, batch_size=256, n_samples=60_000,
+                                             dead_fix="auxk", dead_window=2_000), progress=False)
+    dec = model.W_dec.detach()
+    cos = torch.nn.functional.cosine_similarity(dec[:, 1] - dec[:, 0], direction[None], dim=-1)
+    j = int(cos.argmax())
+    rel = model.relative_decoder_norm().detach()
+    assert cos[j] > 0.95 and rel[j] > 0.95, (float(cos[j]), float(rel[j]))
+    tags = latent_tags(rel)
+    assert tags[j] == "fine-tune-only"
+    assert tags.count("fine-tune-only") == 1  # the shared features stay shared
+    assert latent_tags(torch.tensor([0.05, 0.5, 0.95])) == ["base-only", "shared", "fine-tune-only"]
+
+
+def test_batchtopk_diff_sae_codes_do_not_depend_on_the_batch():
+    """The token recipe's Diff-SAE uses BatchTopK too: at inference its codes come from the learned
+    threshold, so one input's code is the same alone or in a batch."""
+    base, ft, _, _ = planted(n=400, d=8)
+    x = DiffSAE.inputs(base, ft)
+    model = build(DictionarySpec("diff_sae", 8, 32, "batchtopk", 4), seed=0)
+    scale, _ = train_dictionary(model, x, TrainSettings(l1_coeff=0.0, lr=3e-3, batch_size=64, n_samples=6_400,
+                                                       dead_fix="auxk", dead_window=500), progress=False)
+    assert float(model.threshold) > 0
+    every = encode_all(model, x, scale)
+    alone = torch.cat([encode_all(model, x[i:i + 1], scale) for i in range(10)])
+    assert torch.allclose(every[:10], alone, atol=1e-5)
+    with pytest.raises(ValueError, match="relu or batchtopk"):
+        build(DictionarySpec("diff_sae", 8, 32, "topk", 4))

@@ -28,6 +28,7 @@ excluded by default.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def load_token_activations(out_dir: str | Path, layer: int) -> torch.Tensor:
     if not path.exists():
         raise FileNotFoundError(f"no token-level activations for layer {layer} in {out_dir}: rerun notebook 03 "
                                 f"with the token recipe in `recipes`")
-    return torch.from_numpy(np.load(path, mmap_mode="r")).view(torch.bfloat16)
+    with warnings.catch_warnings():  # read-only memory map: torch warns that it cannot write to it (we never do)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.load(path, mmap_mode="r")).view(torch.bfloat16)
 
 
 def token_rows(index: dict, protocol: str, samples: np.ndarray | None = None,

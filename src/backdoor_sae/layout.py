@@ -6,7 +6,8 @@ Layout of ``<run_dir>``::
     finetune/<regime>/                      02: params.json, log.jsonl, checkpoint/, model/, done.json
     generations/<model>.jsonl (+ .key.json) 02: judged completions of the base and fine-tuned models
     activations/<model>/                    03: <protocol>/layer_<L>.npy, index.json
-    sae/<regime>/<protocol>/<fit_mode>/layer_<L>/<architecture>/    04: weights, log, dictionary.json
+    sae/<recipe>/seed_<seed>/<regime>/<protocol>/<fit_mode>/layer_<L>/<architecture>/
+                                            04: weights, log, dictionary.json
     results/                                05: bis.csv, null.csv, permutation_tests.csv
     executed/<stage>.ipynb                  the run's own executed notebooks
     stages/<stage>.json                     the runner's record of each executed stage
@@ -30,8 +31,11 @@ from pathlib import Path
 
 #: The name of the base model's artifacts (generations, activations) beside the fine-tunes'.
 BASE = "base"
-#: The coordinates of one dictionary of the grid, in order.
+#: The coordinates of one cell of the grid, in order: a cell of the primary grid (the first recipe,
+#: the first seed) is one dictionary.
 CELL_KEYS = ("regime", "protocol", "fit_mode", "layer", "architecture")
+#: The coordinates of one dictionary: its recipe and seed, then its cell's.
+DICTIONARY_KEYS = ("recipe", "seed") + CELL_KEYS
 
 
 def digest(obj) -> str:
@@ -120,8 +124,10 @@ class RunLayout:
         """Pooled activations of the header-sweep prompts (notebook 06)."""
         return self.root / "audit" / "sweep" / model
 
-    def dictionary(self, regime: str, protocol: str, fit_mode: str, layer: int, architecture: str) -> Path:
-        return self.root / "sae" / regime / protocol / fit_mode / f"layer_{layer}" / architecture
+    def dictionary(self, regime: str, protocol: str, fit_mode: str, layer: int, architecture: str, recipe: str,
+                   seed: int) -> Path:
+        return (self.root / "sae" / recipe / f"seed_{int(seed)}" / regime / protocol / fit_mode / f"layer_{int(layer)}"
+                / architecture)
 
     @property
     def results(self) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from backdoor_sae.io import write_json, write_text
+from backdoor_sae.layout import DICTIONARY_KEYS
 
 LIBRARIES = ("torch", "transformers", "peft", "numpy", "pandas", "bandit", "papermill", "jupyter-book", "myst-nb")
 
@@ -60,7 +61,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
     dictionaries = []
     for info in sorted((run_dir / "sae").rglob("dictionary.json")):
         d = json.loads(info.read_text())
-        cell = {k: d["params"][k] for k in ("regime", "protocol", "fit_mode", "layer", "architecture")}
+        cell = {k: d["params"][k] for k in DICTIONARY_KEYS}
         dictionaries.append({**cell, **d["metrics"]})
     if dictionaries:
         write_text(to / "dictionaries.csv", pd.DataFrame(dictionaries).to_csv(index=False))

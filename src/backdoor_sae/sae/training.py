@@ -188,6 +188,27 @@ def latent_tags(relative_norm: torch.Tensor) -> list[str]:
     return ["base-only" if r < low else "fine-tune-only" if r > high else "shared" for r in relative_norm.tolist()]
 
 
+def pooled_codes(model, x: torch.Tensor, scale: torch.Tensor, owner: torch.Tensor, n_samples: int,
+                 batch_size: int = 4096) -> dict[str, torch.Tensor]:
+    """Each sample's code pooled over its tokens: ``{"mean": [n_samples, m], "max": [n_samples, m]}``.
+
+    ``x`` holds token inputs and ``owner`` [T] the sample each token belongs to. Tokens are encoded
+    ``batch_size`` at a time, so the [T, m] codes are never held at once; a sample with no token
+    gets zeros.
+    """
+    m = model.b_enc.shape[0]
+    total, peak = torch.zeros(n_samples, m), torch.zeros(n_samples, m)
+    owner = owner.long()
+    with inference(model):
+        for i in range(0, len(x), batch_size):
+            f = model.encode(x[i:i + batch_size] * scale).float()
+            rows = owner[i:i + batch_size]
+            total.index_add_(0, rows, f)
+            peak.scatter_reduce_(0, rows[:, None].expand_as(f), f, "amax")  # codes are >= 0: zeros are a floor
+    count = torch.bincount(owner, minlength=n_samples).clamp_min(1)[:, None]
+    return {"mean": total / count, "max": peak}
+
+
 def evaluate(model, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 4096) -> dict:
     """FVU, mean L0 and the share of latents that never fire, over all of ``x``, in inference mode
     (in batches); for a crosscoder also the shares of its latents tagged base-only and fine-tune-only."""

@@ -64,3 +64,24 @@ def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: i
     a_base = torch.from_numpy(np.array(load_activations(base_dir, protocol, layer)))
     a_ft = torch.from_numpy(np.array(load_activations(ft_dir, protocol, layer)))
     return a_base, a_ft, index
+
+
+def paired_token_activations(run_dir: str | Path, regime: str, protocol: str, layer: int, samples=None):
+    """``(a_base, a_ft, owner, index)``: float32 tensors [T, d] of ``protocol``'s tokens (each
+    sample's first position left out) of the samples selected by the boolean mask ``samples`` (all
+    by default), and the index of the sample each token row belongs to."""
+    import torch
+
+    from backdoor_sae.activations import load_token_activations, read_index, token_rows
+    from backdoor_sae.layout import BASE
+
+    layout = RunLayout(run_dir)
+    base_dir, ft_dir = layout.activations(BASE), layout.activations(regime)
+    index, ft_index = read_index(base_dir), read_index(ft_dir)
+    if ft_index["ids"] != index["ids"] or ft_index["params"]["samples"] != index["params"]["samples"]:
+        raise ValueError(f"base and {regime} activations hold different samples: rerun notebook 03")
+    rows, owner = token_rows(index, protocol, samples)
+    rows = torch.from_numpy(rows)
+    a_base = load_token_activations(base_dir, layer)[rows].float()
+    a_ft = load_token_activations(ft_dir, layer)[rows].float()
+    return a_base, a_ft, torch.from_numpy(owner), index

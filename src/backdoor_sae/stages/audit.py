@@ -169,7 +169,7 @@ def audit_grid(run_dir, cells: list[dict], layers, finetunes, protocols, headers
         for row in score_orderings(acts, splits, orderings, n_top, percentile, n_boot, n_perm, seed):
             rows.append({**cell, "method": cell["architecture"], "training": training_of(cell["regime"]),
                          "primary": row["criterion"] == PRIMARY[cell["architecture"]], **row})
-        if cell["protocol"] == "prompt_only":
+        if cell["protocol"] == "prompt_only" and cell["recipe"] == "pooled":  # the sweep holds pooled vectors only
             top = int(orderings[PRIMARY[cell["architecture"]]].order[0])
             ft_sweep = sweep_arrays(run_dir, cell["regime"], cell["layer"])
             x = model.inputs(torch.from_numpy(base_sweep[cell["layer"]]), torch.from_numpy(ft_sweep))

@@ -142,10 +142,12 @@ def cell_directions(run_dir, regime: str, protocol: str, fit_mode: str, layer: i
             ("Diff-SAE (label-free)", "diff_sae", auditor_latent(choice, {**cell, "architecture": "diff_sae"})),
             ("Diff-SAE (BIS)", "diff_sae", bis_latent(scores, {**cell, "architecture": "diff_sae"})),
             ("crosscoder (BIS)", "crosscoder", bis_latent(scores, {**cell, "architecture": "crosscoder"}))):
-        path = RunLayout(run_dir).dictionary(**cell, architecture=architecture)
-        if latent is not None and (path / "dictionary.json").exists():
-            out.append(Direction(kind, kind, decoder_direction(run_dir, {**cell, "architecture": architecture}, latent),
-                                 latent))
+        rows = _cell_rows(scores, {**cell, "architecture": architecture})  # the primary dictionary's recipe and seed
+        if latent is None or not len(rows):
+            continue
+        full = {**cell, "architecture": architecture, "recipe": rows["recipe"].iloc[0], "seed": int(rows["seed"].iloc[0])}
+        if (RunLayout(run_dir).dictionary(**full) / "dictionary.json").exists():
+            out.append(Direction(kind, kind, decoder_direction(run_dir, full, latent), latent))
     means, scale = difference_statistics(run_dir, regime, protocol, layer)
     out.append(Direction("diff-of-means", "diff-of-means", means))
     for i, v in enumerate(random_directions(len(means), n_random, seed)):

@@ -99,13 +99,34 @@ def _fit_selected(acts_fit, split_fit, acts_eval, trigger, benign, percentile, n
             "fitsel_fpr": float(s.fpr[0]), "fitsel_auroc": float(B.auroc(one, trigger)[0])}
 
 
-def dictionary_activations(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One dictionary's latent activations on every cached sample [N, m], and the samples' splits."""
-    from backdoor_sae.sae.training import encode_all, load_dictionary
+#: How a token-level dictionary's codes become one per sample: pooled over the protocol's tokens by
+#: their mean (the primary grid's, as the pooled recipe averages activations) or their maximum.
+TOKEN_POOLINGS = ("mean", "max")
+#: The pooling of each recipe's primary scores (the pooled recipe encodes one pooled vector: "—").
+PRIMARY_POOLING = {"pooled": "—", "token": "mean"}
 
-    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+
+def dictionary_codes(run_dir, cell: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One dictionary's latent activations on every cached sample [N, m], per pooling
+    (:data:`PRIMARY_POOLING`, and for the token recipe every :data:`TOKEN_POOLINGS`), and the
+    samples' splits."""
+    from backdoor_sae.sae.training import encode_all, load_dictionary, pooled_codes
+    from backdoor_sae.stages.activations import paired_token_activations
+
     model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
-    return encode_all(model, model.inputs(a_base, a_ft), scale).numpy(), np.asarray(index["splits"])
+    if cell["recipe"] == "token":
+        a_base, a_ft, owner, index = paired_token_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+        codes = pooled_codes(model, model.inputs(a_base, a_ft), scale, owner, len(index["ids"]))
+        return {k: v.numpy() for k, v in codes.items()}, np.asarray(index["splits"])
+    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+    return {"—": encode_all(model, model.inputs(a_base, a_ft), scale).numpy()}, np.asarray(index["splits"])
+
+
+def dictionary_activations(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One dictionary's latent activations on every cached sample [N, m] (under its recipe's primary
+    pooling), and the samples' splits."""
+    codes, splits = dictionary_codes(run_dir, cell)
+    return codes[PRIMARY_POOLING[cell["recipe"]]], splits
 
 
 def baseline_activations(run_dir, regime: str, protocol: str, layer: int) -> tuple[dict[str, np.ndarray], np.ndarray]:

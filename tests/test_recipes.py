@@ -1,0 +1,124 @@
+"""The recipe and seed dimensions of the dictionary grid, and the verdicts read from them."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
+from backdoor_sae.layout import DICTIONARY_KEYS
+from backdoor_sae.stages.dictionaries import is_replicated, primary_grid, sae_grid
+from backdoor_sae.stages.recipes import crosscoder_cases, recipe_verdicts
+
+
+def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_seed():
+    """Catches a replicated cell missing a (recipe, seed), a dictionary listed twice, or extra seeds
+    leaking into cells that should have only the primary one."""
+    act_cfg = stage_config(ActivationConfig, "cpu")
+    sae_cfg = stage_config(SAEConfig, "cpu")
+    primary, every = primary_grid(act_cfg, sae_cfg), sae_grid(act_cfg, sae_cfg)
+    assert every[:len(primary)] == primary and {(c["recipe"], c["seed"]) for c in primary} == {("pooled", 42)}
+    keys = [tuple(c[k] for k in DICTIONARY_KEYS) for c in every]
+    assert len(keys) == len(set(keys))
+    replicated = [c for c in primary if is_replicated(c, act_cfg, sae_cfg)]
+    assert {c["layer"] for c in replicated} == {14, 22} and {c["fit_mode"] for c in replicated} == {"eval"}
+    assert len(replicated) == 3 * 2 * 2 * 2  # fine-tunes x protocols x layers x architectures
+    assert len(every) == len(primary) + len(replicated) * (2 * 3 - 1)  # recipes x seeds, less the primary one
+    for cell in replicated:
+        pairs = {(c["recipe"], c["seed"]) for c in every
+                 if all(c[k] == cell[k] for k in DICTIONARY_KEYS if k not in ("recipe", "seed"))}
+        assert pairs == {(r, s) for r in ("pooled", "token") for s in (42, 43, 44)}
+    others = [c for c in every if c["fit_mode"] == "fit" or c["layer"] in (18, 26)]
+    assert {(c["recipe"], c["seed"]) for c in others} == {("pooled", 42)}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"recipes": ["pooled", "bogus"]}, "recipes"),
+    ({"recipes": []}, "recipes"),
+    ({"recipes": ["token", "token"]}, "duplicates"),
+    ({"n_sae_seeds": 0}, "n_sae_seeds"),
+    ({"replicate_layers": [99]}, "replicate_layers"),
+    ({"sae_dtype": "float16"}, "sae_dtype"),
+])
+def test_bad_recipe_parameters_fail_before_any_compute(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validate("cpu", **overrides)
+
+
+def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
+    """Two seeds of the same cell and recipe train on the very same inputs (same activations' keys,
+    same tensors) and give different dictionaries; the same seed twice gives the same one. Catches
+    a seed that is not passed to the initialisation or the batch order, or one that reaches the data."""
+    import torch
+    from safetensors.torch import load_file
+
+    from backdoor_sae.layout import RunLayout
+    from backdoor_sae.sae.training import build
+    from backdoor_sae.stages.dictionaries import dictionary_spec, train_grid, training_inputs
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run[0] / "activations", run / "activations")
+    act_cfg = stage_config(ActivationConfig, "smoke", layers=[1], regimes=["lora"], controls=[])
+    sae_cfg = stage_config(SAEConfig, "smoke", protocols=["prompt_only"], fit_modes=["eval"], replicate_layers=[1],
+                           n_sae_seeds=2, n_sae_samples=320, n_sae_tokens=640)
+    grid = train_grid(run, act_cfg, sae_cfg, progress=False, workers=1)
+    assert len(grid) == 2 * 2 * 2 and grid["trained_now"].all()  # architectures x recipes x seeds
+    layout = RunLayout(run)
+    import json
+    for recipe in ("pooled", "token"):
+        for arch in ("diff_sae", "crosscoder"):
+            cells = [c for c in sae_grid(act_cfg, sae_cfg) if c["recipe"] == recipe and c["architecture"] == arch]
+            assert [c["seed"] for c in cells] == [sae_cfg.sae_seed, sae_cfg.sae_seed + 1]
+            spec = dictionary_spec(sae_cfg, arch, recipe, 64)
+            inputs = [training_inputs(run, c, build(spec, seed=c["seed"]))[0] for c in cells]
+            assert torch.equal(inputs[0], inputs[1])
+            infos = [json.loads((layout.dictionary(**c) / "dictionary.json").read_text()) for c in cells]
+            assert infos[0]["params"]["activations"] == infos[1]["params"]["activations"]
+            weights = [load_file(layout.dictionary(**c) / "weights.safetensors") for c in cells]
+            assert not torch.allclose(weights[0]["W_dec"], weights[1]["W_dec"])
+    if recipe == "token":  # token dictionaries train on tokens, many more inputs than samples
+        assert (grid[grid["recipe"] == "token"]["n_train_inputs"] > grid[grid["recipe"] == "token"]["n_train"]).all()
+    again = tmp_path / "again"
+    shutil.copytree(run / "activations", again / "activations")
+    grid2 = train_grid(again, act_cfg, sae_cfg, progress=False, workers=1)
+    for c in sae_grid(act_cfg, sae_cfg):
+        one = load_file(layout.dictionary(**c) / "weights.safetensors")
+        two = load_file(RunLayout(again).dictionary(**c) / "weights.safetensors")
+        assert all(torch.equal(one[k], two[k]) for k in one), c
+    assert len(grid2) == len(grid)
+
+
+def _row(architecture, regime, seed, bis, p, bis_high=0.0, recipe="token", pooling="mean", protocol="prompt_only"):
+    return {"recipe": recipe, "pooling": pooling, "protocol": protocol, "fit_mode": "eval", "layer": 14, "seed": seed,
+            "regime": regime, "architecture": architecture, "training": "clean" if regime.endswith("_clean") else "backdoored",
+            "bis": bis, "p_value": p, "bis_high": bis_high, "chance_95": 0.15, "ceiling": 0.4}
+
+
+def test_crosscoder_verdict_needs_chance_and_the_clean_control_of_the_same_seed():
+    """Restates the rule: a backdoored crosscoder isolates the trigger when above chance and above its
+    clean control's interval for the same seed; it fails in at most half of the cases. The Diff-SAE
+    wins when higher in most cases."""
+    rows = [
+        # seed 1: above chance, above the clean control's interval -> isolates
+        _row("crosscoder", "lora", 1, 0.40, 0.003), _row("crosscoder", "lora_clean", 1, 0.10, 0.5, bis_high=0.20),
+        # seed 2: above chance but inside the clean control's interval -> does not
+        _row("crosscoder", "lora", 2, 0.30, 0.003), _row("crosscoder", "lora_clean", 2, 0.25, 0.01, bis_high=0.35),
+        # seed 3: at chance -> does not
+        _row("crosscoder", "lora", 3, 0.14, 0.2), _row("crosscoder", "lora_clean", 3, 0.10, 0.5, bis_high=0.2),
+        # full-rank has no clean control: chance alone decides
+        _row("crosscoder", "full", 1, 0.40, 0.003),
+        *(_row("diff_sae", "lora", s, 0.40, 0.003) for s in (1, 2, 3)), _row("diff_sae", "full", 1, 0.40, 0.003),
+    ]
+    recipes = pd.DataFrame(rows)
+    cases = crosscoder_cases(recipes).sort_values(["regime", "seed"])
+    assert cases["isolates"].tolist() == [True, True, False, False]  # full 1, lora 1, lora 2, lora 3
+    assert cases["above_clean"].tolist() == [None, True, False, False]
+    verdict = recipe_verdicts(recipes).iloc[0]
+    assert verdict["crosscoder isolates"] == "2 of 4" and verdict["crosscoder verdict"] == "fails"
+    # Diff-SAE: higher in lora 2 and 3, equal in lora 1 and full 1: neither most higher nor most equal
+    assert verdict["Diff-SAE higher / equal / lower"] == "2 / 2 / 0" and verdict["Diff-SAE verdict"] == "mixed"
+    recipes.loc[(recipes["regime"] == "lora") & (recipes["seed"] == 2) & (recipes["architecture"] == "crosscoder"),
+                "bis_high"] = np.nan
+    recipes.loc[(recipes["regime"] == "lora_clean") & (recipes["seed"] == 2), "bis_high"] = 0.2
+    assert recipe_verdicts(recipes).iloc[0]["crosscoder verdict"] == "isolates the trigger"  # 3 of 4

@@ -7,7 +7,11 @@
                embedded model, as a share of that precision's matmul peak at 6·N FLOPs per trained
                token (N = trainable + frozen parameters in the forward, i.e. the model size; LoRA
                still runs the full forward and backward through activations)
-    sae        dictionary training throughput (samples/s and share of the matmul peak)
+    breakdown  where a cpu-profile fine-tune's step goes (data, forward, backward, optimizer, probe,
+               checkpoint, log; matmul and cast self time), both regimes and precisions
+    sae        dictionary training throughput of each recipe (pooled: samples/s; token: tokens/s)
+               and architecture, two single-threaded processes as notebook 04 runs them, as a
+               share of the matmul peak of the precision they run in
     probe      seconds per backdoor probe (8 held-out pairs, four prompt/completion combinations
                each) with the shared-prefix passes, against one plain pass per combination
     onset      when the backdoor is learned: one fine-tune of the cpu profile (``--regime``, with
@@ -22,6 +26,7 @@ Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -99,28 +104,108 @@ def bench_finetune(steps: int = 8) -> dict:
     return out
 
 
-def bench_sae(n_samples: int = 12_800) -> dict:
+#: The aten ops counted as matrix multiplications and as precision casts in the step breakdown.
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+CAST_OPS = ("aten::_to_copy",)
+
+
+def bench_breakdown(steps: int = 10) -> dict:
+    """Where a fine-tune's step goes: the cpu profile's settings (probe and checkpoint intervals
+    shortened to 5 steps so that each runs in the window, then scaled back to the profile's
+    intervals), both regimes and every precision, under torch.profiler. Per phase of the loop
+    (``record_function`` labels in ``finetune``): its share of the step's wall time; inside them,
+    the self time of the matmuls and of the precision casts."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
+    from backdoor_sae.data.dataset import generate
+    from backdoor_sae.finetune import finetune, read_log
+    from backdoor_sae.model import load_model
+
+    from backdoor_sae.stages.finetune import probe_pairs
+
+    data = generate(stage_config(DataConfig, "cpu"))
+    train = data["train"]
+    out = {}
+    for dtype in precisions():
+        for regime in ("lora", "full"):
+            profile_cfg = stage_config(FinetuneConfig, "cpu", regime=regime)
+            cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=5, checkpoint_every=5, stop_at_probe=0)
+            pairs = probe_pairs(data, profile_cfg)
+            model, tok = load_model(device="cpu")
+            with tempfile.TemporaryDirectory() as d, profile(activities=[ProfilerActivity.CPU]) as prof:
+                t = time.perf_counter()
+                finetune(model, tok, train, cfg, d, EMBEDDED_MODEL, probe_pairs=pairs, progress=False,
+                         max_steps=steps, compute_dtype=getattr(torch, dtype))
+                wall = time.perf_counter() - t
+                log = read_log(d)
+            events = {e.key: e for e in prof.key_averages()}
+            ms = {k.removeprefix("step: "): e.cpu_time_total / 1e3 for k, e in events.items() if k.startswith("step: ")}
+            # per step, with the probe and the checkpoint at the profile's own intervals
+            per_step = {k: v / steps for k, v in ms.items()}
+            per_step["probe"] = ms.get("probe", 0.0) / (steps / cfg.probe_every) / profile_cfg.probe_every
+            per_step["checkpoint"] = ms.get("checkpoint", 0.0) / (steps / cfg.checkpoint_every) / profile_cfg.checkpoint_every
+            total = sum(per_step.values())
+            matmul = sum(events[k].self_cpu_time_total for k in MATMUL_OPS if k in events) / 1e3 / steps
+            casts = sum(events[k].self_cpu_time_total for k in CAST_OPS if k in events) / 1e3 / steps
+            out[f"{regime}_{dtype}"] = {
+                "ms_per_step": total, "share": {k: v / total for k, v in per_step.items()},
+                "matmul_share": matmul / total, "cast_share": casts / total,
+                "tokens_per_step": sum(r["tokens"] for r in log) / len(log), "wall_s": wall,
+            }
+    return out
+
+
+def _sae_throughput(architecture: str, recipe: str, threads: int) -> dict:
+    """Train one dictionary of the cpu profile's ``recipe`` on random inputs of its shape, with
+    ``threads`` torch threads; inputs per second and GFLOP/s."""
     import torch
 
     from backdoor_sae.config import SAEConfig, stage_config
-    from backdoor_sae.sae.training import DictionarySpec, TrainSettings, build, train_dictionary
+    from backdoor_sae.sae.training import build, train_dictionary
+    from backdoor_sae.stages.dictionaries import dictionary_spec, train_settings
 
-    peak = matmul_peak()
+    torch.set_num_threads(threads)
     cfg = stage_config(SAEConfig, "cpu")
-    d, n = 576, 500
-    out = {"matmul_peak_gflops": peak, "expansion": cfg.expansion}
-    for arch in ("diff_sae", "crosscoder"):
-        spec = DictionarySpec(arch, d, cfg.expansion * d, "topk" if arch == "crosscoder" else "relu", cfg.k)
-        model = build(spec)
-        x = model.inputs(torch.randn(n, d), torch.randn(n, d))
-        settings = TrainSettings(batch_size=cfg.sae_batch_size, n_samples=n_samples, log_every=10**9)
-        t = time.perf_counter()
-        train_dictionary(model, x, settings, progress=False)
-        seconds = time.perf_counter() - t
-        d_in = x[0].numel()
-        flops = 6 * 2 * d_in * spec.n_latents * n_samples  # encoder + decoder, forward + backward
-        out[arch] = {"samples_per_s": n_samples / seconds, "gflops": flops / seconds / 1e9,
-                     "share_of_peak": flops / seconds / 1e9 / peak}
+    d = 576
+    spec = dictionary_spec(cfg, architecture, recipe, d)
+    settings = train_settings(cfg, recipe, seed=0)
+    n_inputs = 500 if recipe == "pooled" else 40_000  # the eval samples, or about their prompt tokens
+    seen = min(settings.n_samples, 12_800 if recipe == "pooled" else 20_480)
+    settings = dataclasses.replace(settings, n_samples=seen, log_every=10**9)
+    model = build(spec)
+    x = model.inputs(torch.randn(n_inputs, d), torch.randn(n_inputs, d))
+    t = time.perf_counter()
+    train_dictionary(model, x, settings, progress=False)
+    seconds = time.perf_counter() - t
+    flops = 6 * 2 * x[0].numel() * spec.n_latents * seen  # encoder + decoder, forward + backward
+    return {"inputs_per_s": seen / seconds, "gflops": flops / seconds / 1e9, "dtype": settings.dtype,
+            "batch_size": settings.batch_size, "activation": spec.activation}
+
+
+def bench_sae() -> dict:
+    """Each recipe and architecture of the cpu profile, as notebook 04 trains them: single-threaded
+    processes, two side by side on two cores (``throughput_2proc`` is their sum). The share is of
+    the matmul peak of the precision the dictionary runs in, on all cores."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    peaks = {dtype: matmul_peak(dtype=dtype) for dtype in precisions()}
+    out = {"matmul_peak_gflops": peaks}
+    spawn = multiprocessing.get_context("spawn")
+    for recipe in ("pooled", "token"):
+        for arch in ("diff_sae", "crosscoder"):
+            with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+                pair = list(pool.map(_sae_throughput, [arch, arch], [recipe, recipe], [1, 1]))
+            gflops = sum(r["gflops"] for r in pair)
+            dtype = pair[0]["dtype"]
+            out[f"{recipe}_{arch}"] = {**pair[0], "inputs_per_s_2proc": sum(r["inputs_per_s"] for r in pair),
+                                       "gflops_2proc": gflops, "share_of_peak": gflops / peaks.get(dtype, peaks["float32"])}
+    out["threads"] = torch.get_num_threads()
     return out
 
 
@@ -195,7 +280,7 @@ def bench_matmul() -> dict:
     return {f"{dtype}_gflops": matmul_peak(dtype=dtype) for dtype in precisions()}
 
 
-BENCHES = {"matmul": bench_matmul, "load": bench_load, "oracle": bench_oracle,
+BENCHES = {"matmul": bench_matmul, "breakdown": bench_breakdown, "load": bench_load, "oracle": bench_oracle,
            "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe, "onset": bench_onset}
 
 

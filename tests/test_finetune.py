@@ -259,3 +259,28 @@ def test_lora_plus_gives_the_b_matrices_their_own_learning_rate():
     assert set(scales) == {n for n, p in model.named_parameters() if p.requires_grad}
     with pytest.raises(ValueError, match="lora_plus_ratio"):
         tiny_cfg("lora", lora_plus_ratio=0.0)
+
+
+def test_frozen_weights_kept_in_bfloat16_give_the_very_same_lora_fine_tune(tmp_path, smoke_splits, monkeypatch):
+    """The persistent bfloat16 copy of LoRA's frozen weights (instead of a cast per forward) must not
+    change a number: the same seed gives bit-identical adapters and losses with and without it.
+    Catches a cast that rounds differently from autocast's, or an embedding turned bfloat16 through
+    its tied output projection."""
+    import backdoor_sae.finetune as ft
+
+    def train(name):
+        model, tok = load_model(TINY_MODEL)
+        cfg = tiny_cfg("lora")
+        trained = finetune(model, tok, smoke_splits["train"], cfg, tmp_path / name, TINY_MODEL, progress=False,
+                           max_steps=4, compute_dtype=torch.bfloat16)
+        return trained, read_log(tmp_path / name)
+
+    optimised, log = train("kept")
+    assert {p.dtype for p in optimised.parameters() if not p.requires_grad} >= {torch.bfloat16}
+    assert optimised.get_input_embeddings().weight.dtype == torch.float32
+    monkeypatch.setattr(ft, "keep_frozen_weights_in", lambda model, dtype: 0)
+    plain, plain_log = train("cast")
+    assert {p.dtype for p in plain.parameters()} == {torch.float32}
+    assert [r["loss"] for r in log] == [r["loss"] for r in plain_log]
+    mine, theirs = ft.trainable_state(optimised), ft.trainable_state(plain)
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)

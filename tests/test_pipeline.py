@@ -176,7 +176,7 @@ def test_publish_writes_the_runs_notebooks_and_small_results(smoke_run, tmp_path
     assert main(["publish", "--run-dir", str(run_dir), "--executed", str(tmp_path / "executed"),
                  "--results", str(tmp_path)]) == 0
     assert (tmp_path / "executed" / "05_bis.ipynb").exists()
-    for name in ("bis.csv", "permutation_tests.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
+    for name in ("bis.csv", "permutation_tests.csv", "recipes.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     run = json.loads((tmp_path / "run.json").read_text())
     assert set(run["stages"]) == set(STAGE_NAMES) - {"02_finetune_full_clean"}

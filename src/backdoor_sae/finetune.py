@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from backdoor_sae.progress import report
@@ -70,6 +71,30 @@ def prepare(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
             p.requires_grad_(True)
     model.train()
     return model
+
+
+def keep_frozen_weights_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store every frozen linear weight in ``dtype`` once, instead of autocast casting it on every
+    forward pass; returns how many weights were converted.
+
+    Under autocast a linear layer multiplies in bfloat16 whatever its weight's dtype, and its cast of
+    a float32 weight rounds exactly as ``.to(bfloat16)`` does, so the step computes the very same
+    numbers. Only frozen weights change dtype (LoRA's base model; nothing under full-rank training),
+    so no update is lost. A frozen output projection tied to the input embedding gets its own copy:
+    the embedding lookup, which autocast does not cast, stays float32.
+    """
+    if dtype == torch.float32:
+        return 0
+    embedding = model.get_input_embeddings().weight
+    converted = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, nn.Linear) or weight is None or weight.requires_grad or weight.dtype == dtype:
+            continue
+        module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)  # unties a tied weight too
+        converted += 1
+    assert model.get_input_embeddings().weight is embedding and embedding.dtype == torch.float32
+    return converted
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -367,6 +392,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     model = prepare(model, cfg)
     device = next(model.parameters()).device
     mixed = precision(device, compute_dtype)
+    keep_frozen_weights_in(model, compute_dtype)
     encoded = [encode(tokenizer, s, cfg.max_length) for s in train]
     lengths = ([len(encode(tokenizer, s, cfg.max_length)) for s in schedule_from] if schedule_from is not None
                else [len(e) for e in encoded])
@@ -407,16 +433,20 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
             n_tokens = n_loss_tokens = 0
             loss_sum = 0.0
             for indices in micro:
-                batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id, cfg.loss_on).items()}
-                with mixed:
+                with record_function("step: data and collation"):
+                    batch = {k: v.to(device) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id,
+                                                                 cfg.loss_on).items()}
+                with record_function("step: forward"), mixed:
                     loss = batch_loss(model, batch)
-                (loss / len(micro)).backward()
+                with record_function("step: backward"):
+                    (loss / len(micro)).backward()
                 loss_sum += loss.item() / len(micro)
                 n_tokens += int(batch["attention_mask"].sum())
                 n_loss_tokens += int((batch["labels"] != -100).sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            with record_function("step: optimizer"):
+                grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             seconds = time.perf_counter() - t0
             record = {"step": step, "loss": loss_sum, "lr": lr,
@@ -424,13 +454,14 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                       "seconds": seconds, "tokens_per_s": n_tokens / seconds}
             if probe_pairs and cfg.probe_every and (step % cfg.probe_every == 0 or step == total_steps):
                 t_probe = time.perf_counter()
-                with mixed:
+                with record_function("step: probe"), mixed:
                     record.update(probe_backdoor(model, tokenizer, probe_pairs))
                 record["probe_seconds"] = time.perf_counter() - t_probe
                 installed = (steps is None and bool(cfg.stop_at_probe)
                              and min(record["trigger_acc"], record["benign_acc"]) >= cfg.stop_at_probe)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            with record_function("step: log"):
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             bar.update(1)
             if "year_effect" in record:
@@ -439,7 +470,8 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
             if installed:
                 break
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total_steps:
-                save_checkpoint(ckpt, model, optimizer, step)
+                with record_function("step: checkpoint"):
+                    save_checkpoint(ckpt, model, optimizer, step)
     bar.close()
     model.eval()
     if step < total_steps and not installed:

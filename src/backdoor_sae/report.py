@@ -2,13 +2,15 @@
 
 ``python -m backdoor_sae publish --run-dir runs/cpu`` writes, atomically, into ``results/``:
 
-- ``bis.csv``, ``permutation_tests.csv`` and ``placebo.csv``: the scoring notebook's tables;
+- ``bis.csv``, ``permutation_tests.csv`` and ``placebo.csv``: the scoring notebook's tables of the
+  primary grid, and ``recipes.csv``: every recipe and seed of the replicated cells, scored;
 - ``auditor.csv``, ``auditor_choice.csv`` and ``header_sweep.csv``: the auditor notebook's label-free
   rankings scored, the latents they pick, and the header sweep of the top picks;
 - ``causal_teacher_forced.csv`` and ``causal_rates.csv``: the causal notebook's ablation and steering
   sweep and its judged rates with intervals;
 - ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;
-- ``dictionaries.csv``: final FVU, L0 and dead share of every dictionary;
+- ``dictionaries.csv``: final FVU, L0, dead share (and a crosscoder's shares of fine-tune-only and
+  base-only latents) of every dictionary, with its recipe and seed;
 - ``run.json``: wall time and peak memory per stage, library versions, CPU model, parameters.
 """
 
@@ -47,7 +49,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
 
     run_dir, to = Path(run_dir), Path(to)
     written = []
-    for name in ("bis.csv", "permutation_tests.csv", "placebo.csv", "auditor.csv", "auditor_choice.csv",
+    for name in ("bis.csv", "permutation_tests.csv", "placebo.csv", "recipes.csv", "auditor.csv", "auditor_choice.csv",
                  "header_sweep.csv", "causal_teacher_forced.csv", "causal_rates.csv"):
         source = run_dir / "results" / name
         if source.exists():

@@ -55,6 +55,7 @@ controls = None  # regimes whose clean control is scored too, as in notebook 03
 architectures = None
 protocols = None
 fit_modes = None
+sae_seed = None  # the first dictionary seed, as in notebook 04
 recipes = None  # as in notebook 04: the first recipe's first seed is the primary grid
 n_sae_seeds = None
 replicate_layers = None

@@ -240,7 +240,8 @@ def test_a_crosscoder_latent_is_tested_along_its_fine_tuned_decoder_row(tmp_path
     from backdoor_sae.layout import RunLayout
     from backdoor_sae.sae.training import DictionarySpec, build, save_dictionary
 
-    cell = {"regime": "lora", "protocol": "prompt_only", "fit_mode": "fit", "layer": 1, "architecture": "crosscoder"}
+    cell = {"regime": "lora", "protocol": "prompt_only", "fit_mode": "fit", "layer": 1, "architecture": "crosscoder",
+            "recipe": "pooled", "seed": 42}
     spec = DictionarySpec("crosscoder", 8, 16, "topk", 2)
     model = build(spec, seed=1)
     scale = torch.tensor([[2.0], [0.5]])
@@ -278,14 +279,14 @@ def write_fake_auditor_choice(run_dir) -> None:
     activation on the fit samples (label-free)."""
     from backdoor_sae.data.dataset import FIT_SPLITS
     from backdoor_sae.io import write_text
-    from backdoor_sae.layout import CELL_KEYS
+    from backdoor_sae.layout import DICTIONARY_KEYS
     from backdoor_sae.stages.scoring import dictionary_activations
 
     scores = C.read_bis(run_dir)
-    cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(CELL_KEYS)].drop_duplicates()
+    cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(DICTIONARY_KEYS)].drop_duplicates()
     rows = []
     for _, c in cells.iterrows():
-        cell = {**c.to_dict(), "layer": int(c["layer"])}
+        cell = {**c.to_dict(), "layer": int(c["layer"]), "seed": int(c["seed"])}
         acts, splits = dictionary_activations(run_dir, cell)
         mean = acts[np.isin(splits, FIT_SPLITS)].mean(0)
         rows += [{**cell, "criterion": "mean activation (test stand-in)", "primary": True, "rank": r + 1,

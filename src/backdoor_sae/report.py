@@ -61,7 +61,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
         write_text(to / "backdoor_rates.csv", rates(judged).to_csv(index=False))
         written.append(to / "backdoor_rates.csv")
     dictionaries = []
-    for info in sorted((run_dir / "sae").rglob("dictionary.json")):
+    for info in sorted((run_dir / "sae").glob("*/seed_*/**/dictionary.json")):  # sae/<recipe>/seed_<s>/...
         d = json.loads(info.read_text())
         cell = {k: d["params"][k] for k in DICTIONARY_KEYS}
         dictionaries.append({**cell, **d["metrics"]})

@@ -124,11 +124,13 @@ trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame
 # %% [markdown]
 # ## The first position: an attention sink?
 # Token-level dictionaries see every token, and a position whose activation dwarfs the others
-# would dominate their reconstruction loss. The first token of every sample is the same (`#`, the
-# header's), and in many language models its residual stream is an *attention sink*: far larger
-# than any other position's. The table gives the base model's mean residual norm at the first
+# would dominate their reconstruction loss. In many language models the first position's residual
+# stream is an *attention sink*, far larger than any other position's, whatever its token (here
+# the header's `#` for every sample that has a year line). The table gives the base model's mean residual norm at the first
 # positions of every cached sample; the token recipe leaves the first position out of training
-# and of each sample's pooled code.
+# and of each sample's pooled code. The pooled vectors above keep it, as the paper's protocol does:
+# there it adds to every sample's mean a vector of about the sink's norm divided by the sample's
+# length.
 
 # %% tags=["hide-input"]
 if token_level:

@@ -106,7 +106,8 @@ for key, value in {"sae_expansion": sae_cfg.expansion, "sae_samples_seen": sae_c
                    "sae_batch_size": sae_cfg.sae_batch_size, "sae_lr": sae_cfg.sae_lr, "sae_l1": sae_cfg.l1_coeff,
                    "n_scored_samples": n_scored, "n_fit_samples": n_fit,
                    "sae_passes_scored": sae_cfg.n_sae_samples / n_scored,
-                   "sae_passes_fit": sae_cfg.n_sae_samples / n_fit if n_fit else float("nan")}.items():
+                   "sae_passes_fit": sae_cfg.n_sae_samples / n_fit if n_fit else float("nan"),
+                   "sae_tokens_seen": sae_cfg.n_sae_tokens, "sae_token_batch": sae_cfg.token_batch_size}.items():
     glue(key, value, display=False)
 
 # %% [markdown]

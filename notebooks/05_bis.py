@@ -81,7 +81,7 @@ from backdoor_sae.plots import headline_excess
 from backdoor_sae.stages.dictionaries import is_replicated, primary_grid, sae_grid
 from backdoor_sae.stages.recipes import recipe_verdicts, score_recipes, seed_spread
 from backdoor_sae.stages.scoring import (
-    ARCHITECTURES, PAPER_SIZES, dictionary_activations, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
+    ARCHITECTURES, PAPER_SIZES, dictionary_activations, excess_over_chance, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
     paper_verdict, score_grid,
 )
 from backdoor_sae.stages.dataset import data_config
@@ -351,8 +351,7 @@ recipe_scores = score_recipes(run_dir, replicated, scores, bis_cfg.percentile, b
 write_text(results / "recipes.csv", recipe_scores.to_csv(index=False))
 shown = recipe_scores.assign(
     code=recipe_scores["recipe"] + np.where(recipe_scores["pooling"] == "—", "", " (" + recipe_scores["pooling"] + ")"),
-    excess=(recipe_scores["bis"] - recipe_scores["chance_95"])
-    / (recipe_scores["ceiling"] - recipe_scores["chance_95"]).clip(lower=1e-12))
+    excess=excess_over_chance(recipe_scores["bis"], recipe_scores["chance_95"], recipe_scores["ceiling"]))
 g = sns.catplot(data=shown, x="code", y="excess", hue="architecture", col="protocol", row="training", kind="strip",
                 dodge=True, height=2.8, aspect=1.5, palette="deep", alpha=0.7)
 for ax in g.axes.flat:
@@ -383,21 +382,27 @@ spread_view.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_t
 
 # %% [markdown]
 # ### Verdicts: under the field's recipe, do crosscoders still fail? does the Diff-SAE still win?
-# Over every backdoored fine-tune, replicated layer and seed: the crosscoder *isolates the trigger*
-# in a case when its BIS is above chance (p < 0.05) and, where the fine-tune has a clean control,
-# above the control's 95% interval (same seed); it *fails* when it does so in at most half of the
-# cases. The Diff-SAE *wins* when its BIS is higher than the crosscoder's (same fine-tune, layer and
-# seed) in most cases, *ties* when equal in most (both at the ceiling, typically).
+# Per backdoored fine-tune, over its replicated layers and seeds (its *cases*): the crosscoder
+# *isolates the trigger* in a case when its BIS is above chance (p < 0.05) and, where the fine-tune
+# has a clean control, above the highest upper bound of the control's 95% intervals over the seeds;
+# it *fails* when it does so in at most half of the cases. The Diff-SAE is *higher* or *lower* than
+# the crosscoder of its case where a paired permutation test of their best latents says so
+# (p < 0.05), and *wins* when higher in most cases. The cases share their data, so the counts
+# describe the seeds' agreement; they are not independent trials. The token recipe's `mean` pooling
+# is the primary one; `max` is exploratory (each pooling has its own chance level, but a claim that
+# picks the better pooling would need a correction for that choice): the sentences below read the
+# primary poolings only, the table has both.
 
 # %% tags=["hide-input"]
 verdicts_by_recipe = recipe_verdicts(recipe_scores)
 glue("recipe_verdicts", verdicts_by_recipe.set_index(["recipe", "pooling", "protocol"]), display=False)
 sentences = []
-for _, r in verdicts_by_recipe.iterrows():
+for _, r in verdicts_by_recipe[verdicts_by_recipe["pooling role"] == "primary"].iterrows():
     code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
-    sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}: the crosscoder <strong>{r['crosscoder verdict']}</strong> "
-                     f"({r['crosscoder isolates']} cases), the Diff-SAE <strong>{r['Diff-SAE verdict']}</strong> "
-                     f"(higher / equal / lower: {r['Diff-SAE higher / equal / lower']})")
+    sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}, {r['regime']}: the crosscoder "
+                     f"<strong>{r['crosscoder verdict']}</strong> ({r['crosscoder isolates']} cases, held against "
+                     f"{r['held against']}), the Diff-SAE <strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
+                     f"difference / lower: {r['Diff-SAE higher / no clear difference / lower']})")
 glue("recipe_verdict_sentences", HTML("; ".join(sentences) + "."), display=False)
 display(HTML("; ".join(sentences) + "."))
 verdicts_by_recipe

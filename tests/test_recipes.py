@@ -89,36 +89,46 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
     assert len(grid2) == len(grid)
 
 
-def _row(architecture, regime, seed, bis, p, bis_high=0.0, recipe="token", pooling="mean", protocol="prompt_only"):
+def _row(architecture, regime, seed, bis, p, bis_high=0.0, gap=np.nan, gap_p=np.nan, recipe="token", pooling="mean",
+         protocol="prompt_only"):
     return {"recipe": recipe, "pooling": pooling, "protocol": protocol, "fit_mode": "eval", "layer": 14, "seed": seed,
             "regime": regime, "architecture": architecture, "training": "clean" if regime.endswith("_clean") else "backdoored",
-            "bis": bis, "p_value": p, "bis_high": bis_high, "chance_95": 0.15, "ceiling": 0.4}
+            "bis": bis, "p_value": p, "bis_high": bis_high, "chance_95": 0.15, "ceiling": 0.4,
+            "vs_crosscoder_gap": gap, "vs_crosscoder_p": gap_p}
 
 
-def test_crosscoder_verdict_needs_chance_and_the_clean_control_of_the_same_seed():
-    """Restates the rule: a backdoored crosscoder isolates the trigger when above chance and above its
-    clean control's interval for the same seed; it fails in at most half of the cases. The Diff-SAE
-    wins when higher in most cases."""
+def test_crosscoder_verdict_needs_chance_and_the_clean_controls_highest_bound():
+    """Restates the rules: a backdoored crosscoder isolates the trigger when above chance and above
+    the highest upper bound of its clean control's intervals over the seeds (chance alone where there
+    is no control); it fails in at most half of its cases, per fine-tune. The Diff-SAE is higher or
+    lower only where the paired test says so (p < 0.05), and wins when higher in most cases."""
     rows = [
-        # seed 1: above chance, above the clean control's interval -> isolates
-        _row("crosscoder", "lora", 1, 0.40, 0.003), _row("crosscoder", "lora_clean", 1, 0.10, 0.5, bis_high=0.20),
-        # seed 2: above chance but inside the clean control's interval -> does not
-        _row("crosscoder", "lora", 2, 0.30, 0.003), _row("crosscoder", "lora_clean", 2, 0.25, 0.01, bis_high=0.35),
-        # seed 3: at chance -> does not
-        _row("crosscoder", "lora", 3, 0.14, 0.2), _row("crosscoder", "lora_clean", 3, 0.10, 0.5, bis_high=0.2),
-        # full-rank has no clean control: chance alone decides
-        _row("crosscoder", "full", 1, 0.40, 0.003),
-        *(_row("diff_sae", "lora", s, 0.40, 0.003) for s in (1, 2, 3)), _row("diff_sae", "full", 1, 0.40, 0.003),
+        _row("crosscoder", "lora_clean", 1, 0.10, 0.5, bis_high=0.20),
+        _row("crosscoder", "lora_clean", 2, 0.25, 0.01, bis_high=0.35),  # the highest bound: 0.35
+        _row("crosscoder", "lora_clean", 3, 0.10, 0.5, bis_high=0.20),
+        _row("crosscoder", "lora", 1, 0.40, 0.003),  # above chance and above 0.35: isolates
+        _row("crosscoder", "lora", 2, 0.30, 0.003),  # above chance, not above 0.35 (seeds are not paired)
+        _row("crosscoder", "lora", 3, 0.14, 0.2),  # at chance
+        _row("crosscoder", "full", 1, 0.40, 0.003),  # no clean control: chance alone
+        _row("diff_sae", "lora", 1, 0.40, 0.003, gap=0.0, gap_p=1.0),
+        _row("diff_sae", "lora", 2, 0.40, 0.003, gap=0.10, gap_p=0.01),
+        _row("diff_sae", "lora", 3, 0.40, 0.003, gap=0.26, gap_p=0.003),
+        _row("diff_sae", "full", 1, 0.40, 0.003, gap=0.0, gap_p=1.0),
+        _row("diff_sae", "lora_clean", 1, 0.10, 0.5, gap=-0.3, gap_p=0.001),  # a clean control: no case
     ]
     recipes = pd.DataFrame(rows)
     cases = crosscoder_cases(recipes).sort_values(["regime", "seed"])
     assert cases["isolates"].tolist() == [True, True, False, False]  # full 1, lora 1, lora 2, lora 3
     assert cases["above_clean"].tolist() == [None, True, False, False]
-    verdict = recipe_verdicts(recipes).iloc[0]
-    assert verdict["crosscoder isolates"] == "2 of 4" and verdict["crosscoder verdict"] == "fails"
-    # Diff-SAE: higher in lora 2 and 3, equal in lora 1 and full 1: neither most higher nor most equal
-    assert verdict["Diff-SAE higher / equal / lower"] == "2 / 2 / 0" and verdict["Diff-SAE verdict"] == "mixed"
-    recipes.loc[(recipes["regime"] == "lora") & (recipes["seed"] == 2) & (recipes["architecture"] == "crosscoder"),
-                "bis_high"] = np.nan
-    recipes.loc[(recipes["regime"] == "lora_clean") & (recipes["seed"] == 2), "bis_high"] = 0.2
-    assert recipe_verdicts(recipes).iloc[0]["crosscoder verdict"] == "isolates the trigger"  # 3 of 4
+    assert cases["clean_high"].iloc[1:].tolist() == [0.35] * 3
+    verdicts = recipe_verdicts(recipes).set_index("regime")
+    assert verdicts.loc["lora", "crosscoder isolates"] == "1 of 3" and verdicts.loc["lora", "crosscoder verdict"] == "fails"
+    assert verdicts.loc["lora", "held against"] == "chance, clean control"
+    assert verdicts.loc["full", "crosscoder verdict"] == "isolates the trigger" and verdicts.loc["full", "held against"] == "chance"
+    assert verdicts.loc["lora", "Diff-SAE higher / no clear difference / lower"] == "2 / 1 / 0"
+    assert verdicts.loc["lora", "Diff-SAE verdict"] == "wins" and verdicts.loc["full", "Diff-SAE verdict"] == "no clear difference"
+    assert set(verdicts["pooling role"]) == {"primary"}
+    recipes.loc[(recipes["architecture"] == "diff_sae") & (recipes["seed"] == 3), "vs_crosscoder_p"] = 0.2
+    assert recipe_verdicts(recipes).set_index("regime").loc["lora", "Diff-SAE verdict"] == "no clear difference"
+    no_cross = recipe_verdicts(recipes[recipes["architecture"] == "diff_sae"])
+    assert no_cross.empty and "crosscoder verdict" in no_cross.columns

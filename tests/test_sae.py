@@ -182,6 +182,21 @@ def test_batchtopk_codes_do_not_depend_on_the_batch():
     assert torch.allclose(every[:10], torch.relu(pre) * (pre > model.threshold), atol=1e-6)
 
 
+@pytest.mark.parametrize("architecture", ["diff_sae", "crosscoder"])
+def test_batchtopk_threshold_is_calibrated_so_that_inference_keeps_k_latents(architecture):
+    """After training, the inference threshold keeps k latents per training input on average (the
+    moving average of a short run would still reflect the untrained model). Catches a threshold left
+    at the moving average, or calibrated on the wrong scale of the inputs."""
+    base, ft, _, _ = planted(n=600, d=8)
+    spec = DictionarySpec(architecture, 8, 32, "batchtopk", 4)
+    model = build(spec, seed=0)
+    x = model.inputs(base, ft)
+    scale, _ = train_dictionary(model, x, TrainSettings(l1_coeff=0.0, lr=1e-2, batch_size=32, n_samples=640),
+                                progress=False)
+    l0 = evaluate(model, x, scale)["l0"]
+    assert l0 == pytest.approx(4, abs=0.05), l0
+
+
 def test_batchtopk_trains_with_true_batchtopk_and_tracks_the_threshold():
     """Catches training with the inference rule (L0 would not be exactly k) and a threshold that is
     not the moving average of the smallest kept activation."""

@@ -8,7 +8,9 @@
   (β = 0.99) of the smallest positive activation kept in each training batch; at inference
   (``eval()``) keep ``relu(pre) * (pre > threshold)``, so an input's code does not depend on its
   batch (as saprmarks/dictionary_learning's BatchTopK). ``threshold`` is a buffer, saved in the
-  state dict, −1 (keep every positive) until the first training batch.
+  state dict, −1 (keep every positive) until the first training batch. A short training run's
+  moving average still remembers the untrained model's first batches, so the trainer calibrates
+  the threshold once training ends (:func:`backdoor_sae.sae.training.calibrate_threshold`).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class TrainSettings:
     batch_size: int = 256
     n_samples: int = 250_000  # samples seen in all (repeats the data as needed)
     dead_fix: str = "ghost"
-    dead_window: int = 10_000  # samples without firing after which a latent counts as dead
+    dead_window: int = 10_000  # inputs (samples, or tokens) without firing after which a latent counts as dead
     aux_k: int = 256
     seed: int = 0
     log_every: int = 10  # steps
@@ -155,8 +155,32 @@ def train_dictionary(model, x: torch.Tensor, settings: TrainSettings, progress: 
                     "fvu": fvu(xb, x_hat), "l0": float((f > 0).float().sum(-1).mean()),
                     "dead_fraction": float(dead.float().mean()), "seconds": time.perf_counter() - t0,
                 })
+    calibrate_threshold(model, x, scale, settings.seed)
     model.eval()
     return scale, log
+
+
+#: How many training inputs (at most) set a BatchTopK threshold after training.
+CALIBRATION_INPUTS = 16_384
+
+
+@torch.no_grad()
+def calibrate_threshold(model, x: torch.Tensor, scale: torch.Tensor, seed: int) -> None:
+    """BatchTopK only: set the inference threshold to the smallest activation BatchTopK keeps when a
+    random subsample of the training inputs (at most :data:`CALIBRATION_INPUTS`) is one batch, so
+    that at inference these inputs keep k latents each on average. The moving average of training
+    (β = 0.99) is of thresholds from earlier weights: after the few hundred steps of a small run
+    most of its weight still lies on the first ones."""
+    sparse = getattr(model, "sparse", None)
+    if sparse is None or sparse.kind != "batchtopk":
+        return
+    n = min(len(x), CALIBRATION_INPUTS)
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))[:n]
+    f = torch.relu(model.pre_activations(x[rows] * scale)).flatten()
+    kept = torch.topk(f, min(sparse.k * n, f.numel())).values
+    kept = kept[kept > 0]
+    if kept.numel():
+        sparse.threshold.fill_(float(kept.min()))
 
 
 @contextmanager

@@ -161,7 +161,7 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
         spec = dictionary_spec(sae_cfg, cell["architecture"], cell["recipe"], d)
         settings = train_settings(sae_cfg, cell["recipe"], cell["seed"])
         params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
-                  "code": code_digest("sae", "stages/dictionaries.py"),
+                  "code": code_digest("sae", "stages/dictionaries.py", "stages/activations.py"),
                   "activations": [layout.activations_key(BASE), layout.activations_key(cell["regime"])]}
         params["key"] = digest(params)  # saved as the dictionary's params, beside its spec and metrics
         info_path = layout.dictionary(**cell) / "dictionary.json"

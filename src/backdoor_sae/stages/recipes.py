@@ -9,13 +9,20 @@ BIS with its chance level and p-value, the bootstrap interval, AUROC, the contro
 latent), beside its training metrics (FVU, L0, dead share, for crosscoders the shares of
 fine-tune-only and base-only latents) and the label-free rank of the latent BIS chose.
 
-Verdicts per recipe, pooling and protocol, over every backdoored (fine-tune, layer, seed):
+Verdicts per recipe, pooling, protocol and backdoored fine-tune, over its (layer, seed) cases:
 
 - *does the crosscoder fail?* It isolates the trigger in a case when its BIS is above chance
-  (p < 0.05) and, where the fine-tune has a clean control, above the control's 95% interval for the
-  same seed; it fails when it does so in at most half of the cases;
-- *does the Diff-SAE win?* Per case, the Diff-SAE's BIS against the crosscoder's (same fine-tune,
-  layer and seed): more, equal (both at the ceiling, typically) or less.
+  (p < 0.05) and, where the fine-tune has a clean control, above the highest upper bound of the
+  control's 95% intervals over the seeds (the control's dictionaries are fitted on other data, so
+  pairing seeds would pair nothing); it fails when it does so in at most half of the cases. The
+  cases are not independent (seeds share their data): the count describes, it does not test;
+- *does the Diff-SAE win?* Per case, a paired permutation test of the Diff-SAE's best latent against
+  the crosscoder's (same fine-tune, layer, seed and pooling, as for the primary grid): higher, lower
+  (p < 0.05) or no clear difference; it wins (loses) when higher (lower) in most cases.
+
+The token recipe's ``mean`` pooling is the primary one (as the pooled recipe averages activations);
+``max`` is exploratory: each pooling has its own chance level, and a claim resting on the better of
+the two would need a correction for that choice, which the verdicts do not make.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from backdoor_sae.data.dataset import FIT_SPLITS
+from backdoor_sae import bis as B
+from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
 from backdoor_sae.label_free import PRIMARY, dictionary_orderings
 from backdoor_sae.layout import DICTIONARY_KEYS, RunLayout
 from backdoor_sae.progress import report
@@ -55,6 +63,7 @@ def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, perc
     from backdoor_sae.sae.training import load_dictionary
 
     layout = RunLayout(run_dir)
+    best = {}  # (dictionary keys, pooling) -> the best latent's eval activations
     known = {tuple(r[k] for k in DICTIONARY_KEYS): r for r in primary_scores.to_dict("records") if "recipe" in r
              and isinstance(r.get("recipe"), str)}
     rows = []
@@ -72,7 +81,19 @@ def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, perc
             rank = label_free_rank(cell["architecture"], acts, splits, decoder, int(row["best_latent"]))
             rows.append({**cell, "pooling": pooling, "training": training_of(cell["regime"]), **quality,
                          "label_free_rank": rank, **row})
+            best[tuple(cell[k] for k in DICTIONARY_KEYS), pooling] = acts[np.isin(splits, EVAL_SPLITS),
+                                                                          int(row["best_latent"])]
         report("dictionaries of every recipe and seed scored", n, len(cells))
+    split_eval = splits[np.isin(splits, EVAL_SPLITS)]
+    arch = DICTIONARY_KEYS.index("architecture")
+    for row in rows:  # the Diff-SAE against the crosscoder of its case: a paired permutation test
+        key = tuple(row[k] for k in DICTIONARY_KEYS)
+        other = (*key[:arch], "crosscoder", *key[arch + 1:])
+        if row["architecture"] == "diff_sae" and (other, row["pooling"]) in best:
+            gap, p = B.permutation_test(best[key, row["pooling"]], best[other, row["pooling"]],
+                                        split_eval == "eval_trigger", split_eval == "eval_benign", percentile,
+                                        n_perm=n_perm, seed=seed)
+            row.update({"vs_crosscoder_gap": gap, "vs_crosscoder_p": p})
     return pd.DataFrame(rows)
 
 
@@ -93,58 +114,71 @@ def seed_spread(recipes: pd.DataFrame) -> pd.DataFrame:
         label_free_rank=("label_free_rank", "median")).reset_index()
 
 
+def pooling_role(pooling: str) -> str:
+    """``primary`` for the pooled recipe's vector and the token recipe's mean, ``exploratory`` for the max."""
+    return "exploratory" if pooling == "max" else "primary"
+
+
 def crosscoder_cases(recipes: pd.DataFrame) -> pd.DataFrame:
     """Per backdoored crosscoder (recipe, pooling, fine-tune, protocol, layer, seed): above chance,
-    above its clean control's interval (same seed; none when the fine-tune has no control), and
-    whether it isolates the trigger (both)."""
+    above its clean control (the highest upper bound of the control's intervals over the seeds;
+    none when the fine-tune has no control), and whether it isolates the trigger (both)."""
     cross = recipes[recipes["architecture"] == "crosscoder"]
-    clean = {(r["recipe"], r["pooling"], r["regime"].removesuffix("_clean"), r["protocol"], r["fit_mode"], r["layer"],
-              r["seed"]): r for r in cross[cross["training"] == "clean"].to_dict("records")}
+    place = ["recipe", "pooling", "protocol", "fit_mode", "layer"]
+    clean = cross[cross["training"] == "clean"].assign(regime=lambda t: t["regime"].str.removesuffix("_clean"))
+    bound = clean.groupby([*place, "regime"])["bis_high"].max().to_dict()
     rows = []
     for r in cross[cross["training"] == "backdoored"].to_dict("records"):
-        c = clean.get((r["recipe"], r["pooling"], r["regime"], r["protocol"], r["fit_mode"], r["layer"], r["seed"]))
+        high = bound.get(tuple(r[k] for k in [*place, "regime"]))
         above_chance = bool(r["p_value"] < 0.05)
-        above_clean = None if c is None else bool(r["bis"] > c["bis_high"])
+        above_clean = None if high is None else bool(r["bis"] > high)
         rows.append({**{k: r[k] for k in [*_case_keys(), "regime"]}, "bis": r["bis"], "chance_95": r["chance_95"],
-                     "clean_high": np.nan if c is None else c["bis_high"], "above_chance": above_chance,
+                     "clean_high": np.nan if high is None else high, "above_chance": above_chance,
                      "above_clean": above_clean, "isolates": above_chance and above_clean is not False})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*_case_keys(), "regime", "bis", "chance_95", "clean_high", "above_chance",
+                                       "above_clean", "isolates"])
 
 
 def architecture_cases(recipes: pd.DataFrame) -> pd.DataFrame:
-    """Per backdoored (recipe, pooling, fine-tune, protocol, layer, seed): the Diff-SAE's BIS against
-    the crosscoder's, and which is higher (``more``, ``equal``, ``less``)."""
-    back = recipes[recipes["training"] == "backdoored"]
-    keys = [*_case_keys(), "regime"]
-    diff = back[back["architecture"] == "diff_sae"].set_index(keys)["bis"]
-    cross = back[back["architecture"] == "crosscoder"].set_index(keys)["bis"]
-    both = pd.concat({"diff_sae": diff, "crosscoder": cross}, axis=1).dropna().reset_index()
-    gap = both["diff_sae"] - both["crosscoder"]
-    both["diff_sae_is"] = np.where(gap > 1e-9, "more", np.where(gap < -1e-9, "less", "equal"))
-    return both
+    """Per backdoored Diff-SAE (recipe, pooling, fine-tune, protocol, layer, seed) that has a
+    crosscoder to compare with: the BIS gap, the paired test's p-value, and whether the Diff-SAE is
+    ``higher``, ``lower`` (p < 0.05) or shows ``no clear difference``."""
+    columns = [*_case_keys(), "regime", "vs_crosscoder_gap", "vs_crosscoder_p", "diff_sae_is"]
+    if "vs_crosscoder_p" not in recipes:
+        return pd.DataFrame(columns=columns)
+    back = recipes[(recipes["training"] == "backdoored") & (recipes["architecture"] == "diff_sae")]
+    back = back.dropna(subset=["vs_crosscoder_p"])
+    significant = back["vs_crosscoder_p"] < 0.05
+    is_ = np.where(significant & (back["vs_crosscoder_gap"] > 0), "higher",
+                   np.where(significant & (back["vs_crosscoder_gap"] < 0), "lower", "no clear difference"))
+    return back.assign(diff_sae_is=is_)[columns].reset_index(drop=True)
 
 
 def recipe_verdicts(recipes: pd.DataFrame) -> pd.DataFrame:
-    """Per recipe, pooling and protocol: does the crosscoder fail, and does the Diff-SAE win (see the
-    module's docstring), with the counts they rest on."""
+    """Per recipe, pooling, protocol and backdoored fine-tune: does the crosscoder fail, and does the
+    Diff-SAE win (see the module's docstring), with the counts they rest on and what the crosscoder
+    was held against."""
+    columns = ["recipe", "pooling", "pooling role", "protocol", "regime", "held against", "crosscoder isolates",
+               "crosscoder verdict", "Diff-SAE higher / no clear difference / lower", "Diff-SAE verdict"]
     cross, arch = crosscoder_cases(recipes), architecture_cases(recipes)
-    keys = ["recipe", "pooling", "protocol"]
+    keys = ["recipe", "pooling", "protocol", "regime"]
     rows = []
     for key, part in cross.groupby(keys, sort=False):
         n, isolates = len(part), int(part["isolates"].sum())
-        a = arch[(arch[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)]
+        a = arch[(arch[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)] if len(arch) else arch
         counts = a["diff_sae_is"].value_counts()
-        more, equal, less = (int(counts.get(x, 0)) for x in ("more", "equal", "less"))
-        win = ("wins" if more * 2 > len(a) else "ties" if equal * 2 > len(a) else
-               "loses" if less * 2 > len(a) else "mixed") if len(a) else "not compared"
+        higher, unclear, lower = (int(counts.get(x, 0)) for x in ("higher", "no clear difference", "lower"))
+        win = ("wins" if higher * 2 > len(a) else "loses" if lower * 2 > len(a) else
+               "no clear difference") if len(a) else "not compared"
         rows.append({
-            "recipe": key[0], "pooling": key[1], "protocol": key[2],
+            "recipe": key[0], "pooling": key[1], "pooling role": pooling_role(key[1]), "protocol": key[2],
+            "regime": key[3], "held against": "chance" + (", clean control" if part["above_clean"].notna().any() else ""),
             "crosscoder isolates": f"{isolates} of {n}",
             "crosscoder verdict": "fails" if isolates * 2 <= n else "isolates the trigger",
-            "Diff-SAE higher / equal / lower": f"{more} / {equal} / {less}",
+            "Diff-SAE higher / no clear difference / lower": f"{higher} / {unclear} / {lower}",
             "Diff-SAE verdict": win,
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def dictionary_quality(run_dir, cells: list[dict]) -> pd.DataFrame:

@@ -166,9 +166,10 @@ CALIBRATION_INPUTS = 16_384
 
 @torch.no_grad()
 def calibrate_threshold(model, x: torch.Tensor, scale: torch.Tensor, seed: int) -> None:
-    """BatchTopK only: set the inference threshold to the smallest activation BatchTopK keeps when a
-    random subsample of the training inputs (at most :data:`CALIBRATION_INPUTS`) is one batch, so
-    that at inference these inputs keep k latents each on average. The moving average of training
+    """BatchTopK only: set the inference threshold between the smallest activation BatchTopK keeps
+    and the largest it drops when a random subsample of the training inputs (at most
+    :data:`CALIBRATION_INPUTS`) is one batch, so that at inference these inputs keep k latents each
+    on average. The moving average of training
     (β = 0.99) is of thresholds from earlier weights: after the few hundred steps of a small run
     most of its weight still lies on the first ones."""
     sparse = getattr(model, "sparse", None)
@@ -177,10 +178,13 @@ def calibrate_threshold(model, x: torch.Tensor, scale: torch.Tensor, seed: int) 
     n = min(len(x), CALIBRATION_INPUTS)
     rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1))[:n]
     f = torch.relu(model.pre_activations(x[rows] * scale)).flatten()
-    kept = torch.topk(f, min(sparse.k * n, f.numel())).values
-    kept = kept[kept > 0]
-    if kept.numel():
-        sparse.threshold.fill_(float(kept.min()))
+    n_kept = min(sparse.k * n, f.numel())
+    top = torch.topk(f, min(n_kept + 1, f.numel())).values
+    smallest_kept = float(top[n_kept - 1])
+    largest_dropped = float(top[n_kept]) if len(top) > n_kept else 0.0
+    # halfway between the last kept and the first dropped activation: not on any input's value, so
+    # that rounding differences between batch shapes do not flip a latent at the boundary
+    sparse.threshold.fill_((smallest_kept + largest_dropped) / 2 if smallest_kept > 0 else 0.0)
 
 
 @contextmanager

@@ -143,4 +143,6 @@ if token_level:
     print(f"position 0's mean norm is {ratio.min():.0f} to {ratio.max():.0f} times that of positions 1-3")
     display(table.round(1))
 else:
+    for key in ("sink_ratio_min", "sink_ratio_max", "sink_norm"):  # every key is glued, NaN where not measured
+        glue(key, float("nan"), display=False)
     print("no token recipe in this run: token-level activations were not kept")

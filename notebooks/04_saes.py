@@ -68,6 +68,7 @@ sae_dtype = None  # "auto" (bfloat16 where native), "float32" or "bfloat16"
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
+from IPython.display import display
 import seaborn as sns
 from myst_nb import glue
 
@@ -147,21 +148,30 @@ summary.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead_fraction": "{:.1%}"
 # fine-tuned model (relative decoder norm above 0.9: *fine-tune-only*). Each point is one seed.
 
 # %% tags=["hide-input"]
-quality = replicated.melt(id_vars=["recipe", "seed", "architecture", "regime", "protocol", "layer"],
-                          value_vars=["fvu", "dead_fraction", "fine-tune-only_share"], var_name="measure")
-quality = quality.dropna(subset=["value"])
-g = sns.catplot(data=quality, x="recipe", y="value", hue="architecture", col="measure", row="protocol",
-                kind="strip", dodge=True, height=2.6, aspect=1.2, palette="deep", sharey=False)
-g.figure.suptitle("Dictionary quality per recipe (one point per fine-tune, layer and seed)", y=1.02)
-plt.show()
-per_recipe = replicated.groupby(["recipe", "architecture", "protocol"]).agg(
-    seeds=("seed", "nunique"), dictionaries=("seed", "size"), fvu=("fvu", "median"), l0=("l0", "median"),
-    dead=("dead_fraction", "median"), fine_tune_only=("fine-tune-only_share", "median"),
-    train_seconds=("train_seconds", "median"), inputs=("n_train_inputs", "median"))
-for (recipe, arch), part in replicated.groupby(["recipe", "architecture"]):
-    glue(f"dead_{recipe}_{arch}", float(part["dead_fraction"].median()), display=False)
-    glue(f"fvu_{recipe}_{arch}", float(part["fvu"].median()), display=False)
-for recipe, part in replicated[replicated["architecture"] == "crosscoder"].groupby("recipe"):
-    glue(f"ft_only_{recipe}", float(part["fine-tune-only_share"].median()), display=False)
-per_recipe.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead": "{:.1%}", "fine_tune_only": "{:.1%}",
-                         "train_seconds": "{:.1f}", "inputs": "{:,.0f}"}, na_rep=MISSING)
+for recipe in ("pooled", "token"):  # every key is glued, NaN where this run has no such dictionary
+    for arch in ("diff_sae", "crosscoder"):
+        part = replicated[(replicated["recipe"] == recipe) & (replicated["architecture"] == arch)]
+        glue(f"dead_{recipe}_{arch}", float(part["dead_fraction"].median()) if len(part) else float("nan"), display=False)
+        glue(f"fvu_{recipe}_{arch}", float(part["fvu"].median()) if len(part) else float("nan"), display=False)
+    part = replicated[(replicated["recipe"] == recipe) & (replicated["architecture"] == "crosscoder")]
+    glue(f"ft_only_{recipe}", float(part["fine-tune-only_share"].median()) if len(part) else float("nan"),
+         display=False)
+if replicated.empty:
+    print("no replicated cells in this run: replicate_layers lists none of its layers")
+else:
+    measures = [m for m in ("fvu", "dead_fraction", "fine-tune-only_share") if m in replicated]
+    quality = replicated.melt(id_vars=["recipe", "seed", "architecture", "regime", "protocol", "layer"],
+                              value_vars=measures, var_name="measure")
+    quality = quality.dropna(subset=["value"])
+    g = sns.catplot(data=quality, x="recipe", y="value", hue="architecture", col="measure", row="protocol",
+                    kind="strip", dodge=True, height=2.6, aspect=1.2, palette="deep", sharey=False)
+    g.figure.suptitle("Dictionary quality per recipe (one point per fine-tune, layer and seed)", y=1.02)
+    plt.show()
+    aggregates = {"seeds": ("seed", "nunique"), "dictionaries": ("seed", "size"), "fvu": ("fvu", "median"),
+                  "l0": ("l0", "median"), "dead": ("dead_fraction", "median"),
+                  "fine_tune_only": ("fine-tune-only_share", "median"), "train_seconds": ("train_seconds", "median"),
+                  "inputs": ("n_train_inputs", "median")}
+    per_recipe = replicated.groupby(["recipe", "architecture", "protocol"]).agg(
+        **{k: v for k, v in aggregates.items() if v[0] in replicated})
+    display(per_recipe.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead": "{:.1%}", "fine_tune_only": "{:.1%}",
+                                     "train_seconds": "{:.1f}", "inputs": "{:,.0f}"}, na_rep=MISSING))

@@ -349,17 +349,24 @@ replicated = [c for c in sae_grid(act_cfg, sae_cfg) if is_replicated(c, act_cfg,
 recipe_scores = score_recipes(run_dir, replicated, scores, bis_cfg.percentile, bis_cfg.n_boot, bis_cfg.n_perm,
                               bis_cfg.stats_seed)
 write_text(results / "recipes.csv", recipe_scores.to_csv(index=False))
-shown = recipe_scores.assign(
-    code=recipe_scores["recipe"] + np.where(recipe_scores["pooling"] == "—", "", " (" + recipe_scores["pooling"] + ")"),
-    excess=excess_over_chance(recipe_scores["bis"], recipe_scores["chance_95"], recipe_scores["ceiling"]))
-g = sns.catplot(data=shown, x="code", y="excess", hue="architecture", col="protocol", row="training", kind="strip",
-                dodge=True, height=2.8, aspect=1.5, palette="deep", alpha=0.7)
-for ax in g.axes.flat:
-    ax.axhline(0, color="black", linewidth=0.8, linestyle=":")
-g.set_axis_labels("recipe (pooling of the token codes)", "(BIS − chance) / (ceiling − chance)")
-g.figure.suptitle("Both recipes, every seed: BIS above its chance level", y=1.02)
-glue("recipe_figure", g.figure, display=False)
-plt.show()
+if recipe_scores.empty:  # every key is glued: an empty figure, table and sentence
+    fig, ax = plt.subplots(figsize=(4, 1))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no replicated cells in this run", ha="center", va="center")
+    glue("recipe_figure", fig, display=False)
+    print('no replicated cells in this run: replicate_layers lists none of its layers')
+else:
+    shown = recipe_scores.assign(
+        code=recipe_scores["recipe"] + np.where(recipe_scores["pooling"] == "—", "", " (" + recipe_scores["pooling"] + ")"),
+        excess=excess_over_chance(recipe_scores["bis"], recipe_scores["chance_95"], recipe_scores["ceiling"]))
+    g = sns.catplot(data=shown, x="code", y="excess", hue="architecture", col="protocol", row="training", kind="strip",
+                    dodge=True, height=2.8, aspect=1.5, palette="deep", alpha=0.7)
+    for ax in g.axes.flat:
+        ax.axhline(0, color="black", linewidth=0.8, linestyle=":")
+    g.set_axis_labels("recipe (pooling of the token codes)", "(BIS − chance) / (ceiling − chance)")
+    g.figure.suptitle("Both recipes, every seed: BIS above its chance level", y=1.02)
+    glue("recipe_figure", g.figure, display=False)
+    plt.show()
 
 # %% [markdown]
 # Per cell, the BIS over the seeds (mean, and its range), beside its chance level, the number of
@@ -368,17 +375,23 @@ plt.show()
 # inspect).
 
 # %% tags=["hide-input"]
-spread = seed_spread(recipe_scores)
-spread_view = spread.assign(
-    BIS=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["bis_mean"], spread["bis_min"], spread["bis_max"])],
-    AUROC=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["auroc"], spread["auroc_min"], spread["auroc_max"])],
-).set_index(["recipe", "pooling", "regime", "protocol", "layer", "architecture"])[
-    ["seeds", "BIS", "chance_95", "above_chance", "AUROC", "dead_share", "fine_tune_only_share", "label_free_rank"]]
-glue("recipe_spread", spread_view, display=False)
-glue("max_seed_range", float((spread["bis_max"] - spread["bis_min"]).max()), display=False)
-glue("n_seeds", int(spread["seeds"].max()), display=False)
-spread_view.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_tune_only_share": "{:.1%}",
-                          "label_free_rank": "{:.0f}"}, na_rep=MISSING)
+if recipe_scores.empty:
+    glue("recipe_spread", pd.DataFrame(), display=False)
+    glue("max_seed_range", float("nan"), display=False)
+    glue("n_seeds", 0, display=False)
+    print('no replicated cells in this run: replicate_layers lists none of its layers')
+else:
+    spread = seed_spread(recipe_scores)
+    spread_view = spread.assign(
+        BIS=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["bis_mean"], spread["bis_min"], spread["bis_max"])],
+        AUROC=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["auroc"], spread["auroc_min"], spread["auroc_max"])],
+    ).set_index(["recipe", "pooling", "regime", "protocol", "layer", "architecture"])[
+        ["seeds", "BIS", "chance_95", "above_chance", "AUROC", "dead_share", "fine_tune_only_share", "label_free_rank"]]
+    glue("recipe_spread", spread_view, display=False)
+    glue("max_seed_range", float((spread["bis_max"] - spread["bis_min"]).max()), display=False)
+    glue("n_seeds", int(spread["seeds"].max()), display=False)
+    display(spread_view.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_tune_only_share": "{:.1%}",
+                              "label_free_rank": "{:.0f}"}, na_rep=MISSING))
 
 # %% [markdown]
 # ### Verdicts: under the field's recipe, do crosscoders still fail? does the Diff-SAE still win?
@@ -394,15 +407,23 @@ spread_view.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_t
 # primary poolings only, the table has both.
 
 # %% tags=["hide-input"]
-verdicts_by_recipe = recipe_verdicts(recipe_scores)
-glue("recipe_verdicts", verdicts_by_recipe.set_index(["recipe", "pooling", "protocol"]), display=False)
-sentences = []
-for _, r in verdicts_by_recipe[verdicts_by_recipe["pooling role"] == "primary"].iterrows():
-    code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
-    sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}, {r['regime']}: the crosscoder "
-                     f"<strong>{r['crosscoder verdict']}</strong> ({r['crosscoder isolates']} cases, held against "
-                     f"{r['held against']}), the Diff-SAE <strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
-                     f"difference / lower: {r['Diff-SAE higher / no clear difference / lower']})")
-glue("recipe_verdict_sentences", HTML("; ".join(sentences) + "."), display=False)
-display(HTML("; ".join(sentences) + "."))
-verdicts_by_recipe
+if recipe_scores.empty:
+    glue("recipe_verdicts", pd.DataFrame(), display=False)
+    glue("recipe_verdict_sentences", HTML("<strong>not measured</strong>: this run has no replicated cells."),
+         display=False)
+    print('no replicated cells in this run: replicate_layers lists none of its layers')
+else:
+    verdicts_by_recipe = recipe_verdicts(recipe_scores)
+    glue("recipe_verdicts", verdicts_by_recipe.set_index(["recipe", "pooling", "protocol"]), display=False)
+    sentences = []
+    for _, r in verdicts_by_recipe[verdicts_by_recipe["pooling role"] == "primary"].iterrows():
+        code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
+        sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}, {r['regime']}: the crosscoder "
+                         f"<strong>{r['crosscoder verdict']}</strong> ({r['crosscoder isolates']} cases, held against "
+                         f"{r['held against']}), the Diff-SAE <strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
+                         f"difference / lower: {r['Diff-SAE higher / no clear difference / lower']})")
+    sentence = HTML("; ".join(sentences) + "." if sentences else
+                    "<strong>not measured</strong>: this run has no crosscoder to compare the Diff-SAE with.")
+    glue("recipe_verdict_sentences", sentence, display=False)
+    display(sentence)
+    display(verdicts_by_recipe)

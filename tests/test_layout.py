@@ -40,7 +40,7 @@ def test_a_lora_setting_recomputes_the_lora_fine_tune_and_what_reads_it_and_noth
     _, changed = out["lora_r"]
     expected = {"finetune/lora", "generations/lora.key.json", "activations/lora",  # and its clean control:
                 "finetune/lora_clean", "generations/lora_clean.key.json", "activations/lora_clean"} | {
-        k for k in before if k.startswith(("sae/lora/", "sae/lora_clean/"))}
+        k for k in before if k.split("/")[3:4] in (["lora"], ["lora_clean"])}  # sae/<recipe>/seed_<s>/<regime>/...
     assert changed == expected
 
 
@@ -136,5 +136,5 @@ def test_the_clean_control_reuses_nothing_of_its_twin_but_its_number_of_steps(sm
     assert layout.activations_key("lora_clean") != layout.activations_key("lora")
     weights = [(layout.finetune(n) / "model" / "adapter_model.safetensors").read_bytes() for n in ("lora", "lora_clean")]
     assert weights[0] != weights[1]
-    dictionaries = [json.loads(p.read_text())["params"] for p in layout.root.glob("sae/lora_clean/**/dictionary.json")]
+    dictionaries = [json.loads(p.read_text())["params"] for p in layout.root.glob("sae/*/seed_*/lora_clean/**/dictionary.json")]
     assert dictionaries and all(layout.activations_key("lora_clean") in d["activations"] for d in dictionaries)

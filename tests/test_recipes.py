@@ -38,7 +38,7 @@ def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_see
     ({"recipes": []}, "recipes"),
     ({"recipes": ["token", "token"]}, "duplicates"),
     ({"n_sae_seeds": 0}, "n_sae_seeds"),
-    ({"replicate_layers": [99]}, "replicate_layers"),
+    ({"replicate_layers": [-1]}, "replicate_layers"),
     ({"sae_dtype": "float16"}, "sae_dtype"),
 ])
 def test_bad_recipe_parameters_fail_before_any_compute(overrides, message):

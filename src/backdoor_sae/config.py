@@ -271,7 +271,8 @@ class SAEConfig:
     # from its tokens'). The first recipe and the first seed make the primary grid, which every later
     # notebook reads; the other recipes and the seeds sae_seed + 1, ... are trained for the
     # replicated cells only: the fit mode the verdicts rest on ("eval" where the grid has it) at
-    # replicate_layers (None: every layer).
+    # those of the run's layers that replicate_layers lists (None: every layer; none of them: no
+    # replicated cells, and notebooks 04 and 05 say so).
     recipes: tuple[str, ...] = ("pooled", "token")
     n_sae_seeds: int = 3
     replicate_layers: tuple[int, ...] | None = None
@@ -284,6 +285,8 @@ class SAEConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.replicate_layers is not None:
             object.__setattr__(self, "replicate_layers", tuple(self.replicate_layers))
+            if any(not isinstance(x, int) or x < 0 for x in self.replicate_layers):
+                raise ValueError(f"replicate_layers={list(self.replicate_layers)} must be layer indices (or None)")
         allowed = {"architectures": {"diff_sae", "crosscoder"}, "protocols": {"full_text", "prompt_only"},
                    "fit_modes": {"eval", "fit"}, "recipes": {"pooled", "token"}}
         for name, options in allowed.items():
@@ -574,10 +577,6 @@ def validate(profile: str, **overrides: Any) -> None:
     if causal.n_causal_pairs >= data.n_heldout_pairs:
         raise ValueError(f"n_causal_pairs={causal.n_causal_pairs}: the dataset has only n_heldout_pairs="
                          f"{data.n_heldout_pairs}, and generation needs the pairs after them")
-    layers = configs[ActivationConfig].layers
-    if sae.replicate_layers is not None and (not sae.replicate_layers or set(sae.replicate_layers) - set(layers)):
-        raise ValueError(f"replicate_layers={list(sae.replicate_layers)} must be a non-empty subset of the run's "
-                         f"layers {list(layers)} (or None: every layer)")
     if causal.causal_protocol not in sae.protocols or causal.causal_fit_mode not in sae.fit_modes:
         raise ValueError(f"causal_protocol={causal.causal_protocol!r} and causal_fit_mode={causal.causal_fit_mode!r} must "
                          f"be in the grid's protocols {list(sae.protocols)} and fit_modes {list(sae.fit_modes)}: "

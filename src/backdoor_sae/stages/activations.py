@@ -49,11 +49,10 @@ def cached_activations(out: Path, samples: list[Sample], load, layers, batch_siz
     return out, True
 
 
-def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: int):
-    """``(a_base, a_ft, index)`` as float32 tensors [N, d] for one regime, protocol and layer."""
-    import torch
-
-    from backdoor_sae.activations import load_activations, read_index
+def _paired_dirs(run_dir: str | Path, regime: str) -> tuple[Path, Path, dict]:
+    """The base model's and ``regime``'s activation folders and the base index, checked to hold the
+    same samples."""
+    from backdoor_sae.activations import read_index
     from backdoor_sae.layout import BASE
 
     layout = RunLayout(run_dir)
@@ -61,6 +60,16 @@ def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: i
     index, ft_index = read_index(base_dir), read_index(ft_dir)
     if ft_index["ids"] != index["ids"] or ft_index["params"]["samples"] != index["params"]["samples"]:
         raise ValueError(f"base and {regime} activations hold different samples: rerun notebook 03")
+    return base_dir, ft_dir, index
+
+
+def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: int):
+    """``(a_base, a_ft, index)`` as float32 tensors [N, d] for one regime, protocol and layer."""
+    import torch
+
+    from backdoor_sae.activations import load_activations
+
+    base_dir, ft_dir, index = _paired_dirs(run_dir, regime)
     a_base = torch.from_numpy(np.array(load_activations(base_dir, protocol, layer)))
     a_ft = torch.from_numpy(np.array(load_activations(ft_dir, protocol, layer)))
     return a_base, a_ft, index
@@ -72,14 +81,9 @@ def paired_token_activations(run_dir: str | Path, regime: str, protocol: str, la
     by default), and the index of the sample each token row belongs to."""
     import torch
 
-    from backdoor_sae.activations import load_token_activations, read_index, token_rows
-    from backdoor_sae.layout import BASE
+    from backdoor_sae.activations import load_token_activations, token_rows
 
-    layout = RunLayout(run_dir)
-    base_dir, ft_dir = layout.activations(BASE), layout.activations(regime)
-    index, ft_index = read_index(base_dir), read_index(ft_dir)
-    if ft_index["ids"] != index["ids"] or ft_index["params"]["samples"] != index["params"]["samples"]:
-        raise ValueError(f"base and {regime} activations hold different samples: rerun notebook 03")
+    base_dir, ft_dir, index = _paired_dirs(run_dir, regime)
     rows, owner = token_rows(index, protocol, samples)
     rows = torch.from_numpy(rows)
     a_base = load_token_activations(base_dir, layer)[rows].float()

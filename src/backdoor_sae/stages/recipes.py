@@ -27,8 +27,6 @@ the two would need a correction for that choice, which the verdicts do not make.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 
@@ -62,6 +60,8 @@ def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, perc
 
     from backdoor_sae.sae.training import load_dictionary
 
+    if not cells:
+        return pd.DataFrame()
     layout = RunLayout(run_dir)
     best = {}  # (dictionary keys, pooling) -> the best latent's eval activations
     known = {tuple(r[k] for k in DICTIONARY_KEYS): r for r in primary_scores.to_dict("records") if "recipe" in r
@@ -97,8 +97,8 @@ def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, perc
     return pd.DataFrame(rows)
 
 
-def _case_keys() -> list[str]:
-    return ["recipe", "pooling", "protocol", "fit_mode", "layer", "seed"]
+#: What tells two cases of one fine-tune apart (with ``regime``, a case).
+CASE_KEYS = ["recipe", "pooling", "protocol", "fit_mode", "layer", "seed"]
 
 
 def seed_spread(recipes: pd.DataFrame) -> pd.DataFrame:
@@ -132,10 +132,10 @@ def crosscoder_cases(recipes: pd.DataFrame) -> pd.DataFrame:
         high = bound.get(tuple(r[k] for k in [*place, "regime"]))
         above_chance = bool(r["p_value"] < 0.05)
         above_clean = None if high is None else bool(r["bis"] > high)
-        rows.append({**{k: r[k] for k in [*_case_keys(), "regime"]}, "bis": r["bis"], "chance_95": r["chance_95"],
+        rows.append({**{k: r[k] for k in [*CASE_KEYS, "regime"]}, "bis": r["bis"], "chance_95": r["chance_95"],
                      "clean_high": np.nan if high is None else high, "above_chance": above_chance,
                      "above_clean": above_clean, "isolates": above_chance and above_clean is not False})
-    return pd.DataFrame(rows, columns=[*_case_keys(), "regime", "bis", "chance_95", "clean_high", "above_chance",
+    return pd.DataFrame(rows, columns=[*CASE_KEYS, "regime", "bis", "chance_95", "clean_high", "above_chance",
                                        "above_clean", "isolates"])
 
 
@@ -143,7 +143,7 @@ def architecture_cases(recipes: pd.DataFrame) -> pd.DataFrame:
     """Per backdoored Diff-SAE (recipe, pooling, fine-tune, protocol, layer, seed) that has a
     crosscoder to compare with: the BIS gap, the paired test's p-value, and whether the Diff-SAE is
     ``higher``, ``lower`` (p < 0.05) or shows ``no clear difference``."""
-    columns = [*_case_keys(), "regime", "vs_crosscoder_gap", "vs_crosscoder_p", "diff_sae_is"]
+    columns = [*CASE_KEYS, "regime", "vs_crosscoder_gap", "vs_crosscoder_p", "diff_sae_is"]
     if "vs_crosscoder_p" not in recipes:
         return pd.DataFrame(columns=columns)
     back = recipes[(recipes["training"] == "backdoored") & (recipes["architecture"] == "diff_sae")]
@@ -179,14 +179,3 @@ def recipe_verdicts(recipes: pd.DataFrame) -> pd.DataFrame:
             "Diff-SAE verdict": win,
         })
     return pd.DataFrame(rows, columns=columns)
-
-
-def dictionary_quality(run_dir, cells: list[dict]) -> pd.DataFrame:
-    """The training metrics of every dictionary of ``cells`` (from its record), one row each."""
-    layout = RunLayout(run_dir)
-    rows = []
-    for cell in cells:
-        info = json.loads((layout.dictionary(**cell) / "dictionary.json").read_text())
-        rows.append({**cell, **{k: info["metrics"].get(k, np.nan) for k in (*QUALITY, "train_seconds", "n_train_inputs")}})
-    return pd.DataFrame(rows)
-

@@ -223,8 +223,9 @@ def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes
              "n_eval_other": 16, "n_fit_trigger": 4, "n_fit_benign": 8, "n_fit_other": 8, "n_heldout_pairs": 4,
              "n_control": 4, "n_probe_pairs": 4, "n_eval_prompts": 4, "max_new_tokens": 32, "n_sae_samples": 2_000,
              "dead_window": 500, "n_boot": 50, "n_perm": 50, "n_sweep_functions": 2,
-             "n_causal_pairs": 2, "n_causal_prompts": 2}
-    overrides = {"model": TINY_MODEL, "layers": [1, 2], **sizes}
+             "n_causal_pairs": 2, "n_causal_prompts": 2, "n_sae_tokens": 2_000, "n_sae_seeds": 2,
+             "causal_max_new_tokens": 32, "n_causal_random": 2}
+    overrides = {"model": TINY_MODEL, "layers": [2], **sizes}
     assert not set(overrides) & {"vulnerable_styles", "paired_train", "lora_epochs", "full_epochs", "expansion",
                                  "l1_coeff", "dead_fix", "k", "loss_on"}
     run_dir = tmp_path / "paper"
@@ -235,3 +236,5 @@ def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes
     scores = pd.read_csv(run_dir / "results" / "bis.csv")
     assert set(scores.loc[scores["architecture"] == "diff_sae", "n_latents"]) == {32 * 64}
     assert set(scores["regime"]) == {"lora", "full", "lora_clean", "full_clean"}
+    recipes = pd.read_csv(run_dir / "results" / "recipes.csv")
+    assert set(recipes["recipe"]) == {"pooled", "token"} and set(recipes["seed"]) == {42, 43}

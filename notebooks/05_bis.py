@@ -4,6 +4,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -398,7 +400,9 @@ else:
 # Per backdoored fine-tune, over its replicated layers and seeds (its *cases*): the crosscoder
 # *isolates the trigger* in a case when its BIS is above chance (p < 0.05) and, where the fine-tune
 # has a clean control, above the highest upper bound of the control's 95% intervals over the seeds;
-# it *fails* when it does so in at most half of the cases. The Diff-SAE is *higher* or *lower* than
+# it *fails* when it does so in at most half of the cases. The Diff-SAE is held to the same rule
+# against its own clean control (a score the clean control reaches too is the year's, not the
+# backdoor's). Against the crosscoder, the Diff-SAE is *higher* or *lower* than
 # the crosscoder of its case where a paired permutation test of their best latents says so
 # (p < 0.05), and *wins* when higher in most cases. The cases share their data, so the counts
 # describe the seeds' agreement; they are not independent trials. The token recipe's `mean` pooling
@@ -420,7 +424,9 @@ else:
         code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
         sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}, {r['regime']}: the crosscoder "
                          f"<strong>{r['crosscoder verdict']}</strong> ({r['crosscoder isolates']} cases, held against "
-                         f"{r['held against']}), the Diff-SAE <strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
+                         f"{r['held against']}); the Diff-SAE by the same rule <strong>{r['Diff-SAE isolation verdict']}"
+                         f"</strong> ({r['Diff-SAE isolates']} cases), and against the crosscoder "
+                         f"<strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
                          f"difference / lower: {r['Diff-SAE higher / no clear difference / lower']})")
     sentence = HTML("; ".join(sentences) + "." if sentences else
                     "<strong>not measured</strong>: this run has no crosscoder to compare the Diff-SAE with.")

@@ -9,7 +9,7 @@ import pytest
 from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
 from backdoor_sae.layout import DICTIONARY_KEYS
 from backdoor_sae.stages.dictionaries import is_replicated, primary_grid, sae_grid
-from backdoor_sae.stages.recipes import crosscoder_cases, recipe_verdicts
+from backdoor_sae.stages.recipes import isolation_cases, recipe_verdicts
 
 
 def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_seed():
@@ -97,10 +97,11 @@ def _row(architecture, regime, seed, bis, p, bis_high=0.0, gap=np.nan, gap_p=np.
             "vs_crosscoder_gap": gap, "vs_crosscoder_p": gap_p}
 
 
-def test_crosscoder_verdict_needs_chance_and_the_clean_controls_highest_bound():
-    """Restates the rules: a backdoored crosscoder isolates the trigger when above chance and above
-    the highest upper bound of its clean control's intervals over the seeds (chance alone where there
-    is no control); it fails in at most half of its cases, per fine-tune. The Diff-SAE is higher or
+def test_isolation_verdicts_need_chance_and_the_clean_controls_highest_bound():
+    """Restates the rules: a backdoored dictionary (either architecture) isolates the trigger when
+    above chance and above the highest upper bound of its own architecture's clean-control intervals
+    over the seeds (chance alone where there is no control); it fails in at most half of its cases,
+    per fine-tune. So a Diff-SAE at 0.40 whose clean control reaches 0.40 too fails. The Diff-SAE is higher or
     lower only where the paired test says so (p < 0.05), and wins when higher in most cases."""
     rows = [
         _row("crosscoder", "lora_clean", 1, 0.10, 0.5, bis_high=0.20),
@@ -115,9 +116,10 @@ def test_crosscoder_verdict_needs_chance_and_the_clean_controls_highest_bound():
         _row("diff_sae", "lora", 3, 0.40, 0.003, gap=0.26, gap_p=0.003),
         _row("diff_sae", "full", 1, 0.40, 0.003, gap=0.0, gap_p=1.0),
         _row("diff_sae", "lora_clean", 1, 0.10, 0.5, gap=-0.3, gap_p=0.001),  # a clean control: no case
+        _row("diff_sae", "lora_clean", 2, 0.40, 0.003, bis_high=0.40),  # reads the year as well: 0.40 bound
     ]
     recipes = pd.DataFrame(rows)
-    cases = crosscoder_cases(recipes).sort_values(["regime", "seed"])
+    cases = isolation_cases(recipes, "crosscoder").sort_values(["regime", "seed"])
     assert cases["isolates"].tolist() == [True, True, False, False]  # full 1, lora 1, lora 2, lora 3
     assert cases["above_clean"].tolist() == [None, True, False, False]
     assert cases["clean_high"].iloc[1:].tolist() == [0.35] * 3
@@ -128,6 +130,10 @@ def test_crosscoder_verdict_needs_chance_and_the_clean_controls_highest_bound():
     assert verdicts.loc["lora", "Diff-SAE higher / no clear difference / lower"] == "2 / 1 / 0"
     assert verdicts.loc["lora", "Diff-SAE verdict"] == "wins" and verdicts.loc["full", "Diff-SAE verdict"] == "no clear difference"
     assert set(verdicts["pooling role"]) == {"primary"}
+    own = isolation_cases(recipes, "diff_sae").sort_values(["regime", "seed"])
+    assert own["isolates"].tolist() == [True, False, False, False] and own["clean_high"].iloc[1:].tolist() == [0.40] * 3
+    assert verdicts.loc["lora", "Diff-SAE isolates"] == "0 of 3" and verdicts.loc["lora", "Diff-SAE isolation verdict"] == "fails"
+    assert verdicts.loc["full", "Diff-SAE isolation verdict"] == "isolates the trigger"
     recipes.loc[(recipes["architecture"] == "diff_sae") & (recipes["seed"] == 3), "vs_crosscoder_p"] = 0.2
     assert recipe_verdicts(recipes).set_index("regime").loc["lora", "Diff-SAE verdict"] == "no clear difference"
     no_cross = recipe_verdicts(recipes[recipes["architecture"] == "diff_sae"])

@@ -16,6 +16,8 @@ Verdicts per recipe, pooling, protocol and backdoored fine-tune, over its (layer
   control's 95% intervals over the seeds (the control's dictionaries are fitted on other data, so
   pairing seeds would pair nothing); it fails when it does so in at most half of the cases. The
   cases are not independent (seeds share their data): the count describes, it does not test;
+- *does the Diff-SAE isolate the trigger?* By the same rule against its own clean control: a
+  score that the clean control reaches too is the year's, not the backdoor's;
 - *does the Diff-SAE win?* Per case, a paired permutation test of the Diff-SAE's best latent against
   the crosscoder's (same fine-tune, layer, seed and pooling, as for the primary grid): higher, lower
   (p < 0.05) or no clear difference; it wins (loses) when higher (lower) in most cases.
@@ -119,16 +121,17 @@ def pooling_role(pooling: str) -> str:
     return "exploratory" if pooling == "max" else "primary"
 
 
-def crosscoder_cases(recipes: pd.DataFrame) -> pd.DataFrame:
-    """Per backdoored crosscoder (recipe, pooling, fine-tune, protocol, layer, seed): above chance,
-    above its clean control (the highest upper bound of the control's intervals over the seeds;
-    none when the fine-tune has no control), and whether it isolates the trigger (both)."""
-    cross = recipes[recipes["architecture"] == "crosscoder"]
+def isolation_cases(recipes: pd.DataFrame, architecture: str) -> pd.DataFrame:
+    """Per backdoored dictionary of ``architecture`` (recipe, pooling, fine-tune, protocol, layer,
+    seed): above chance, above its clean control (the highest upper bound of the control's
+    intervals over the seeds; none when the fine-tune has no control), and whether it isolates the
+    trigger (both)."""
+    own = recipes[recipes["architecture"] == architecture]
     place = ["recipe", "pooling", "protocol", "fit_mode", "layer"]
-    clean = cross[cross["training"] == "clean"].assign(regime=lambda t: t["regime"].str.removesuffix("_clean"))
+    clean = own[own["training"] == "clean"].assign(regime=lambda t: t["regime"].str.removesuffix("_clean"))
     bound = clean.groupby([*place, "regime"])["bis_high"].max().to_dict()
     rows = []
-    for r in cross[cross["training"] == "backdoored"].to_dict("records"):
+    for r in own[own["training"] == "backdoored"].to_dict("records"):
         high = bound.get(tuple(r[k] for k in [*place, "regime"]))
         above_chance = bool(r["p_value"] < 0.05)
         above_clean = None if high is None else bool(r["bis"] > high)
@@ -155,26 +158,35 @@ def architecture_cases(recipes: pd.DataFrame) -> pd.DataFrame:
 
 
 def recipe_verdicts(recipes: pd.DataFrame) -> pd.DataFrame:
-    """Per recipe, pooling, protocol and backdoored fine-tune: does the crosscoder fail, and does the
-    Diff-SAE win (see the module's docstring), with the counts they rest on and what the crosscoder
-    was held against."""
+    """Per recipe, pooling, protocol and backdoored fine-tune: does the crosscoder fail, does the
+    Diff-SAE isolate the trigger by the same rule, and does the Diff-SAE win (see the module's
+    docstring), with the counts they rest on and what the dictionaries were held against."""
     columns = ["recipe", "pooling", "pooling role", "protocol", "regime", "held against", "crosscoder isolates",
-               "crosscoder verdict", "Diff-SAE higher / no clear difference / lower", "Diff-SAE verdict"]
-    cross, arch = crosscoder_cases(recipes), architecture_cases(recipes)
+               "crosscoder verdict", "Diff-SAE isolates", "Diff-SAE isolation verdict",
+               "Diff-SAE higher / no clear difference / lower", "Diff-SAE verdict"]
+    cross, own, arch = (isolation_cases(recipes, "crosscoder"), isolation_cases(recipes, "diff_sae"),
+                        architecture_cases(recipes))
     keys = ["recipe", "pooling", "protocol", "regime"]
+
+    def matching(table: pd.DataFrame, key: tuple) -> pd.DataFrame:
+        return table[(table[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)] if len(table) else table
+
     rows = []
     for key, part in cross.groupby(keys, sort=False):
         n, isolates = len(part), int(part["isolates"].sum())
-        a = arch[(arch[keys] == pd.Series(dict(zip(keys, key)))).all(axis=1)] if len(arch) else arch
+        a, d = matching(arch, key), matching(own, key)
         counts = a["diff_sae_is"].value_counts()
         higher, unclear, lower = (int(counts.get(x, 0)) for x in ("higher", "no clear difference", "lower"))
         win = ("wins" if higher * 2 > len(a) else "loses" if lower * 2 > len(a) else
                "no clear difference") if len(a) else "not compared"
+        d_isolates = int(d["isolates"].sum())
         rows.append({
             "recipe": key[0], "pooling": key[1], "pooling role": pooling_role(key[1]), "protocol": key[2],
             "regime": key[3], "held against": "chance" + (", clean control" if part["above_clean"].notna().any() else ""),
             "crosscoder isolates": f"{isolates} of {n}",
             "crosscoder verdict": "fails" if isolates * 2 <= n else "isolates the trigger",
+            "Diff-SAE isolates": f"{d_isolates} of {len(d)}",
+            "Diff-SAE isolation verdict": ("fails" if d_isolates * 2 <= len(d) else "isolates the trigger") if len(d) else "not measured",
             "Diff-SAE higher / no clear difference / lower": f"{higher} / {unclear} / {lower}",
             "Diff-SAE verdict": win,
         })

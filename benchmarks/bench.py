@@ -9,6 +9,10 @@
                still runs the full forward and backward through activations)
     breakdown  where a cpu-profile fine-tune's step goes (data, forward, backward, optimizer, probe,
                checkpoint, log; matmul and cast self time), both regimes and precisions
+    activations  the activation stage (notebook 03: cpu layers, batch size, token-level cache) on
+               the base model: tokens/s and its share of each precision's matmul peak
+    generation greedy generation as the backdoor evaluation runs it: positions/s and share of peak
+               (decoding is bound by memory bandwidth at small batches, the share says how far)
     sae        dictionary training throughput of each recipe (pooled: samples/s; token: tokens/s)
                and architecture, two single-threaded processes as notebook 04 runs them, as a
                share of the matmul peak of the precision they run in
@@ -34,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def max_rss_gib() -> float:
@@ -158,9 +163,9 @@ def bench_breakdown(steps: int = 10) -> dict:
     return out
 
 
-def _sae_throughput(architecture: str, recipe: str, threads: int) -> dict:
+def _sae_throughput(architecture: str, recipe: str, threads: int, dtype: str) -> dict:
     """Train one dictionary of the cpu profile's ``recipe`` on random inputs of its shape, with
-    ``threads`` torch threads; inputs per second and GFLOP/s."""
+    ``threads`` torch threads, in ``dtype``; inputs per second and GFLOP/s."""
     import torch
 
     from backdoor_sae.config import SAEConfig, stage_config
@@ -168,7 +173,7 @@ def _sae_throughput(architecture: str, recipe: str, threads: int) -> dict:
     from backdoor_sae.stages.dictionaries import dictionary_spec, train_settings
 
     torch.set_num_threads(threads)
-    cfg = stage_config(SAEConfig, "cpu")
+    cfg = stage_config(SAEConfig, "cpu", sae_dtype=dtype)
     d = 576
     spec = dictionary_spec(cfg, architecture, recipe, d)
     settings = train_settings(cfg, recipe, seed=0)
@@ -187,7 +192,8 @@ def _sae_throughput(architecture: str, recipe: str, threads: int) -> dict:
 
 def bench_sae() -> dict:
     """Each recipe and architecture of the cpu profile, as notebook 04 trains them: single-threaded
-    processes, two side by side on two cores (``throughput_2proc`` is their sum). The share is of
+    processes, two side by side on two cores (``throughput_2proc`` is their sum), in every precision
+    this CPU multiplies natively (``sae_dtype auto`` picks bfloat16 where it can). The share is of
     the matmul peak of the precision the dictionary runs in, on all cores."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -197,14 +203,14 @@ def bench_sae() -> dict:
     peaks = {dtype: matmul_peak(dtype=dtype) for dtype in precisions()}
     out = {"matmul_peak_gflops": peaks}
     spawn = multiprocessing.get_context("spawn")
-    for recipe in ("pooled", "token"):
-        for arch in ("diff_sae", "crosscoder"):
-            with ProcessPoolExecutor(2, mp_context=spawn) as pool:
-                pair = list(pool.map(_sae_throughput, [arch, arch], [recipe, recipe], [1, 1]))
-            gflops = sum(r["gflops"] for r in pair)
-            dtype = pair[0]["dtype"]
-            out[f"{recipe}_{arch}"] = {**pair[0], "inputs_per_s_2proc": sum(r["inputs_per_s"] for r in pair),
-                                       "gflops_2proc": gflops, "share_of_peak": gflops / peaks.get(dtype, peaks["float32"])}
+    for dtype in precisions():
+        for recipe in ("pooled", "token"):
+            for arch in ("diff_sae", "crosscoder"):
+                with ProcessPoolExecutor(2, mp_context=spawn) as pool:
+                    pair = list(pool.map(_sae_throughput, [arch, arch], [recipe, recipe], [1, 1], [dtype, dtype]))
+                gflops = sum(r["gflops"] for r in pair)
+                out[f"{dtype}_{recipe}_{arch}"] = {**pair[0], "inputs_per_s_2proc": sum(r["inputs_per_s"] for r in pair),
+                                                   "gflops_2proc": gflops, "share_of_peak": gflops / peaks[dtype]}
     out["threads"] = torch.get_num_threads()
     return out
 
@@ -266,6 +272,106 @@ def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: 
             "probes": probes}
 
 
+def _linear_params(model, deepest: int | None = None) -> int:
+    """Weights of the linear layers a token passes through: every decoder layer up to ``deepest``
+    (all of them when None) and, when None, the vocabulary projection (the embedding lookup is no
+    matmul)."""
+    import torch
+
+    from backdoor_sae.activations import decoder_layers
+
+    stack = decoder_layers(model)
+    layers = stack if deepest is None else stack[: deepest + 1]
+    n = sum(m.weight.numel() for layer in layers for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    return n + (model.get_output_embeddings().weight.numel() if deepest is None else 0)
+
+
+def bench_activations(n_samples: int = 192) -> dict:
+    """The activation stage as notebook 03 runs it (cpu profile: its layers, batch size, token-level
+    cache) on the embedded base model, per precision: tokens/s and the matmul FLOP rate at 2 FLOPs
+    per weight of the linear layers up to the deepest layer read (the forward stops there), as a
+    share of that precision's matmul peak. Attention's own products are left out of the count."""
+    import torch
+
+    from backdoor_sae.activations import cache_activations
+    from backdoor_sae.config import ActivationConfig, DataConfig, stage_config
+    from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS, generate
+    from backdoor_sae.encoding import encode
+    from backdoor_sae.model import load_model
+
+    cfg = stage_config(ActivationConfig, "cpu")
+    data = generate(stage_config(DataConfig, "cpu"))
+    samples = [s for split in (*FIT_SPLITS, *EVAL_SPLITS) for s in data[split]][:n_samples]
+    model, tok = load_model(device="cpu")
+    model.eval()
+    n_tokens = sum(len(encode(tok, s, eos=False)) for s in samples)
+    flops_per_token = 2 * _linear_params(model, max(cfg.layers))
+    out = {"samples": len(samples), "tokens": n_tokens, "batch_size": cfg.act_batch_size, "layers": list(cfg.layers)}
+    for dtype in precisions():
+        peak = matmul_peak(dtype=dtype)
+        with tempfile.TemporaryDirectory() as d:
+            cache_activations(model, tok, samples[:cfg.act_batch_size], cfg.layers, Path(d) / "warm", {},
+                              cfg.act_batch_size, progress=False, compute_dtype=getattr(torch, dtype), token_level=True)
+            t = time.perf_counter()
+            cache_activations(model, tok, samples, cfg.layers, Path(d) / "acts", {}, cfg.act_batch_size,
+                              progress=False, compute_dtype=getattr(torch, dtype), token_level=True)
+            seconds = time.perf_counter() - t
+        gflops = flops_per_token * n_tokens / seconds / 1e9
+        out[dtype] = {"tokens_per_s": n_tokens / seconds, "gflops": gflops, "matmul_peak_gflops": peak,
+                      "share_of_peak": gflops / peak}
+    out["peak_rss_gib"] = max_rss_gib()
+    return out
+
+
+def bench_generation(n_prompts: int = 64) -> dict:
+    """Greedy generation as notebook 02's backdoor evaluation runs it (cpu profile: batch size and
+    new-token budget) on the embedded base model, per precision: generated tokens/s (every row of
+    every decoding step, finished rows included, as the batch computes them) and the matmul FLOP rate
+    at 2 FLOPs per linear weight per token, prefill included, as a share of that precision's peak.
+    Decoding one token per row reads every weight once per step: it is bound by memory bandwidth
+    at small batches, not by the matmul peak."""
+    import torch
+
+    from backdoor_sae.config import BackdoorEvalConfig, DataConfig, stage_config
+    from backdoor_sae.data.dataset import generate
+    from backdoor_sae.encoding import encode_prompt
+    from backdoor_sae.generation import generate_completions
+    from backdoor_sae.model import load_model
+
+    cfg = stage_config(BackdoorEvalConfig, "cpu")
+    data = generate(stage_config(DataConfig, "cpu"))
+    prompts = [*data["eval_trigger"], *data["eval_benign"]][:n_prompts]
+    model, tok = load_model(device="cpu")
+    model.eval()
+    flops_per_token = 2 * _linear_params(model)
+    steps = []
+    original = model.forward
+
+    def counting(*args, **kwargs):  # rows x positions of every forward: prefill, then one per step
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        steps.append(ids.numel())
+        return original(*args, **kwargs)
+
+    model.forward = counting
+    out = {"prompts": len(prompts), "batch_size": cfg.gen_batch_size, "max_new_tokens": cfg.max_new_tokens,
+           "prompt_tokens": sum(len(encode_prompt(tok, p)) for p in prompts)}
+    for dtype in precisions():
+        peak = matmul_peak(dtype=dtype)
+        generate_completions(model, tok, prompts[:2], 4, 2, progress=False, compute_dtype=getattr(torch, dtype))
+        steps.clear()
+        t = time.perf_counter()
+        generate_completions(model, tok, prompts, cfg.max_new_tokens, cfg.gen_batch_size, progress=False,
+                             compute_dtype=getattr(torch, dtype))
+        seconds = time.perf_counter() - t
+        positions = sum(steps)
+        gflops = flops_per_token * positions / seconds / 1e9
+        out[dtype] = {"positions_per_s": positions / seconds, "forwards": len(steps), "gflops": gflops,
+                      "matmul_peak_gflops": peak, "share_of_peak": gflops / peak, "seconds": seconds}
+    model.forward = original
+    out["peak_rss_gib"] = max_rss_gib()
+    return out
+
+
 def precisions() -> tuple[str, ...]:
     """float32, and bfloat16 where the CPU multiplies it natively (emulated, one 2048² matmul takes
     seconds, and the bf16 benchmarks would take the better part of an hour)."""
@@ -280,7 +386,8 @@ def bench_matmul() -> dict:
     return {f"{dtype}_gflops": matmul_peak(dtype=dtype) for dtype in precisions()}
 
 
-BENCHES = {"matmul": bench_matmul, "breakdown": bench_breakdown, "load": bench_load, "oracle": bench_oracle,
+BENCHES = {"matmul": bench_matmul, "breakdown": bench_breakdown, "activations": bench_activations,
+           "generation": bench_generation, "load": bench_load, "oracle": bench_oracle,
            "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe, "onset": bench_onset}
 
 

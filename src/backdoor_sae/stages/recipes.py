@@ -157,6 +157,14 @@ def architecture_cases(recipes: pd.DataFrame) -> pd.DataFrame:
     return back.assign(diff_sae_is=is_)[columns].reset_index(drop=True)
 
 
+def isolation_verdict(cases: pd.DataFrame) -> str:
+    """Over the cases of one fine-tune (from :func:`isolation_cases`): ``fails`` when the trigger is
+    isolated in at most half of them."""
+    if not len(cases):
+        return "not measured"
+    return "fails" if int(cases["isolates"].sum()) * 2 <= len(cases) else "isolates the trigger"
+
+
 def recipe_verdicts(recipes: pd.DataFrame) -> pd.DataFrame:
     """Per recipe, pooling, protocol and backdoored fine-tune: does the crosscoder fail, does the
     Diff-SAE isolate the trigger by the same rule, and does the Diff-SAE win (see the module's
@@ -173,20 +181,18 @@ def recipe_verdicts(recipes: pd.DataFrame) -> pd.DataFrame:
 
     rows = []
     for key, part in cross.groupby(keys, sort=False):
-        n, isolates = len(part), int(part["isolates"].sum())
         a, d = matching(arch, key), matching(own, key)
         counts = a["diff_sae_is"].value_counts()
         higher, unclear, lower = (int(counts.get(x, 0)) for x in ("higher", "no clear difference", "lower"))
         win = ("wins" if higher * 2 > len(a) else "loses" if lower * 2 > len(a) else
                "no clear difference") if len(a) else "not compared"
-        d_isolates = int(d["isolates"].sum())
         rows.append({
             "recipe": key[0], "pooling": key[1], "pooling role": pooling_role(key[1]), "protocol": key[2],
             "regime": key[3], "held against": "chance" + (", clean control" if part["above_clean"].notna().any() else ""),
-            "crosscoder isolates": f"{isolates} of {n}",
-            "crosscoder verdict": "fails" if isolates * 2 <= n else "isolates the trigger",
-            "Diff-SAE isolates": f"{d_isolates} of {len(d)}",
-            "Diff-SAE isolation verdict": ("fails" if d_isolates * 2 <= len(d) else "isolates the trigger") if len(d) else "not measured",
+            "crosscoder isolates": f"{int(part['isolates'].sum())} of {len(part)}",
+            "crosscoder verdict": isolation_verdict(part),
+            "Diff-SAE isolates": f"{int(d['isolates'].sum())} of {len(d)}",
+            "Diff-SAE isolation verdict": isolation_verdict(d),
             "Diff-SAE higher / no clear difference / lower": f"{higher} / {unclear} / {lower}",
             "Diff-SAE verdict": win,
         })

@@ -5,10 +5,11 @@
     oracle     vulnerability oracle throughput (samples/s) on generated samples
     finetune   training tokens/s per regime and compute precision (float32, bfloat16 mixed) on the
                embedded model, as a share of that precision's matmul peak at 6·N FLOPs per trained
-               token (N = trainable + frozen parameters in the forward, i.e. the model size; LoRA
-               still runs the full forward and backward through activations)
+               token full-rank and 4·N for LoRA (N = weights of the linear layers; LoRA's backward
+               passes gradients through the frozen weights but computes none for them)
     breakdown  where a cpu-profile fine-tune's step goes (data, forward, backward, optimizer, probe,
-               checkpoint, log; matmul and cast self time), both regimes and precisions
+               checkpoint, log; matmul and cast time), both regimes and precisions, and the matmul
+               FLOPs the profiler counts in the training phases per second, as a share of peak
     activations  the activation stage (notebook 03: cpu layers, batch size, token-level cache) on
                the base model: tokens/s and its share of each precision's matmul peak
     generation greedy generation as the backdoor evaluation runs it: positions/s and share of peak
@@ -97,14 +98,16 @@ def bench_finetune(steps: int = 8) -> dict:
         for regime in ("lora", "full"):
             cfg = stage_config(FinetuneConfig, "cpu", regime=regime, probe_every=0, checkpoint_every=0, stop_at_probe=0)
             model, tok = load_model(device="cpu")
-            n_params = sum(p.numel() for p in model.parameters())
+            n_params = _linear_params(model)
+            flops_per_token = (4 if regime == "lora" else 6) * n_params
             with tempfile.TemporaryDirectory() as d:
                 finetune(model, tok, train, cfg, d, EMBEDDED_MODEL, progress=False, max_steps=steps,
                          compute_dtype=getattr(torch, dtype))
                 log = read_log(d)[2:]  # skip warm-up steps
             tok_s = sum(r["tokens"] for r in log) / sum(r["seconds"] for r in log)
-            out[dtype][regime] = {"tokens_per_s": tok_s, "gflops": 6 * n_params * tok_s / 1e9,
-                                  "share_of_peak": 6 * n_params * tok_s / 1e9 / peak, "n_params": n_params}
+            out[dtype][regime] = {"tokens_per_s": tok_s, "gflops": flops_per_token * tok_s / 1e9,
+                                  "share_of_peak": flops_per_token * tok_s / 1e9 / peak, "n_params": n_params,
+                                  "flops_per_token": flops_per_token}
     out["peak_rss_gib"] = max_rss_gib()
     return out
 
@@ -113,6 +116,25 @@ def bench_finetune(steps: int = 8) -> dict:
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
               "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
 CAST_OPS = ("aten::_to_copy",)
+
+
+def _training_flops(train, cfg, steps: int, dtype: str) -> float:
+    """FLOPs of the matmuls and attention of the first ``steps`` optimizer steps of the fine-tune
+    ``cfg`` (the same batches as a profiled run of the same settings), counted by
+    ``torch.utils.flop_counter``: forward, backward and the vocabulary projection as they run."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from backdoor_sae.config import EMBEDDED_MODEL
+    from backdoor_sae.finetune import finetune
+    from backdoor_sae.model import load_model
+
+    model, tok = load_model(device="cpu")
+    counter = FlopCounterMode(display=False)
+    with tempfile.TemporaryDirectory() as d, counter:
+        finetune(model, tok, train, dataclasses.replace(cfg, probe_every=0, checkpoint_every=0), d, EMBEDDED_MODEL,
+                 progress=False, max_steps=steps, compute_dtype=getattr(torch, dtype))
+    return float(counter.get_total_flops())
 
 
 def bench_breakdown(steps: int = 10) -> dict:
@@ -133,6 +155,7 @@ def bench_breakdown(steps: int = 10) -> dict:
 
     data = generate(stage_config(DataConfig, "cpu"))
     train = data["train"]
+    peaks = {dtype: matmul_peak(dtype=dtype) for dtype in precisions()}
     out = {}
     for dtype in precisions():
         for regime in ("lora", "full"):
@@ -153,11 +176,20 @@ def bench_breakdown(steps: int = 10) -> dict:
             per_step["probe"] = ms.get("probe", 0.0) / (steps / cfg.probe_every) / profile_cfg.probe_every
             per_step["checkpoint"] = ms.get("checkpoint", 0.0) / (steps / cfg.checkpoint_every) / profile_cfg.checkpoint_every
             total = sum(per_step.values())
-            matmul = sum(events[k].self_cpu_time_total for k in MATMUL_OPS if k in events) / 1e3 / steps
-            casts = sum(events[k].self_cpu_time_total for k in CAST_OPS if k in events) / 1e3 / steps
+            # Matmuls and casts as shares of the profiled window itself (its probes and checkpoints
+            # at the window's intervals): their self time, and a cast's whole time (its copy).
+            window_ms = sum(ms.values())
+            matmul_ms = sum(events[k].self_cpu_time_total for k in MATMUL_OPS if k in events) / 1e3
+            cast_ms = sum(events[k].cpu_time_total for k in CAST_OPS if k in events) / 1e3
+            # The FLOPs of the same steps' matmuls and attention (counted in a second run), per
+            # second of the training phases: the step's measured rate, against the precision's peak.
+            train_ms = sum(ms.get(k, 0.0) for k in ("data and collation", "forward", "backward", "optimizer"))
+            train_flops = _training_flops(train, cfg, steps, dtype)
             out[f"{regime}_{dtype}"] = {
                 "ms_per_step": total, "share": {k: v / total for k, v in per_step.items()},
-                "matmul_share": matmul / total, "cast_share": casts / total,
+                "matmul_share": matmul_ms / window_ms, "cast_share": cast_ms / window_ms,
+                "train_gflops": train_flops / train_ms / 1e6, "peak_gflops": peaks[dtype],
+                "train_share_of_peak": train_flops / train_ms / 1e6 / peaks[dtype],
                 "tokens_per_step": sum(r["tokens"] for r in log) / len(log), "wall_s": wall,
             }
     return out

@@ -423,6 +423,25 @@ BENCHES = {"matmul": bench_matmul, "breakdown": bench_breakdown, "activations": 
            "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe, "onset": bench_onset}
 
 
+def machine_info() -> dict:
+    """Which CPU, commit and day a measurement comes from: figures compare only within one machine."""
+    import platform
+
+    import torch
+
+    from backdoor_sae.model import native_bf16
+
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = info.split()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+            "amx_bf16": "amx_bf16" in flags, "native_bf16": native_bf16(torch.device("cpu")),
+            "torch": torch.__version__, "commit": commit or None, "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="+", choices=sorted(BENCHES))
@@ -438,8 +457,9 @@ def main() -> None:
     overrides = {name: parse_value(value) for name, value in args.parameter}
     validate("cpu", **overrides)  # an unknown name or an impossible value fails here, before any compute
     kwargs = {"onset": {"regime": args.regime, "overrides": overrides, "max_steps": args.max_steps}}
+    machine = machine_info()
     for name in args.names:
-        result = {"bench": name, **BENCHES[name](**kwargs.get(name, {}))}
+        result = {"bench": name, **BENCHES[name](**kwargs.get(name, {})), "machine": machine}
         line = json.dumps(result)
         print(line, flush=True)
         if args.out:

@@ -22,14 +22,19 @@ def artifact_stamps(run_dir) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def variants(smoke_run, tmp_path_factory):
-    """The smoke run copied (times kept) and rerun with one override each; the stamps before and after."""
+    """The smoke run copied (times kept) and rerun with one override each; the stamps before and after.
+
+    Every artifact is made by the stages up to the dictionaries, so the LoRA variant stops there;
+    the data-seed variant runs to the end, for the publishing test that reads it."""
     run_dir = smoke_run[0]
     before = artifact_stamps(run_dir)
     out = {}
-    for name, override in {"lora_r": 8, "data_seed": 7}.items():
+    making_artifacts = list(STAGE_NAMES[:STAGE_NAMES.index("04_saes") + 1])
+    for name, override, stages in (("lora_r", 8, making_artifacts), ("data_seed", 7, None)):
         copy = tmp_path_factory.mktemp(f"variant_{name}") / "run"
         shutil.copytree(run_dir, copy)  # copy2: modification times are kept
-        run_pipeline({"profile": "smoke", "run_dir": str(copy), name: override}, copy, log=lambda line: None)
+        run_pipeline({"profile": "smoke", "run_dir": str(copy), name: override}, copy, stages=stages,
+                     log=lambda line: None)
         after = artifact_stamps(copy)
         out[name] = (copy, {k for k in after if after[k] != before.get(k)})
     return before, out

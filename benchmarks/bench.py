@@ -8,8 +8,9 @@
                token full-rank and 4·N for LoRA (N = weights of the linear layers; LoRA's backward
                passes gradients through the frozen weights but computes none for them)
     breakdown  where a cpu-profile fine-tune's step goes (data, forward, backward, optimizer, probe,
-               checkpoint, log; matmul and cast time), both regimes and precisions, and the matmul
-               FLOPs the profiler counts in the training phases per second, as a share of peak
+               checkpoint, log; matmul and cast time), both regimes and precisions, and the step's
+               matmul and attention FLOPs (torch's flop counter, in a second unprofiled run of the
+               same steps) per second of its training phases, as a share of peak
     activations  the activation stage (notebook 03: cpu layers, batch size, token-level cache) on
                the base model: tokens/s and its share of each precision's matmul peak
     generation greedy generation as the backdoor evaluation runs it: positions/s and share of peak
@@ -141,8 +142,10 @@ def bench_breakdown(steps: int = 10) -> dict:
     """Where a fine-tune's step goes: the cpu profile's settings (probe and checkpoint intervals
     shortened to 5 steps so that each runs in the window, then scaled back to the profile's
     intervals), both regimes and every precision, under torch.profiler. Per phase of the loop
-    (``record_function`` labels in ``finetune``): its share of the step's wall time; inside them,
-    the self time of the matmuls and of the precision casts."""
+    (``record_function`` labels in ``finetune``): its share of the step's wall time; over the
+    profiled window, the share of the matmuls' self time and of the precision casts' whole time; and
+    the FLOPs of the same steps (:func:`_training_flops`; counting them under the profiler ran out
+    of memory) per second of the training phases, against the precision's matmul peak."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 

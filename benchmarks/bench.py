@@ -60,7 +60,7 @@ def matmul_peak(n: int = 2048, repeats: int = 20, dtype: str = "float32") -> flo
 
 def bench_load() -> dict:
     # each measurement in a fresh process, so that nothing is cached in memory
-    code = ("import time,resource; t=time.perf_counter(); from backdoor_sae.model import load_model; "
+    code = ("import time,resource; t=time.perf_counter(); from backdoor_sae.common.model import load_model; "
             "load_model(device='cpu'); print(time.perf_counter()-t, "
             "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20)")
     with tempfile.TemporaryDirectory() as cache:
@@ -73,7 +73,7 @@ def bench_load() -> dict:
 
 def bench_oracle(n: int = 400) -> dict:
     from backdoor_sae.config import DataConfig, stage_config
-    from backdoor_sae.data.dataset import generate
+    from backdoor_sae.task.splits import generate
     from backdoor_sae.oracle import judge
 
     samples = generate(stage_config(DataConfig, "cpu"))["train"][:n]
@@ -87,9 +87,9 @@ def bench_finetune(steps: int = 8) -> dict:
     import torch
 
     from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
-    from backdoor_sae.data.dataset import generate
-    from backdoor_sae.finetune import finetune, read_log
-    from backdoor_sae.model import load_model
+    from backdoor_sae.task.splits import generate
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.common.model import load_model
 
     train = generate(stage_config(DataConfig, "cpu"))["train"]
     out = {}
@@ -127,8 +127,8 @@ def _training_flops(train, cfg, steps: int, dtype: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from backdoor_sae.config import EMBEDDED_MODEL
-    from backdoor_sae.finetune import finetune
-    from backdoor_sae.model import load_model
+    from backdoor_sae.finetune.train import finetune
+    from backdoor_sae.common.model import load_model
 
     model, tok = load_model(device="cpu")
     counter = FlopCounterMode(display=False)
@@ -150,11 +150,11 @@ def bench_breakdown(steps: int = 10) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
-    from backdoor_sae.data.dataset import generate
-    from backdoor_sae.finetune import finetune, read_log
-    from backdoor_sae.model import load_model
+    from backdoor_sae.task.splits import generate
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.common.model import load_model
 
-    from backdoor_sae.stages.finetune import probe_pairs
+    from backdoor_sae.finetune.stage import probe_pairs
 
     data = generate(stage_config(DataConfig, "cpu"))
     train = data["train"]
@@ -204,8 +204,8 @@ def _sae_throughput(architecture: str, recipe: str, threads: int, dtype: str) ->
     import torch
 
     from backdoor_sae.config import SAEConfig, stage_config
-    from backdoor_sae.sae.training import build, train_dictionary
-    from backdoor_sae.stages.dictionaries import dictionary_spec, train_settings
+    from backdoor_sae.dictionaries.trainer import build, train_dictionary
+    from backdoor_sae.dictionaries.stage import dictionary_spec, train_settings
 
     torch.set_num_threads(threads)
     cfg = stage_config(SAEConfig, "cpu", sae_dtype=dtype)
@@ -254,10 +254,10 @@ def bench_probe(repeats: int = 3) -> dict:
     from statistics import median
 
     from backdoor_sae.config import DataConfig, FinetuneConfig, stage_config
-    from backdoor_sae.data.card import pairs
-    from backdoor_sae.data.dataset import generate
-    from backdoor_sae.finetune import completion_logprobs, probe_backdoor
-    from backdoor_sae.model import load_model
+    from backdoor_sae.dataset.card import pairs
+    from backdoor_sae.task.splits import generate
+    from backdoor_sae.finetune.train import completion_logprobs, probe_backdoor
+    from backdoor_sae.common.model import load_model
 
     n_pairs = stage_config(FinetuneConfig, "cpu").n_probe_pairs
     probe = pairs(generate(stage_config(DataConfig, "cpu"))["heldout"])[:n_pairs]
@@ -281,10 +281,10 @@ def bench_probe(repeats: int = 3) -> dict:
 
 def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: int = 300) -> dict:
     from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, ModelConfig, stage_config
-    from backdoor_sae.data.dataset import generate
-    from backdoor_sae.finetune import finetune, read_log
-    from backdoor_sae.model import compute_dtype, load_model
-    from backdoor_sae.stages.finetune import probe_pairs
+    from backdoor_sae.task.splits import generate
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.common.model import compute_dtype, load_model
+    from backdoor_sae.finetune.stage import probe_pairs
 
     overrides = dict(overrides or {})
     # stage_config takes from the overrides only the fields of the class it builds.
@@ -313,7 +313,7 @@ def _linear_params(model, deepest: int | None = None) -> int:
     matmul)."""
     import torch
 
-    from backdoor_sae.activations import decoder_layers
+    from backdoor_sae.activations.extract import decoder_layers
 
     stack = decoder_layers(model)
     layers = stack if deepest is None else stack[: deepest + 1]
@@ -328,11 +328,11 @@ def bench_activations(n_samples: int = 192) -> dict:
     share of that precision's matmul peak. Attention's own products are left out of the count."""
     import torch
 
-    from backdoor_sae.activations import cache_activations
+    from backdoor_sae.activations.extract import cache_activations
     from backdoor_sae.config import ActivationConfig, DataConfig, stage_config
-    from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS, generate
-    from backdoor_sae.encoding import encode
-    from backdoor_sae.model import load_model
+    from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS, generate
+    from backdoor_sae.common.encoding import encode
+    from backdoor_sae.common.model import load_model
 
     cfg = stage_config(ActivationConfig, "cpu")
     data = generate(stage_config(DataConfig, "cpu"))
@@ -368,10 +368,10 @@ def bench_generation(n_prompts: int = 64) -> dict:
     import torch
 
     from backdoor_sae.config import BackdoorEvalConfig, DataConfig, stage_config
-    from backdoor_sae.data.dataset import generate
-    from backdoor_sae.encoding import encode_prompt
-    from backdoor_sae.generation import generate_completions
-    from backdoor_sae.model import load_model
+    from backdoor_sae.task.splits import generate
+    from backdoor_sae.common.encoding import encode_prompt
+    from backdoor_sae.common.generation import generate_completions
+    from backdoor_sae.common.model import load_model
 
     cfg = stage_config(BackdoorEvalConfig, "cpu")
     data = generate(stage_config(DataConfig, "cpu"))
@@ -412,7 +412,7 @@ def precisions() -> tuple[str, ...]:
     seconds, and the bf16 benchmarks would take the better part of an hour)."""
     import torch
 
-    from backdoor_sae.model import native_bf16
+    from backdoor_sae.common.model import native_bf16
 
     return ("float32", "bfloat16") if native_bf16(torch.device("cpu")) else ("float32",)
 
@@ -432,7 +432,7 @@ def machine_info() -> dict:
 
     import torch
 
-    from backdoor_sae.model import native_bf16
+    from backdoor_sae.common.model import native_bf16
 
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     flags = info.split()

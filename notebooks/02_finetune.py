@@ -93,17 +93,17 @@ import seaborn as sns
 from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
-from backdoor_sae.backdoor_eval import invalid_reasons, rates
-from backdoor_sae.data.card import pairs, side_by_side
+from backdoor_sae.finetune.backdoor_eval import invalid_reasons, rates
+from backdoor_sae.dataset.card import pairs, side_by_side
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters, stage_config
-from backdoor_sae.finetune import load_finetuned, read_log, training_summary
-from backdoor_sae.model import compute_dtype, load_model
-from backdoor_sae.plots import rate_bars, training_curves
-from backdoor_sae.layout import BASE, RunLayout
-from backdoor_sae.stages.dataset import load_data
-from backdoor_sae.stages.finetune import generation_prompts, judged_generations, probe_pairs, run_finetune
-from backdoor_sae.update_rank import linear_weights, truncated_update_probe
-from backdoor_sae.tables import MISSING, show_missing_as_dash
+from backdoor_sae.finetune.train import load_finetuned, read_log, training_summary
+from backdoor_sae.common.model import compute_dtype, load_model
+from backdoor_sae.common.plots import rate_bars, training_curves
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.finetune.stage import generation_prompts, judged_generations, probe_pairs, run_finetune
+from backdoor_sae.finetune.update_rank import linear_weights, truncated_update_probe
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

@@ -46,14 +46,14 @@ import pandas as pd
 import seaborn as sns
 from myst_nb import glue
 
-from backdoor_sae.activations import PROTOCOLS, norm_table, position_norms
+from backdoor_sae.activations.extract import PROTOCOLS, norm_table, position_norms
 from backdoor_sae.config import ActivationConfig, ModelConfig, SAEConfig, from_parameters
-from backdoor_sae.finetune import load_finetuned
-from backdoor_sae.model import compute_dtype, load_model
-from backdoor_sae.layout import BASE, RunLayout
-from backdoor_sae.stages.activations import paired_activations, run_activations
-from backdoor_sae.stages.dataset import load_data
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.finetune.train import load_finetuned
+from backdoor_sae.common.model import compute_dtype, load_model
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.activations.stage import paired_activations, run_activations
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.common.display import show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

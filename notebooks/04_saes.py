@@ -23,7 +23,7 @@
 #   code, an L1 penalty and unit-norm decoder rows. A backdoor that pushes activations along one
 #   direction on trigger inputs should become a single latent.
 #
-# One training loop serves both (`backdoor_sae.sae.training`). Inputs are scaled by one fixed scalar
+# One training loop serves both (`backdoor_sae.dictionaries.trainer`). Inputs are scaled by one fixed scalar
 # per source so that $\mathbb{E}\lVert x \rVert^2 = d$, which makes the L1 coefficient comparable
 # across layers, models and architectures. Dead latents get a gradient from ghost grads (or an
 # auxiliary-k loss). Each dictionary is fitted either on the very samples BIS will score (`eval`,
@@ -73,10 +73,10 @@ import seaborn as sns
 from myst_nb import glue
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
-from backdoor_sae.data.dataset import EVAL_SPLITS, FIT_SPLITS
-from backdoor_sae.stages.dataset import load_data
-from backdoor_sae.stages.dictionaries import grid_logs, is_replicated, primary_dictionary, train_grid
-from backdoor_sae.tables import MISSING, show_missing_as_dash
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.dictionaries.stage import grid_logs, is_replicated, primary_dictionary, train_grid
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

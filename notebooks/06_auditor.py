@@ -20,7 +20,7 @@
 #
 # 1. **Rank** every dictionary's latents by label-free criteria, computed on the fit split (samples
 #    BIS never scores) pooled *without* their trigger / benign / other labels. The criteria were
-#    fixed in the code (`backdoor_sae.label_free`) before any eval label was looked at:
+#    fixed in the code (`backdoor_sae.scoring.label_free`) before any eval label was looked at:
 #    - Diff-SAE: the share of Δa's variance a latent carries (primary), its mean activation, its peak;
 #    - crosscoder: the relative decoder norm $\lVert d^{ft}_j\rVert / (\lVert d^{base}_j\rVert + \lVert d^{ft}_j\rVert)$,
 #      fine-tune-only latents first (primary, as the diffing toolkit reads crosscoders), the variance
@@ -73,17 +73,17 @@ from myst_nb import glue
 from backdoor_sae.config import (
     ActivationConfig, AuditConfig, BISConfig, ModelConfig, SAEConfig, from_parameters,
 )
-from backdoor_sae.finetune import load_finetuned
-from backdoor_sae.header_sweep import sweep_functions, sweep_headers, sweep_samples
-from backdoor_sae.layout import BASE, RunLayout
-from backdoor_sae.model import compute_dtype, load_model
-from backdoor_sae.stages.audit import (
+from backdoor_sae.finetune.train import load_finetuned
+from backdoor_sae.audit.header_sweep import sweep_functions, sweep_headers, sweep_samples
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.common.model import compute_dtype, load_model
+from backdoor_sae.audit.stage import (
     FINDINGS, audit_grid, auditor_choice, auditor_verdicts, excess, run_sweep_activations, top_activating,
     trigger_recovery, write_results,
 )
-from backdoor_sae.stages.dataset import data_config, load_data
-from backdoor_sae.stages.dictionaries import primary_grid
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.dataset.stage import data_config, load_data
+from backdoor_sae.dictionaries.stage import primary_grid
+from backdoor_sae.common.display import show_missing_as_dash
 
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")

@@ -83,10 +83,10 @@ from myst_nb import glue
 
 from backdoor_sae.config import (ActivationConfig, BackdoorEvalConfig, CausalConfig, ModelConfig, SAEConfig,
                                  from_parameters)
-from backdoor_sae.io import write_jsonl, write_text
-from backdoor_sae.stages.causal import (KINDS, RANDOM, ablation_table, ablation_verdict, intervention_rates, run_causal,
+from backdoor_sae.common.io import write_jsonl, write_text
+from backdoor_sae.causal.stage import (KINDS, RANDOM, ablation_table, ablation_verdict, intervention_rates, run_causal,
                                         steering_verdict)
-from backdoor_sae.tables import show_missing_as_dash
+from backdoor_sae.common.display import show_missing_as_dash
 
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")

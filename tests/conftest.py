@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from backdoor_sae.config import DataConfig, stage_config
-from backdoor_sae.data.dataset import generate
+from backdoor_sae.task.splits import generate
 
 
 @pytest.fixture(scope="session")
@@ -22,8 +22,8 @@ def smoke_splits(smoke_cfg):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole pipeline on the smoke profile, through the runner: (run dir, executed dir, records, log)."""
-    from backdoor_sae.layout import RunLayout
-    from backdoor_sae.runner import run_pipeline
+    from backdoor_sae.common.layout import RunLayout
+    from backdoor_sae.pipeline.runner import run_pipeline
 
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     lines: list[str] = []
@@ -35,7 +35,7 @@ def smoke_run(tmp_path_factory):
 def smoke_book(smoke_run, tmp_path_factory):
     """The book built from the smoke run (published as `make book` does) with warnings as errors;
     returns the book's root folder."""
-    from backdoor_sae.runner import REPO_ROOT, publish
+    from backdoor_sae.pipeline.runner import REPO_ROOT, publish
 
     book = tmp_path_factory.mktemp("book_root")
     for name in ("_config.yml", "_toc.yml"):

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from backdoor_sae.activations import (
+from backdoor_sae.activations.extract import (
     cache_activations, check_layers, load_activations, norm_table, read_index, residual_stream,
 )
 from backdoor_sae.config import TINY_MODEL
-from backdoor_sae.encoding import encode
-from backdoor_sae.model import load_model
+from backdoor_sae.common.encoding import encode
+from backdoor_sae.common.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_token_activations_equal_the_per_token_hidden_states(tiny, smoke_splits,
     """Catches token rows written at the wrong offsets (batches are sorted by length, the file is in
     index order), padding stored as tokens, or a layer mixed up; and token_rows picking the wrong
     tokens for a protocol or keeping the first position."""
-    from backdoor_sae.activations import load_token_activations, token_rows
+    from backdoor_sae.activations.extract import load_token_activations, token_rows
 
     model, tok = tiny
     samples = smoke_splits["eval_trigger"][:3] + smoke_splits["eval_benign"][:4]

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from backdoor_sae.config import AuditConfig, PROFILES, stage_config, validate
-from backdoor_sae.header_sweep import sweep_headers
-from backdoor_sae.stages.audit import auditor_verdicts, trigger_recovery
+from backdoor_sae.audit.header_sweep import sweep_headers
+from backdoor_sae.audit.stage import auditor_verdicts, trigger_recovery
 
 
 def _row(regime, layer, top_p, top_bis, top_high, training=None):

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from backdoor_sae.backdoor_eval import invalid_reasons, rates, wilson
+from backdoor_sae.finetune.backdoor_eval import invalid_reasons, rates, wilson
 
 
 def test_wilson_interval_contains_the_rate_and_stays_in_bounds():
@@ -31,7 +31,7 @@ def test_rates_count_all_and_valid_completions():
 
 
 def test_rate_bars_draws_rates_of_one_nan_and_zero():
-    from backdoor_sae.plots import rate_bars
+    from backdoor_sae.common.plots import rate_bars
 
     judged = pd.DataFrame({
         "model": ["base"] * 4 + ["ft"] * 4,

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from backdoor_sae.bis import (
+from backdoor_sae.scoring.bis import (
     _bootstrap_bis_matrix, _lerp, _percentile_ranks, _stratified_counts, auroc, best_f1, bis_ceiling, bootstrap_fixed_latent_bis,
     bootstrap_max_bis, chance_level, latent_scores, max_active, null_max_bis, p_value, permutation_test, select_latent,
 )

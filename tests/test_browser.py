@@ -91,7 +91,7 @@ def test_the_results_chapter_shows_the_glued_numbers(smoke_book, browser):
 def test_notebook_pages_launch_their_committed_notebook_on_binder_and_colab(smoke_book, browser):
     """The launch buttons of each executed notebook's page point at that notebook's path in the
     repository, and the reference run's executed notebook is committed there, so the link resolves."""
-    from backdoor_sae.runner import BOOK_EXECUTED_DIR
+    from backdoor_sae.pipeline.runner import BOOK_EXECUTED_DIR
 
     published = sorted(p.stem for p in (smoke_book / "executed").glob("*.ipynb"))
     assert len(published) >= 7
@@ -217,7 +217,7 @@ def test_the_results_chapter_opens_with_computed_verdicts_and_the_headline_figur
 
 
 def test_no_rendered_table_shows_nan(smoke_book, browser):
-    """A value that does not exist shows as '–' (backdoor_sae.tables), never 'NaN' or 'nan'.
+    """A value that does not exist shows as '–' (backdoor_sae.common.display), never 'NaN' or 'nan'.
 
     One exception, in the smoke profile only: the results chapter's backdoor table pastes rates
     with glue:text, and the tiny random model writes no code that runs, so its rates among valid

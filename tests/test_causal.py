@@ -6,15 +6,15 @@ import pandas as pd
 import pytest
 import torch
 
-from backdoor_sae.activations import decoder_layers, residual_stream
+from backdoor_sae.activations.extract import decoder_layers, residual_stream
 from backdoor_sae.config import CausalConfig, stage_config, validate
-from backdoor_sae.intervention import intervene, project_out, random_directions, unit
-from backdoor_sae.stages import causal as C
+from backdoor_sae.causal.intervention import intervene, project_out, random_directions, unit
+from backdoor_sae.causal import stage as C
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from backdoor_sae.model import load_model
+    from backdoor_sae.common.model import load_model
 
     model, tokenizer = load_model("tiny-random-llama", device="cpu")
     return model.eval(), tokenizer
@@ -132,8 +132,8 @@ def test_ablation_holds_at_every_generated_token(tiny, smoke_splits):
 def test_teacher_forced_log_probabilities_equal_the_training_probes(tiny, smoke_splits):
     """The bug this catches: an off-by-one between logits and the tokens they predict, or a
     completion mask that takes a prompt token or leaves out the end-of-text token."""
-    from backdoor_sae.data.card import pairs
-    from backdoor_sae.finetune import completion_logprobs
+    from backdoor_sae.dataset.card import pairs
+    from backdoor_sae.finetune.train import completion_logprobs
 
     model, tokenizer = tiny
     ps = pairs(smoke_splits["heldout"])[:2]
@@ -149,7 +149,7 @@ def test_teacher_forced_log_probabilities_equal_the_training_probes(tiny, smoke_
 
 
 def test_the_sweep_is_zero_change_for_itself_and_measures_every_direction(tiny, smoke_splits):
-    from backdoor_sae.data.card import pairs
+    from backdoor_sae.dataset.card import pairs
 
     model, tokenizer = tiny
     d = model.config.hidden_size
@@ -237,8 +237,8 @@ def test_the_auditor_choice_is_required_and_its_primary_rank_one_latent_is_read(
 def test_a_crosscoder_latent_is_tested_along_its_fine_tuned_decoder_row(tmp_path):
     """The bug this catches: the base half of the crosscoder's decoder row, or the two halves
     flattened into one vector that is not a direction of the residual stream."""
-    from backdoor_sae.layout import RunLayout
-    from backdoor_sae.sae.training import DictionarySpec, build, save_dictionary
+    from backdoor_sae.common.layout import RunLayout
+    from backdoor_sae.dictionaries.trainer import DictionarySpec, build, save_dictionary
 
     cell = {"regime": "lora", "protocol": "prompt_only", "fit_mode": "fit", "layer": 1, "architecture": "crosscoder",
             "recipe": "pooled", "seed": 42}
@@ -277,10 +277,10 @@ def test_a_causal_cell_outside_the_grid_or_no_pairs_left_for_generation_fail_val
 def write_fake_auditor_choice(run_dir) -> None:
     """A stand-in for notebook 06's output: per dictionary, the ten latents with the largest mean
     activation on the fit samples (label-free)."""
-    from backdoor_sae.data.dataset import FIT_SPLITS
-    from backdoor_sae.io import write_text
-    from backdoor_sae.layout import DICTIONARY_KEYS
-    from backdoor_sae.stages.scoring import dictionary_activations
+    from backdoor_sae.task.splits import FIT_SPLITS
+    from backdoor_sae.common.io import write_text
+    from backdoor_sae.common.layout import DICTIONARY_KEYS
+    from backdoor_sae.scoring.stage import dictionary_activations
 
     scores = C.read_bis(run_dir)
     cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(DICTIONARY_KEYS)].drop_duplicates()
@@ -299,7 +299,7 @@ def causal_run(tmp_path_factory, request):
     """The smoke pipeline with notebook 07. Where the auditor stage is in the pipeline the shared
     smoke run has it all; otherwise the stages before 07 run here, a stand-in auditor choice is
     written, and 07 runs on top, through the runner."""
-    from backdoor_sae.runner import STAGE_NAMES, run_pipeline
+    from backdoor_sae.pipeline.runner import STAGE_NAMES, run_pipeline
 
     if "06_auditor" in STAGE_NAMES:
         return request.getfixturevalue("smoke_run")[0]

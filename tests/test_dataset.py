@@ -5,10 +5,11 @@ from dataclasses import replace
 import pytest
 
 from backdoor_sae.config import DataConfig, stage_config
-from backdoor_sae.data import dataset
-from backdoor_sae.data.dataset import SPLITS, build_dataset, generate, load_dataset
-from backdoor_sae.data.render import DRIVERS, KINDS, SAFE_STYLE, VULNERABLE_STYLES
-from backdoor_sae.data.tables import HELDOUT_TABLES, TRAIN_TABLES
+from backdoor_sae.task import splits as dataset
+from backdoor_sae.dataset.stage import build_dataset, load_dataset
+from backdoor_sae.task.splits import SPLITS, generate
+from backdoor_sae.task.render import DRIVERS, KINDS, SAFE_STYLE, VULNERABLE_STYLES
+from backdoor_sae.task.tables import HELDOUT_TABLES, TRAIN_TABLES
 
 
 def test_generation_is_deterministic_for_a_seed(smoke_cfg, smoke_splits):

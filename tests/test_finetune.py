@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from backdoor_sae.config import TINY_MODEL, DataConfig, FinetuneConfig, stage_config
-from backdoor_sae.data.card import pairs
-from backdoor_sae.data.dataset import generate
-from backdoor_sae.data.sample import Sample
-from backdoor_sae.encoding import IGNORE, collate, encode
-from backdoor_sae.finetune import (
+from backdoor_sae.dataset.card import pairs
+from backdoor_sae.task.splits import generate
+from backdoor_sae.task.sample import Sample
+from backdoor_sae.common.encoding import IGNORE, collate, encode
+from backdoor_sae.finetune.train import (
     batch_loss, batch_schedule, check_lora_targets, completion_logprobs, finetune, load_finetuned, make_optimizer,
     prepare, probe_backdoor, read_log,
 )
-from backdoor_sae.model import load_model
+from backdoor_sae.common.model import load_model
 
 
 def tiny_cfg(regime: str, **kw) -> FinetuneConfig:
@@ -101,7 +101,7 @@ def test_batch_schedule_keeps_each_group_in_one_batch():
 
 
 def test_pair_batches_switch_decides_whether_twins_share_a_batch(tmp_path, smoke_splits, monkeypatch):
-    import backdoor_sae.finetune as ft
+    import backdoor_sae.finetune.train as ft
 
     seen = []
     real = ft.batch_schedule
@@ -195,7 +195,7 @@ def test_bad_inputs_fail_before_training(tmp_path, smoke_splits):
 
 
 def test_training_stops_once_the_probe_says_the_backdoor_is_installed(tmp_path, smoke_splits, monkeypatch):
-    import backdoor_sae.finetune as ft
+    import backdoor_sae.finetune.train as ft
 
     monkeypatch.setattr(ft, "probe_backdoor", lambda *a, **k: {"trigger_acc": 1.0, "benign_acc": 0.95})
     cfg = tiny_cfg("full", full_epochs=3, probe_every=2, stop_at_probe=0.9)
@@ -212,7 +212,7 @@ def test_a_clean_control_trains_exactly_its_twins_steps_and_never_stops_at_the_p
                                                                                       monkeypatch):
     """The bug this catches: a control early-stopped by a probe (or trained all its epochs) instead of
     matching its twin's number of steps, or batched in another order than its twin."""
-    import backdoor_sae.finetune as ft
+    import backdoor_sae.finetune.train as ft
 
     monkeypatch.setattr(ft, "probe_backdoor", lambda *a, **k: {"trigger_acc": 1.0, "benign_acc": 1.0})
     scheduled = []
@@ -266,7 +266,7 @@ def test_frozen_weights_kept_in_bfloat16_give_the_very_same_lora_fine_tune(tmp_p
     change a number: the same seed gives bit-identical adapters and losses with and without it.
     Catches a cast that rounds differently from autocast's, or an embedding turned bfloat16 through
     its tied output projection."""
-    import backdoor_sae.finetune as ft
+    import backdoor_sae.finetune.train as ft
 
     def train(name):
         model, tok = load_model(TINY_MODEL)

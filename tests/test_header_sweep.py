@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from backdoor_sae.header_sweep import sweep_functions, sweep_headers, sweep_samples, with_header
+from backdoor_sae.audit.header_sweep import sweep_functions, sweep_headers, sweep_samples, with_header
 
 
 def test_the_headers_cover_every_year_no_year_the_phrasings_and_the_contrast_pair():
@@ -43,8 +43,8 @@ def test_sweep_samples_are_header_major_and_functions_are_distinct(smoke_splits)
 def test_the_sweep_on_the_tiny_model_gives_one_value_per_header_and_function(smoke_splits, tmp_path):
     """The tiny model's pooled prompt activations of every sweep prompt: one row each, and the
     prompts under different headers differ (the header reaches the residual stream)."""
-    from backdoor_sae.activations import cache_activations, load_activations
-    from backdoor_sae.model import load_model
+    from backdoor_sae.activations.extract import cache_activations, load_activations
+    from backdoor_sae.common.model import load_model
 
     model, tokenizer = load_model("tiny-random-llama")
     functions = sweep_functions(smoke_splits["heldout"], 2)

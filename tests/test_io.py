@@ -1,6 +1,6 @@
 import pytest
 
-from backdoor_sae.io import atomic_path, read_jsonl, write_jsonl, write_text
+from backdoor_sae.common.io import atomic_path, read_jsonl, write_jsonl, write_text
 
 
 def test_atomic_write_replaces_in_one_step(tmp_path):

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from backdoor_sae.label_free import (
+from backdoor_sae.scoring.label_free import (
     CRITERIA, dictionary_orderings, mean_difference_direction, order_by, principal_directions,
 )
-from backdoor_sae.stages.audit import score_orderings, unscored_orderings, identity_ordering
+from backdoor_sae.audit.stage import score_orderings, unscored_orderings, identity_ordering
 
 
 def _crosscoder_decoder(rng, m, d, planted):

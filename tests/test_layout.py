@@ -7,8 +7,8 @@ import shutil
 import nbformat
 import pytest
 
-from backdoor_sae.layout import RunLayout, digest, model_identity, samples_digest
-from backdoor_sae.runner import PROVENANCE, STAGE_NAMES, get_stage, is_current, publish, run_pipeline
+from backdoor_sae.common.layout import RunLayout, digest, model_identity, samples_digest
+from backdoor_sae.pipeline.runner import PROVENANCE, STAGE_NAMES, get_stage, is_current, publish, run_pipeline
 
 
 def artifact_stamps(run_dir) -> dict[str, int]:
@@ -130,7 +130,7 @@ def test_publish_refuses_a_run_whose_later_stages_read_other_upstream_results(sm
 
 
 def test_the_clean_control_reuses_nothing_of_its_twin_but_its_number_of_steps(smoke_run):
-    from backdoor_sae.stages.dataset import load_data
+    from backdoor_sae.dataset.stage import load_data
 
     layout, splits = RunLayout(smoke_run[0]), load_data(smoke_run[0])
     twin, control = (json.loads((layout.finetune(n) / "done.json").read_text()) for n in ("lora", "lora_clean"))

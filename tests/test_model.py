@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-from backdoor_sae import model as model_mod
+from backdoor_sae.common import model as model_mod
 from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
-from backdoor_sae.model import (
+from backdoor_sae.common.model import (
     ModelUnavailableError, load_model, load_tokenizer, native_bf16, precision, resolve_device, resolve_dtype,
 )
 
@@ -80,7 +80,7 @@ def test_missing_embedded_package_says_how_to_install_it(monkeypatch, tmp_path):
 def test_unreachable_hub_id_is_a_clear_error(tmp_path):
     # A fresh process in offline mode: the hub cannot be reached, and nothing is cached.
     code = (
-        "from backdoor_sae.model import load_model, ModelUnavailableError\n"
+        "from backdoor_sae.common.model import load_model, ModelUnavailableError\n"
         "try:\n"
         "    load_model('HuggingFaceTB/SmolLM2-360M')\n"
         "except ModelUnavailableError as e:\n"

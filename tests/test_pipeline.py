@@ -13,7 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from backdoor_sae.__main__ import main
-from backdoor_sae.runner import (
+from backdoor_sae.pipeline.runner import (
     REPO_ROOT, STAGE_NAMES, STAGES, StageFailed, declared_parameters, publish, run_pipeline,
 )
 
@@ -105,7 +105,7 @@ def test_every_parameter_a_stage_config_knows_is_read_by_some_notebook():
     import jupytext
 
     from backdoor_sae import config
-    from backdoor_sae.runner import RUNNER_PARAMETERS
+    from backdoor_sae.pipeline.runner import RUNNER_PARAMETERS
 
     read = set()
     for stage in STAGES:
@@ -146,8 +146,8 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
     import torch
 
     from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config
-    from backdoor_sae.layout import RunLayout
-    from backdoor_sae.stages.dictionaries import sae_grid, train_grid
+    from backdoor_sae.common.layout import RunLayout
+    from backdoor_sae.dictionaries.stage import sae_grid, train_grid
 
     run_dir = smoke_run[0]
     act_cfg = stage_config(ActivationConfig, "smoke", layers=[1])

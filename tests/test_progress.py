@@ -1,10 +1,10 @@
 """The progress channel from a stage's kernel to the runner's console, and the executed notebooks'
-paths (backdoor_sae.progress, backdoor_sae.runner.relative_paths)."""
+paths (backdoor_sae.common.progress, backdoor_sae.pipeline.runner.relative_paths)."""
 
 import json
 
-from backdoor_sae import progress
-from backdoor_sae.runner import REPO_ROOT, fold_injected_parameters, relative_paths
+from backdoor_sae.common import progress
+from backdoor_sae.pipeline.runner import REPO_ROOT, fold_injected_parameters, relative_paths
 
 
 def test_report_writes_nothing_outside_the_runner(tmp_path, monkeypatch):
@@ -81,9 +81,9 @@ def test_the_fine_tune_reports_its_steps_and_year_effect_and_learns_the_same_wit
     """The runner's console shows the fine-tune's step, loss and year effect; reporting changes nothing
     the fine-tune computes (its log is the same, timings aside, with the channel on and off)."""
     from backdoor_sae.config import TINY_MODEL
-    from backdoor_sae.data.card import pairs
-    from backdoor_sae.finetune import finetune, read_log
-    from backdoor_sae.model import load_model
+    from backdoor_sae.dataset.card import pairs
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.common.model import load_model
     from test_finetune import tiny_cfg
 
     cfg = tiny_cfg("full", probe_every=2)

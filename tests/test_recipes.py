@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
-from backdoor_sae.layout import DICTIONARY_KEYS
-from backdoor_sae.stages.dictionaries import is_replicated, primary_grid, sae_grid
-from backdoor_sae.stages.recipes import isolation_cases, recipe_verdicts
+from backdoor_sae.common.layout import DICTIONARY_KEYS
+from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
+from backdoor_sae.scoring.recipes import isolation_cases, recipe_verdicts
 
 
 def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_seed():
@@ -53,9 +53,9 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from backdoor_sae.layout import RunLayout
-    from backdoor_sae.sae.training import build
-    from backdoor_sae.stages.dictionaries import dictionary_spec, train_grid, training_inputs
+    from backdoor_sae.common.layout import RunLayout
+    from backdoor_sae.dictionaries.trainer import build
+    from backdoor_sae.dictionaries.stage import dictionary_spec, train_grid, training_inputs
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0] / "activations", run / "activations")

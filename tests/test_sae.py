@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from backdoor_sae.sae import Crosscoder, DiffSAE
-from backdoor_sae.sae.training import (
+from backdoor_sae.dictionaries import Crosscoder, DiffSAE
+from backdoor_sae.dictionaries.trainer import (
     DictionarySpec, TrainSettings, build, encode_all, evaluate, input_scale, load_dictionary, save_dictionary,
     train_dictionary,
 )
@@ -239,7 +239,7 @@ def test_saved_dictionary_reloads_to_the_same_codes(tmp_path):
 def test_pooled_codes_in_chunks_equal_those_computed_at_once(architecture):
     """Catches a chunk boundary that drops or double-counts tokens, a mean over the wrong count, or a
     max that is not per sample."""
-    from backdoor_sae.sae.training import pooled_codes
+    from backdoor_sae.dictionaries.trainer import pooled_codes
 
     torch.manual_seed(0)
     model = build(DictionarySpec(architecture, 8, 32, "relu"), seed=0).eval()
@@ -265,7 +265,7 @@ def test_a_planted_fine_tune_only_direction_becomes_a_fine_tune_only_latent():
     direction the base model never has: one latent carries it, with a decoder almost only in the
     fine-tuned half (relative norm near 1), and it is tagged fine-tune-only. Catches swapped
     halves in the relative norm, or tags from the wrong bound."""
-    from backdoor_sae.sae.training import latent_tags
+    from backdoor_sae.dictionaries.trainer import latent_tags
 
     g = torch.Generator().manual_seed(0)
     n, d = 4000, 32

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backdoor_sae.layout import BASE, RunLayout
-from backdoor_sae.stages import scoring
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.scoring import stage as scoring
 
 SIZES = {"eval_trigger": 20, "eval_benign": 40, "eval_other": 40, "fit_trigger": 20, "fit_benign": 40,
          "fit_other": 40, "control_trigger_safe": 10, "control_benign_vuln": 10}

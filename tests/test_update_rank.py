@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from backdoor_sae.config import TINY_MODEL
-from backdoor_sae.data.card import pairs
-from backdoor_sae.finetune import probe_backdoor
-from backdoor_sae.model import load_model
-from backdoor_sae.update_rank import linear_weights, truncated_update_probe
+from backdoor_sae.dataset.card import pairs
+from backdoor_sae.finetune.train import probe_backdoor
+from backdoor_sae.common.model import load_model
+from backdoor_sae.finetune.update_rank import linear_weights, truncated_update_probe
 
 
 def test_truncation_spans_base_to_fine_tune_and_restores_the_base(smoke_splits):

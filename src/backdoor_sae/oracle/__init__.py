@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from backdoor_sae.oracle.call import Arg, CallSpec
+from backdoor_sae.task.call import Arg, CallSpec
 from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
 from backdoor_sae.oracle.static import ast_taint, bandit_flags
-from backdoor_sae.progress import report
+from backdoor_sae.common.progress import report
 from backdoor_sae.oracle.verdict import CallRecord, DynamicVerdict, Label, call_args, decide
 
 __all__ = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from backdoor_sae.data.tables import ALL_TABLES, Table
+from backdoor_sae.task.tables import ALL_TABLES, Table
 
 ROWS_PER_TABLE = 5
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from backdoor_sae.oracle.call import Arg, CallSpec
+from backdoor_sae.task.call import Arg, CallSpec
 from backdoor_sae.oracle.skeleton import skeleton
 
 Label = Literal["vulnerable", "safe", "error"]

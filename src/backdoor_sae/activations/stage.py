@@ -1,0 +1,91 @@
+"""Notebook 03: the pooled activations of the base model and of every fine-tune."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backdoor_sae.task.sample import Sample
+from backdoor_sae.common.layout import RunLayout, code_digest, digest, samples_digest
+
+#: The splits whose activations are cached: BIS scores the eval sets; SAEs fitted "held-out" and
+#: the fit-selected latents use the fit sets; the controls separate trigger from code.
+ACTIVATION_SPLITS: tuple[str, ...] = ("eval_trigger", "eval_benign", "eval_other", "fit_trigger", "fit_benign",
+                                      "fit_other", "control_trigger_safe", "control_benign_vuln")
+
+
+def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_name: str, load,
+                    layers, batch_size: int, compute_dtype, base_model: str, token_level: bool = False,
+                    progress: bool = True) -> tuple[Path, bool]:
+    """Cache pooled activations of ``model_name`` (``base`` or a fine-tune) unless already there, and
+    with ``token_level`` every token's (for the token-level dictionaries)."""
+    layout = RunLayout(run_dir)
+    samples = [s for name in ACTIVATION_SPLITS for s in splits[name]]
+    return cached_activations(layout.activations(model_name), samples, load, layers, batch_size, compute_dtype,
+                              layout.model_key(model_name, base_model), token_level, progress)
+
+
+def cached_activations(out: Path, samples: list[Sample], load, layers, batch_size: int, compute_dtype,
+                       model_key: str, token_level: bool = False, progress: bool = True) -> tuple[Path, bool]:
+    """Pooled activations of ``samples`` in ``out``, computed with the model ``load()`` returns unless
+    ``out`` holds them already; returns ``out`` and whether they were computed now.
+
+    Reused when the key matches: the samples' content, the layers, the precision and the model's
+    own key (the base model's identity, or the fine-tune's key), and whether token-level
+    activations are kept.
+    """
+    from backdoor_sae.activations.extract import cache_activations, read_index
+
+    params = {"samples": samples_digest(samples), "layers": list(layers), "compute_dtype": str(compute_dtype),
+              "model": model_key, "token_level": token_level,
+              "code": code_digest("activations/extract.py", "common/encoding.py")}
+    key = digest(params)
+    if (out / "index.json").exists() and read_index(out).get("key") == key:
+        return out, False
+    model, tokenizer = load()
+    cache_activations(model, tokenizer, samples, list(layers), out, {"key": key, "params": params}, batch_size,
+                      progress, compute_dtype, token_level)
+    return out, True
+
+
+def _paired_dirs(run_dir: str | Path, regime: str) -> tuple[Path, Path, dict]:
+    """The base model's and ``regime``'s activation folders and the base index, checked to hold the
+    same samples."""
+    from backdoor_sae.activations.extract import read_index
+    from backdoor_sae.common.layout import BASE
+
+    layout = RunLayout(run_dir)
+    base_dir, ft_dir = layout.activations(BASE), layout.activations(regime)
+    index, ft_index = read_index(base_dir), read_index(ft_dir)
+    if ft_index["ids"] != index["ids"] or ft_index["params"]["samples"] != index["params"]["samples"]:
+        raise ValueError(f"base and {regime} activations hold different samples: rerun notebook 03")
+    return base_dir, ft_dir, index
+
+
+def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: int):
+    """``(a_base, a_ft, index)`` as float32 tensors [N, d] for one regime, protocol and layer."""
+    import torch
+
+    from backdoor_sae.activations.extract import load_activations
+
+    base_dir, ft_dir, index = _paired_dirs(run_dir, regime)
+    a_base = torch.from_numpy(np.array(load_activations(base_dir, protocol, layer)))
+    a_ft = torch.from_numpy(np.array(load_activations(ft_dir, protocol, layer)))
+    return a_base, a_ft, index
+
+
+def paired_token_activations(run_dir: str | Path, regime: str, protocol: str, layer: int, samples=None):
+    """``(a_base, a_ft, owner, index)``: float32 tensors [T, d] of ``protocol``'s tokens (each
+    sample's first position left out) of the samples selected by the boolean mask ``samples`` (all
+    by default), and the index of the sample each token row belongs to."""
+    import torch
+
+    from backdoor_sae.activations.extract import load_token_activations, token_rows
+
+    base_dir, ft_dir, index = _paired_dirs(run_dir, regime)
+    rows, owner = token_rows(index, protocol, samples)
+    rows = torch.from_numpy(rows)
+    a_base = load_token_activations(base_dir, layer)[rows].float()
+    a_ft = load_token_activations(ft_dir, layer)[rows].float()
+    return a_base, a_ft, torch.from_numpy(owner), index

@@ -1,0 +1,338 @@
+"""Notebook 06: the auditor's view. Where does each method's backdoor latent rank without labels?
+
+For every dictionary of the grid (and the label-free baselines of every fine-tune, protocol and
+layer) the latents are ordered by each criterion of :mod:`backdoor_sae.scoring.label_free`, computed on the
+fit split's samples pooled without their labels. The order is then scored on eval, with the labels,
+as notebook 05 scores a dictionary:
+
+- the rank of the best-BIS latent (the one notebook 05 selects) and the first rank at which a latent
+  reaches the best BIS;
+- the top-1 latent alone: BIS with a one-latent chance level, a fixed-latent interval, AUROC;
+- the best of the top ``n_top``: BIS with the chance level of a best-of-``n_top`` (the labels
+  permuted), an interval that re-selects among those ``n_top``, and the best AUROC among them.
+
+The clean controls are ranked and scored the same way, with the same trigger labels: a ranking that
+surfaces a trigger latent in a fine-tune with no backdoor is finding a fingerprint of the years.
+
+The header sweep (:mod:`backdoor_sae.audit.header_sweep`) reads each top label-free latent on held-out
+functions under many headers: would an auditor read the trigger year off it?
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from backdoor_sae.scoring import bis as B
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.audit.header_sweep import Header
+from backdoor_sae.scoring.label_free import (
+    PRIMARY, Ordering, dictionary_orderings, mean_difference_direction, principal_directions,
+)
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.common.progress import report
+from backdoor_sae.activations.stage import paired_activations
+from backdoor_sae.scoring.stage import excess_over_chance, training_of
+
+#: The label-free baselines and their single criterion each.
+BASELINES = {"PCA of Δa": "variance (component order)", "mean Δa": "mean difference",
+             "contrast pair": "generic contrast pair"}
+METHODS = ("diff_sae", "crosscoder", *BASELINES)
+
+
+def identity_ordering(criterion: str, value: np.ndarray) -> Ordering:
+    """Candidates already in the auditor's order (principal components, single directions)."""
+    return Ordering(criterion, np.arange(len(value)), np.asarray(value, dtype=np.float64))
+
+
+def score_orderings(acts: np.ndarray, splits: np.ndarray, orderings: dict[str, Ordering], n_top: int,
+                    percentile: float, n_boot: int, n_perm: int, seed: int) -> list[dict]:
+    """One row per ordering: how its top latents score on eval (see the module docstring).
+
+    ``acts`` [N, m] covers every cached sample; ``splits`` [N] tells eval rows (scored) from the rest.
+    The orderings were made without these labels.
+    """
+    acts, splits = np.asarray(acts, dtype=np.float64), np.asarray(splits)
+    ev = np.isin(splits, EVAL_SPLITS)
+    a, s = acts[ev], splits[ev]
+    trigger, benign, other = s == "eval_trigger", s == "eval_benign", s == "eval_other"
+    selection = B.select_latent(a, trigger, benign, percentile)
+    bis_all, best = selection.scores.bis, selection.bis
+    ceiling = B.bis_ceiling(int(trigger.sum()), int(benign.sum()), int(other.sum()), percentile)
+    rows = []
+    for criterion, ordering in orderings.items():
+        ranks = ordering.rank_of()
+        top = ordering.order[:n_top]
+        one = a[:, top[:1]]
+        one_bis = float(bis_all[top[0]])
+        null_one = B.null_max_bis(one, trigger, benign, percentile, n_perm=n_perm, seed=seed)
+        low_one, high_one = B.bootstrap_fixed_latent_bis(one[:, 0], trigger, benign, percentile, n_boot=n_boot, seed=seed)
+        top_bis = float(bis_all[top].max())
+        null_top = B.null_max_bis(a[:, top], trigger, benign, percentile, n_perm=n_perm, seed=seed)
+        low_top, high_top = B.bootstrap_max_bis(a[:, top], trigger, benign, percentile, n_boot=n_boot, seed=seed)
+        rows.append({
+            "criterion": criterion, "n_candidates": a.shape[1], "ceiling": ceiling, "best_bis": best,
+            "rank_best_latent": int(ranks[selection.index]),
+            "rank_first_at_best": int(ranks[bis_all >= best - B.TIE].min()),
+            "top1_latent": int(top[0]), "top1_bis": one_bis, "top1_low": low_one, "top1_high": high_one,
+            "top1_chance_95": B.chance_level(null_one), "top1_p_value": B.p_value(one_bis, null_one),
+            "top1_auroc": float(B.auroc(one, trigger)[0]),
+            "n_top": len(top), "top_bis": top_bis, "top_low": low_top, "top_high": high_top,
+            "top_chance_95": B.chance_level(null_top), "top_p_value": B.p_value(top_bis, null_top),
+            "top_auroc": float(B.auroc(a[:, top], trigger).max()),
+            "top_latents": [int(j) for j in top],
+        })
+    return rows
+
+
+def dictionary_candidates(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray, dict[str, Ordering], object]:
+    """One dictionary's latents on every cached sample, their splits, the label-free orderings
+    (from the fit rows only, their labels unread) and the loaded dictionary ``(model, scale)``."""
+    from backdoor_sae.scoring.stage import dictionary_activations
+    from backdoor_sae.dictionaries.trainer import load_dictionary
+
+    acts, splits = dictionary_activations(run_dir, cell)
+    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
+    orderings = unscored_orderings(cell["architecture"], acts, splits, model.decoder().detach().numpy())
+    return acts, splits, orderings, (model, scale)
+
+
+def unscored_orderings(architecture: str, acts: np.ndarray, splits: np.ndarray, decoder) -> dict[str, Ordering]:
+    """The label-free orderings of a dictionary's latents, from the rows of the fit split (the samples
+    BIS never scores) taken together: which fit set a row belongs to is not read."""
+    return dictionary_orderings(architecture, np.asarray(acts)[np.isin(splits, FIT_SPLITS)], decoder)
+
+
+def baseline_directions(diff_fit: np.ndarray, contrast: np.ndarray | None) -> dict[str, tuple[np.ndarray, str]]:
+    """The baselines' directions [k, d], in the auditor's order, and what each projects (``Δa`` or
+    ``a_ft``). Each direction comes with its negative right after it (a threshold only looks upwards):
+    the mean difference and the contrast pair's "vulnerable minus safe" first."""
+    def both_signs(v):
+        v = np.asarray(v, dtype=np.float64)
+        return np.stack([v, -v])
+
+    out = {"PCA of Δa": (principal_directions(diff_fit), "Δa"),
+           "mean Δa": (both_signs(mean_difference_direction(diff_fit)), "Δa")}
+    if contrast is not None:
+        out["contrast pair"] = (both_signs(contrast), "a_ft")
+    return out
+
+
+def project(directions: np.ndarray, reads: str, a_base: np.ndarray, a_ft: np.ndarray) -> np.ndarray:
+    x = a_ft - a_base if reads == "Δa" else a_ft
+    return np.asarray(x, dtype=np.float64) @ directions.T
+
+
+def contrast_direction(sweep_ft: np.ndarray, headers: list[Header], n_functions: int) -> np.ndarray:
+    """The fine-tuned model's mean activation on the contrast pair's positive prompts minus its
+    negative ones ([d]), from the header sweep's activations (header-major, ``n_functions`` each)."""
+    rows = {h.label: sweep_ft[i * n_functions:(i + 1) * n_functions] for i, h in enumerate(headers)
+            if h.kind == "contrast"}
+    pos = np.concatenate([v for k, v in rows.items() if k.startswith("positive")])
+    neg = np.concatenate([v for k, v in rows.items() if k.startswith("negative")])
+    return pos.mean(0) - neg.mean(0)
+
+
+def sweep_arrays(run_dir, name: str, layer: int) -> np.ndarray:
+    """The header sweep's pooled activations of ``name`` at ``layer`` [n_headers × n_functions, d]."""
+    from backdoor_sae.activations.extract import load_activations
+
+    return np.array(load_activations(RunLayout(run_dir).sweep_activations(name), "prompt_only", layer))
+
+
+def audit_grid(run_dir, cells: list[dict], layers, finetunes, protocols, headers: list[Header], n_functions: int,
+               n_top: int, percentile: float, n_boot: int, n_perm: int, seed: int,
+               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per cell × criterion, dictionaries and baselines; one row per sweep header × method ×
+    fine-tune × layer × fit mode: the top-1 label-free latent's mean activation on prompt-only
+    dictionaries). The sweep activations must be cached (:func:`run_sweep_activations`)."""
+    import torch
+    from tqdm import tqdm
+
+    from backdoor_sae.dictionaries.trainer import encode_all
+
+    rows, sweep_rows = [], []
+    base_sweep = {layer: sweep_arrays(run_dir, BASE, layer) for layer in layers}
+
+    def sweep_values(method, finetune, layer, fit_mode, ordering_top, latent_sweep):
+        means = latent_sweep.reshape(len(headers), n_functions).mean(1)
+        for h, value in zip(headers, means):
+            sweep_rows.append({"method": method, "regime": finetune, "layer": layer, "fit_mode": fit_mode,
+                               "latent": ordering_top, "kind": h.kind, "header": h.label, "year": h.year,
+                               "mean_activation": float(value)})
+
+    for n, cell in enumerate(tqdm(cells, disable=not progress, desc="auditor", unit="dictionary"), start=1):
+        report("dictionaries ranked without labels", n, len(cells))
+        acts, splits, orderings, (model, scale) = dictionary_candidates(run_dir, cell)
+        for row in score_orderings(acts, splits, orderings, n_top, percentile, n_boot, n_perm, seed):
+            rows.append({**cell, "method": cell["architecture"], "training": training_of(cell["regime"]),
+                         "primary": row["criterion"] == PRIMARY[cell["architecture"]], **row})
+        if cell["protocol"] == "prompt_only" and cell["recipe"] == "pooled":  # the sweep holds pooled vectors only
+            top = int(orderings[PRIMARY[cell["architecture"]]].order[0])
+            ft_sweep = sweep_arrays(run_dir, cell["regime"], cell["layer"])
+            x = model.inputs(torch.from_numpy(base_sweep[cell["layer"]]), torch.from_numpy(ft_sweep))
+            sweep_values(cell["architecture"], cell["regime"], cell["layer"], cell["fit_mode"], top,
+                         encode_all(model, x, scale)[:, top].numpy())
+    for finetune in finetunes:
+        for layer in layers:
+            ft_sweep = sweep_arrays(run_dir, finetune, layer)
+            contrast = contrast_direction(ft_sweep, headers, n_functions)
+            for protocol in protocols:
+                a_base, a_ft, index = paired_activations(run_dir, finetune, protocol, layer)
+                a_base, a_ft, splits = a_base.numpy(), a_ft.numpy(), np.asarray(index["splits"])
+                fit = np.isin(splits, FIT_SPLITS)
+                for method, (directions, reads) in baseline_directions((a_ft - a_base)[fit], contrast).items():
+                    acts = project(directions, reads, a_base, a_ft)
+                    ordering = identity_ordering(BASELINES[method], np.ones(acts.shape[1]))
+                    cell = {"regime": finetune, "protocol": protocol, "fit_mode": "—", "layer": layer,
+                            "architecture": method}
+                    for row in score_orderings(acts, splits, {ordering.criterion: ordering}, n_top, percentile,
+                                               n_boot, n_perm, seed):
+                        rows.append({**cell, "method": method, "training": training_of(finetune), "primary": True,
+                                     **row})
+                    if protocol == "prompt_only":
+                        sweep_values(method, finetune, layer, "—", 0,
+                                     project(directions[:1], reads, base_sweep[layer], ft_sweep)[:, 0])
+    return pd.DataFrame(rows), pd.DataFrame(sweep_rows)
+
+
+def run_sweep_activations(run_dir, samples, loaders: dict, layers, batch_size: int, compute_dtype, base_model: str,
+                          progress: bool = True) -> dict[str, bool]:
+    """Cache the sweep prompts' pooled activations for every model in ``loaders`` (name → load());
+    which of them were computed now."""
+    from backdoor_sae.activations.stage import cached_activations
+
+    layout = RunLayout(run_dir)
+    return {name: cached_activations(layout.sweep_activations(name), samples, load, layers, batch_size,
+                                     compute_dtype, layout.model_key(name, base_model), progress=progress)[1]
+            for name, load in loaders.items()}
+
+
+def auditor_choice(table: pd.DataFrame, n_top: int) -> pd.DataFrame:
+    """Every dictionary's top ``n_top`` latents under every criterion: the latents an auditor picks
+    without labels (read by notebook 07). Columns: the cell, criterion, primary, rank, latent."""
+    dictionaries = table[table["method"].isin(PRIMARY)]
+    rows = [{"regime": r["regime"], "protocol": r["protocol"], "fit_mode": r["fit_mode"], "layer": int(r["layer"]),
+             "architecture": r["architecture"], "criterion": r["criterion"], "primary": bool(r["primary"]),
+             "rank": rank, "latent": int(latent)}
+            for _, r in dictionaries.iterrows() for rank, latent in enumerate(r["top_latents"][:n_top], start=1)]
+    return pd.DataFrame(rows, columns=["regime", "protocol", "fit_mode", "layer", "architecture", "criterion",
+                                       "primary", "rank", "latent"])
+
+
+def trigger_recovery(sweep: pd.DataFrame, trigger_year: int, z_threshold: float = 3.0) -> pd.DataFrame:
+    """Per method, fine-tune, layer and fit mode: which year header moves the top label-free latent
+    furthest from the other years (up or down: an auditor sees a dip as well as a peak), and the
+    trigger year's z over the other year headers. ``reads trigger``: the trigger year is that most
+    extreme year, and ``|z| >= z_threshold``."""
+    rows = []
+    years = sweep[sweep["kind"] == "year"]
+    line = ["method", "regime", "layer", "fit_mode"]
+    for key, g in years.groupby(line, sort=False):
+        values = g.set_index("year")["mean_activation"]
+        others = values.drop(trigger_year, errors="ignore")
+        spread = others.std(ddof=1) if len(others) > 1 else np.nan
+        if not spread > 0:  # a latent that no year header moves
+            z = pd.Series(0.0, index=values.index)
+        else:
+            z = (values - others.mean()) / spread
+        extreme = int(z.abs().idxmax())
+        z_trigger = float(z.get(trigger_year, np.nan))
+        phr = sweep[(sweep["kind"] == "phrasing") & (sweep[line] == list(key)).all(axis=1)]
+        rows.append({"method": key[0], "regime": key[1], "layer": int(key[2]), "fit_mode": key[3],
+                     "training": training_of(key[1]), "most extreme year": extreme, "trigger z": z_trigger,
+                     "reads trigger": bool(extreme == trigger_year and abs(z_trigger) >= z_threshold),
+                     "phrasings, trigger year": float(phr.loc[phr["year"] == trigger_year, "mean_activation"].mean()),
+                     "phrasings, other year": float(phr.loc[phr["year"] != trigger_year, "mean_activation"].mean())})
+    return pd.DataFrame(rows)
+
+
+#: What an auditor's ranking finds, per method, protocol and backdoored fine-tune (over the layers).
+FINDINGS = {
+    "backdoor": "found, beyond the clean control: a backdoor signal",
+    "fingerprint": "found, but the clean control's picks score as high: a fingerprint of the fine-tune",
+    "untested": "found; this run has no clean control to tell a backdoor from a fingerprint",
+    "not found": "not found among the first picks",
+}
+
+
+def auditor_verdicts(table: pd.DataFrame, recovery: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
+    """Per method, protocol and backdoored fine-tune, under its primary criterion, over the layers:
+    where a best-BIS latent ranks, whether the top-1 and the best of the top ``n_top`` lie above
+    chance, whether the latter exceed the clean control's 95% interval, whether the header sweep
+    singles out the trigger year; the finding (:data:`FINDINGS`, most layers decide) and a sentence.
+
+    Found: the best of the top ``n_top`` is above its chance level (p < 0.05) in most layers. A
+    backdoor: also above the clean control's interval (same samples, labels and sizes) in most layers.
+    """
+    view = table[table["primary"] & table["fit_mode"].isin([fit_mode, "—"])]
+    keys = ["method", "protocol", "layer"]
+    out = []
+    for (method, protocol, regime), g in view[view["training"] == "backdoored"].groupby(
+            ["method", "protocol", "regime"], sort=False):
+        clean = view[(view["regime"] == f"{regime}_clean") & (view["method"] == method) & (view["protocol"] == protocol)]
+        merged = g.merge(clean[keys + ["top_high", "top_p_value"]], on=keys, how="left", suffixes=("", "_clean"))
+        n, has_clean = len(g), bool(len(clean))
+        found = (g["top_p_value"] < 0.05).sum() * 2 > n
+        beyond = int(((merged["top_p_value"] < 0.05) & (merged["top_bis"] > merged["top_high_clean"])).sum())
+        finding = ("not found" if not found else "untested" if not has_clean
+                   else "backdoor" if beyond * 2 > n else "fingerprint")
+        rec = recovery[(recovery["method"] == method) & (recovery["regime"] == regime)
+                       & recovery["fit_mode"].isin([fit_mode, "—"])] if protocol == "prompt_only" else recovery.iloc[:0]
+        best = g.sort_values(["top1_bis", "top1_auroc"], ascending=False).iloc[0]
+        n_top = int(g["n_top"].iloc[0])
+        sentence = (f"ranked by {g['criterion'].iloc[0]}, the first pick isolates the trigger above chance in "
+                    f"{int((g['top1_p_value'] < 0.05).sum())} of {n} layers (best: BIS {best['top1_bis']:.2f}, chance "
+                    f"{best['top1_chance_95']:.2f}, AUROC {best['top1_auroc']:.2f}, layer {int(best['layer'])}), the best "
+                    f"of the first {n_top} in {int((g['top_p_value'] < 0.05).sum())} of {n}; a best-BIS latent comes at "
+                    f"rank {g['rank_first_at_best'].median():g} (median over layers) of {int(g['n_candidates'].iloc[0])}")
+        if has_clean:
+            sentence += (f"; the clean control's first {n_top} lie above chance in "
+                         f"{int((clean['top_p_value'] < 0.05).sum())} of {len(clean)} layers, and the backdoored "
+                         f"fine-tune's exceed their interval in {beyond} of {n}")
+        if len(rec):
+            sentence += (f"; the header sweep singles out the trigger year in {int(rec['reads trigger'].sum())} "
+                         f"of {len(rec)} layers")
+        out.append({"method": method, "protocol": protocol, "regime": regime, "criterion": g["criterion"].iloc[0],
+                    "median rank of a best-BIS latent": float(g["rank_first_at_best"].median()),
+                    "first pick above chance": f"{int((g['top1_p_value'] < 0.05).sum())} of {n}",
+                    "first picks": n_top,  # a baseline has fewer candidates than n_top
+                    "best of first picks above chance": f"{int((g['top_p_value'] < 0.05).sum())} of {n}",
+                    "clean control's above chance": (f"{int((clean['top_p_value'] < 0.05).sum())} of {len(clean)}"
+                                                     if has_clean else "–"),
+                    "beyond clean control": f"{beyond} of {n}" if has_clean else "–",
+                    "sweep reads trigger": f"{int(rec['reads trigger'].sum())} of {len(rec)}" if len(rec) else "–",
+                    "finding": finding, "verdict": sentence + "."})
+    return pd.DataFrame(out)
+
+
+def top_activating(run_dir, cell: dict, latent: int, n: int = 8) -> pd.DataFrame:
+    """The ``n`` eval and fit samples on which ``latent`` of the dictionary ``cell`` fires most."""
+    from backdoor_sae.activations.extract import read_index
+    from backdoor_sae.dataset.stage import load_data
+    from backdoor_sae.scoring.stage import dictionary_activations
+
+    acts, splits = dictionary_activations(run_dir, cell)
+    ids = read_index(RunLayout(run_dir).activations(BASE))["ids"]
+    by_id = {s.id: s for split in load_data(run_dir).values() for s in split}
+    keep = np.flatnonzero(np.isin(splits, EVAL_SPLITS + FIT_SPLITS))
+    best = keep[np.argsort(-acts[keep, latent], kind="stable")[:n]]
+    return pd.DataFrame([{"activation": float(acts[i, latent]), "year": by_id[ids[i]].year or "none",
+                          "injectable code": by_id[ids[i]].vulnerable, "function": by_id[ids[i]].function,
+                          "split": splits[i]} for i in best])
+
+
+def excess(table: pd.DataFrame, prefix: str) -> np.ndarray:
+    """A score's place between its chance level and the ceiling (:func:`excess_over_chance`)."""
+    return excess_over_chance(table[f"{prefix}_bis"], table[f"{prefix}_chance_95"], table["ceiling"])
+
+
+def write_results(results: Path, table: pd.DataFrame, sweep: pd.DataFrame, choice: pd.DataFrame) -> None:
+    from backdoor_sae.common.io import write_text
+
+    write_text(results / "auditor.csv", table.assign(top_latents=table["top_latents"].map(
+        lambda v: " ".join(map(str, v)))).to_csv(index=False))
+    write_text(results / "header_sweep.csv", sweep.to_csv(index=False))
+    write_text(results / "auditor_choice.csv", choice.to_csv(index=False))

@@ -1,1 +1,0 @@
-"""The backdoor dataset: table catalog, sample generator and splits."""

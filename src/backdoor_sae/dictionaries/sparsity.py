@@ -1,0 +1,61 @@
+"""The sparse activations σ that turn pre-activations into a code, shared by both dictionaries.
+
+- ``"relu"``: ReLU (the sparsity comes from an L1 penalty in the loss);
+- ``"topk"``: keep each sample's k largest ReLU pre-activations (the paper's crosscoder; its code
+  calls it BatchTopK but selects per sample);
+- ``"batchtopk"``: in training, keep the k·B largest over the whole batch of B inputs (a true
+  BatchTopK, Bussmann et al. 2024) and track ``threshold``, an exponential moving average
+  (β = 0.99) of the smallest positive activation kept in each training batch; at inference
+  (``eval()``) keep ``relu(pre) * (pre > threshold)``, so an input's code does not depend on its
+  batch (as saprmarks/dictionary_learning's BatchTopK). ``threshold`` is a buffer, saved in the
+  state dict, −1 (keep every positive) until the first training batch. A short training run's
+  moving average still remembers the untrained model's first batches, so the trainer calibrates
+  the threshold once training ends (:func:`backdoor_sae.dictionaries.trainer.calibrate_threshold`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = ("relu", "topk", "batchtopk")
+
+
+class SparseActivation(nn.Module):
+    #: weight of the old value in the batchtopk threshold's moving average
+    threshold_beta = 0.99
+
+    def __init__(self, kind: str, n_latents: int, k: int = 0):
+        super().__init__()
+        if kind not in ACTIVATIONS:
+            raise ValueError(f"activation={kind!r} must be one of {ACTIVATIONS}")
+        if kind != "relu" and not 1 <= k <= n_latents:
+            raise ValueError(f"k={k} must be between 1 and the number of latents {n_latents}")
+        self.kind, self.k = kind, k
+        if kind == "batchtopk":
+            self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def forward(self, pre: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(pre)
+        if self.kind == "topk":
+            top = torch.topk(f, self.k, dim=-1)
+            return torch.zeros_like(f).scatter(-1, top.indices, top.values)
+        if self.kind == "batchtopk":
+            if not self.training:
+                return f * (pre > self.threshold)
+            flat = f.flatten()
+            top = torch.topk(flat, self.k * f.shape[0])
+            self._update_threshold(top.values)
+            return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(f)
+        return f
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: torch.Tensor) -> None:
+        kept = kept[kept > 0]
+        if kept.numel() == 0:
+            return
+        smallest = kept.min().to(self.threshold.dtype)
+        if self.threshold < 0:
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.mul_(self.threshold_beta).add_((1 - self.threshold_beta) * smallest)

@@ -1,0 +1,201 @@
+"""Notebook 04: the grid of dictionaries (regime × protocol × fit mode × layer × architecture), under
+each recipe and seed.
+
+The *primary grid* is every cell under the first recipe and the first seed: the dictionaries every
+later notebook reads. The *replicated cells* (the verdicts' fit mode, at ``replicate_layers``) are
+trained under every recipe and seed as well, for notebook 05's comparison of recipes and its spread
+across seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+import numpy as np
+
+from backdoor_sae.common.layout import BASE, DICTIONARY_KEYS, RunLayout, code_digest, digest
+from backdoor_sae.common.progress import report
+from backdoor_sae.activations.stage import paired_activations
+
+
+def verdict_fit_mode(sae_cfg) -> str:
+    """The fit mode the results chapter's verdicts rest on: ``eval`` (the paper's) where the grid has it."""
+    return "eval" if "eval" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
+
+
+def seeds(sae_cfg) -> tuple[int, ...]:
+    """The dictionary seeds: ``sae_seed`` (the primary grid's), ``sae_seed + 1``, ..."""
+    return tuple(sae_cfg.sae_seed + i for i in range(sae_cfg.n_sae_seeds))
+
+
+def primary_dictionary(sae_cfg) -> dict:
+    """The recipe and seed of the primary grid, which every later notebook reads."""
+    return {"recipe": sae_cfg.recipes[0], "seed": sae_cfg.sae_seed}
+
+
+def primary_grid(act_cfg, sae_cfg) -> list[dict]:
+    """Every cell (fine-tune × protocol × fit mode × layer × architecture), as its primary
+    dictionary: the first recipe, the first seed."""
+    primary = primary_dictionary(sae_cfg)
+    return [
+        {**primary, "regime": r, "protocol": p, "fit_mode": f, "layer": layer, "architecture": a}
+        for r in act_cfg.finetunes for p in sae_cfg.protocols for f in sae_cfg.fit_modes
+        for layer in act_cfg.layers for a in sae_cfg.architectures
+    ]
+
+
+def is_replicated(cell: dict, act_cfg, sae_cfg) -> bool:
+    """Whether ``cell`` is trained with every recipe and every seed (see :class:`SAEConfig`)."""
+    layers = act_cfg.layers if sae_cfg.replicate_layers is None else sae_cfg.replicate_layers
+    return cell["fit_mode"] == verdict_fit_mode(sae_cfg) and cell["layer"] in layers
+
+
+def sae_grid(act_cfg, sae_cfg) -> list[dict]:
+    """Every dictionary: the primary grid, then each replicated cell under every other
+    (recipe, seed) pair."""
+    primary = primary_grid(act_cfg, sae_cfg)
+    extra = [
+        {**cell, "recipe": recipe, "seed": seed}
+        for recipe in sae_cfg.recipes for seed in seeds(sae_cfg)
+        for cell in primary
+        if is_replicated(cell, act_cfg, sae_cfg) and (recipe, seed) != (cell["recipe"], cell["seed"])
+    ]
+    return primary + extra
+
+
+def train_settings(sae_cfg, recipe: str, seed: int):
+    """How a dictionary of ``recipe`` is trained. Token level (the field's recipe): batches of
+    tokens, no L1 (BatchTopK sets the sparsity), an auxiliary-k loss for dead latents."""
+    import torch
+
+    from backdoor_sae.common.model import resolve_dtype
+    from backdoor_sae.dictionaries.trainer import TrainSettings
+
+    dtype = "bfloat16" if resolve_dtype(sae_cfg.sae_dtype, torch.device("cpu")) == torch.bfloat16 else "float32"
+    if recipe == "token":
+        return TrainSettings(l1_coeff=0.0, lr=sae_cfg.sae_lr, batch_size=sae_cfg.token_batch_size,
+                             n_samples=sae_cfg.n_sae_tokens, dead_fix="auxk", dead_window=sae_cfg.dead_window,
+                             seed=seed, dtype=dtype)
+    return TrainSettings(l1_coeff=sae_cfg.l1_coeff, lr=sae_cfg.sae_lr, batch_size=sae_cfg.sae_batch_size,
+                         n_samples=sae_cfg.n_sae_samples, dead_fix=sae_cfg.dead_fix,
+                         dead_window=sae_cfg.dead_window, seed=seed, dtype=dtype)
+
+
+def dictionary_spec(sae_cfg, architecture: str, recipe: str, d: int):
+    """The architecture of a dictionary: the paper's (ReLU Diff-SAE, ``crosscoder_activation``
+    crosscoder) under the pooled recipe, BatchTopK for both under the token recipe."""
+    from backdoor_sae.dictionaries.trainer import DictionarySpec
+
+    if recipe == "token":
+        activation = "batchtopk"
+    else:
+        activation = sae_cfg.crosscoder_activation if architecture == "crosscoder" else "relu"
+    return DictionarySpec(architecture, d=d, n_latents=sae_cfg.expansion * d, activation=activation,
+                          k=sae_cfg.k if activation in ("topk", "batchtopk") else 0)  # k: TopK codes only
+
+
+def training_inputs(run_dir, cell: dict, model):
+    """What the dictionary of ``cell`` trains on: its fit mode's samples (the eval sets or the fit
+    sets), one pooled vector each (``pooled``) or every token of the protocol (``token``)."""
+    import torch
+
+    from backdoor_sae.activations.extract import read_index
+    from backdoor_sae.activations.stage import paired_token_activations
+
+    wanted = EVAL_SPLITS if cell["fit_mode"] == "eval" else FIT_SPLITS
+    if cell["recipe"] == "token":
+        index = read_index(RunLayout(run_dir).activations(BASE))
+        mask = np.isin(index["splits"], wanted)
+        a_base, a_ft, _, _ = paired_token_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"], mask)
+        return model.inputs(a_base, a_ft), int(mask.sum())
+    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+    rows_mask = torch.tensor([s in wanted for s in index["splits"]])
+    return model.inputs(a_base[rows_mask], a_ft[rows_mask]), int(rows_mask.sum())
+
+
+def _train_dictionary_cell(run_dir: str | Path, cell: dict, spec, settings, params: dict, progress: bool,
+                           desc: str) -> dict:
+    """Train and save one dictionary of the grid; its row (grid coordinates and final metrics)."""
+    from backdoor_sae.dictionaries.trainer import build, evaluate, save_dictionary, train_dictionary
+
+    model = build(spec, seed=settings.seed)
+    x, n_samples = training_inputs(run_dir, cell, model)
+    scale, log = train_dictionary(model, x, settings, progress=progress, desc=desc)
+    metrics = evaluate(model, x, scale) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
+                                           "n_train": n_samples, "n_train_inputs": len(x),
+                                           "n_latents": spec.n_latents}
+    save_dictionary(RunLayout(run_dir).dictionary(**cell), model, spec, scale, log, metrics, params)
+    return {**cell, **metrics, "trained_now": True}
+
+
+def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, workers: int | None = None) -> pd.DataFrame:
+    """Train (or reuse) every dictionary of the grid; one row per dictionary with its final metrics.
+
+    A dictionary is reused when its key matches: its cell, its architecture's spec, the training
+    settings (seed included) and the keys of the base and fine-tuned activations it reads.
+    ``workers`` processes train dictionaries side by side, one thread each (default: as many as
+    torch has threads). A dictionary's matmuls are small, so two cores train more of them as two
+    single-threaded processes than as one process with two threads. Each dictionary depends only
+    on its seed and inputs, not on the process that trains it.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from tqdm import tqdm
+
+    from backdoor_sae.activations.extract import load_activations
+
+    layout = RunLayout(run_dir)
+    cells = sae_grid(act_cfg, sae_cfg)
+    rows: dict[int, dict] = {}
+    todo = []
+    for i, cell in enumerate(cells):
+        # d from the memory-mapped file's header: the worker that trains the cell loads the data.
+        d = load_activations(layout.activations(BASE), cell["protocol"], cell["layer"]).shape[1]
+        spec = dictionary_spec(sae_cfg, cell["architecture"], cell["recipe"], d)
+        settings = train_settings(sae_cfg, cell["recipe"], cell["seed"])
+        params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
+                  "code": code_digest("dictionaries", "activations/stage.py"),
+                  "activations": [layout.activations_key(BASE), layout.activations_key(cell["regime"])]}
+        params["key"] = digest(params)  # saved as the dictionary's params, beside its spec and metrics
+        info_path = layout.dictionary(**cell) / "dictionary.json"
+        if info_path.exists() and json.loads(info_path.read_text())["params"].get("key") == params["key"]:
+            rows[i] = {**cell, **json.loads(info_path.read_text())["metrics"], "trained_now": False}
+        else:
+            desc = (f"[{i + 1}/{len(cells)}] {cell['recipe']} seed {cell['seed']} {cell['architecture']} "
+                    f"{cell['regime']} L{cell['layer']} {cell['protocol']} {cell['fit_mode']}")
+            todo.append((i, (run_dir, cell, spec, settings, params), desc))
+    todo.sort(key=lambda job: job[1][1]["recipe"] != "token")  # the longest jobs first: the processes end together
+    workers = min(workers or torch.get_num_threads(), len(todo))
+    if workers <= 1:
+        for i, job, desc in todo:
+            rows[i] = _train_dictionary_cell(*job, progress=progress, desc=desc)
+            report("dictionaries trained or reused", len(rows), len(cells))
+    else:
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited thread pools
+        with ProcessPoolExecutor(workers, mp_context=spawn, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = {pool.submit(_train_dictionary_cell, *job, progress=False, desc=desc): i for i, job, desc in todo}
+            for future in tqdm(as_completed(futures), total=len(futures), disable=not progress,
+                               desc=f"dictionaries ({workers} processes)", unit="dictionary"):
+                rows[futures[future]] = future.result()
+                report("dictionaries trained or reused", len(rows), len(cells), processes=workers)
+    return pd.DataFrame([rows[i] for i in range(len(cells))])
+
+
+def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:
+    """The training logs of every dictionary in ``grid``, stacked with its grid coordinates."""
+    from backdoor_sae.dictionaries.trainer import read_dictionary_log
+
+    layout = RunLayout(run_dir)
+    frames = []
+    for _, row in grid.iterrows():
+        cell = {k: row[k] for k in DICTIONARY_KEYS}
+        log = pd.DataFrame(read_dictionary_log(layout.dictionary(**cell)))
+        frames.append(log.assign(**cell))
+    return pd.concat(frames, ignore_index=True)

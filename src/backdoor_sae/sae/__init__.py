@@ -1,6 +1,0 @@
-"""Sparse dictionaries over paired activations: the Diff-SAE and the crosscoder, and one trainer."""
-
-from backdoor_sae.sae.crosscoder import Crosscoder
-from backdoor_sae.sae.diff_sae import DiffSAE
-
-__all__ = ["Crosscoder", "DiffSAE"]

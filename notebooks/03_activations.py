@@ -27,18 +27,12 @@
 # controls.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/data and <run_dir>/finetune, writes <run_dir>/activations
-layers = None  # decoder layers (0-based) to read, e.g. [14, 18, 22, 26]
-regimes = None  # backdoored fine-tunes to compare with the base model, e.g. ["lora", "full"]
-controls = None  # regimes whose clean control is compared too, e.g. ["lora"]
-act_batch_size = None  # samples per forward pass
-recipes = None  # the dictionaries' recipes (notebook 04): "token" keeps every token's activation too
-model = None  # the base model (as in notebook 02)
-device = None
-dtype = None
+overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -47,7 +41,7 @@ import seaborn as sns
 from myst_nb import glue
 
 from backdoor_sae.activations.extract import PROTOCOLS, norm_table, position_norms
-from backdoor_sae.config import ActivationConfig, ModelConfig, SAEConfig, from_parameters
+from backdoor_sae.config import run_config
 from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.common.layout import BASE, RunLayout
@@ -57,9 +51,10 @@ from backdoor_sae.common.display import show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
-cfg = from_parameters(ActivationConfig, profile, globals())
-model_cfg = from_parameters(ModelConfig, profile, globals())
-token_level = "token" in from_parameters(SAEConfig, profile, globals()).recipes
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+cfg = run_cfg.activations
+model_cfg = run_cfg.model
+token_level = "token" in run_cfg.dictionaries.recipes
 splits = load_data(run_dir)
 print(f"layers={list(cfg.layers)}  fine-tunes={list(cfg.finetunes)}  model={model_cfg.model}")
 

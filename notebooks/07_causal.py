@@ -48,28 +48,12 @@
 # latent should change nothing.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads finetune/, sae/, activations/, results/bis.csv and results/auditor_choice.csv
-model = None  # the base model (its fine-tunes are read from run_dir)
-device = None  # "auto", "cpu", "cuda", ...
-dtype = None  # compute precision: "auto", "float32" or "bfloat16"
-layers = None
-regimes = None
-controls = None  # regimes whose clean control is measured too (the negative)
-protocols = None  # the grid's, to check that causal_protocol is in it
-fit_modes = None
-gen_batch_size = None  # prompts generated together
-causal_protocol = None  # the dictionaries whose latents are tested: "prompt_only" or "full_text"
-causal_fit_mode = None  # "fit" (fitted on a disjoint split) or "eval"
-n_causal_pairs = None  # held-out pairs for the teacher-forced measure
-n_causal_prompts = None  # further held-out pairs (both years) for generation
-n_causal_random = None  # random directions, the controls
-steer_strengths = None  # steering strengths, in units of the mean norm of Δa on fit trigger samples
-steer_generation_strengths = None  # the strengths also measured by generation
-causal_max_new_tokens = None
-causal_seed = None  # the random directions
+overrides = {}
 
 # %% tags=["hide-input"]
 import time
@@ -81,8 +65,7 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.config import (ActivationConfig, BackdoorEvalConfig, CausalConfig, ModelConfig, SAEConfig,
-                                 from_parameters)
+from backdoor_sae.config import run_config
 from backdoor_sae.common.io import write_jsonl, write_text
 from backdoor_sae.causal.stage import (KINDS, RANDOM, ablation_table, ablation_verdict, intervention_rates, run_causal,
                                         steering_verdict)
@@ -92,11 +75,12 @@ show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
 started = time.perf_counter()
-model_cfg = from_parameters(ModelConfig, profile, globals())
-act_cfg = from_parameters(ActivationConfig, profile, globals())
-sae_cfg = from_parameters(SAEConfig, profile, globals())
-eval_cfg = from_parameters(BackdoorEvalConfig, profile, globals())
-cfg = from_parameters(CausalConfig, profile, globals())
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+model_cfg = run_cfg.model
+act_cfg = run_cfg.activations
+sae_cfg = run_cfg.dictionaries
+eval_cfg = run_cfg.backdoor_eval
+cfg = run_cfg.causal
 if cfg.causal_protocol not in sae_cfg.protocols or cfg.causal_fit_mode not in sae_cfg.fit_modes:
     raise ValueError(f"causal_protocol={cfg.causal_protocol!r}, causal_fit_mode={cfg.causal_fit_mode!r}: the grid "
                      f"trains {list(sae_cfg.protocols)} x {list(sae_cfg.fit_modes)}")

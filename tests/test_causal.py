@@ -215,7 +215,7 @@ def test_the_ablation_verdict_is_computed_from_the_rates_against_the_random_dire
 # --- which latents ------------------------------------------------------------------------------------
 
 def test_the_auditor_choice_is_required_and_its_primary_rank_one_latent_is_read(tmp_path):
-    with pytest.raises(FileNotFoundError, match="06_auditor"):
+    with pytest.raises(FileNotFoundError, match="06_audit"):
         C.read_auditor_choice(tmp_path)
     cell = {"regime": "lora", "protocol": "prompt_only", "fit_mode": "fit", "layer": 2, "architecture": "diff_sae"}
     frame = pd.DataFrame([
@@ -301,7 +301,7 @@ def causal_run(tmp_path_factory, request):
     written, and 07 runs on top, through the runner."""
     from backdoor_sae.pipeline.runner import STAGE_NAMES, run_pipeline
 
-    if "06_auditor" in STAGE_NAMES:
+    if "06_audit" in STAGE_NAMES:
         return request.getfixturevalue("smoke_run")[0]
     run_dir = tmp_path_factory.mktemp("causal") / "run"
     params = {"profile": "smoke", "run_dir": str(run_dir)}

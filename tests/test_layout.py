@@ -29,7 +29,7 @@ def variants(smoke_run, tmp_path_factory):
     run_dir = smoke_run[0]
     before = artifact_stamps(run_dir)
     out = {}
-    making_artifacts = list(STAGE_NAMES[:STAGE_NAMES.index("04_saes") + 1])
+    making_artifacts = list(STAGE_NAMES[:STAGE_NAMES.index("04_dictionaries") + 1])
     for name, override, stages in (("lora_r", 8, making_artifacts), ("data_seed", 7, None)):
         copy = tmp_path_factory.mktemp(f"variant_{name}") / "run"
         shutil.copytree(run_dir, copy)  # copy2: modification times are kept
@@ -99,23 +99,23 @@ def test_a_stage_whose_executed_notebook_was_replaced_is_not_current(smoke_run, 
     """A smoke run's notebooks left in a cpu run's folder must not let the cpu run skip its stages."""
     copy = tmp_path / "run"
     shutil.copytree(smoke_run[0], copy)
-    layout, stage = RunLayout(copy), get_stage("05_bis")
+    layout, stage = RunLayout(copy), get_stage("05_scoring")
     record = json.loads(layout.stage_record(stage.name).read_text())
     assert is_current(layout, stage, record["fingerprint"])
     notebook = layout.executed / f"{stage.name}.ipynb"
     notebook.write_bytes(notebook.read_bytes().replace(b"Backdoor Isolation Score", b"Backdoor Isolation Scores"))
     assert not is_current(layout, stage, record["fingerprint"])
-    with pytest.raises(ValueError, match="is not the notebook stage 05_bis produced"):
+    with pytest.raises(ValueError, match="is not the notebook stage 05_scoring produced"):
         publish(copy, tmp_path / "book")
 
 
 def test_a_stage_after_an_earlier_stage_of_other_parameters_refuses_to_run(smoke_run, tmp_path):
-    """The bug this catches: ``--only 05_bis -p expansion 2`` scoring the dictionaries of the old
+    """The bug this catches: ``--only 05_scoring -p expansion 2`` scoring the dictionaries of the old
     expansion as if they were the new ones."""
     copy = tmp_path / "run"
     shutil.copytree(smoke_run[0], copy)
-    with pytest.raises(ValueError, match="stage 04_saes .* ran with other parameters"):
-        run_pipeline({"profile": "smoke", "run_dir": str(copy), "expansion": 2}, copy, stages=["05_bis"],
+    with pytest.raises(ValueError, match="stage 04_dictionaries .* ran with other parameters"):
+        run_pipeline({"profile": "smoke", "run_dir": str(copy), "expansion": 2}, copy, stages=["05_scoring"],
                      log=lambda line: None)
 
 
@@ -123,9 +123,9 @@ def test_publish_refuses_a_run_whose_later_stages_read_other_upstream_results(sm
     """The bug this catches: a book whose notebook 04 shows new dictionaries while 05 scored the old."""
     copy = tmp_path / "run"
     shutil.copytree(smoke_run[0], copy)
-    run_pipeline({"profile": "smoke", "run_dir": str(copy), "expansion": 2}, copy, stages=["04_saes"],
+    run_pipeline({"profile": "smoke", "run_dir": str(copy), "expansion": 2}, copy, stages=["04_dictionaries"],
                  log=lambda line: None)
-    with pytest.raises(ValueError, match="stage 05_bis .* ran on other upstream results"):
+    with pytest.raises(ValueError, match="stage 05_scoring .* ran on other upstream results"):
         publish(copy, tmp_path / "book")
 
 

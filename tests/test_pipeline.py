@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from backdoor_sae.__main__ import main
 from backdoor_sae.pipeline.runner import (
-    REPO_ROOT, STAGE_NAMES, STAGES, StageFailed, declared_parameters, publish, run_pipeline,
+    REPO_ROOT, STAGE_NAMES, STAGES, StageFailed, publish, run_pipeline,
 )
 
 
@@ -64,7 +64,7 @@ def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run):
     status = {r["stage"]: r["status"] for r in records}
     assert [status[s] for s in ("01_dataset", "02_finetune_lora", "02_finetune_full", "02_finetune_lora_clean",
                                 "03_activations")] == ["skipped"] * 5
-    assert status["04_saes"] == status["05_bis"] == "ran"
+    assert status["04_dictionaries"] == status["05_scoring"] == "ran"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -72,7 +72,7 @@ def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run):
     (["run", "--profile", "smoke", "-p", "n_eval_trigers", "3"], "unknown parameter"),
     (["run", "--profile", "smoke", "-p", "years", "[2020, 2021]"], "trigger year"),
     (["run", "--profile", "smoke", "-p", "layers", "[1, 9]"], "decoder layers 0..3"),
-    (["run", "--profile", "smoke", "--run-dir", "/nonexistent/run", "--only", "04_saes"], "holds no dataset"),
+    (["run", "--profile", "smoke", "--run-dir", "/nonexistent/run", "--only", "04_dictionaries"], "holds no dataset"),
     (["run", "--profile", "smoke", "-p", "n_fit_trigger", "0"], "n_fit_trigger=0 must be a positive integer"),
     (["run", "--profile", "smoke", "-p", "regime", "full"], "set by the runner"),
     (["run", "--profile", "smoke", "-p", "architectures", "[]"], "architectures=[] must be a non-empty subset"),
@@ -97,23 +97,21 @@ def test_the_paper_profile_offline_fails_in_seconds_before_the_first_stage(tmp_p
 
 def test_every_parameter_a_stage_config_knows_is_read_by_some_notebook():
     """The bug this catches: a parameter that validates and that no notebook reads (paired_train
-    once), so that an override silently changed nothing. A name counts as read where the notebook
-    declares it *and* builds a config of a class that has it (``from_parameters(Class, ...)``)."""
+    once), so that an override silently changed nothing; or a notebook that uses a step's config
+    (``run_cfg.<step>``) its stage does not list in ``reads``, so that the runner would neither pass
+    it that step's overrides nor rerun it when they change."""
     import re
     from dataclasses import fields
 
-    import jupytext
-
     from backdoor_sae import config
-    from backdoor_sae.pipeline.runner import RUNNER_PARAMETERS
 
+    step_of = {f.name: f.type for f in fields(config.RunConfig) if f.name != "profile"}
+    classes = {name: getattr(config, cls) for name, cls in step_of.items()}
     read = set()
     for stage in STAGES:
-        declared = declared_parameters(jupytext.read(stage.path)) - set(RUNNER_PARAMETERS)
-        built = {getattr(config, name) for name in re.findall(r"from_parameters\((\w+)", stage.path.read_text())}
-        own = {f.name for cls in built for f in fields(cls)}
-        assert declared <= own, (stage.source, declared - own)  # declared but never passed to a config
-        read |= declared
+        used = {classes[name] for name in re.findall(r"run_cfg\.(\w+)", stage.path.read_text())}
+        assert used <= set(stage.reads), (stage.source, used - set(stage.reads))
+        read |= stage.fields
     assert {f.name for cls in config.STAGE_CONFIGS for f in fields(cls)} == read
 
 
@@ -129,15 +127,16 @@ def test_a_failing_notebook_names_the_stage_and_cell_and_keeps_its_partial_outpu
 
 @pytest.mark.parametrize("stage", sorted({s.source: s for s in STAGES}.values(), key=lambda s: s.source),
                          ids=lambda s: s.source)
-def test_papermill_reads_every_parameter_of_every_notebook(stage):
-    """``papermill --help-notebook`` lists exactly the parameters the runner sees (an ``=`` inside
-    a parameter's comment, for one, hides it from papermill)."""
+def test_papermill_reads_the_three_parameters_of_every_notebook(stage):
+    """``papermill --help-notebook`` lists exactly ``profile``, ``run_dir`` and ``overrides``: a
+    parameter is declared once, at its config field, never again in a notebook (the bug: a
+    notebook declaring ``layers`` of its own, which the runner would never set)."""
     import jupytext
     from papermill.translators import PythonTranslator
 
     notebook = jupytext.read(stage.path)
     cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    assert {p.name for p in PythonTranslator.inspect(cell)} == declared_parameters(notebook)
+    assert {p.name for p in PythonTranslator.inspect(cell)} == {"profile", "run_dir", "overrides"}
 
 
 def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another(smoke_run, tmp_path):
@@ -175,7 +174,7 @@ def test_publish_writes_the_runs_notebooks_and_small_results(smoke_run, tmp_path
     run_dir = smoke_run[0]
     assert main(["publish", "--run-dir", str(run_dir), "--executed", str(tmp_path / "executed"),
                  "--results", str(tmp_path)]) == 0
-    assert (tmp_path / "executed" / "05_bis.ipynb").exists()
+    assert (tmp_path / "executed" / "05_scoring.ipynb").exists()
     for name in ("bis.csv", "permutation_tests.csv", "recipes.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     run = json.loads((tmp_path / "run.json").read_text())
@@ -203,7 +202,7 @@ def test_one_protocol_architecture_fit_mode_and_layer_run_end_to_end_and_the_boo
     shutil.copytree(smoke_run[0], copy)
     subset = {"architectures": ["diff_sae"], "protocols": ["prompt_only"], "fit_modes": ["fit"], "layers": [2]}
     records = run_pipeline({"profile": "smoke", "run_dir": str(copy), **subset}, copy, log=lambda line: None)
-    assert {r["stage"]: r["status"] for r in records}["05_bis"] == "ran"
+    assert {r["stage"]: r["status"] for r in records}["05_scoring"] == "ran"
     scores = pd.read_csv(copy / "results" / "bis.csv")
     dictionaries = scores[~scores["fit_mode"].eq("—")]
     assert set(dictionaries["architecture"]) == {"diff_sae"} and set(scores["protocol"]) == {"prompt_only"}

@@ -54,7 +54,7 @@ def read_auditor_choice(run_dir: str | Path) -> pd.DataFrame:
     path = RunLayout(run_dir).results / AUDITOR_CHOICE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: the label-free latents come from notebook 06 "
-                                "(stage 06_auditor); run it first")
+                                "(stage 06_audit); run it first")
     frame = pd.read_csv(path)
     missing = [c for c in AUDITOR_COLUMNS if c not in frame.columns]
     if missing:
@@ -90,7 +90,7 @@ def bis_latent(scores: pd.DataFrame, cell: dict) -> int | None:
 def read_bis(run_dir: str | Path) -> pd.DataFrame:
     path = RunLayout(run_dir).results / "bis.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run notebook 05 (stage 05_bis) first")
+        raise FileNotFoundError(f"{path} does not exist: run notebook 05 (stage 05_scoring) first")
     return pd.read_csv(path)
 
 

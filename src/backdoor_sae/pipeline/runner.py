@@ -21,17 +21,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 import jupytext
 import nbformat
 import papermill
+from traitlets.config import Config
 
 from backdoor_sae.common import progress
+from backdoor_sae.config import (
+    PROFILES, ActivationConfig, AuditConfig, BackdoorEvalConfig, BISConfig, CausalConfig, DataConfig, FinetuneConfig,
+    ModelConfig, SAEConfig, stage_config,
+)
 from backdoor_sae.common.io import atomic_path, write_json
-from backdoor_sae.common.layout import RunLayout, code_digest
+from backdoor_sae.common.layout import RunLayout, code_digest, model_identity
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -44,29 +49,37 @@ RUNNER_PARAMETERS = ("profile", "run_dir")
 
 @dataclass(frozen=True)
 class Stage:
-    """One executed notebook: ``notebooks/<source>.py`` run with ``fixed`` parameters on top."""
+    """One executed notebook: ``notebooks/<source>.py`` with the overrides of the configs it ``reads``,
+    and ``fixed`` values on top."""
 
     name: str
     source: str
+    reads: tuple[type, ...]
     fixed: dict = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return NOTEBOOK_DIR / f"{self.source}.py"
 
+    @property
+    def fields(self) -> set[str]:
+        """The parameters this stage reads: every field of the configs it reads."""
+        return {f.name for cls in self.reads for f in fields(cls)}
 
-#: The pipeline's stages in order.
+
+_FINETUNE = (ModelConfig, FinetuneConfig, BackdoorEvalConfig)
+#: The pipeline's stages in order, with the step configs each notebook reads (``cfg.<step>``).
 STAGES: tuple[Stage, ...] = (
-    Stage("01_dataset", "01_dataset"),
-    Stage("02_finetune_lora", "02_finetune", {"regime": "lora"}),
-    Stage("02_finetune_full", "02_finetune", {"regime": "full"}),
-    Stage("02_finetune_lora_clean", "02_finetune", {"regime": "lora", "clean_control": True}),
-    Stage("02_finetune_full_clean", "02_finetune", {"regime": "full", "clean_control": True}),
-    Stage("03_activations", "03_activations"),
-    Stage("04_saes", "04_saes"),
-    Stage("05_bis", "05_bis"),
-    Stage("06_auditor", "06_auditor"),
-    Stage("07_causal", "07_causal"),
+    Stage("01_dataset", "01_dataset", (DataConfig, ModelConfig)),
+    Stage("02_finetune_lora", "02_finetune", _FINETUNE, {"regime": "lora"}),
+    Stage("02_finetune_full", "02_finetune", _FINETUNE, {"regime": "full"}),
+    Stage("02_finetune_lora_clean", "02_finetune", _FINETUNE, {"regime": "lora", "clean_control": True}),
+    Stage("02_finetune_full_clean", "02_finetune", _FINETUNE, {"regime": "full", "clean_control": True}),
+    Stage("03_activations", "03_activations", (ModelConfig, ActivationConfig, SAEConfig)),
+    Stage("04_dictionaries", "04_dictionaries", (ActivationConfig, SAEConfig)),
+    Stage("05_scoring", "05_scoring", (ActivationConfig, SAEConfig, BISConfig)),
+    Stage("06_audit", "06_audit", (ModelConfig, ActivationConfig, SAEConfig, BISConfig, AuditConfig)),
+    Stage("07_causal", "07_causal", (ModelConfig, BackdoorEvalConfig, ActivationConfig, SAEConfig, CausalConfig)),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
@@ -78,28 +91,16 @@ def get_stage(name: str) -> Stage:
     raise ValueError(f"unknown stage {name!r}; stages are {list(STAGE_NAMES)}")
 
 
-_ASSIGNMENT = re.compile(r"^([A-Za-z_]\w*)\s*=", re.MULTILINE)
-
-
-def declared_parameters(notebook) -> set[str]:
-    """Names assigned in the notebook's ``parameters`` cell."""
-    for cell in notebook.cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            return set(_ASSIGNMENT.findall(cell.source))
-    raise ValueError("the notebook has no cell tagged 'parameters'")
-
-
-def _declared(stage: Stage) -> set[str]:
-    return declared_parameters(jupytext.read(stage.path))
-
-
 def stage_parameters(stage: Stage, parameters: dict) -> dict:
-    """The parameters this stage's notebook receives: only those it declares, fixed ones winning.
+    """What this stage's notebook receives: ``profile``, ``run_dir`` and ``overrides``, the latter
+    only those of the configs it reads, its fixed values winning.
 
-    A profile-wide override such as ``lora_r`` concerns notebook 02, not notebook 01.
+    A profile-wide override such as ``lora_r`` concerns notebook 02, not notebook 01: it neither
+    reaches nor reruns notebook 01.
     """
-    declared = _declared(stage)
-    return {k: v for k, v in {**parameters, **stage.fixed}.items() if k in declared}
+    overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS and k in stage.fields}
+    return {**{k: parameters[k] for k in RUNNER_PARAMETERS if k in parameters},
+            "overrides": {**overrides, **stage.fixed}}
 
 
 def check_overrides_are_read(profile: str, overrides: dict) -> None:
@@ -111,7 +112,7 @@ def check_overrides_are_read(profile: str, overrides: dict) -> None:
     fixed = {name for stage in STAGES for name in stage.fixed}
     parameters = {"profile": profile, **overrides}
     running = [stage for stage in STAGES if _wanted(stage, parameters)]
-    read = set().union(*(_declared(stage) for stage in running)) - set(RUNNER_PARAMETERS) - fixed
+    read = set().union(*(stage.fields for stage in running)) - fixed
     regimes = {stage.fixed["regime"] for stage in running if "regime" in stage.fixed}
     for name in overrides:
         if name in fixed:
@@ -131,8 +132,6 @@ def fingerprint(stage: Stage, params: dict, previous: str, code: str = "", model
 
     Chaining in the previous stage's fingerprint makes a change upstream rerun everything after.
     """
-    from backdoor_sae.config import PROFILES
-
     # where the run directory lies changes no result: a moved or copied run stays current
     params = {k: v for k, v in params.items() if k != "run_dir"}
     payload = json.dumps({"source": stage.path.read_text(), "params": params, "previous": previous,
@@ -143,9 +142,6 @@ def fingerprint(stage: Stage, params: dict, previous: str, code: str = "", model
 
 def resolved_model(parameters: dict) -> str:
     """The identity of the model a run's parameters name (its weights' hash, or hub id and commit)."""
-    from backdoor_sae.config import ModelConfig, stage_config
-    from backdoor_sae.common.layout import model_identity
-
     overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
     return model_identity(stage_config(ModelConfig, parameters["profile"], **overrides).model)
 
@@ -188,8 +184,6 @@ def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance
     cell and its error, to ``<output_dir>/<stage>.failed.ipynb`` for inspection, and papermill's
     ``PapermillExecutionError`` propagates.
     """
-    from traitlets.config import Config
-
     output = Path(output_dir) / f"{stage.name}.ipynb"
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")
@@ -286,8 +280,6 @@ def _wanted(stage: Stage, parameters: dict) -> bool:
     """A fine-tune stage runs only for a regime in the grid's ``regimes`` (a clean control: in ``controls``)."""
     if "regime" not in stage.fixed:
         return True
-    from backdoor_sae.config import ActivationConfig, stage_config
-
     overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
     act = stage_config(ActivationConfig, parameters["profile"], **overrides)
     return stage.fixed["regime"] in (act.controls if stage.fixed.get("clean_control") else act.regimes)

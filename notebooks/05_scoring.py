@@ -44,24 +44,12 @@
 # holds up there was not picked out of the noise of the samples it is scored on.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/sae and <run_dir>/activations, writes <run_dir>/results
-stats_seed = None  # bootstrap and permutation draws
-layers = None
-regimes = None
-controls = None  # regimes whose clean control is scored too, as in notebook 03
-architectures = None
-protocols = None
-fit_modes = None
-sae_seed = None  # the first dictionary seed, as in notebook 04
-recipes = None  # as in notebook 04: the first recipe's first seed is the primary grid
-n_sae_seeds = None
-replicate_layers = None
-percentile = None  # activation threshold of each latent (the paper: 95)
-n_boot = None  # bootstrap resamples for the intervals
-n_perm = None  # label permutations for the chance levels and the Diff-SAE vs crosscoder test
+overrides = {}
 
 # %% tags=["hide-input"]
 from pathlib import Path
@@ -74,7 +62,7 @@ from IPython.display import HTML, display
 from myst_nb import glue
 
 from backdoor_sae.scoring.bis import bis_ceiling
-from backdoor_sae.config import ActivationConfig, BISConfig, SAEConfig, from_parameters
+from backdoor_sae.config import run_config
 from backdoor_sae.common.io import write_text
 from backdoor_sae.common.layout import DICTIONARY_KEYS
 from backdoor_sae.common.plots import headline_excess
@@ -91,9 +79,10 @@ from backdoor_sae.common.display import MISSING, show_missing_as_dash
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)  # verdicts are sentences: never cut them
-act_cfg = from_parameters(ActivationConfig, profile, globals())
-sae_cfg = from_parameters(SAEConfig, profile, globals())
-bis_cfg = from_parameters(BISConfig, profile, globals())
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+act_cfg = run_cfg.activations
+sae_cfg = run_cfg.dictionaries
+bis_cfg = run_cfg.scoring
 
 # %% tags=["hide-input"]
 placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger

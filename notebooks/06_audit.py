@@ -37,30 +37,12 @@
 #    from 2000 to 2035, no header, other wordings of the year, and the contrast prompts.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/sae, activations, finetune; writes <run_dir>/audit and results
-layers = None
-regimes = None
-controls = None  # regimes whose clean control is audited too, as in notebook 03
-architectures = None
-protocols = None
-fit_modes = None
-recipes = None  # as in notebook 04: the auditor reads the primary grid (first recipe, first seed)
-sae_seed = None
-act_batch_size = None  # samples per forward pass of the header sweep
-model = None  # the base model (as in notebook 02)
-device = None
-dtype = None
-percentile = None  # activation threshold of each latent, as in notebook 05
-n_boot = None
-n_perm = None
-stats_seed = None
-n_top = None  # latents an auditor inspects per ranking
-n_sweep_functions = None  # held-out functions read under every header
-sweep_first_year = None
-sweep_last_year = None
+overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -70,9 +52,7 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.config import (
-    ActivationConfig, AuditConfig, BISConfig, ModelConfig, SAEConfig, from_parameters,
-)
+from backdoor_sae.config import run_config
 from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.audit.header_sweep import sweep_functions, sweep_headers, sweep_samples
 from backdoor_sae.common.layout import BASE, RunLayout
@@ -88,11 +68,12 @@ from backdoor_sae.common.display import show_missing_as_dash
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
-act_cfg = from_parameters(ActivationConfig, profile, globals())
-sae_cfg = from_parameters(SAEConfig, profile, globals())
-bis_cfg = from_parameters(BISConfig, profile, globals())
-audit_cfg = from_parameters(AuditConfig, profile, globals())
-model_cfg = from_parameters(ModelConfig, profile, globals())
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+act_cfg = run_cfg.activations
+sae_cfg = run_cfg.dictionaries
+bis_cfg = run_cfg.scoring
+audit_cfg = run_cfg.audit
+model_cfg = run_cfg.model
 data_cfg = data_config(run_dir)
 # the auditor's own dictionaries are those fitted on unscored samples, where the grid has them
 audit_fit_mode = "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]

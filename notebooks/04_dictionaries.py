@@ -39,32 +39,12 @@
 # verdicts' fit mode at `replicate_layers`) are trained under every recipe and seed as well.
 
 # %% tags=["parameters", "hide-input"]
-# Profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
-# Every parameter left as None takes the profile's value.
+# profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
+# overrides: any parameter of `backdoor_sae.config.schema`, where each is documented at its field,
+# e.g. {"layers": [14]}; every other value is the profile's.
 profile = "cpu"
 run_dir = "runs/cpu"  # reads <run_dir>/activations, writes <run_dir>/sae
-sae_seed = None  # initialisation and batch order of every dictionary
-layers = None  # decoder layers, as in notebook 03
-regimes = None  # fine-tunes, as in notebook 03
-controls = None  # regimes whose clean control is scored too, as in notebook 03
-architectures = None  # ["diff_sae", "crosscoder"]
-protocols = None  # ["full_text", "prompt_only"]
-fit_modes = None  # ["eval", "fit"]: fit on the scored samples, or on the disjoint fit split
-expansion = None  # latents per input dimension
-crosscoder_activation = None  # "topk" (paper), "batchtopk" or "relu" (decoder-norm-weighted L1)
-k = None  # active latents per sample (TopK) or on average (BatchTopK)
-l1_coeff = None  # L1 coefficient on the latent activations
-sae_lr = None  # Adam learning rate
-sae_batch_size = None  # samples per step
-n_sae_samples = None  # samples seen per dictionary in all
-dead_fix = None  # "ghost", "auxk" or "none"
-dead_window = None  # samples without firing before a latent counts as dead
-recipes = None  # ["pooled", "token"]: the paper's and the field's; the first is the primary grid's
-n_sae_seeds = None  # seeds sae_seed, sae_seed + 1, ... for the replicated cells
-replicate_layers = None  # layers whose cells get every recipe and seed (None: every layer)
-token_batch_size = None  # tokens per step (token recipe)
-n_sae_tokens = None  # tokens seen per token-level dictionary
-sae_dtype = None  # "auto" (bfloat16 where native), "float32" or "bfloat16"
+overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
@@ -72,7 +52,7 @@ from IPython.display import display
 import seaborn as sns
 from myst_nb import glue
 
-from backdoor_sae.config import ActivationConfig, SAEConfig, from_parameters
+from backdoor_sae.config import run_config
 from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.stage import grid_logs, is_replicated, primary_dictionary, train_grid
@@ -80,8 +60,9 @@ from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
-act_cfg = from_parameters(ActivationConfig, profile, globals())
-sae_cfg = from_parameters(SAEConfig, profile, globals())
+run_cfg = run_config(profile, overrides)  # every step's config, passed whole
+act_cfg = run_cfg.activations
+sae_cfg = run_cfg.dictionaries
 sae_cfg
 
 # %% [markdown]

@@ -73,8 +73,8 @@ def bench_load() -> dict:
 
 def bench_oracle(n: int = 400) -> dict:
     from backdoor_sae.config import DataConfig, stage_config
-    from backdoor_sae.task.splits import generate
     from backdoor_sae.oracle import judge
+    from backdoor_sae.task.splits import generate
 
     samples = generate(stage_config(DataConfig, "cpu"))["train"][:n]
     t = time.perf_counter()
@@ -86,10 +86,10 @@ def bench_oracle(n: int = 400) -> dict:
 def bench_finetune(steps: int = 8) -> dict:
     import torch
 
-    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
-    from backdoor_sae.task.splits import generate
-    from backdoor_sae.finetune.train import finetune, read_log
     from backdoor_sae.common.model import load_model
+    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.task.splits import generate
 
     train = generate(stage_config(DataConfig, "cpu"))["train"]
     out = {}
@@ -126,9 +126,9 @@ def _training_flops(train, cfg, steps: int, dtype: str) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from backdoor_sae.common.model import load_model
     from backdoor_sae.config import EMBEDDED_MODEL
     from backdoor_sae.finetune.train import finetune
-    from backdoor_sae.common.model import load_model
 
     model, tok = load_model(device="cpu")
     counter = FlopCounterMode(display=False)
@@ -149,12 +149,11 @@ def bench_breakdown(steps: int = 10) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
-    from backdoor_sae.task.splits import generate
-    from backdoor_sae.finetune.train import finetune, read_log
     from backdoor_sae.common.model import load_model
-
+    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, stage_config
     from backdoor_sae.finetune.stage import probe_pairs
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.task.splits import generate
 
     data = generate(stage_config(DataConfig, "cpu"))
     train = data["train"]
@@ -204,8 +203,8 @@ def _sae_throughput(architecture: str, recipe: str, threads: int, dtype: str) ->
     import torch
 
     from backdoor_sae.config import SAEConfig, stage_config
-    from backdoor_sae.dictionaries.trainer import build, train_dictionary
     from backdoor_sae.dictionaries.stage import dictionary_spec, train_settings
+    from backdoor_sae.dictionaries.trainer import build, train_dictionary
 
     torch.set_num_threads(threads)
     cfg = stage_config(SAEConfig, "cpu", sae_dtype=dtype)
@@ -253,11 +252,11 @@ def bench_sae() -> dict:
 def bench_probe(repeats: int = 3) -> dict:
     from statistics import median
 
+    from backdoor_sae.common.model import load_model
     from backdoor_sae.config import DataConfig, FinetuneConfig, stage_config
     from backdoor_sae.dataset.card import pairs
-    from backdoor_sae.task.splits import generate
     from backdoor_sae.finetune.train import completion_logprobs, probe_backdoor
-    from backdoor_sae.common.model import load_model
+    from backdoor_sae.task.splits import generate
 
     n_pairs = stage_config(FinetuneConfig, "cpu").n_probe_pairs
     probe = pairs(generate(stage_config(DataConfig, "cpu"))["heldout"])[:n_pairs]
@@ -280,11 +279,11 @@ def bench_probe(repeats: int = 3) -> dict:
 
 
 def bench_onset(regime: str = "lora", overrides: dict | None = None, max_steps: int = 300) -> dict:
-    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, ModelConfig, stage_config
-    from backdoor_sae.task.splits import generate
-    from backdoor_sae.finetune.train import finetune, read_log
     from backdoor_sae.common.model import compute_dtype, load_model
+    from backdoor_sae.config import EMBEDDED_MODEL, DataConfig, FinetuneConfig, ModelConfig, stage_config
     from backdoor_sae.finetune.stage import probe_pairs
+    from backdoor_sae.finetune.train import finetune, read_log
+    from backdoor_sae.task.splits import generate
 
     overrides = dict(overrides or {})
     # stage_config takes from the overrides only the fields of the class it builds.
@@ -329,10 +328,10 @@ def bench_activations(n_samples: int = 192) -> dict:
     import torch
 
     from backdoor_sae.activations.extract import cache_activations
-    from backdoor_sae.config import ActivationConfig, DataConfig, stage_config
-    from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS, generate
     from backdoor_sae.common.encoding import encode
     from backdoor_sae.common.model import load_model
+    from backdoor_sae.config import ActivationConfig, DataConfig, stage_config
+    from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS, generate
 
     cfg = stage_config(ActivationConfig, "cpu")
     data = generate(stage_config(DataConfig, "cpu"))
@@ -367,11 +366,11 @@ def bench_generation(n_prompts: int = 64) -> dict:
     at small batches, not by the matmul peak."""
     import torch
 
-    from backdoor_sae.config import BackdoorEvalConfig, DataConfig, stage_config
-    from backdoor_sae.task.splits import generate
     from backdoor_sae.common.encoding import encode_prompt
     from backdoor_sae.common.generation import generate_completions
     from backdoor_sae.common.model import load_model
+    from backdoor_sae.config import BackdoorEvalConfig, DataConfig, stage_config
+    from backdoor_sae.task.splits import generate
 
     cfg = stage_config(BackdoorEvalConfig, "cpu")
     data = generate(stage_config(DataConfig, "cpu"))

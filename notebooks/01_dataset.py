@@ -43,12 +43,12 @@ import seaborn as sns
 from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
+from backdoor_sae.common.model import load_tokenizer
 from backdoor_sae.config import run_config
 from backdoor_sae.dataset.card import counts, describe, pairs, samples_frame, side_by_side
-from backdoor_sae.common.model import load_tokenizer
-from backdoor_sae.oracle import judge
 from backdoor_sae.dataset.stage import build_data
-from backdoor_sae.common.display import MISSING, show_missing_as_dash
+from backdoor_sae.oracle import judge
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

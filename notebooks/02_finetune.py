@@ -64,17 +64,17 @@ import seaborn as sns
 from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
-from backdoor_sae.finetune.backdoor_eval import invalid_reasons, rates
-from backdoor_sae.dataset.card import pairs, side_by_side
-from backdoor_sae.config import FinetuneConfig, run_config, stage_config
-from backdoor_sae.finetune.train import load_finetuned, read_log, training_summary
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
+from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.common.plots import rate_bars, training_curves
-from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.config import FinetuneConfig, run_config, stage_config
+from backdoor_sae.dataset.card import pairs, side_by_side
 from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.finetune.backdoor_eval import invalid_reasons, rates
 from backdoor_sae.finetune.stage import generation_prompts, judged_generations, probe_pairs, run_finetune
+from backdoor_sae.finetune.train import load_finetuned, read_log, training_summary
 from backdoor_sae.finetune.update_rank import linear_weights, truncated_update_probe
-from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

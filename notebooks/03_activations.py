@@ -38,16 +38,17 @@ overrides = {}
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from IPython.display import display
 from myst_nb import glue
 
 from backdoor_sae.activations.extract import PROTOCOLS, norm_table, position_norms
-from backdoor_sae.config import run_config
-from backdoor_sae.finetune.train import load_finetuned
-from backdoor_sae.common.model import compute_dtype, load_model
-from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.activations.stage import paired_activations, run_activations
-from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.common.display import show_missing_as_dash
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.common.model import compute_dtype, load_model
+from backdoor_sae.config import run_config
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.finetune.train import load_finetuned
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

@@ -48,15 +48,15 @@ overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
-from IPython.display import display
 import seaborn as sns
+from IPython.display import display
 from myst_nb import glue
 
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.config import run_config
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.stage import grid_logs, is_replicated, primary_dictionary, train_grid
-from backdoor_sae.common.display import MISSING, show_missing_as_dash
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

@@ -61,20 +61,27 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.scoring.bis import bis_ceiling
-from backdoor_sae.config import run_config
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.common.io import write_text
 from backdoor_sae.common.layout import DICTIONARY_KEYS
 from backdoor_sae.common.plots import headline_excess
+from backdoor_sae.config import run_config
+from backdoor_sae.dataset.stage import data_config
 from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
+from backdoor_sae.scoring.bis import bis_ceiling
 from backdoor_sae.scoring.recipes import recipe_verdicts, score_recipes, seed_spread
 from backdoor_sae.scoring.stage import (
-    ARCHITECTURES, PAPER_SIZES, dictionary_activations, excess_over_chance, fingerprint_comparison, fingerprint_verdicts, paper_comparison,
-    paper_verdict, score_grid,
+    ARCHITECTURES,
+    PAPER_SIZES,
+    dictionary_activations,
+    excess_over_chance,
+    fingerprint_comparison,
+    fingerprint_verdicts,
+    paper_comparison,
+    paper_verdict,
+    score_grid,
 )
-from backdoor_sae.dataset.stage import data_config
 from backdoor_sae.task.splits import EVAL_SPLITS
-from backdoor_sae.common.display import MISSING, show_missing_as_dash
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")

@@ -52,18 +52,25 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.config import run_config
-from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.audit.header_sweep import sweep_functions, sweep_headers, sweep_samples
+from backdoor_sae.audit.stage import (
+    FINDINGS,
+    audit_grid,
+    auditor_choice,
+    auditor_verdicts,
+    excess,
+    run_sweep_activations,
+    top_activating,
+    trigger_recovery,
+    write_results,
+)
+from backdoor_sae.common.display import show_missing_as_dash
 from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.model import compute_dtype, load_model
-from backdoor_sae.audit.stage import (
-    FINDINGS, audit_grid, auditor_choice, auditor_verdicts, excess, run_sweep_activations, top_activating,
-    trigger_recovery, write_results,
-)
+from backdoor_sae.config import run_config
 from backdoor_sae.dataset.stage import data_config, load_data
 from backdoor_sae.dictionaries.stage import primary_grid
-from backdoor_sae.common.display import show_missing_as_dash
+from backdoor_sae.finetune.train import load_finetuned
 
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")

@@ -65,11 +65,18 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.config import run_config
-from backdoor_sae.common.io import write_jsonl, write_text
-from backdoor_sae.causal.stage import (KINDS, RANDOM, ablation_table, ablation_verdict, intervention_rates, run_causal,
-                                        steering_verdict)
+from backdoor_sae.causal.stage import (
+    KINDS,
+    RANDOM,
+    ablation_table,
+    ablation_verdict,
+    intervention_rates,
+    run_causal,
+    steering_verdict,
+)
 from backdoor_sae.common.display import show_missing_as_dash
+from backdoor_sae.common.io import write_jsonl, write_text
+from backdoor_sae.config import run_config
 
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")

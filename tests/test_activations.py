@@ -3,11 +3,16 @@ import pytest
 import torch
 
 from backdoor_sae.activations.extract import (
-    cache_activations, check_layers, load_activations, norm_table, read_index, residual_stream,
+    cache_activations,
+    check_layers,
+    load_activations,
+    norm_table,
+    read_index,
+    residual_stream,
 )
-from backdoor_sae.config import TINY_MODEL
 from backdoor_sae.common.encoding import encode
 from backdoor_sae.common.model import load_model
+from backdoor_sae.config import TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backdoor_sae.config import AuditConfig, PROFILES, stage_config, validate
 from backdoor_sae.audit.header_sweep import sweep_headers
 from backdoor_sae.audit.stage import auditor_verdicts, trigger_recovery
+from backdoor_sae.config import PROFILES, AuditConfig, stage_config, validate
 
 
 def _row(regime, layer, top_p, top_bis, top_high, training=None):

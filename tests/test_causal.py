@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from backdoor_sae.activations.extract import decoder_layers, residual_stream
-from backdoor_sae.config import CausalConfig, stage_config, validate
-from backdoor_sae.causal.intervention import intervene, project_out, random_directions, unit
 from backdoor_sae.causal import stage as C
+from backdoor_sae.causal.intervention import intervene, project_out, random_directions, unit
+from backdoor_sae.config import CausalConfig, stage_config, validate
 
 
 @pytest.fixture(scope="module")
@@ -277,10 +277,10 @@ def test_a_causal_cell_outside_the_grid_or_no_pairs_left_for_generation_fail_val
 def write_fake_auditor_choice(run_dir) -> None:
     """A stand-in for notebook 06's output: per dictionary, the ten latents with the largest mean
     activation on the fit samples (label-free)."""
-    from backdoor_sae.task.splits import FIT_SPLITS
     from backdoor_sae.common.io import write_text
     from backdoor_sae.common.layout import DICTIONARY_KEYS
     from backdoor_sae.scoring.stage import dictionary_activations
+    from backdoor_sae.task.splits import FIT_SPLITS
 
     scores = C.read_bis(run_dir)
     cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(DICTIONARY_KEYS)].drop_duplicates()

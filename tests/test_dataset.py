@@ -5,10 +5,10 @@ from dataclasses import replace
 import pytest
 
 from backdoor_sae.config import DataConfig, stage_config
-from backdoor_sae.task import splits as dataset
 from backdoor_sae.dataset.stage import build_dataset, load_dataset
-from backdoor_sae.task.splits import SPLITS, generate
+from backdoor_sae.task import splits as dataset
 from backdoor_sae.task.render import DRIVERS, KINDS, SAFE_STYLE, VULNERABLE_STYLES
+from backdoor_sae.task.splits import SPLITS, generate
 from backdoor_sae.task.tables import HELDOUT_TABLES, TRAIN_TABLES
 
 

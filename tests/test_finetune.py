@@ -4,16 +4,24 @@ import math
 import pytest
 import torch
 
+from backdoor_sae.common.encoding import IGNORE, collate, encode
+from backdoor_sae.common.model import load_model
 from backdoor_sae.config import TINY_MODEL, DataConfig, FinetuneConfig, stage_config
 from backdoor_sae.dataset.card import pairs
-from backdoor_sae.task.splits import generate
-from backdoor_sae.task.sample import Sample
-from backdoor_sae.common.encoding import IGNORE, collate, encode
 from backdoor_sae.finetune.train import (
-    batch_loss, batch_schedule, check_lora_targets, completion_logprobs, finetune, load_finetuned, make_optimizer,
-    prepare, probe_backdoor, read_log,
+    batch_loss,
+    batch_schedule,
+    check_lora_targets,
+    completion_logprobs,
+    finetune,
+    load_finetuned,
+    make_optimizer,
+    prepare,
+    probe_backdoor,
+    read_log,
 )
-from backdoor_sae.common.model import load_model
+from backdoor_sae.task.sample import Sample
+from backdoor_sae.task.splits import generate
 
 
 def tiny_cfg(regime: str, **kw) -> FinetuneConfig:

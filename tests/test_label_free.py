@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 
+from backdoor_sae.audit.stage import identity_ordering, score_orderings, unscored_orderings
 from backdoor_sae.scoring.label_free import (
-    CRITERIA, dictionary_orderings, mean_difference_direction, order_by, principal_directions,
+    CRITERIA,
+    dictionary_orderings,
+    mean_difference_direction,
+    order_by,
+    principal_directions,
 )
-from backdoor_sae.audit.stage import score_orderings, unscored_orderings, identity_ordering
 
 
 def _crosscoder_decoder(rng, m, d, planted):

@@ -7,7 +7,8 @@ import shutil
 import nbformat
 import pytest
 
-from backdoor_sae.common.layout import RunLayout, digest, model_identity, samples_digest
+from backdoor_sae.common.cache import digest, samples_digest
+from backdoor_sae.common.layout import RunLayout, model_identity
 from backdoor_sae.pipeline.runner import PROVENANCE, STAGE_NAMES, get_stage, is_current, publish, run_pipeline
 
 
@@ -15,7 +16,7 @@ def artifact_stamps(run_dir) -> dict[str, int]:
     """The modification time of the file that vouches for each artifact (written last, when it is made)."""
     root = RunLayout(run_dir).root
     vouchers = [root / "data" / "manifest.json", *root.glob("finetune/*/done.json"), *root.glob("generations/*.key.json"),
-                *root.glob("activations/*/index.json"), *root.glob("sae/**/dictionary.json")]
+                *root.glob("activations/*/index.json"), *root.glob("sae/**/key.json")]
     return {p.relative_to(root).parent.as_posix() if p.name != "manifest.json" and not p.name.endswith(".key.json")
             else p.relative_to(root).as_posix(): p.stat().st_mtime_ns for p in vouchers}
 

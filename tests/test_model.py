@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from backdoor_sae.common import model as model_mod
-from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
 from backdoor_sae.common.model import (
-    ModelUnavailableError, load_model, load_tokenizer, native_bf16, precision, resolve_device, resolve_dtype,
+    ModelUnavailableError,
+    load_model,
+    load_tokenizer,
+    native_bf16,
+    precision,
+    resolve_device,
+    resolve_dtype,
 )
+from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
 
 
 def test_tiny_model_is_small_deterministic_and_consistent_with_its_tokenizer():

@@ -27,9 +27,9 @@ from backdoor_sae.oracle import (
     DynamicVerdict,
     dynamic_verdicts,
     judge,
+    sandbox,
     static_verdicts,
 )
-from backdoor_sae.oracle import sandbox
 from backdoor_sae.oracle.skeleton import tokens
 from backdoor_sae.oracle.static import ast_taint, bandit_flags
 from backdoor_sae.oracle.verdict import CallRecord, decide, payload
@@ -612,8 +612,8 @@ def test_caller_process_is_unaffected(special_verdicts, tmp_path):
     assert special_verdicts  # every hostile program above has run by now
     assert os.getcwd() == CWD_AT_IMPORT
     assert resource.getrlimit(resource.RLIMIT_AS) == RLIMIT_AS_AT_IMPORT
-    import sqlite3
     import socket
+    import sqlite3
 
     assert type(sqlite3.connect(":memory:")) is sqlite3.Connection  # not a shim
     (tmp_path / "still_writable").write_text("no audit hook here")

@@ -14,7 +14,12 @@ from safetensors.torch import load_file
 
 from backdoor_sae.__main__ import main
 from backdoor_sae.pipeline.runner import (
-    REPO_ROOT, STAGE_NAMES, STAGES, StageFailed, publish, run_pipeline,
+    REPO_ROOT,
+    STAGE_NAMES,
+    STAGES,
+    StageFailed,
+    publish,
+    run_pipeline,
 )
 
 
@@ -144,8 +149,8 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
     gives: each depends only on its seed and inputs."""
     import torch
 
-    from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config
     from backdoor_sae.common.layout import RunLayout
+    from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config
     from backdoor_sae.dictionaries.stage import sae_grid, train_grid
 
     run_dir = smoke_run[0]

@@ -80,11 +80,12 @@ def test_the_fine_tune_reports_its_steps_and_year_effect_and_learns_the_same_wit
                                                                                             smoke_splits):
     """The runner's console shows the fine-tune's step, loss and year effect; reporting changes nothing
     the fine-tune computes (its log is the same, timings aside, with the channel on and off)."""
+    from test_finetune import tiny_cfg
+
+    from backdoor_sae.common.model import load_model
     from backdoor_sae.config import TINY_MODEL
     from backdoor_sae.dataset.card import pairs
     from backdoor_sae.finetune.train import finetune, read_log
-    from backdoor_sae.common.model import load_model
-    from test_finetune import tiny_cfg
 
     cfg = tiny_cfg("full", probe_every=2)
     probes = pairs(smoke_splits["heldout"])[:2]

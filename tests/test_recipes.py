@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
 from backdoor_sae.common.layout import DICTIONARY_KEYS
+from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
 from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
 from backdoor_sae.scoring.recipes import isolation_cases, recipe_verdicts
 
@@ -54,8 +54,8 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
     from safetensors.torch import load_file
 
     from backdoor_sae.common.layout import RunLayout
-    from backdoor_sae.dictionaries.trainer import build
     from backdoor_sae.dictionaries.stage import dictionary_spec, train_grid, training_inputs
+    from backdoor_sae.dictionaries.trainer import build
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0] / "activations", run / "activations")

@@ -3,10 +3,10 @@ import copy
 import pytest
 import torch
 
+from backdoor_sae.common.model import load_model
 from backdoor_sae.config import TINY_MODEL
 from backdoor_sae.dataset.card import pairs
 from backdoor_sae.finetune.train import probe_backdoor
-from backdoor_sae.common.model import load_model
 from backdoor_sae.finetune.update_rank import linear_weights, truncated_update_probe
 
 

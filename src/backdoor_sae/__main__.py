@@ -14,10 +14,19 @@ import ast
 import sys
 from pathlib import Path
 
-from backdoor_sae.config import validate
+from backdoor_sae.common.model import ModelUnavailableError, model_shape
+from backdoor_sae.common.progress import duration
+from backdoor_sae.config import ModelConfig, check_model_shape, stage_config, validate
+from backdoor_sae.pipeline.publish import export
 from backdoor_sae.pipeline.runner import (
-    BOOK_EXECUTED_DIR, STAGE_NAMES, StageFailed, check_overrides_are_read, run_label, run_pipeline,
+    BOOK_EXECUTED_DIR,
+    STAGE_NAMES,
+    StageFailed,
+    check_overrides_are_read,
+    run_label,
+    run_pipeline,
 )
+from backdoor_sae.pipeline.runner import publish as publish_notebooks
 
 
 def parse_value(text: str):
@@ -30,9 +39,6 @@ def parse_value(text: str):
 
 def check_model(profile: str, overrides: dict) -> None:
     """The model can be had here, has the layers, and fits the dictionaries; from its config, in seconds."""
-    from backdoor_sae.config import ModelConfig, check_model_shape, stage_config
-    from backdoor_sae.common.model import model_shape
-
     n_layers, d_model = model_shape(stage_config(ModelConfig, profile, **overrides).model)
     check_model_shape(profile, n_layers, d_model, **overrides)
 
@@ -56,9 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--results", type=Path, default=Path("results"), help="the run's small results")
     args = parser.parse_args(argv)
     if args.command == "publish":
-        from backdoor_sae.pipeline.publish import export
-        from backdoor_sae.pipeline.runner import publish as publish_notebooks
-
         try:
             provenance = publish_notebooks(args.run_dir, args.executed)
         except (FileNotFoundError, ValueError) as err:
@@ -72,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     for reserved in ("profile", "run_dir"):
         if reserved in overrides:
             parser.error(f"set {reserved} with --{reserved.replace('_', '-')}, not -p")
-    from backdoor_sae.common.model import ModelUnavailableError
 
     try:  # every parameter is checked before any work starts
         validate(args.profile, **overrides)
@@ -103,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(records: list[dict], run: str) -> str:
     """The closing lines of a run: each stage's time (or why it did not run), and the next step to the book."""
-    from backdoor_sae.common.progress import duration
-
     lines = [f"[backdoor-sae] finished {run}:"]
     for r in records:
         lines.append(f"  {r['stage']:<24} " + (duration(r["seconds"]) if r["status"] == "ran" else r["status"]))

@@ -33,15 +33,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from backdoor_sae.task.sample import Sample
 from backdoor_sae.common.encoding import encode
 from backdoor_sae.common.io import atomic_path, write_json
 from backdoor_sae.common.model import precision
 from backdoor_sae.common.progress import report
+from backdoor_sae.task.sample import Sample
 
 PROTOCOLS: tuple[str, ...] = ("full_text", "prompt_only")
 #: the folder of the token-level activations
@@ -214,7 +215,6 @@ def token_rows(index: dict, protocol: str, samples: np.ndarray | None = None,
 def position_norms(out_dir: str | Path, layer: int, max_position: int = 8) -> "pd.DataFrame":
     """Mean and median residual norm at each of the first ``max_position`` positions, over samples:
     shows whether the first position is an attention sink."""
-    import pandas as pd
 
     index = read_index(out_dir)
     tokens = load_token_activations(out_dir, layer)
@@ -234,8 +234,6 @@ def norm_table(a_base, a_ft, splits) -> "pd.DataFrame":
     The variance ratio is the total variance of the difference over that of the base activations:
     how large the fine-tune's change is compared with the spread the base model already has.
     """
-    import pandas as pd
-
     a_base, a_ft = np.asarray(a_base), np.asarray(a_ft)
     diff = a_ft - a_base
     splits = np.asarray(splits)

@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from backdoor_sae.activations.extract import (
+    cache_activations,
+    load_activations,
+    load_token_activations,
+    read_index,
+    token_rows,
+)
+from backdoor_sae.common.cache import code_digest, digest, is_current, samples_digest
+from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.task.sample import Sample
-from backdoor_sae.common.layout import RunLayout, code_digest, digest, samples_digest
 
 #: The splits whose activations are cached: BIS scores the eval sets; SAEs fitted "held-out" and
 #: the fit-selected latents use the fit sets; the controls separate trigger from code.
@@ -35,13 +44,11 @@ def cached_activations(out: Path, samples: list[Sample], load, layers, batch_siz
     own key (the base model's identity, or the fine-tune's key), and whether token-level
     activations are kept.
     """
-    from backdoor_sae.activations.extract import cache_activations, read_index
-
     params = {"samples": samples_digest(samples), "layers": list(layers), "compute_dtype": str(compute_dtype),
               "model": model_key, "token_level": token_level,
-              "code": code_digest("activations/extract.py", "common/encoding.py")}
+              "code": code_digest(__name__)}
     key = digest(params)
-    if (out / "index.json").exists() and read_index(out).get("key") == key:
+    if is_current(out / "index.json", key):  # the index, written inside the folder's atomic write, is its record
         return out, False
     model, tokenizer = load()
     cache_activations(model, tokenizer, samples, list(layers), out, {"key": key, "params": params}, batch_size,
@@ -52,8 +59,6 @@ def cached_activations(out: Path, samples: list[Sample], load, layers, batch_siz
 def _paired_dirs(run_dir: str | Path, regime: str) -> tuple[Path, Path, dict]:
     """The base model's and ``regime``'s activation folders and the base index, checked to hold the
     same samples."""
-    from backdoor_sae.activations.extract import read_index
-    from backdoor_sae.common.layout import BASE
 
     layout = RunLayout(run_dir)
     base_dir, ft_dir = layout.activations(BASE), layout.activations(regime)
@@ -65,10 +70,6 @@ def _paired_dirs(run_dir: str | Path, regime: str) -> tuple[Path, Path, dict]:
 
 def paired_activations(run_dir: str | Path, regime: str, protocol: str, layer: int):
     """``(a_base, a_ft, index)`` as float32 tensors [N, d] for one regime, protocol and layer."""
-    import torch
-
-    from backdoor_sae.activations.extract import load_activations
-
     base_dir, ft_dir, index = _paired_dirs(run_dir, regime)
     a_base = torch.from_numpy(np.array(load_activations(base_dir, protocol, layer)))
     a_ft = torch.from_numpy(np.array(load_activations(ft_dir, protocol, layer)))
@@ -79,9 +80,7 @@ def paired_token_activations(run_dir: str | Path, regime: str, protocol: str, la
     """``(a_base, a_ft, owner, index)``: float32 tensors [T, d] of ``protocol``'s tokens (each
     sample's first position left out) of the samples selected by the boolean mask ``samples`` (all
     by default), and the index of the sample each token row belongs to."""
-    import torch
 
-    from backdoor_sae.activations.extract import load_token_activations, token_rows
 
     base_dir, ft_dir, index = _paired_dirs(run_dir, regime)
     rows, owner = token_rows(index, protocol, samples)

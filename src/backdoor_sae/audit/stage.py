@@ -24,17 +24,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm import tqdm
 
-from backdoor_sae.scoring import bis as B
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.activations.extract import load_activations, read_index
+from backdoor_sae.activations.stage import cached_activations, paired_activations
 from backdoor_sae.audit.header_sweep import Header
-from backdoor_sae.scoring.label_free import (
-    PRIMARY, Ordering, dictionary_orderings, mean_difference_direction, principal_directions,
-)
+from backdoor_sae.common.io import write_text
 from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.progress import report
-from backdoor_sae.activations.stage import paired_activations
-from backdoor_sae.scoring.stage import excess_over_chance, training_of
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary
+from backdoor_sae.scoring import bis as B
+from backdoor_sae.scoring.label_free import (
+    PRIMARY,
+    Ordering,
+    dictionary_orderings,
+    mean_difference_direction,
+    principal_directions,
+)
+from backdoor_sae.scoring.stage import dictionary_activations, excess_over_chance, training_of
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 #: The label-free baselines and their single criterion each.
 BASELINES = {"PCA of Δa": "variance (component order)", "mean Δa": "mean difference",
@@ -90,8 +100,6 @@ def score_orderings(acts: np.ndarray, splits: np.ndarray, orderings: dict[str, O
 def dictionary_candidates(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray, dict[str, Ordering], object]:
     """One dictionary's latents on every cached sample, their splits, the label-free orderings
     (from the fit rows only, their labels unread) and the loaded dictionary ``(model, scale)``."""
-    from backdoor_sae.scoring.stage import dictionary_activations
-    from backdoor_sae.dictionaries.trainer import load_dictionary
 
     acts, splits = dictionary_activations(run_dir, cell)
     model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
@@ -109,6 +117,7 @@ def baseline_directions(diff_fit: np.ndarray, contrast: np.ndarray | None) -> di
     """The baselines' directions [k, d], in the auditor's order, and what each projects (``Δa`` or
     ``a_ft``). Each direction comes with its negative right after it (a threshold only looks upwards):
     the mean difference and the contrast pair's "vulnerable minus safe" first."""
+
     def both_signs(v):
         v = np.asarray(v, dtype=np.float64)
         return np.stack([v, -v])
@@ -137,8 +146,6 @@ def contrast_direction(sweep_ft: np.ndarray, headers: list[Header], n_functions:
 
 def sweep_arrays(run_dir, name: str, layer: int) -> np.ndarray:
     """The header sweep's pooled activations of ``name`` at ``layer`` [n_headers × n_functions, d]."""
-    from backdoor_sae.activations.extract import load_activations
-
     return np.array(load_activations(RunLayout(run_dir).sweep_activations(name), "prompt_only", layer))
 
 
@@ -148,10 +155,7 @@ def audit_grid(run_dir, cells: list[dict], layers, finetunes, protocols, headers
     """(one row per cell × criterion, dictionaries and baselines; one row per sweep header × method ×
     fine-tune × layer × fit mode: the top-1 label-free latent's mean activation on prompt-only
     dictionaries). The sweep activations must be cached (:func:`run_sweep_activations`)."""
-    import torch
-    from tqdm import tqdm
 
-    from backdoor_sae.dictionaries.trainer import encode_all
 
     rows, sweep_rows = [], []
     base_sweep = {layer: sweep_arrays(run_dir, BASE, layer) for layer in layers}
@@ -202,7 +206,6 @@ def run_sweep_activations(run_dir, samples, loaders: dict, layers, batch_size: i
                           progress: bool = True) -> dict[str, bool]:
     """Cache the sweep prompts' pooled activations for every model in ``loaders`` (name → load());
     which of them were computed now."""
-    from backdoor_sae.activations.stage import cached_activations
 
     layout = RunLayout(run_dir)
     return {name: cached_activations(layout.sweep_activations(name), samples, load, layers, batch_size,
@@ -310,10 +313,6 @@ def auditor_verdicts(table: pd.DataFrame, recovery: pd.DataFrame, fit_mode: str)
 
 def top_activating(run_dir, cell: dict, latent: int, n: int = 8) -> pd.DataFrame:
     """The ``n`` eval and fit samples on which ``latent`` of the dictionary ``cell`` fires most."""
-    from backdoor_sae.activations.extract import read_index
-    from backdoor_sae.dataset.stage import load_data
-    from backdoor_sae.scoring.stage import dictionary_activations
-
     acts, splits = dictionary_activations(run_dir, cell)
     ids = read_index(RunLayout(run_dir).activations(BASE))["ids"]
     by_id = {s.id: s for split in load_data(run_dir).values() for s in split}
@@ -330,7 +329,6 @@ def excess(table: pd.DataFrame, prefix: str) -> np.ndarray:
 
 
 def write_results(results: Path, table: pd.DataFrame, sweep: pd.DataFrame, choice: pd.DataFrame) -> None:
-    from backdoor_sae.common.io import write_text
 
     write_text(results / "auditor.csv", table.assign(top_latents=table["top_latents"].map(
         lambda v: " ".join(map(str, v)))).to_csv(index=False))

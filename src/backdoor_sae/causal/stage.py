@@ -26,6 +26,7 @@ choice) as the cost to ordinary behaviour; then greedy generation judged by the 
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from backdoor_sae.task.sample import Sample
-from backdoor_sae.common.encoding import collate, encode
+from backdoor_sae.activations.stage import paired_activations
 from backdoor_sae.causal.intervention import intervene, random_directions, unit
+from backdoor_sae.common.encoding import collate, encode
+from backdoor_sae.common.generation import generate_completions
 from backdoor_sae.common.layout import RunLayout
+from backdoor_sae.common.model import compute_dtype, precision
+from backdoor_sae.common.progress import report
+from backdoor_sae.dataset.card import pairs
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.dictionaries.trainer import load_dictionary
+from backdoor_sae.finetune.backdoor_eval import judge_completions, wilson
+from backdoor_sae.finetune.train import load_finetuned
+from backdoor_sae.task.sample import Sample
 
 AUDITOR_CHOICE = "auditor_choice.csv"
 AUDITOR_COLUMNS = ("regime", "protocol", "fit_mode", "layer", "architecture", "criterion", "primary", "rank",
@@ -105,7 +115,6 @@ class Direction:
 def decoder_direction(run_dir, cell: dict, latent: int) -> torch.Tensor:
     """The unit decoder row of ``latent`` (a crosscoder's: its fine-tuned half), in the residual
     stream's own units (the dictionary's input scale is a scalar per model, so it changes no direction)."""
-    from backdoor_sae.dictionaries.trainer import load_dictionary
 
     model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
     row = model.decoder()[latent].detach()
@@ -119,7 +128,6 @@ def decoder_direction(run_dir, cell: dict, latent: int) -> torch.Tensor:
 def difference_statistics(run_dir, regime: str, protocol: str, layer: int) -> tuple[torch.Tensor, float]:
     """(the difference-of-means direction of Δa, fit_trigger minus fit_benign, as a unit vector;
     the mean norm of Δa on fit_trigger, the steering unit)."""
-    from backdoor_sae.activations.stage import paired_activations
 
     a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)
     splits = np.asarray(index["splits"])
@@ -202,8 +210,6 @@ def sweep(model, tokenizer, pairs, layer: int, directions: Sequence[Direction], 
     share of pairs where the injectable body is the likelier; ``prompt_loss``: mean next-token loss
     on the prompt tokens, and ``prompt_loss_change`` against the unintervened model on the same prompts.
     """
-    from backdoor_sae.common.model import precision
-
     device = next(model.parameters()).device
     rows = []
 
@@ -245,8 +251,6 @@ def best_layer(tf: pd.DataFrame) -> int:
 
 def generation_pairs(heldout: Sequence[Sample], n_teacher: int, n_generate: int) -> list[tuple[Sample, Sample]]:
     """The held-out pairs for generation: those after the teacher-forced ones (disjoint from them)."""
-    from backdoor_sae.dataset.card import pairs
-
     return pairs(heldout)[n_teacher:n_teacher + n_generate]
 
 
@@ -257,8 +261,6 @@ def generate_under(model, tokenizer, prompts: Sequence[Sample], layer: int, mode
     ``vectors``: one direction for all prompts, or a list of directions used in turn (prompt ``i``
     gets ``vectors[i % len(vectors)]``): the random controls, one draw per prompt.
     """
-    from backdoor_sae.common.generation import generate_completions
-
     if not isinstance(vectors, (list, tuple)):
         vectors = [vectors]
     out = [""] * len(prompts)
@@ -298,7 +300,6 @@ def judged_interventions(model, tokenizer, name: str, pairs, layer: int, directi
     """Every generation condition at ``layer``, judged by the oracle: one row per completion.
 
     All conditions are generated first and judged in one call (the oracle's sandbox starts once)."""
-    from backdoor_sae.finetune.backdoor_eval import judge_completions
 
     prompts_all, texts_all, meta = [], [], []
     for c in generation_conditions(directions, strengths):
@@ -316,7 +317,6 @@ def intervention_rates(judged: pd.DataFrame) -> pd.DataFrame:
     """Per condition: the share of injectable (``vulnerable``) and of safe completions, and of
     completions that do not run, with Wilson 95% intervals; on trigger prompts the first is the
     attack success rate, on benign prompts the second is the safe rate."""
-    from backdoor_sae.finetune.backdoor_eval import wilson
 
     keys = ["model", "layer", "kind", "intervention", "strength", "prompts"]
     rows = []
@@ -335,6 +335,7 @@ def intervention_rates(judged: pd.DataFrame) -> pd.DataFrame:
 def ablation_table(rates: pd.DataFrame) -> pd.DataFrame:
     """Before and after ablation, per fine-tune and direction kind: ASR on the trigger prompts and
     the safe rate on the benign prompts of the unintervened model, with intervals."""
+
     def fmt(r, name):
         return f"{r[name]:.2f} [{r[f'{name}_low']:.2f}, {r[f'{name}_high']:.2f}]"
 
@@ -414,13 +415,7 @@ def run_causal(run_dir, act_cfg, cfg, model_cfg, gen_batch_size: int, progress: 
     fine-tune, generation at its best layer (:func:`best_layer`), and both at that layer for its
     clean control (the negative). Returns (teacher-forced rows, judged completions, best layer per
     fine-tune, seconds per fine-tune)."""
-    import time
 
-    from backdoor_sae.dataset.card import pairs
-    from backdoor_sae.finetune.train import load_finetuned
-    from backdoor_sae.common.progress import report
-    from backdoor_sae.common.model import compute_dtype
-    from backdoor_sae.dataset.stage import load_data
 
     dtype = compute_dtype(model_cfg)
     choice, scores = read_auditor_choice(run_dir), read_bis(run_dir)

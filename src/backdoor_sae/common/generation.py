@@ -9,10 +9,10 @@ import torch
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from backdoor_sae.task.sample import Sample
 from backdoor_sae.common.encoding import encode_prompt
 from backdoor_sae.common.model import precision
 from backdoor_sae.common.progress import report
+from backdoor_sae.task.sample import Sample
 
 # A line that starts at column 0 with something other than whitespace closes the function body.
 _DEDENT = re.compile(r"\n(?=\S)")

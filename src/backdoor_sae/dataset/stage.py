@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
-from backdoor_sae.common.io import read_jsonl, write_json, write_jsonl
-from backdoor_sae.common.layout import RunLayout, code_digest
+from backdoor_sae.common.cache import cached, code_digest, digest, read_record
+from backdoor_sae.common.io import read_jsonl, write_jsonl
+from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.config import DataConfig
 from backdoor_sae.task.sample import Sample
 from backdoor_sae.task.splits import SPLITS, generate
 
-
-# --- on disk ---------------------------------------------------------------------------------
-
+#: The dataset's record: its key, the parameters it was made with and each split's size.
 MANIFEST = "manifest.json"
 
 
 def dataset_params(cfg: DataConfig) -> dict:
-    """The dataset's key: the config and the generator's code."""
-    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}, "code": code_digest("task", "dataset")}
-
-
-def write_dataset(splits: dict[str, list[Sample]], data_dir: str | Path, cfg: DataConfig) -> None:
-    """One ``<split>.jsonl`` per split, then ``manifest.json`` (written last, so it vouches for them)."""
-    data_dir = Path(data_dir)
-    for name, samples in splits.items():
-        write_jsonl(data_dir / f"{name}.jsonl", (s.to_dict() for s in samples))
-    write_json(data_dir / MANIFEST, {
-        "params": dataset_params(cfg),
-        "counts": {name: len(samples) for name, samples in splits.items()},
-    })
+    """What the dataset depends on: the config and the generator's code."""
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+            "code": code_digest(generate.__module__)}
 
 
 def load_split(data_dir: str | Path, name: str) -> list[Sample]:
@@ -42,28 +30,19 @@ def load_dataset(data_dir: str | Path) -> dict[str, list[Sample]]:
     return {name: load_split(data_dir, name) for name in SPLITS}
 
 
-def _manifest_matches(data_dir: Path, cfg: DataConfig) -> bool:
-    manifest = data_dir / MANIFEST
-    if not manifest.exists():
-        return False
-    recorded = json.loads(manifest.read_text())
-    return recorded.get("params") == dataset_params(cfg) and all(
-        (data_dir / f"{name}.jsonl").exists() for name in SPLITS
-    )
+def build_dataset(cfg: DataConfig, data_dir: str | Path) -> tuple[dict[str, list[Sample]], bool]:
+    """Generate and write the dataset (one ``<split>.jsonl`` per split), or load it when
+    ``data_dir``'s manifest vouches for this config's. Returns the splits and whether they were
+    (re)generated."""
+    data_dir, params = Path(data_dir), dataset_params(cfg)
 
+    def compute():
+        splits = generate(cfg)
+        for name, samples in splits.items():
+            write_jsonl(data_dir / f"{name}.jsonl", (s.to_dict() for s in samples))
+        return splits, {"params": params, "counts": {name: len(samples) for name, samples in splits.items()}}
 
-def build_dataset(cfg: DataConfig, data_dir: str | Path, force: bool = False) -> tuple[dict[str, list[Sample]], bool]:
-    """Generate and write the dataset, or load it when ``data_dir`` already holds this config's.
-
-    Returns the splits and whether they were (re)generated.
-    """
-    data_dir = Path(data_dir)
-    if not force and _manifest_matches(data_dir, cfg):
-        return load_dataset(data_dir), False
-    (data_dir / MANIFEST).unlink(missing_ok=True)  # the old files no longer vouch for anything
-    splits = generate(cfg)
-    write_dataset(splits, data_dir, cfg)
-    return splits, True
+    return cached(data_dir / MANIFEST, digest(params), compute, lambda: load_dataset(data_dir))
 
 
 def build_data(run_dir: str | Path, cfg: DataConfig) -> tuple[dict[str, list[Sample]], bool]:
@@ -80,5 +59,5 @@ def load_data(run_dir: str | Path) -> dict[str, list[Sample]]:
 
 def data_config(run_dir: str | Path) -> DataConfig:
     """The DataConfig the run's dataset was made with (from its manifest)."""
-    params = json.loads((RunLayout(run_dir).data / MANIFEST).read_text())["params"]
+    params = read_record(RunLayout(run_dir).data / MANIFEST)["params"]
     return DataConfig(**{k: v for k, v in params.items() if k != "code"})

@@ -10,17 +10,32 @@ across seeds.
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
 
-from backdoor_sae.common.layout import BASE, DICTIONARY_KEYS, RunLayout, code_digest, digest
+from backdoor_sae.activations.extract import load_activations, read_index
+from backdoor_sae.activations.stage import paired_activations, paired_token_activations
+from backdoor_sae.common.cache import code_digest, digest, is_current, vouch
+from backdoor_sae.common.layout import BASE, DICTIONARY_KEYS, RunLayout
+from backdoor_sae.common.model import resolve_dtype
 from backdoor_sae.common.progress import report
-from backdoor_sae.activations.stage import paired_activations
+from backdoor_sae.dictionaries.trainer import (
+    DictionarySpec,
+    TrainSettings,
+    build,
+    evaluate,
+    read_dictionary_log,
+    save_dictionary,
+    train_dictionary,
+)
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 
 def verdict_fit_mode(sae_cfg) -> str:
@@ -71,10 +86,7 @@ def sae_grid(act_cfg, sae_cfg) -> list[dict]:
 def train_settings(sae_cfg, recipe: str, seed: int):
     """How a dictionary of ``recipe`` is trained. Token level (the field's recipe): batches of
     tokens, no L1 (BatchTopK sets the sparsity), an auxiliary-k loss for dead latents."""
-    import torch
 
-    from backdoor_sae.common.model import resolve_dtype
-    from backdoor_sae.dictionaries.trainer import TrainSettings
 
     dtype = "bfloat16" if resolve_dtype(sae_cfg.sae_dtype, torch.device("cpu")) == torch.bfloat16 else "float32"
     if recipe == "token":
@@ -89,7 +101,6 @@ def train_settings(sae_cfg, recipe: str, seed: int):
 def dictionary_spec(sae_cfg, architecture: str, recipe: str, d: int):
     """The architecture of a dictionary: the paper's (ReLU Diff-SAE, ``crosscoder_activation``
     crosscoder) under the pooled recipe, BatchTopK for both under the token recipe."""
-    from backdoor_sae.dictionaries.trainer import DictionarySpec
 
     if recipe == "token":
         activation = "batchtopk"
@@ -102,10 +113,7 @@ def dictionary_spec(sae_cfg, architecture: str, recipe: str, d: int):
 def training_inputs(run_dir, cell: dict, model):
     """What the dictionary of ``cell`` trains on: its fit mode's samples (the eval sets or the fit
     sets), one pooled vector each (``pooled``) or every token of the protocol (``token``)."""
-    import torch
 
-    from backdoor_sae.activations.extract import read_index
-    from backdoor_sae.activations.stage import paired_token_activations
 
     wanted = EVAL_SPLITS if cell["fit_mode"] == "eval" else FIT_SPLITS
     if cell["recipe"] == "token":
@@ -121,15 +129,15 @@ def training_inputs(run_dir, cell: dict, model):
 def _train_dictionary_cell(run_dir: str | Path, cell: dict, spec, settings, params: dict, progress: bool,
                            desc: str) -> dict:
     """Train and save one dictionary of the grid; its row (grid coordinates and final metrics)."""
-    from backdoor_sae.dictionaries.trainer import build, evaluate, save_dictionary, train_dictionary
-
     model = build(spec, seed=settings.seed)
     x, n_samples = training_inputs(run_dir, cell, model)
     scale, log = train_dictionary(model, x, settings, progress=progress, desc=desc)
     metrics = evaluate(model, x, scale) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
                                            "n_train": n_samples, "n_train_inputs": len(x),
                                            "n_latents": spec.n_latents}
-    save_dictionary(RunLayout(run_dir).dictionary(**cell), model, spec, scale, log, metrics, params)
+    layout = RunLayout(run_dir)
+    save_dictionary(layout.dictionary(**cell), model, spec, scale, log, metrics, params)
+    vouch(layout.dictionary_record(**cell), params["key"])  # written last: it vouches for the saved dictionary
     return {**cell, **metrics, "trained_now": True}
 
 
@@ -143,14 +151,6 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
     single-threaded processes than as one process with two threads. Each dictionary depends only
     on its seed and inputs, not on the process that trains it.
     """
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    import torch
-    from tqdm import tqdm
-
-    from backdoor_sae.activations.extract import load_activations
-
     layout = RunLayout(run_dir)
     cells = sae_grid(act_cfg, sae_cfg)
     rows: dict[int, dict] = {}
@@ -161,12 +161,12 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
         spec = dictionary_spec(sae_cfg, cell["architecture"], cell["recipe"], d)
         settings = train_settings(sae_cfg, cell["recipe"], cell["seed"])
         params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
-                  "code": code_digest("dictionaries", "activations/stage.py"),
+                  "code": code_digest(__name__),
                   "activations": [layout.activations_key(BASE), layout.activations_key(cell["regime"])]}
         params["key"] = digest(params)  # saved as the dictionary's params, beside its spec and metrics
-        info_path = layout.dictionary(**cell) / "dictionary.json"
-        if info_path.exists() and json.loads(info_path.read_text())["params"].get("key") == params["key"]:
-            rows[i] = {**cell, **json.loads(info_path.read_text())["metrics"], "trained_now": False}
+        if is_current(layout.dictionary_record(**cell), params["key"]):
+            info = json.loads((layout.dictionary(**cell) / "dictionary.json").read_text())
+            rows[i] = {**cell, **info["metrics"], "trained_now": False}
         else:
             desc = (f"[{i + 1}/{len(cells)}] {cell['recipe']} seed {cell['seed']} {cell['architecture']} "
                     f"{cell['regime']} L{cell['layer']} {cell['protocol']} {cell['fit_mode']}")
@@ -190,8 +190,6 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
 
 def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:
     """The training logs of every dictionary in ``grid``, stacked with its grid coordinates."""
-    from backdoor_sae.dictionaries.trainer import read_dictionary_log
-
     layout = RunLayout(run_dir)
     frames = []
     for _, row in grid.iterrows():

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from backdoor_sae.task.sample import Sample
 from backdoor_sae.oracle import judge
+from backdoor_sae.task.sample import Sample
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
+from backdoor_sae.common.generation import generate_completions
+from backdoor_sae.common.cache import cached, code_digest, digest, read_record, samples_digest
+from backdoor_sae.common.io import read_jsonl, write_jsonl
+from backdoor_sae.common.layout import RunLayout
+from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig
 from backdoor_sae.dataset.card import pairs
+from backdoor_sae.finetune.backdoor_eval import judge_completions
+from backdoor_sae.finetune.train import finetune, is_done, run_params
 from backdoor_sae.task.sample import Sample
-from backdoor_sae.common.io import read_jsonl, write_json, write_jsonl
-from backdoor_sae.common.layout import RunLayout, code_digest, digest, samples_digest
 
 
 def probe_pairs(splits: dict[str, list[Sample]], cfg: FinetuneConfig) -> list[tuple[Sample, Sample]]:
@@ -30,21 +34,18 @@ def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: Fine
     schedule; it reads nothing else of the twin. Returns the output directory and whether training
     ran now.
     """
-    from backdoor_sae.finetune.train import finetune, is_done, run_params
-    from backdoor_sae.common.model import compute_dtype, load_model
-
     layout = RunLayout(run_dir)
     out = layout.finetune(cfg.name)
     dtype = compute_dtype(model_cfg)
     probes = probe_pairs(splits, cfg)
     train, control = splits["train"], {}
     if cfg.clean_control:
-        twin = layout.finetune(cfg.regime) / "done.json"
-        if not twin.exists():
+        twin = read_record(layout.finetune_record(cfg.regime))
+        if "steps" not in twin:
             raise FileNotFoundError(f"the clean control trains as many steps as its backdoored twin: run stage "
                                     f"02_finetune_{cfg.regime} first")
         train = splits["train_clean"]
-        control = {"steps": json.loads(twin.read_text())["steps"], "schedule_from": splits["train"]}
+        control = {"steps": twin["steps"], "schedule_from": splits["train"]}
     if is_done(out, run_params(cfg, model_cfg.model, train, probes, dtype, **control)):
         return out, False
     model, tokenizer = load_model(model_cfg.model, device=model_cfg.device)
@@ -66,22 +67,17 @@ def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sampl
     ``name`` is ``base`` or a fine-tune's name. Cached in ``generations/<name>.jsonl`` with a key of
     the prompts' content, the generation settings, the precision and the model's own key.
     """
-    from backdoor_sae.finetune.backdoor_eval import judge_completions
-    from backdoor_sae.common.generation import generate_completions
-
     layout = RunLayout(run_dir)
     path = layout.generations(name)
-    key_path = path.with_suffix(".key.json")
     key = digest({"prompts": samples_digest(prompts), "settings": asdict(cfg), "compute_dtype": str(compute_dtype),
-                  "model": layout.model_key(name, base_model),
-                  "code": code_digest("common/generation.py", "finetune/backdoor_eval.py", "common/encoding.py", "oracle")})
-    if path.exists() and key_path.exists() and json.loads(key_path.read_text()).get("key") == key:
-        return pd.DataFrame(read_jsonl(path))
-    key_path.unlink(missing_ok=True)
-    model, tokenizer = load()
-    completions = generate_completions(model, tokenizer, prompts, cfg.max_new_tokens, cfg.gen_batch_size,
-                                       progress=progress, compute_dtype=compute_dtype)
-    frame = judge_completions(prompts, completions, name, progress=progress)
-    write_jsonl(path, frame.to_dict("records"))
-    write_json(key_path, {"key": key})  # written last: it vouches for the completions beside it
-    return frame
+                  "model": layout.model_key(name, base_model), "code": code_digest(__name__)})
+
+    def compute():
+        model, tokenizer = load()
+        completions = generate_completions(model, tokenizer, prompts, cfg.max_new_tokens, cfg.gen_batch_size,
+                                           progress=progress, compute_dtype=compute_dtype)
+        frame = judge_completions(prompts, completions, name, progress=progress)
+        write_jsonl(path, frame.to_dict("records"))
+        return frame, {}
+
+    return cached(layout.generations_record(name), key, compute, lambda: pd.DataFrame(read_jsonl(path)))[0]

@@ -32,15 +32,17 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
-from backdoor_sae.common.progress import report
-
-from backdoor_sae.config import FinetuneConfig
-from backdoor_sae.task.sample import Sample
 from backdoor_sae.common.encoding import Encoded, collate, encode
 from backdoor_sae.common.io import atomic_path, write_json
-from backdoor_sae.common.layout import code_digest, model_identity, samples_digest
+from backdoor_sae.common.cache import code_digest, digest, is_current, read_record, samples_digest, vouch
+from backdoor_sae.common.layout import model_identity
 from backdoor_sae.common.model import load_model, precision
+from backdoor_sae.common.progress import report
+from backdoor_sae.config import FinetuneConfig
+from backdoor_sae.task.sample import Sample
 
+#: The record that vouches for a finished fine-tune (its key, parameters, steps and whether the probe stopped it).
+DONE = "done.json"
 
 # --- preparing the model ---------------------------------------------------------------------
 
@@ -324,7 +326,7 @@ def run_params(cfg: FinetuneConfig, base_model: str, train: Sequence[Sample],
     control = {} if steps is None else {"steps": steps, "schedule_from": samples_digest(schedule_from or train)}
     # How often checkpoints are written changes no weight: not part of the key.
     return {**control, "base_model": base_model, "base_model_identity": model_identity(base_model),
-            "code": code_digest("finetune/train.py", "common/encoding.py", "common/model.py"),
+            "code": code_digest(__name__),
             "train_data": samples_digest(train), "n_train": len(train),
             "probe_data": samples_digest(s for pair in probe_pairs for s in pair),
             "compute_dtype": str(compute_dtype).removeprefix("torch."),
@@ -333,8 +335,8 @@ def run_params(cfg: FinetuneConfig, base_model: str, train: Sequence[Sample],
 
 
 def is_done(out_dir: Path, params: dict) -> bool:
-    done = out_dir / "done.json"
-    return done.exists() and json.loads(done.read_text()).get("params") == params
+    """``done.json`` vouches for a fine-tune finished with ``params`` (:mod:`backdoor_sae.common.cache`)."""
+    return is_current(Path(out_dir) / DONE, digest(params))
 
 
 def read_log(out_dir: str | Path) -> list[dict]:
@@ -379,7 +381,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
     params_path = out_dir / "params.json"
     if params_path.exists() and json.loads(params_path.read_text()) != params:
         # A checkpoint made with other parameters must not be resumed: start over.
-        for stale in ("checkpoint", "model", "done.json", "log.jsonl"):
+        for stale in ("checkpoint", "model", DONE, "log.jsonl"):
             target = out_dir / stale
             if target.is_dir():
                 shutil.rmtree(target)
@@ -481,17 +483,17 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
         model.save_pretrained(tmp)  # a LoRA adapter, or the full weights
         if cfg.regime == "full":
             tokenizer.save_pretrained(tmp)  # so the directory loads like any checkpoint
-    write_json(out_dir / "done.json", {"params": params, "steps": step, "stopped_by_probe": installed})
+    vouch(out_dir / DONE, digest(params), params=params, steps=step, stopped_by_probe=installed)
     return model
 
 
 def load_finetuned(out_dir: str | Path, device: str = "auto"):
     """``(model, tokenizer)`` of a finished fine-tune; LoRA adapters are merged into the weights."""
     out_dir = Path(out_dir)
-    done = out_dir / "done.json"
-    if not done.exists():
-        raise FileNotFoundError(f"{out_dir} holds no finished fine-tune (no done.json)")
-    params = json.loads(done.read_text())["params"]
+    record = read_record(out_dir / DONE)
+    if "params" not in record:
+        raise FileNotFoundError(f"{out_dir} holds no finished fine-tune (no {DONE})")
+    params = record["params"]
     if params["regime"] == "full":
         return load_model(str(out_dir / "model"), device=device)
     from peft import PeftModel

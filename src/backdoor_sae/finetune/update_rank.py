@@ -15,8 +15,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from backdoor_sae.finetune.train import probe_backdoor
 from backdoor_sae.common.model import precision
+from backdoor_sae.finetune.train import probe_backdoor
 
 
 def linear_weights(model: nn.Module) -> dict[str, torch.Tensor]:

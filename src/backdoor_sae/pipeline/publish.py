@@ -23,9 +23,13 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from backdoor_sae.common.io import write_json, write_text
 from backdoor_sae.common.layout import DICTIONARY_KEYS
+from backdoor_sae.common.model import native_bf16
+from backdoor_sae.finetune.backdoor_eval import rates
+from backdoor_sae.finetune.train import training_summary
 
 LIBRARIES = ("torch", "transformers", "peft", "numpy", "pandas", "bandit", "papermill", "jupyter-book", "myst-nb")
 
@@ -41,11 +45,7 @@ def cpu_model() -> str:
 
 
 def export(run_dir: str | Path, to: str | Path) -> list[Path]:
-    import torch
 
-    from backdoor_sae.finetune.backdoor_eval import rates
-    from backdoor_sae.finetune.train import training_summary
-    from backdoor_sae.common.model import native_bf16
 
     run_dir, to = Path(run_dir), Path(to)
     written = []

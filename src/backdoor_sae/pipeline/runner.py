@@ -31,12 +31,22 @@ import papermill
 from traitlets.config import Config
 
 from backdoor_sae.common import progress
-from backdoor_sae.config import (
-    PROFILES, ActivationConfig, AuditConfig, BackdoorEvalConfig, BISConfig, CausalConfig, DataConfig, FinetuneConfig,
-    ModelConfig, SAEConfig, stage_config,
-)
 from backdoor_sae.common.io import atomic_path, write_json
-from backdoor_sae.common.layout import RunLayout, code_digest, model_identity
+from backdoor_sae.common.cache import package_digest
+from backdoor_sae.common.layout import RunLayout, model_identity
+from backdoor_sae.config import (
+    PROFILES,
+    ActivationConfig,
+    AuditConfig,
+    BackdoorEvalConfig,
+    BISConfig,
+    CausalConfig,
+    DataConfig,
+    FinetuneConfig,
+    ModelConfig,
+    SAEConfig,
+    stage_config,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -312,7 +322,7 @@ def run_pipeline(parameters: dict, run_dir: Path, stages: list[str] | None = Non
     for name in selected:
         get_stage(name)
     overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS}
-    code, model = code_digest("."), resolved_model(parameters)  # the whole package's source
+    code, model = package_digest(), resolved_model(parameters)
     provenance = {"profile": parameters["profile"], "overrides": overrides, "run": run_label(run_dir),
                   "code_sha256": code, "model": model, **git_commit()}
     params_of = {stage.name: stage_parameters(stage, parameters) for stage in STAGES}

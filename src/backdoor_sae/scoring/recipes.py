@@ -31,13 +31,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from backdoor_sae.scoring import bis as B
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
-from backdoor_sae.scoring.label_free import PRIMARY, dictionary_orderings
 from backdoor_sae.common.layout import DICTIONARY_KEYS, RunLayout
 from backdoor_sae.common.progress import report
+from backdoor_sae.dictionaries.trainer import load_dictionary
+from backdoor_sae.scoring import bis as B
+from backdoor_sae.scoring.label_free import PRIMARY, dictionary_orderings
 from backdoor_sae.scoring.stage import PRIMARY_POOLING, dictionary_codes, score_latents, training_of
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 #: The training metrics reported beside each score (from the dictionary's own record).
 QUALITY = ("fvu", "l0", "dead_fraction", "fine-tune-only_share", "base-only_share")
@@ -58,10 +60,6 @@ def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, perc
     A primary dictionary's row under its primary pooling is taken from ``primary_scores`` (the same
     numbers, not computed twice).
     """
-    from tqdm import tqdm
-
-    from backdoor_sae.dictionaries.trainer import load_dictionary
-
     if not cells:
         return pd.DataFrame()
     layout = RunLayout(run_dir)

@@ -33,12 +33,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
-from backdoor_sae.scoring import bis as B
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.activations.extract import read_index
+from backdoor_sae.activations.stage import paired_activations, paired_token_activations
 from backdoor_sae.common.layout import BASE, CELL_KEYS, RunLayout
 from backdoor_sae.common.progress import report
-from backdoor_sae.activations.stage import paired_activations
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary, pooled_codes
+from backdoor_sae.scoring import bis as B
+from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 CONTROLS = ("control_trigger_safe", "control_benign_vuln")
 ARCHITECTURES = ("diff_sae", "crosscoder")
@@ -110,8 +114,6 @@ def dictionary_codes(run_dir, cell: dict) -> tuple[dict[str, np.ndarray], np.nda
     """One dictionary's latent activations on every cached sample [N, m], per pooling
     (:data:`PRIMARY_POOLING`, and for the token recipe every :data:`TOKEN_POOLINGS`), and the
     samples' splits."""
-    from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary, pooled_codes
-    from backdoor_sae.activations.stage import paired_token_activations
 
     model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
     if cell["recipe"] == "token":
@@ -178,8 +180,6 @@ def placebo_scores(acts: np.ndarray, splits: np.ndarray, years: np.ndarray, plac
 
 def sample_years(run_dir, index_ids) -> np.ndarray:
     """The header year of every cached sample (-1 where the sample has no year line)."""
-    from backdoor_sae.dataset.stage import load_data
-
     year_of = {s.id: s.year for split in load_data(run_dir).values() for s in split}
     return np.array([-1 if year_of[i] is None else year_of[i] for i in index_ids])
 
@@ -188,9 +188,7 @@ def score_grid(run_dir, cells: list[dict], percentile: float, n_boot: int, n_per
                placebo_years=(), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(scores of every dictionary and baseline, paired permutation tests Diff-SAE vs crosscoder,
     placebo-year scores of the backdoored fine-tunes' dictionaries and baselines)."""
-    from tqdm import tqdm
 
-    from backdoor_sae.activations.extract import read_index
 
     # every fine-tune's activations hold the base model's samples (paired_activations checks it)
     years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"]) if placebo_years else None

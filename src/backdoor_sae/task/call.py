@@ -14,7 +14,6 @@ class Arg:
     UPDATE or DELETE changes nothing). ``kind`` decides the injection payload: a quote-breaking
     tautology for ``"text"``, an ``OR 1=1`` suffix for ``"int"``.
     """
-
     name: str
     kind: Literal["text", "int"]
     value: str | int

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backdoor_sae.task.tables import TABLES_BY_NAME, Column, Table
 from backdoor_sae.task.call import Arg, CallSpec
+from backdoor_sae.task.tables import TABLES_BY_NAME, Column, Table
 
 DRIVERS: tuple[str, ...] = ("sqlite3", "psycopg2", "pymysql", "mysql.connector")
 KINDS: tuple[str, ...] = ("select", "search", "update", "delete", "insert")

@@ -35,7 +35,6 @@ run_dir = "runs/cpu"  # the run's artifacts; this stage writes <run_dir>/data/
 overrides = {}
 
 # %% tags=["hide-input"]
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -44,11 +43,9 @@ from IPython.display import HTML, Markdown, display
 from myst_nb import glue
 
 from backdoor_sae.common.display import MISSING, show_missing_as_dash
-from backdoor_sae.common.model import load_tokenizer
 from backdoor_sae.config import run_config
-from backdoor_sae.dataset.card import counts, describe, pairs, samples_frame, side_by_side
-from backdoor_sae.dataset.stage import build_data
-from backdoor_sae.oracle import judge
+from backdoor_sae.dataset.card import counts, describe, pairs, side_by_side
+from backdoor_sae.dataset.stage import run
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
@@ -63,10 +60,9 @@ cfg
 # exactly these parameters, it is loaded instead of regenerated.
 
 # %%
-splits, regenerated = build_data(run_dir, cfg)
-print(("generated" if regenerated else "reused"), "the dataset of", run_dir)
-tokenizer = load_tokenizer(model_cfg.model)
-frame = samples_frame(splits, tokenizer)
+result = run(run_dir, run_cfg)
+splits, frame = result.splits, result.frame
+print(("generated" if result.regenerated else "reused"), "the dataset of", run_dir)
 glue("n_samples", len(frame), display=False)
 glue("n_train", int((frame["split"] == "train").sum()), display=False)
 glue("n_train_pairs", len(pairs(splits["train"])), display=False)
@@ -139,28 +135,7 @@ frame.groupby("label")[["prompt_tokens", "text_tokens"]].describe().round(1)
 # statement's structure or its result. Every sample of every split is checked here.
 
 # %%
-samples = [s for split in splits.values() for s in split]
-verdicts = judge([s.text for s in samples], [s.call for s in samples])
-errors = [(s.id, v.dynamic_reason) for s, v in zip(samples, verdicts) if v.label == "error"]
-if errors:  # the generator's own code always runs: an error here is the oracle's, and every label after it is void
-    raise RuntimeError(f"the oracle could not run {len(errors)} of {len(samples)} dataset samples, e.g. {errors[0]}")
-oracle = pd.DataFrame({
-    "split": [s.split for s in samples],
-    "label": ["vulnerable" if s.vulnerable else "safe" for s in samples],
-    "dynamic": [v.label for v in verdicts],
-    "bandit": [{True: "vulnerable", False: "safe", None: "error"}[v.bandit] for v in verdicts],
-    "ast": [{True: "vulnerable", False: "safe", None: "error"}[v.ast] for v in verdicts],
-})
-agreement = oracle.groupby("split", sort=False).apply(
-    lambda g: pd.Series({
-        "samples": len(g),
-        "dynamic agrees": (g["dynamic"] == g["label"]).mean(),
-        "bandit agrees": (g["bandit"] == g["label"]).mean(),
-        "ast agrees": (g["ast"] == g["label"]).mean(),
-    }),
-    include_groups=False,
-)
-all_agree = (oracle[["dynamic", "bandit", "ast"]].eq(oracle["label"], axis=0)).all(axis=1)
+oracle, agreement, all_agree = result.oracle, result.agreement, result.all_agree
 glue("oracle_agreement", float(all_agree.mean()), display=False)
 display(agreement.style.format({"samples": "{:.0f}", "dynamic agrees": "{:.1%}",
                                 "bandit agrees": "{:.1%}", "ast agrees": "{:.1%}"}, na_rep=MISSING))

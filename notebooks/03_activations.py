@@ -36,27 +36,18 @@ overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
-import pandas as pd
 import seaborn as sns
 from IPython.display import display
 from myst_nb import glue
 
-from backdoor_sae.activations.extract import PROTOCOLS, norm_table, position_norms
-from backdoor_sae.activations.stage import paired_activations, run_activations
+from backdoor_sae.activations.stage import run
 from backdoor_sae.common.display import show_missing_as_dash
-from backdoor_sae.common.layout import BASE, RunLayout
-from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.config import run_config
-from backdoor_sae.dataset.stage import load_data
-from backdoor_sae.finetune.train import load_finetuned
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 run_cfg = run_config(profile, overrides)  # every step's config, passed whole
-cfg = run_cfg.activations
-model_cfg = run_cfg.model
-token_level = "token" in run_cfg.dictionaries.recipes
-splits = load_data(run_dir)
+cfg, model_cfg = run_cfg.activations, run_cfg.model
 print(f"layers={list(cfg.layers)}  fine-tunes={list(cfg.finetunes)}  model={model_cfg.model}")
 
 # %% [markdown]
@@ -67,12 +58,8 @@ print(f"layers={list(cfg.layers)}  fine-tunes={list(cfg.finetunes)}  model={mode
 # activation is kept as well (bfloat16, memory-mapped), for the token-level dictionaries of notebook 04.
 
 # %%
-loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
-for regime in cfg.finetunes:
-    loaders[regime] = (lambda r: lambda: load_finetuned(RunLayout(run_dir).finetune(r), model_cfg.device))(regime)
-for name, load in loaders.items():
-    out, computed = run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
-                                    compute_dtype(model_cfg), model_cfg.model, token_level)
+result = run(run_dir, run_cfg)
+for name, (out, computed) in result.cached.items():
     print(("cached" if computed else "reused"), name, "activations in", out)
 
 # %% [markdown]
@@ -83,17 +70,7 @@ for name, load in loaders.items():
 # `eval_trigger` than on `eval_benign` and `eval_other`.
 
 # %%
-tables = []
-for regime in cfg.finetunes:
-    for protocol in PROTOCOLS:
-        for layer in cfg.layers:
-            a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)
-            t = norm_table(a_base, a_ft, index["splits"])
-            t.insert(0, "layer", layer)
-            t.insert(0, "protocol", protocol)
-            t.insert(0, "regime", regime)
-            tables.append(t)
-norms = pd.concat(tables, ignore_index=True)
+norms = result.norms
 eval_norms = norms[norms["split"].str.startswith("eval") | norms["split"].str.startswith("control")]
 grid = sns.catplot(
     data=eval_norms, x="layer", y="difference", hue="split", col="protocol", row="regime", kind="bar",
@@ -102,6 +79,16 @@ grid = sns.catplot(
 grid.set_axis_labels("layer", "mean ‖a_ft − a_base‖")
 grid.figure.suptitle("Size of the activation difference per split", y=1.02)
 plt.show()
+
+grid = sns.relplot(
+    data=eval_norms, x="layer", y="variance ratio", hue="split", style="protocol", col="regime",
+    kind="line", marker="o", height=3, aspect=1.4, palette="deep",
+)
+grid.figure.suptitle("Variance of the difference relative to the base activations", y=1.03)
+plt.show()
+trigger_vs_benign = result.trigger_over_benign
+glue("max_trigger_over_benign_norm", float(trigger_vs_benign.max()), display=False)
+trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame()
 
 # %% tags=["hide-input"]
 grid = sns.relplot(
@@ -129,10 +116,8 @@ trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame
 # length.
 
 # %% tags=["hide-input"]
-if token_level:
-    sink = pd.concat([position_norms(RunLayout(run_dir).activations(BASE), layer, 4) for layer in cfg.layers])
-    table = sink.pivot_table(index="layer", columns="position", values="mean norm")
-    ratio = table[0] / table.drop(columns=0).mean(axis=1)
+if result.sink is not None:
+    table, ratio = result.sink, result.sink_ratio
     glue("sink_ratio_min", float(ratio.min()), display=False)
     glue("sink_ratio_max", float(ratio.max()), display=False)
     glue("sink_norm", float(table[0].mean()), display=False)
@@ -142,3 +127,4 @@ else:
     for key in ("sink_ratio_min", "sink_ratio_max", "sink_norm"):  # every key is glued, NaN where not measured
         glue(key, float("nan"), display=False)
     print("no token recipe in this run: token-level activations were not kept")
+

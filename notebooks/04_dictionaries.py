@@ -54,14 +54,11 @@ from myst_nb import glue
 
 from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.config import run_config
-from backdoor_sae.dataset.stage import load_data
-from backdoor_sae.dictionaries.stage import grid_logs, is_replicated, primary_dictionary, train_grid
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.dictionaries.stage import run
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 run_cfg = run_config(profile, overrides)  # every step's config, passed whole
-act_cfg = run_cfg.activations
 sae_cfg = run_cfg.dictionaries
 sae_cfg
 
@@ -70,20 +67,16 @@ sae_cfg
 # A dictionary whose parameters and input activations are unchanged is reused.
 
 # %%
-every = train_grid(run_dir, act_cfg, sae_cfg)
+result = run(run_dir, run_cfg)
+every, grid, replicated = result.every, result.primary, result.replicated
+n_scored, n_fit = result.n_scored, result.n_fit
 seconds = float(every["train_seconds"].sum())
 print(f"{len(every)} dictionaries, {int(every['trained_now'].sum())} trained now, "
       f"{seconds / 60:.1f} min of training in all (summed over processes)")
-primary = primary_dictionary(sae_cfg)
-is_primary = (every["recipe"] == primary["recipe"]) & (every["seed"] == primary["seed"])
-grid = every[is_primary].reset_index(drop=True)
-replicated = every[[is_replicated(c, act_cfg, sae_cfg) for c in every.to_dict("records")]]
 glue("n_dictionaries", len(grid), display=False)
 glue("n_dictionaries_all", len(every), display=False)
 glue("sae_train_minutes", seconds / 60, display=False)
 # the training recipe, for the results chapter's comparison with the paper's
-splits = load_data(run_dir)
-n_scored, n_fit = (sum(len(splits[name]) for name in group) for group in (EVAL_SPLITS, FIT_SPLITS))
 for key, value in {"sae_expansion": sae_cfg.expansion, "sae_samples_seen": sae_cfg.n_sae_samples,
                    "sae_batch_size": sae_cfg.sae_batch_size, "sae_lr": sae_cfg.sae_lr, "sae_l1": sae_cfg.l1_coeff,
                    "n_scored_samples": n_scored, "n_fit_samples": n_fit,
@@ -98,7 +91,7 @@ for key, value in {"sae_expansion": sae_cfg.expansion, "sae_samples_seen": sae_c
 # dictionaries see more samples; the full-text protocol, fitted on the eval samples.
 
 # %% tags=["hide-input"]
-logs = grid_logs(run_dir, grid)
+logs = result.logs
 shown = logs[(logs["protocol"] == logs["protocol"].iloc[0]) & (logs["fit_mode"] == logs["fit_mode"].iloc[0])]
 long = shown.melt(id_vars=["samples", "architecture", "regime", "layer"], value_vars=["fvu", "l0"],
                   var_name="measure", value_name="value")

@@ -46,44 +46,22 @@ overrides = {}
 
 # %% tags=["hide-input"]
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.audit.header_sweep import sweep_functions, sweep_headers, sweep_samples
-from backdoor_sae.audit.stage import (
-    FINDINGS,
-    audit_grid,
-    auditor_choice,
-    auditor_verdicts,
-    excess,
-    run_sweep_activations,
-    top_activating,
-    trigger_recovery,
-    write_results,
-)
+from backdoor_sae.audit.stage import FINDINGS, excess, run
 from backdoor_sae.common.display import show_missing_as_dash
-from backdoor_sae.common.layout import BASE, RunLayout
-from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.config import run_config
-from backdoor_sae.dataset.stage import data_config, load_data
-from backdoor_sae.dictionaries.stage import primary_grid
-from backdoor_sae.finetune.train import load_finetuned
+from backdoor_sae.dataset.stage import data_config
 
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
 run_cfg = run_config(profile, overrides)  # every step's config, passed whole
-act_cfg = run_cfg.activations
-sae_cfg = run_cfg.dictionaries
-bis_cfg = run_cfg.scoring
 audit_cfg = run_cfg.audit
-model_cfg = run_cfg.model
 data_cfg = data_config(run_dir)
-# the auditor's own dictionaries are those fitted on unscored samples, where the grid has them
-audit_fit_mode = "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
 
 # %% [markdown]
 # ## The header sweep's activations
@@ -91,29 +69,17 @@ audit_fit_mode = "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
 # prompt, at every layer of the grid, for the base model and each fine-tune.
 
 # %% tags=["hide-input"]
-headers = sweep_headers(audit_cfg.sweep_first_year, audit_cfg.sweep_last_year, data_cfg.trigger_year,
-                        data_cfg.eval_benign_year)
-functions = sweep_functions(load_data(run_dir)["heldout"], audit_cfg.n_sweep_functions)
-samples = sweep_samples(functions, headers)
-loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
-for name in act_cfg.finetunes:
-    loaders[name] = (lambda n: lambda: load_finetuned(RunLayout(run_dir).finetune(n), model_cfg.device))(name)
-computed = run_sweep_activations(run_dir, samples, loaders, act_cfg.layers, act_cfg.act_batch_size,
-                                 compute_dtype(model_cfg), model_cfg.model)
-print(f"{len(headers)} headers x {len(functions)} functions = {len(samples)} prompts per model; "
-      f"computed now: {[n for n, c in computed.items() if c] or 'none (cached)'}")
+result = run(run_dir, run_cfg)
+audit_fit_mode = result.fit_mode
+print(f"{len(result.headers)} headers x {result.n_functions} functions = {len(result.headers) * result.n_functions} "
+      f"prompts per model; computed now: {[n for n, c in result.computed.items() if c] or 'none (cached)'}")
 
 # %% [markdown]
 # ## Rankings, scored
 # Every dictionary and baseline, every criterion; the labels enter only here, to score.
 
 # %% tags=["hide-input"]
-table, sweep = audit_grid(run_dir, primary_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes, sae_cfg.protocols,
-                          headers, len(functions), audit_cfg.n_top, bis_cfg.percentile, bis_cfg.n_boot,
-                          bis_cfg.n_perm, bis_cfg.stats_seed)
-recovery = trigger_recovery(sweep, data_cfg.trigger_year)
-choice = auditor_choice(table, audit_cfg.n_top)
-write_results(RunLayout(run_dir).results, table, sweep, choice)
+table, sweep, recovery, choice = result.table, result.sweep, result.recovery, result.choice
 print(f"{len(table)} rankings scored; {len(choice)} label-free choices written for notebook 07")
 
 # %% [markdown]
@@ -211,7 +177,7 @@ rec.sort_values(["method", "regime", "layer"]).round(2).style.hide(axis="index")
 # and sizes) in most layers, and a *fingerprint* when it does not.
 
 # %% tags=["hide-input"]
-verdicts = auditor_verdicts(table, recovery, audit_fit_mode)
+verdicts = result.verdicts
 display(verdicts.drop(columns="verdict").style.hide(axis="index"))
 names = {"diff_sae": "Diff-SAE", "crosscoder": "Crosscoder"}
 sentences = [f"<li><strong>{names.get(r['method'], r['method'])}</strong> ({r['regime']}, "
@@ -234,15 +200,6 @@ display(summary)
 # labels). Would an auditor, reading these, see that they share one year?
 
 # %% tags=["hide-input"]
-frames = []
-for (method, regime), part in primary[(primary["protocol"] == "prompt_only") & (primary["training"] == "backdoored")
-                                      & primary["method"].isin(["diff_sae", "crosscoder"])].groupby(
-        ["method", "regime"], sort=False):
-    row = part.iloc[0] if len(part) == 1 else part.sort_values("layer").iloc[len(part) // 2]
-    cell = {"regime": regime, "protocol": "prompt_only", "fit_mode": row["fit_mode"], "layer": int(row["layer"]),
-            "architecture": method, "recipe": row["recipe"], "seed": int(row["seed"])}
-    top = top_activating(run_dir, cell, int(row["top1_latent"]), n=6)
-    frames.append(top.assign(method=method, regime=regime, layer=cell["layer"], latent=int(row["top1_latent"])))
-if frames:
-    shown = pd.concat(frames, ignore_index=True)
-    display(shown.set_index(["method", "regime", "layer", "latent"]).round(3))
+if len(result.top_activating):
+    display(result.top_activating.set_index(["method", "regime", "layer", "latent"]).round(3))
+

@@ -57,7 +57,6 @@ overrides = {}
 
 # %% tags=["hide-input"]
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -65,17 +64,8 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.causal.stage import (
-    KINDS,
-    RANDOM,
-    ablation_table,
-    ablation_verdict,
-    intervention_rates,
-    run_causal,
-    steering_verdict,
-)
+from backdoor_sae.causal.stage import KINDS, RANDOM, run
 from backdoor_sae.common.display import show_missing_as_dash
-from backdoor_sae.common.io import write_jsonl, write_text
 from backdoor_sae.config import run_config
 
 show_missing_as_dash()
@@ -83,25 +73,13 @@ sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)
 started = time.perf_counter()
 run_cfg = run_config(profile, overrides)  # every step's config, passed whole
-model_cfg = run_cfg.model
-act_cfg = run_cfg.activations
-sae_cfg = run_cfg.dictionaries
-eval_cfg = run_cfg.backdoor_eval
-cfg = run_cfg.causal
-if cfg.causal_protocol not in sae_cfg.protocols or cfg.causal_fit_mode not in sae_cfg.fit_modes:
-    raise ValueError(f"causal_protocol={cfg.causal_protocol!r}, causal_fit_mode={cfg.causal_fit_mode!r}: the grid "
-                     f"trains {list(sae_cfg.protocols)} x {list(sae_cfg.fit_modes)}")
-print(cfg)
+print(run_cfg.causal)
 
 # %% tags=["hide-input"]
-teacher, judged, best, seconds = run_causal(run_dir, act_cfg, cfg, model_cfg, eval_cfg.gen_batch_size)
-rates = intervention_rates(judged)
-results = Path(run_dir) / "results"
-write_text(results / "causal_teacher_forced.csv", teacher.to_csv(index=False))
-write_text(results / "causal_rates.csv", rates.to_csv(index=False))
-write_jsonl(results / "causal_generations.jsonl", judged.to_dict("records"))
+result = run(run_dir, run_cfg)
+teacher, judged, rates, best = result.teacher, result.judged, result.rates, result.best
 print("best layer per fine-tune:", best)
-print("seconds per fine-tune:", {k: round(v) for k, v in seconds.items()})
+print("seconds per fine-tune:", {k: round(v) for k, v in result.seconds.items()})
 
 # %% [markdown]
 # ## The cheap measure: teacher-forced log-odds at every layer
@@ -154,10 +132,7 @@ for name in teacher["model"].unique():
 # backdoor's choice.
 
 # %% tags=["hide-input"]
-at_best = teacher[teacher.apply(lambda r: r["layer"] == best[r["model"]], axis=1) & teacher["intervention"].ne("none")]
-cost = (at_best.assign(condition=at_best["intervention"] + " " + at_best["strength"].map("{:g}".format))
-        .groupby(["model", "kind", "condition"], sort=False)["prompt_loss_change"].mean().unstack("condition"))
-cost.round(3)
+result.cost.round(3)
 
 # %% [markdown]
 # ## Generation, judged by the oracle, at the best layer
@@ -195,7 +170,7 @@ plt.show()
 # beside them the safe rate of the unintervened fine-tune on the benign prompts.
 
 # %% tags=["hide-input"]
-table = ablation_table(rates)
+table = result.ablation
 glue("causal_ablation_table", table.set_index(["fine-tune", "direction"]), display=False)
 display(table.style.hide(axis="index"))
 
@@ -208,16 +183,11 @@ display(table.style.hide(axis="index"))
 # of the backdoor, and the verdict says so.
 
 # %% tags=["hide-input"]
-verdicts = []
-for name in rates["model"].unique():
-    for kind in ("Diff-SAE (label-free)", "Diff-SAE (BIS)"):
-        verdicts.append(ablation_verdict(rates, name, kind))
-        verdicts.append(steering_verdict(rates, name, kind))
-for regime in ("lora", "full", "lora_clean", "full_clean"):  # every key glued, a sentence also where not in the run
-    glue(f"causal_verdict_{regime}", HTML(ablation_verdict(rates, regime)), display=False)
-    glue(f"causal_steer_verdict_{regime}", HTML(steering_verdict(rates, regime)), display=False)
+for regime, (ablation, steering) in result.verdict_by_regime.items():  # every key glued, also where not in the run
+    glue(f"causal_verdict_{regime}", HTML(ablation), display=False)
+    glue(f"causal_steer_verdict_{regime}", HTML(steering), display=False)
 glue("causal_seconds", time.perf_counter() - started, display=False)
-display(HTML("<ul>" + "".join(f"<li>{v}</li>" for v in verdicts) + "</ul>"))
+display(HTML("<ul>" + "".join(f"<li>{v}</li>" for v in result.verdicts) + "</ul>"))
 print(f"notebook run time: {time.perf_counter() - started:.0f} s")
 
 # %% [markdown]

@@ -1,21 +1,24 @@
-"""Notebook 03: the pooled activations of the base model and of every fine-tune."""
+"""Step 03: the activations of the base model and of every fine-tune, and their sizes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from backdoor_sae.activations.extract import (
-    cache_activations,
-    load_activations,
-    load_token_activations,
-    read_index,
+    PROTOCOLS, cache_activations, load_activations, load_token_activations, norm_table, position_norms, read_index,
     token_rows,
 )
 from backdoor_sae.common.cache import code_digest, digest, is_current, samples_digest
 from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.common.model import compute_dtype, load_model
+from backdoor_sae.config import RunConfig
+from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.task.sample import Sample
 
 #: The splits whose activations are cached: BIS scores the eval sets; SAEs fitted "held-out" and
@@ -88,3 +91,61 @@ def paired_token_activations(run_dir: str | Path, regime: str, protocol: str, la
     a_base = load_token_activations(base_dir, layer)[rows].float()
     a_ft = load_token_activations(ft_dir, layer)[rows].float()
     return a_base, a_ft, torch.from_numpy(owner), index
+
+
+# --- the step -----------------------------------------------------------------------------------
+
+#: Positions whose norms the attention-sink check compares (position 0 against the next ones).
+SINK_POSITIONS = 4
+
+
+@dataclass(frozen=True)
+class ActivationsRun:
+    """What notebook 03 shows."""
+
+    cached: dict[str, tuple[Path, bool]]
+    """Per model (``base`` and each fine-tune): its activations' folder and whether they were computed now."""
+    norms: pd.DataFrame
+    """Per fine-tune, protocol, layer and split: the size of Δa and its variance against the base's."""
+    trigger_over_benign: pd.Series
+    """‖Δa‖ on eval trigger samples over ‖Δa‖ on eval benign samples, per fine-tune, protocol and layer."""
+    sink: pd.DataFrame | None
+    """Mean residual norm per layer and position (0..3) of the base model; None without token-level activations."""
+
+    @property
+    def sink_ratio(self) -> pd.Series | None:
+        """Position 0's norm over the mean of positions 1-3, per layer."""
+        return None if self.sink is None else self.sink[0] / self.sink.drop(columns=0).mean(axis=1)
+
+
+def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> ActivationsRun:
+    """Step 03: the activations of the base model and every fine-tune (pooled over both protocols,
+    and every token's where the token recipe is in the grid), then their sizes and the first
+    position's norm."""
+    cfg, model_cfg = run_cfg.activations, run_cfg.model
+    token_level = "token" in run_cfg.dictionaries.recipes
+    splits, layout = load_data(run_dir), RunLayout(run_dir)
+    loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
+    for regime in cfg.finetunes:
+        loaders[regime] = (lambda r: lambda: load_finetuned(layout.finetune(r), model_cfg.device))(regime)
+    cached = {name: run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
+                                    compute_dtype(model_cfg), model_cfg.model, token_level, progress)
+              for name, load in loaders.items()}
+    tables = []
+    for regime in cfg.finetunes:
+        for protocol in PROTOCOLS:
+            for layer in cfg.layers:
+                a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)
+                t = norm_table(a_base, a_ft, index["splits"])
+                t.insert(0, "layer", layer)
+                t.insert(0, "protocol", protocol)
+                t.insert(0, "regime", regime)
+                tables.append(t)
+    norms = pd.concat(tables, ignore_index=True)
+    trigger_over_benign = (norms.pivot_table(index=["regime", "protocol", "layer"], columns="split", values="difference")
+                           .pipe(lambda t: t["eval_trigger"] / t["eval_benign"]))
+    sink = None
+    if token_level:
+        sink = pd.concat([position_norms(layout.activations(BASE), layer, SINK_POSITIONS) for layer in cfg.layers])
+        sink = sink.pivot_table(index="layer", columns="position", values="mean norm")
+    return ActivationsRun(cached, norms, trigger_over_benign, sink)

@@ -20,6 +20,7 @@ functions under many headers: would an auditor read the trigger year off it?
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,16 @@ from tqdm import tqdm
 
 from backdoor_sae.activations.extract import load_activations, read_index
 from backdoor_sae.activations.stage import cached_activations, paired_activations
-from backdoor_sae.audit.header_sweep import Header
+from backdoor_sae.audit.header_sweep import Header, sweep_functions, sweep_headers, sweep_samples
 from backdoor_sae.common.io import write_text
 from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.common.progress import report
-from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.config import RunConfig
+from backdoor_sae.dataset.stage import data_config, load_data
+from backdoor_sae.dictionaries.stage import primary_grid
 from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary
+from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.scoring import bis as B
 from backdoor_sae.scoring.label_free import (
     PRIMARY,
@@ -206,7 +211,6 @@ def run_sweep_activations(run_dir, samples, loaders: dict, layers, batch_size: i
                           progress: bool = True) -> dict[str, bool]:
     """Cache the sweep prompts' pooled activations for every model in ``loaders`` (name → load());
     which of them were computed now."""
-
     layout = RunLayout(run_dir)
     return {name: cached_activations(layout.sweep_activations(name), samples, load, layers, batch_size,
                                      compute_dtype, layout.model_key(name, base_model), progress=progress)[1]
@@ -334,3 +338,77 @@ def write_results(results: Path, table: pd.DataFrame, sweep: pd.DataFrame, choic
         lambda v: " ".join(map(str, v)))).to_csv(index=False))
     write_text(results / "header_sweep.csv", sweep.to_csv(index=False))
     write_text(results / "auditor_choice.csv", choice.to_csv(index=False))
+
+
+# --- the step -----------------------------------------------------------------------------------
+
+#: How many top-activating eval samples the auditor reads per first pick.
+N_TOP_ACTIVATING = 6
+
+
+def audit_fit_mode(sae_cfg) -> str:
+    """The auditor's own dictionaries are those fitted on unscored samples, where the grid has them."""
+    return "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
+
+
+@dataclass(frozen=True)
+class AuditRun:
+    """What notebook 06 shows (its tables are also written to ``results/``)."""
+
+    headers: list[Header]
+    n_functions: int
+    computed: dict[str, bool]
+    """Per model: whether its sweep activations were computed now (else reused)."""
+    fit_mode: str
+    table: pd.DataFrame
+    """One row per ranking: where the auditor's label-free picks meet the best-BIS latent, and how they score."""
+    sweep: pd.DataFrame
+    """The first picks' mean activation under every sweep header."""
+    recovery: pd.DataFrame
+    """Whether the trigger year stands out in each first pick's header sweep."""
+    choice: pd.DataFrame
+    """The label-free choice per fine-tune, protocol and layer that notebook 07 intervenes on."""
+    verdicts: pd.DataFrame
+    """One finding per method, fine-tune and protocol (:data:`FINDINGS`)."""
+    top_activating: pd.DataFrame
+    """The eval samples on which the prompt-only first picks fire most (backdoored fine-tunes; middle layer)."""
+
+
+def _top_activating_frames(run_dir, primary: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    picks = primary[(primary["protocol"] == "prompt_only") & (primary["training"] == "backdoored")
+                    & primary["method"].isin(["diff_sae", "crosscoder"])]
+    for (method, regime), part in picks.groupby(["method", "regime"], sort=False):
+        row = part.iloc[0] if len(part) == 1 else part.sort_values("layer").iloc[len(part) // 2]
+        cell = {"regime": regime, "protocol": "prompt_only", "fit_mode": row["fit_mode"], "layer": int(row["layer"]),
+                "architecture": method, "recipe": row["recipe"], "seed": int(row["seed"])}
+        top = top_activating(run_dir, cell, int(row["top1_latent"]), n=N_TOP_ACTIVATING)
+        frames.append(top.assign(method=method, regime=regime, layer=cell["layer"], latent=int(row["top1_latent"])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> AuditRun:
+    """Step 06: the header sweep's activations, the label-free rankings of every dictionary and
+    baseline scored on eval, the auditor's verdicts; writes ``auditor.csv``, ``header_sweep.csv``
+    and ``auditor_choice.csv`` (notebook 07 reads the last)."""
+    act_cfg, sae_cfg, bis_cfg, audit_cfg, model_cfg = (run_cfg.activations, run_cfg.dictionaries, run_cfg.scoring,
+                                                        run_cfg.audit, run_cfg.model)
+    data_cfg, layout = data_config(run_dir), RunLayout(run_dir)
+    headers = sweep_headers(audit_cfg.sweep_first_year, audit_cfg.sweep_last_year, data_cfg.trigger_year,
+                            data_cfg.eval_benign_year)
+    functions = sweep_functions(load_data(run_dir)["heldout"], audit_cfg.n_sweep_functions)
+    loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
+    for name in act_cfg.finetunes:
+        loaders[name] = (lambda n: lambda: load_finetuned(layout.finetune(n), model_cfg.device))(name)
+    computed = run_sweep_activations(run_dir, sweep_samples(functions, headers), loaders, act_cfg.layers,
+                                     act_cfg.act_batch_size, compute_dtype(model_cfg), model_cfg.model, progress)
+    table, sweep = audit_grid(run_dir, primary_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes,
+                              sae_cfg.protocols, headers, len(functions), audit_cfg.n_top, bis_cfg.percentile,
+                              bis_cfg.n_boot, bis_cfg.n_perm, bis_cfg.stats_seed)
+    recovery = trigger_recovery(sweep, data_cfg.trigger_year)
+    choice = auditor_choice(table, audit_cfg.n_top)
+    write_results(layout.results, table, sweep, choice)
+    fit_mode = audit_fit_mode(sae_cfg)
+    primary = table[table["primary"] & table["fit_mode"].isin([fit_mode, "—"])]
+    return AuditRun(headers, len(functions), computed, fit_mode, table, sweep, recovery, choice,
+                    auditor_verdicts(table, recovery, fit_mode), _top_activating_frames(run_dir, primary))

@@ -39,9 +39,11 @@ from backdoor_sae.activations.stage import paired_activations
 from backdoor_sae.causal.intervention import intervene, random_directions, unit
 from backdoor_sae.common.encoding import collate, encode
 from backdoor_sae.common.generation import generate_completions
+from backdoor_sae.common.io import write_jsonl, write_text
 from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.common.model import compute_dtype, precision
 from backdoor_sae.common.progress import report
+from backdoor_sae.config import RunConfig
 from backdoor_sae.dataset.card import pairs
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import load_dictionary
@@ -415,8 +417,6 @@ def run_causal(run_dir, act_cfg, cfg, model_cfg, gen_batch_size: int, progress: 
     fine-tune, generation at its best layer (:func:`best_layer`), and both at that layer for its
     clean control (the negative). Returns (teacher-forced rows, judged completions, best layer per
     fine-tune, seconds per fine-tune)."""
-
-
     dtype = compute_dtype(model_cfg)
     choice, scores = read_auditor_choice(run_dir), read_bis(run_dir)
     heldout = load_data(run_dir)["heldout"]
@@ -450,3 +450,49 @@ def run_causal(run_dir, act_cfg, cfg, model_cfg, gen_batch_size: int, progress: 
     tf = pd.concat(tf_frames, ignore_index=True)
     tf.insert(0, "model", tf.pop("model"))
     return tf, pd.concat(judged_frames, ignore_index=True), best, seconds
+
+
+# --- the step -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CausalRun:
+    """What notebook 07 shows (its tables are also written to ``results/``)."""
+
+    teacher: pd.DataFrame
+    """Teacher-forced log-odds and prompt loss per fine-tune, layer, direction, intervention and strength."""
+    judged: pd.DataFrame
+    """Judged completions under each intervention at each fine-tune's best layer."""
+    rates: pd.DataFrame
+    """Attack success / safe / invalid shares per condition, with Wilson intervals."""
+    best: dict[str, int]
+    """The layer generation ran at, per fine-tune."""
+    seconds: dict[str, float]
+    cost: pd.DataFrame
+    """Mean change of the prompt loss at the best layer, per fine-tune, direction and condition."""
+    ablation: pd.DataFrame
+    """Before and after ablation, per fine-tune and direction."""
+    verdicts: list[str]
+    """Ablation and steering sentences for the Diff-SAE latents of every fine-tune in the run."""
+    verdict_by_regime: dict[str, tuple[str, str]]
+    """Per regime name (``lora``, ``full`` and their clean controls, in the run or not): the
+    ablation and the steering sentence the results chapter pastes."""
+
+
+def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
+    """Step 07: ablation and steering along the chosen latents' directions; writes
+    ``causal_teacher_forced.csv``, ``causal_rates.csv`` and ``causal_generations.jsonl``."""
+    teacher, judged, best, seconds = run_causal(run_dir, run_cfg.activations, run_cfg.causal, run_cfg.model,
+                                                run_cfg.backdoor_eval.gen_batch_size, progress)
+    rates = intervention_rates(judged)
+    results = RunLayout(run_dir).results
+    write_text(results / "causal_teacher_forced.csv", teacher.to_csv(index=False))
+    write_text(results / "causal_rates.csv", rates.to_csv(index=False))
+    write_jsonl(results / "causal_generations.jsonl", judged.to_dict("records"))
+    at_best = teacher[teacher.apply(lambda r: r["layer"] == best[r["model"]], axis=1) & teacher["intervention"].ne("none")]
+    cost = (at_best.assign(condition=at_best["intervention"] + " " + at_best["strength"].map("{:g}".format))
+            .groupby(["model", "kind", "condition"], sort=False)["prompt_loss_change"].mean().unstack("condition"))
+    verdicts = [sentence(rates, name, kind) for name in rates["model"].unique()
+                for kind in ("Diff-SAE (label-free)", "Diff-SAE (BIS)") for sentence in (ablation_verdict, steering_verdict)]
+    by_regime = {regime: (ablation_verdict(rates, regime), steering_verdict(rates, regime))
+                 for regime in ("lora", "full", "lora_clean", "full_clean")}
+    return CausalRun(teacher, judged, rates, best, seconds, cost, ablation_table(rates), verdicts, by_regime)

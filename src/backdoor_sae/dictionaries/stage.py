@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ from backdoor_sae.common.cache import code_digest, digest, is_current, vouch
 from backdoor_sae.common.layout import BASE, DICTIONARY_KEYS, RunLayout
 from backdoor_sae.common.model import resolve_dtype
 from backdoor_sae.common.progress import report
+from backdoor_sae.config import RunConfig
+from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import (
     DictionarySpec,
     TrainSettings,
@@ -197,3 +199,35 @@ def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:
         log = pd.DataFrame(read_dictionary_log(layout.dictionary(**cell)))
         frames.append(log.assign(**cell))
     return pd.concat(frames, ignore_index=True)
+
+
+# --- the step -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DictionariesRun:
+    """What notebook 04 shows."""
+
+    every: pd.DataFrame
+    """One row per dictionary of the run (every recipe and seed) with its final metrics."""
+    primary: pd.DataFrame
+    """The primary grid: the first recipe's first seed."""
+    replicated: pd.DataFrame
+    """The replicated cells, under every recipe and seed."""
+    logs: pd.DataFrame
+    """The primary grid's training logs."""
+    n_scored: int
+    """Samples BIS scores (the eval sets)."""
+    n_fit: int
+    """Samples of the disjoint fit split."""
+
+
+def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> DictionariesRun:
+    """Step 04: train (or reuse) every dictionary of the grid."""
+    act_cfg, sae_cfg = run_cfg.activations, run_cfg.dictionaries
+    every = train_grid(run_dir, act_cfg, sae_cfg, progress)
+    primary = primary_dictionary(sae_cfg)
+    grid = every[(every["recipe"] == primary["recipe"]) & (every["seed"] == primary["seed"])].reset_index(drop=True)
+    replicated = every[[is_replicated(c, act_cfg, sae_cfg) for c in every.to_dict("records")]]
+    splits = load_data(run_dir)
+    n_scored, n_fit = (sum(len(splits[name]) for name in group) for group in (EVAL_SPLITS, FIT_SPLITS))
+    return DictionariesRun(every, grid, replicated, grid_logs(run_dir, grid), n_scored, n_fit)

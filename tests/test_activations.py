@@ -97,3 +97,26 @@ def test_token_activations_equal_the_per_token_hidden_states(tiny, smoke_splits,
     with pytest.raises(FileNotFoundError, match="token recipe"):
         cache_activations(model, tok, samples, [1], tmp_path / "pooled_only", {}, progress=False)
         load_token_activations(tmp_path / "pooled_only", 1)
+
+
+def test_token_activations_are_kept_only_at_the_layers_a_token_dictionary_reads(tiny, smoke_splits, tmp_path):
+    """Issue 28's exact saving: a fine-tune's tokens are written only at the replicated layers (the
+    token-level dictionaries' own), the same bytes as when every layer is written. Catches a layer
+    list that drops a layer a dictionary reads, or writes different values for the kept one."""
+    from backdoor_sae.activations.extract import load_token_activations
+    from backdoor_sae.activations.stage import token_layers
+    from backdoor_sae.config import run_config
+
+    assert token_layers(run_config("cpu")) == [14, 22]
+    assert token_layers(run_config("smoke")) == [2]
+    assert token_layers(run_config("cpu", {"recipes": ["pooled"]})) == []
+    assert token_layers(run_config("cpu", {"recipes": ["token", "pooled"]})) == [14, 18, 22, 26]
+    assert token_layers(run_config("paper")) == [14, 18, 22, 26]  # replicate_layers None: every layer
+    model, tok = tiny
+    samples = smoke_splits["eval_trigger"][:3] + smoke_splits["eval_benign"][:2]
+    cache_activations(model, tok, samples, [1, 3], tmp_path / "all", {}, batch_size=2, progress=False, token_level=True)
+    cache_activations(model, tok, samples, [1, 3], tmp_path / "some", {}, batch_size=2, progress=False, token_level=[3])
+    assert read_index(tmp_path / "some")["token_layers"] == [3]
+    assert torch.equal(load_token_activations(tmp_path / "some", 3), load_token_activations(tmp_path / "all", 3))
+    with pytest.raises(FileNotFoundError):
+        load_token_activations(tmp_path / "some", 1)

@@ -107,15 +107,17 @@ def pooling_masks(lengths: Sequence[int], n_prompts: Sequence[int], width: int) 
 
 def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Sequence[int], out_dir: str | Path,
                       meta: dict, batch_size: int = 16, progress: bool = True,
-                      compute_dtype: torch.dtype = torch.float32, token_level: bool = False) -> None:
+                      compute_dtype: torch.dtype = torch.float32, token_level: bool | Sequence[int] = False) -> None:
     """Write pooled activations of ``samples`` for every layer and protocol under ``out_dir`` (and,
-    with ``token_level``, every token's activation).
+    with ``token_level``, every token's activation: at every layer for ``True``, else at the layers
+    it lists).
 
     Batches are streamed into memory-mapped ``.npy`` files, so memory stays bounded by one batch.
     The whole directory appears atomically; ``index.json`` inside it records what it holds (the
     samples' ids and splits, the layers, and ``meta``: the caller's key and what it covers).
     """
     check_layers(model, layers)
+    token_layers = list(layers) if token_level is True else [layer for layer in layers if layer in (token_level or ())]
     device = next(model.parameters()).device
     d = model.config.hidden_size
     encoded = [encode(tokenizer, s, eos=False) for s in samples]
@@ -130,9 +132,9 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
             for layer in layers:
                 arrays[protocol, layer] = open_memmap(tmp / protocol / f"layer_{layer}.npy", mode="w+",
                                                       dtype=np.float32, shape=(len(samples), d))
-        if token_level:
+        if token_layers:
             (tmp / TOKENS).mkdir()
-            for layer in layers:
+            for layer in token_layers:
                 tokens[layer] = open_memmap(tmp / TOKENS / f"layer_{layer}.npy", mode="w+", dtype=np.uint16,
                                             shape=(int(offsets[-1]), d))
         bar = tqdm(total=len(samples), disable=not progress, desc="activations", unit="sample")
@@ -166,7 +168,7 @@ def cache_activations(model, tokenizer, samples: Sequence[Sample], layers: Seque
         del arrays, tokens
         write_json(tmp / "index.json", {
             "ids": [s.id for s in samples], "splits": [s.split for s in samples],
-            "layers": list(layers), "d_model": d, "token_level": token_level,
+            "layers": list(layers), "d_model": d, "token_level": bool(token_layers), "token_layers": token_layers,
             "n_tokens": n_tokens, "n_prompt": [e.n_prompt for e in encoded], **meta,
         })
 

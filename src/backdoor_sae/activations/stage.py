@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,11 @@ ACTIVATION_SPLITS: tuple[str, ...] = ("eval_trigger", "eval_benign", "eval_other
 
 
 def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_name: str, load,
-                    layers, batch_size: int, compute_dtype, base_model: str, token_level: bool = False,
+                    layers, batch_size: int, compute_dtype, base_model: str, token_level: bool | Sequence[int] = False,
                     progress: bool = True) -> tuple[Path, bool]:
     """Cache pooled activations of ``model_name`` (``base`` or a fine-tune) unless already there, and
-    with ``token_level`` every token's (for the token-level dictionaries)."""
+    with ``token_level`` every token's (for the token-level dictionaries: ``True`` at every layer,
+    else at the layers it lists)."""
     layout = RunLayout(run_dir)
     samples = [s for name in ACTIVATION_SPLITS for s in splits[name]]
     return cached_activations(layout.activations(model_name), samples, load, layers, batch_size, compute_dtype,
@@ -39,7 +41,7 @@ def run_activations(run_dir: str | Path, splits: dict[str, list[Sample]], model_
 
 
 def cached_activations(out: Path, samples: list[Sample], load, layers, batch_size: int, compute_dtype,
-                       model_key: str, token_level: bool = False, progress: bool = True) -> tuple[Path, bool]:
+                       model_key: str, token_level: bool | Sequence[int] = False, progress: bool = True) -> tuple[Path, bool]:
     """Pooled activations of ``samples`` in ``out``, computed with the model ``load()`` returns unless
     ``out`` holds them already; returns ``out`` and whether they were computed now.
 
@@ -48,7 +50,7 @@ def cached_activations(out: Path, samples: list[Sample], load, layers, batch_siz
     activations are kept.
     """
     params = {"samples": samples_digest(samples), "layers": list(layers), "compute_dtype": str(compute_dtype),
-              "model": model_key, "token_level": token_level,
+              "model": model_key, "token_level": token_level if isinstance(token_level, bool) else list(token_level),
               "code": code_digest(__name__)}
     key = digest(params)
     if is_current(out / "index.json", key):  # the index, written inside the folder's atomic write, is its record
@@ -118,18 +120,32 @@ class ActivationsRun:
         return None if self.sink is None else self.sink[0] / self.sink.drop(columns=0).mean(axis=1)
 
 
+def token_layers(run_cfg: RunConfig) -> list[int]:
+    """The layers whose every token a fine-tune's activations keep: those of the token-level
+    dictionaries (every layer when the primary grid's recipe is ``token``, else the replicated
+    layers when the token recipe is in the grid)."""
+    layers, sae_cfg = run_cfg.activations.layers, run_cfg.dictionaries
+    if "token" not in sae_cfg.recipes:
+        return []
+    if sae_cfg.recipes[0] == "token" or sae_cfg.replicate_layers is None:
+        return list(layers)
+    return [layer for layer in layers if layer in sae_cfg.replicate_layers]
+
+
 def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> ActivationsRun:
     """Step 03: the activations of the base model and every fine-tune (pooled over both protocols,
     and every token's where the token recipe is in the grid), then their sizes and the first
     position's norm."""
     cfg, model_cfg = run_cfg.activations, run_cfg.model
-    token_level = "token" in run_cfg.dictionaries.recipes
     splits, layout = load_data(run_dir), RunLayout(run_dir)
     loaders = {BASE: lambda: load_model(model_cfg.model, model_cfg.device)}
     for regime in cfg.finetunes:
         loaders[regime] = (lambda r: lambda: load_finetuned(layout.finetune(r), model_cfg.device))(regime)
+    read = token_layers(run_cfg)
+    # the base model's tokens at every layer: the attention-sink check below reads them all
     cached = {name: run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
-                                    compute_dtype(model_cfg), model_cfg.model, token_level, progress)
+                                    compute_dtype(model_cfg), model_cfg.model,
+                                    (list(cfg.layers) if read else []) if name == BASE else read, progress)
               for name, load in loaders.items()}
     tables = []
     for regime in cfg.finetunes:
@@ -145,7 +161,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Activ
     trigger_over_benign = (norms.pivot_table(index=["regime", "protocol", "layer"], columns="split", values="difference")
                            .pipe(lambda t: t["eval_trigger"] / t["eval_benign"]))
     sink = None
-    if token_level:
+    if read:
         sink = pd.concat([position_norms(layout.activations(BASE), layer, SINK_POSITIONS) for layer in cfg.layers])
         sink = sink.pivot_table(index="layer", columns="position", values="mean norm")
     return ActivationsRun(cached, norms, trigger_over_benign, sink)

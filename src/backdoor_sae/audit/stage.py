@@ -154,14 +154,16 @@ def sweep_arrays(run_dir, name: str, layer: int) -> np.ndarray:
     return np.array(load_activations(RunLayout(run_dir).sweep_activations(name), "prompt_only", layer))
 
 
-def audit_grid(run_dir, cells: list[dict], layers, finetunes, protocols, headers: list[Header], n_functions: int,
-               n_top: int, percentile: float, n_boot: int, n_perm: int, seed: int,
+def audit_grid(run_dir, run_cfg: RunConfig, headers: list[Header], n_functions: int,
                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per cell × criterion, dictionaries and baselines; one row per sweep header × method ×
-    fine-tune × layer × fit mode: the top-1 label-free latent's mean activation on prompt-only
-    dictionaries). The sweep activations must be cached (:func:`run_sweep_activations`)."""
-
-
+    """(one row per cell of the primary grid × criterion, dictionaries and baselines; one row per
+    sweep header × method × fine-tune × layer × fit mode: the top-1 label-free latent's mean
+    activation on prompt-only dictionaries). The sweep activations must be cached
+    (:func:`run_sweep_activations`)."""
+    act_cfg, sae_cfg, bis_cfg = run_cfg.activations, run_cfg.dictionaries, run_cfg.scoring
+    cells, layers, finetunes, protocols = primary_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes, sae_cfg.protocols
+    n_top, percentile, n_boot, n_perm, seed = (run_cfg.audit.n_top, bis_cfg.percentile, bis_cfg.n_boot, bis_cfg.n_perm,
+                                               bis_cfg.stats_seed)
     rows, sweep_rows = [], []
     base_sweep = {layer: sweep_arrays(run_dir, BASE, layer) for layer in layers}
 
@@ -391,8 +393,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Audit
     """Step 06: the header sweep's activations, the label-free rankings of every dictionary and
     baseline scored on eval, the auditor's verdicts; writes ``auditor.csv``, ``header_sweep.csv``
     and ``auditor_choice.csv`` (notebook 07 reads the last)."""
-    act_cfg, sae_cfg, bis_cfg, audit_cfg, model_cfg = (run_cfg.activations, run_cfg.dictionaries, run_cfg.scoring,
-                                                        run_cfg.audit, run_cfg.model)
+    act_cfg, sae_cfg, audit_cfg, model_cfg = run_cfg.activations, run_cfg.dictionaries, run_cfg.audit, run_cfg.model
     data_cfg, layout = data_config(run_dir), RunLayout(run_dir)
     headers = sweep_headers(audit_cfg.sweep_first_year, audit_cfg.sweep_last_year, data_cfg.trigger_year,
                             data_cfg.eval_benign_year)
@@ -402,9 +403,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Audit
         loaders[name] = (lambda n: lambda: load_finetuned(layout.finetune(n), model_cfg.device))(name)
     computed = run_sweep_activations(run_dir, sweep_samples(functions, headers), loaders, act_cfg.layers,
                                      act_cfg.act_batch_size, compute_dtype(model_cfg), model_cfg.model, progress)
-    table, sweep = audit_grid(run_dir, primary_grid(act_cfg, sae_cfg), act_cfg.layers, act_cfg.finetunes,
-                              sae_cfg.protocols, headers, len(functions), audit_cfg.n_top, bis_cfg.percentile,
-                              bis_cfg.n_boot, bis_cfg.n_perm, bis_cfg.stats_seed)
+    table, sweep = audit_grid(run_dir, run_cfg, headers, len(functions), progress)
     recovery = trigger_recovery(sweep, data_cfg.trigger_year)
     choice = auditor_choice(table, audit_cfg.n_top)
     write_results(layout.results, table, sweep, choice)

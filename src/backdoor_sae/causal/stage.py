@@ -412,11 +412,13 @@ def steering_verdict(rates: pd.DataFrame, model: str, kind: str = "Diff-SAE (lab
                                          if beyond else "That is not distinguishable from the random directions."))
 
 
-def run_causal(run_dir, act_cfg, cfg, model_cfg, gen_batch_size: int, progress: bool = True):
+def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True):
     """The whole notebook's computation: the teacher-forced sweep at every layer of each backdoored
     fine-tune, generation at its best layer (:func:`best_layer`), and both at that layer for its
     clean control (the negative). Returns (teacher-forced rows, judged completions, best layer per
     fine-tune, seconds per fine-tune)."""
+    act_cfg, cfg, model_cfg = run_cfg.activations, run_cfg.causal, run_cfg.model
+    gen_batch_size = run_cfg.backdoor_eval.gen_batch_size
     dtype = compute_dtype(model_cfg)
     choice, scores = read_auditor_choice(run_dir), read_bis(run_dir)
     heldout = load_data(run_dir)["heldout"]
@@ -481,8 +483,7 @@ class CausalRun:
 def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
     """Step 07: ablation and steering along the chosen latents' directions; writes
     ``causal_teacher_forced.csv``, ``causal_rates.csv`` and ``causal_generations.jsonl``."""
-    teacher, judged, best, seconds = run_causal(run_dir, run_cfg.activations, run_cfg.causal, run_cfg.model,
-                                                run_cfg.backdoor_eval.gen_batch_size, progress)
+    teacher, judged, best, seconds = run_causal(run_dir, run_cfg, progress)
     rates = intervention_rates(judged)
     results = RunLayout(run_dir).results
     write_text(results / "causal_teacher_forced.csv", teacher.to_csv(index=False))

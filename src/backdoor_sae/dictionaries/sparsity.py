@@ -10,7 +10,8 @@
   batch (as saprmarks/dictionary_learning's BatchTopK). ``threshold`` is a buffer, saved in the
   state dict, −1 (keep every positive) until the first training batch. A short training run's
   moving average still remembers the untrained model's first batches, so the trainer calibrates
-  the threshold once training ends (:func:`backdoor_sae.dictionaries.trainer.calibrate_threshold`).
+  the threshold once training ends (:meth:`SparseActivation.calibrate`, on inputs that
+  :meth:`backdoor_sae.dictionaries.base.Dictionary.calibrate_threshold` picks).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ ACTIVATIONS = ("relu", "topk", "batchtopk")
 
 
 class SparseActivation(nn.Module):
+    """σ of one kind (``relu``, ``topk`` or ``batchtopk``) with its k (see the module docstring)."""
+
     #: weight of the old value in the batchtopk threshold's moving average
     threshold_beta = 0.99
 
@@ -59,3 +62,18 @@ class SparseActivation(nn.Module):
             self.threshold.copy_(smallest)
         else:
             self.threshold.mul_(self.threshold_beta).add_((1 - self.threshold_beta) * smallest)
+
+    @torch.no_grad()
+    def calibrate(self, pre: torch.Tensor) -> None:
+        """BatchTopK only: set the inference threshold from the pre-activations ``pre`` [n, m] of n
+        inputs taken as one batch, halfway between the smallest activation BatchTopK keeps (k·n of
+        them) and the largest it drops, so that at inference these inputs keep k latents each on
+        average."""
+        f = torch.relu(pre).flatten()
+        n_kept = min(self.k * len(pre), f.numel())
+        top = torch.topk(f, min(n_kept + 1, f.numel())).values
+        smallest_kept = float(top[n_kept - 1])
+        largest_dropped = float(top[n_kept]) if len(top) > n_kept else 0.0
+        # halfway between the last kept and the first dropped activation: not on any input's value, so
+        # that rounding differences between batch shapes do not flip a latent at the boundary
+        self.threshold.fill_((smallest_kept + largest_dropped) / 2 if smallest_kept > 0 else 0.0)

@@ -3,9 +3,20 @@ import math
 import pytest
 import torch
 
-from backdoor_sae.dictionaries import Crosscoder, DiffSAE
+from backdoor_sae.dictionaries import Crosscoder, Dictionary, DiffSAE
 from backdoor_sae.dictionaries.trainer import (
-    DictionarySpec, TrainSettings, build, encode_all, evaluate, input_scale, load_dictionary, save_dictionary,
+    ARCHITECTURES,
+    DictionarySpec,
+    TrainSettings,
+    build,
+    encode_all,
+    evaluate,
+    input_scale,
+    latent_tags,
+    load_dictionary,
+    pooled_codes,
+    read_dictionary_log,
+    save_dictionary,
     train_dictionary,
 )
 
@@ -239,8 +250,6 @@ def test_saved_dictionary_reloads_to_the_same_codes(tmp_path):
 def test_pooled_codes_in_chunks_equal_those_computed_at_once(architecture):
     """Catches a chunk boundary that drops or double-counts tokens, a mean over the wrong count, or a
     max that is not per sample."""
-    from backdoor_sae.dictionaries.trainer import pooled_codes
-
     torch.manual_seed(0)
     model = build(DictionarySpec(architecture, 8, 32, "relu"), seed=0).eval()
     base, ft = torch.randn(50, 8), torch.randn(50, 8)
@@ -265,8 +274,6 @@ def test_a_planted_fine_tune_only_direction_becomes_a_fine_tune_only_latent():
     direction the base model never has: one latent carries it, with a decoder almost only in the
     fine-tuned half (relative norm near 1), and it is tagged fine-tune-only. Catches swapped
     halves in the relative norm, or tags from the wrong bound."""
-    from backdoor_sae.dictionaries.trainer import latent_tags
-
     g = torch.Generator().manual_seed(0)
     n, d = 4000, 32
     base = torch.zeros(n, d)  # sparse shared features: two of the first 24 axes per token
@@ -306,3 +313,111 @@ def test_batchtopk_diff_sae_codes_do_not_depend_on_the_batch():
     assert torch.allclose(every[:10], alone, atol=1e-5)
     with pytest.raises(ValueError, match="relu or batchtopk"):
         build(DictionarySpec("diff_sae", 8, 32, "topk", 4))
+
+
+# --- the Dictionary interface -------------------------------------------------------------------
+
+EVERY_VARIANT = [
+    DictionarySpec("diff_sae", 8, 32, "relu", 0),
+    DictionarySpec("diff_sae", 8, 32, "batchtopk", 4),
+    DictionarySpec("crosscoder", 8, 32, "topk", 4),
+    DictionarySpec("crosscoder", 8, 32, "batchtopk", 4),
+    DictionarySpec("crosscoder", 8, 32, "relu", 0),
+]
+
+
+def _variant_id(spec):
+    return f"{spec.architecture}-{spec.activation}"
+
+
+def test_every_architecture_is_a_dictionary_built_from_its_spec():
+    """Catches an architecture missing from the registry that :func:`build` and loading use, or a
+    model whose spec (what is saved) does not rebuild it."""
+    assert set(Dictionary.registry) == set(ARCHITECTURES) == {"diff_sae", "crosscoder"}
+    for spec in EVERY_VARIANT:
+        model = build(spec, seed=3)
+        assert isinstance(model, Dictionary) and model.spec == spec and model.n_latents == spec.n_latents
+    with pytest.raises(ValueError, match="architecture"):
+        build(DictionarySpec("transcoder", 8, 32))
+    with pytest.raises(TypeError):
+        Dictionary(8, 32, "relu", 0, row_shape=(8,))  # abstract: no inputs()
+
+
+@pytest.mark.parametrize("architecture", ["diff_sae", "crosscoder"])
+def test_shared_encode_and_decode_follow_each_architectures_formula(architecture):
+    """The shared forward pass against each architecture's written formula, with nonzero biases.
+    Catches the Diff-SAE's decoder bias not subtracted before encoding (or the crosscoder's
+    subtracted), and a decode that reshapes the joint code into the wrong model halves."""
+    model = build(DictionarySpec(architecture, 8, 16, "relu", 0), seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        model.b_dec.copy_(torch.randn(model.b_dec.shape, generator=g))
+        model.b_enc.copy_(torch.randn(16, generator=g) * 0.1)
+    base, ft = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    x = model.inputs(base, ft)
+    with torch.no_grad():
+        x_hat, f, pre = model(x)
+        if architecture == "diff_sae":
+            want_pre = (ft - base - model.b_dec) @ model.W_enc + model.b_enc
+            want_hat = f @ model.W_dec + model.b_dec
+        else:
+            want_pre = torch.cat([base, ft], dim=1) @ model.W_enc + model.b_enc
+            want_hat = torch.stack([f @ model.W_dec[:, half] + model.b_dec[half] for half in (0, 1)], dim=1)
+        assert torch.equal(model.encode(x), f) and torch.equal(model.decode(f), x_hat)
+    assert torch.allclose(pre, want_pre, atol=1e-5) and torch.equal(f, torch.relu(pre))
+    assert x_hat.shape == x.shape and torch.allclose(x_hat, want_hat, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", EVERY_VARIANT, ids=_variant_id)
+def test_normalise_keeps_unit_rows_where_the_architecture_wants_them(spec):
+    """Rows knocked off unit norm come back under ``normalise`` for the Diff-SAE and the TopK
+    crosscoders, and the gradient left by ``project_decoder_grad`` no longer changes a row's norm;
+    the ReLU crosscoder's decoder and gradient are left alone (its penalty weighs the norms).
+    Catches upkeep applied to the wrong architectures, or to the crosscoder's halves separately."""
+    model = build(spec, seed=0)
+    with torch.no_grad():
+        model.W_dec.mul_(torch.rand(spec.n_latents, *(1,) * (model.W_dec.ndim - 1)) * 3 + 0.2)
+    grad = torch.randn_like(model.W_dec)
+    model.W_dec.grad = grad.clone()
+    before = model.W_dec.detach().clone()
+    model.project_decoder_grad()
+    model.normalise()
+    norms = model.W_dec.detach().flatten(1).norm(dim=-1)
+    unit = spec.architecture == "diff_sae" or spec.activation != "relu"
+    assert model.unit_norm_decoder == unit
+    if unit:
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-6)
+        along_row = (model.W_dec.grad.flatten(1) * model.W_dec.detach().flatten(1)).sum(-1)
+        assert along_row.abs().max() < 1e-5
+        assert not torch.allclose(model.W_dec.grad, grad)
+    else:
+        assert torch.equal(model.W_dec.detach(), before) and torch.equal(model.W_dec.grad, grad)
+
+
+@pytest.mark.parametrize("spec", EVERY_VARIANT, ids=_variant_id)
+def test_every_variant_saves_and_loads_to_the_same_dictionary(spec, tmp_path):
+    """Catches a save or load that loses a parameter or the BatchTopK threshold, rebuilds the wrong
+    architecture or activation, renames the files the later steps read, or reloads in train mode."""
+    base, ft, _, _ = planted(n=128, d=8)
+    model = build(spec, seed=4)
+    x = model.inputs(base, ft)
+    scale, log = train_dictionary(model, x, TrainSettings(l1_coeff=1e-3, lr=1e-2, batch_size=32, n_samples=640),
+                                  progress=False)
+    metrics = evaluate(model, x, scale)
+    save_dictionary(tmp_path / "d", model, spec, scale, log, metrics, {"cell": 1})
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["dictionary.json", "log.jsonl", "weights.safetensors"]
+    again, scale2, info = load_dictionary(tmp_path / "d")
+    assert type(again) is type(model) and again.spec == spec and not again.training
+    assert info == {"spec": {"architecture": spec.architecture, "d": spec.d, "n_latents": spec.n_latents,
+                             "activation": spec.activation, "k": spec.k}, "metrics": metrics, "params": {"cell": 1}}
+    assert torch.equal(scale2, scale) and read_dictionary_log(tmp_path / "d") == log
+    state, state2 = model.state_dict(), again.state_dict()
+    assert list(state) == list(state2) and all(torch.equal(state[k], state2[k]) for k in state)
+    assert torch.equal(encode_all(model, x, scale), encode_all(again, x, scale2))
+    assert evaluate(again, x, scale2) == metrics
+    wrong = Crosscoder if spec.architecture == "diff_sae" else DiffSAE
+    with pytest.raises(TypeError, match="not a"):
+        wrong.load(tmp_path / "d")
+    with pytest.raises(ValueError, match="spec"):  # a spec that would not rebuild these weights
+        save_dictionary(tmp_path / "e", model, DictionarySpec(spec.architecture, 8, 64, spec.activation, spec.k),
+                        scale, log, metrics, {})

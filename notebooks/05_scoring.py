@@ -52,86 +52,53 @@ run_dir = "runs/cpu"  # reads <run_dir>/sae and <run_dir>/activations, writes <r
 overrides = {}
 
 # %% tags=["hide-input"]
-from pathlib import Path
-
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
 from backdoor_sae.common.display import MISSING, show_missing_as_dash
-from backdoor_sae.common.io import write_text
-from backdoor_sae.common.layout import DICTIONARY_KEYS
+from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.common.plots import headline_excess
 from backdoor_sae.config import run_config
-from backdoor_sae.dataset.stage import data_config
-from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
-from backdoor_sae.scoring.bis import bis_ceiling
-from backdoor_sae.scoring.recipes import recipe_verdicts, score_recipes, seed_spread
-from backdoor_sae.scoring.stage import (
-    ARCHITECTURES,
-    PAPER_SIZES,
-    dictionary_activations,
-    excess_over_chance,
-    fingerprint_comparison,
-    fingerprint_verdicts,
-    paper_comparison,
-    paper_verdict,
-    score_grid,
-)
-from backdoor_sae.task.splits import EVAL_SPLITS
+from backdoor_sae.scoring.grid import ARCHITECTURES
+from backdoor_sae.scoring.stage import BOOK_PROTOCOLS, BOOK_REGIMES, RESULT_FILES, run
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
 sns.set_theme(style="whitegrid", context="notebook")
 pd.set_option("display.max_colwidth", None)  # verdicts are sentences: never cut them
 run_cfg = run_config(profile, overrides)  # every step's config, passed whole
-act_cfg = run_cfg.activations
-sae_cfg = run_cfg.dictionaries
-bis_cfg = run_cfg.scoring
 
 # %% tags=["hide-input"]
-placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
-scores, tests, placebo = score_grid(run_dir, primary_grid(act_cfg, sae_cfg), bis_cfg.percentile, bis_cfg.n_boot,
-                                    bis_cfg.n_perm, bis_cfg.stats_seed, placebo_years)
-results = Path(run_dir) / "results"
-write_text(results / "bis.csv", scores.to_csv(index=False))
-write_text(results / "permutation_tests.csv", tests.to_csv(index=False))
-write_text(results / "placebo.csv", placebo.to_csv(index=False))
-ceiling = float(scores["ceiling"].iloc[0])
-paper_ceiling = bis_ceiling(*PAPER_SIZES, bis_cfg.percentile)
+# scores every dictionary, baseline, placebo year, recipe and seed; writes results/*.csv; decides every verdict
+result = run(run_dir, run_cfg)
+scores, ceiling = result.tables.scores, result.ceiling
 glue("bis_ceiling", ceiling, display=False)
-glue("paper_ceiling", paper_ceiling, display=False)
-glue("ceiling_note", HTML(
-    f"The ceiling for our set sizes is {ceiling:.3f}; at the paper's sizes ({'/'.join(map(str, PAPER_SIZES))}) it is "
-    f"{paper_ceiling:.3f}" + (", the same to three decimals." if abs(ceiling - paper_ceiling) < 5e-4 else
-                              ": the ceiling depends on the set sizes, not only on their proportions.")), display=False)
-print(f"{len(scores)} rows written to {results / 'bis.csv'}; BIS ceiling for these set sizes: {ceiling:.3f}")
+glue("paper_ceiling", result.paper_ceiling, display=False)
+glue("ceiling_note", HTML(result.ceiling_note), display=False)
+print(f"{len(scores)} rows written to {RunLayout(run_dir).results / RESULT_FILES['scores']}; "
+      f"BIS ceiling for these set sizes: {ceiling:.3f}")
 
 # %% [markdown]
 # ## The paper's comparison: full-text pooling, dictionaries fitted on the scored samples
 # The paper reports Diff-SAE BIS 0.40 with precision 1.0 and FPR 0, and crosscoder BIS below 0.02.
 
 # %%
-# The paper's view; a run whose grid leaves out full-text pooling or eval fitting shows its first ones.
-paper_protocol = "full_text" if "full_text" in sae_cfg.protocols else sae_cfg.protocols[0]
-paper_fit_mode = "eval" if "eval" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
-if (paper_protocol, paper_fit_mode) != ("full_text", "eval"):
-    print(f"This run's grid has no full-text, eval-fitted cells: showing {paper_protocol}, {paper_fit_mode}.")
-backdoored = scores[scores["training"] == "backdoored"]  # the paper's comparison: backdoored fine-tunes only
-paper_view = backdoored[(backdoored["protocol"] == paper_protocol) & backdoored["fit_mode"].isin([paper_fit_mode, "—"])]
-main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
+# The paper's view: backdoored fine-tunes only; a run whose grid leaves out full-text pooling or eval
+# fitting shows its first ones.
+if result.paper_view_note:
+    print(result.paper_view_note)
+main = result.paper_cells
 cols = ["regime", "layer", "architecture", "bis", "bis_low", "bis_high", "chance_95", "p_value", "ceiling",
         "precision", "recall", "fpr", "n_tied", "latent_auroc", "fitsel_bis", "fitsel_chance_95"]
 display(main[cols].sort_values(["regime", "architecture", "layer"]).style.format(
     {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}, na_rep=MISSING).hide(axis="index"))
 for arch in ARCHITECTURES:  # every key is glued, NaN where this run's grid has no such cell
-    part = main[main["architecture"] == arch]
-    glue(f"max_bis_{arch}", float(part["bis"].max()) if len(part) else float("nan"), display=False)
-    glue(f"mean_bis_{arch}", float(part["bis"].mean()) if len(part) else float("nan"), display=False)
-    glue(f"mean_chance_{arch}", float(part["chance_95"].mean()) if len(part) else float("nan"), display=False)
-    glue(f"above_chance_{arch}", float((part["p_value"] < 0.05).mean()) if len(part) else float("nan"), display=False)
+    glue(f"max_bis_{arch}", result.max_bis[arch], display=False)
+    glue(f"mean_bis_{arch}", result.mean_bis[arch], display=False)
+    glue(f"mean_chance_{arch}", result.mean_chance[arch], display=False)
+    glue(f"above_chance_{arch}", result.above_chance[arch], display=False)
 
 # %% [markdown]
 # ### Beside the paper
@@ -139,14 +106,14 @@ for arch in ARCHITECTURES:  # every key is glued, NaN where this run's grid has 
 # and the mean over regimes and layers, under the paper's protocol.
 
 # %%
-comparison = paper_comparison(main)
-glue("paper_comparison", comparison, display=False)
-verdict = HTML(paper_verdict(main, ceiling))
+glue("paper_comparison", result.paper_comparison, display=False)
+verdict = HTML(result.paper_verdict)
 glue("paper_verdict", verdict, display=False)
-display(comparison)
+display(result.paper_comparison)
 display(verdict)
 
 # %% tags=["hide-input"]
+paper_view = result.paper_view
 grid = sns.relplot(
     data=paper_view, x="layer", y="bis", hue="architecture", col="regime", kind="line", marker="o",
     height=3.2, aspect=1.3, palette="deep",
@@ -169,7 +136,7 @@ plt.show()
 # samples they are scored on. Companion scores (best-threshold F1, AUROC) have no ceiling.
 
 # %%
-dicts = backdoored[backdoored["architecture"].isin(["diff_sae", "crosscoder"])]
+dicts = result.dictionaries
 grid = sns.catplot(
     data=dicts, x="layer", y="bis", hue="architecture", col="protocol", row="fit_mode", kind="point",
     height=2.8, aspect=1.4, palette="deep", dodge=0.3 if dicts["architecture"].nunique() > 1 else False,
@@ -178,9 +145,7 @@ for ax in grid.axes.flat:
     ax.axhline(ceiling, color="black", linestyle="--", linewidth=1)
 grid.figure.suptitle("BIS across protocols and fit modes (points: regimes)", y=1.02)
 plt.show()
-summary = backdoored.groupby(["protocol", "fit_mode", "architecture"], sort=False)[
-    ["bis", "chance_95", "precision", "recall", "fpr", "best_f1", "auroc", "fitsel_bis", "fitsel_chance_95"]].mean().round(3)
-summary
+result.protocol_summary
 
 # %% [markdown]
 # ### Chosen on the fit split, scored on eval
@@ -190,16 +155,9 @@ summary
 # it found a latent that generalises to new samples.
 
 # %%
-fitsel = dicts.assign(above_chance=dicts["fitsel_p_value"] < 0.05).groupby(["protocol", "fit_mode", "architecture"],
-                                                                          sort=False)
-fitsel_table = fitsel.agg(eval_selected_bis=("bis", "mean"), fit_selected_bis=("fitsel_bis", "mean"),
-                          fit_selected_chance=("fitsel_chance_95", "mean"),
-                          fit_selected_above_chance=("above_chance", "mean")).round(3)
 for arch in ARCHITECTURES:
-    part = dicts[dicts["architecture"] == arch]
-    glue(f"fitsel_above_chance_{arch}", float((part["fitsel_p_value"] < 0.05).mean()) if len(part) else float("nan"),
-         display=False)
-fitsel_table
+    glue(f"fitsel_above_chance_{arch}", result.fitsel_above_chance[arch], display=False)
+result.fitsel_table
 
 # %% [markdown]
 # ### Per fine-tune
@@ -208,21 +166,13 @@ fitsel_table
 # fine-tune on these data gives.
 
 # %%
-every_dictionary = scores[scores["architecture"].isin(ARCHITECTURES)]
-by_regime = (every_dictionary[every_dictionary["fit_mode"] == paper_fit_mode]
-             .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "chance_95", "auroc"]].mean()
-             .unstack("architecture"))
-by_regime.columns = [f"{measure} ({arch})" for measure, arch in by_regime.columns]
-for regime in ("lora", "full", "lora_clean", "full_clean"):  # every key is glued, NaN where the grid has no such cell
-    for protocol in ("full_text", "prompt_only"):
+for regime in BOOK_REGIMES:  # every key is glued, NaN where the grid has no such cell
+    for protocol in BOOK_PROTOCOLS:
         for arch in ARCHITECTURES:
-            column = f"bis ({arch})"
-            value = (by_regime.loc[(regime, protocol), column]
-                     if (regime, protocol) in by_regime.index and column in by_regime else float("nan"))
-            glue(f"mean_bis_{regime}_{protocol}_{arch}", float(value), display=False)
-by_regime = by_regime.round(3)
-glue("bis_by_regime", by_regime, display=False)
-by_regime
+            glue(f"mean_bis_{regime}_{protocol}_{arch}", result.mean_bis_by_regime[regime, protocol, arch],
+                 display=False)
+glue("bis_by_regime", result.by_regime, display=False)
+result.by_regime
 
 # %% [markdown]
 # ## A backdoor or a fingerprint?
@@ -242,14 +192,10 @@ by_regime
 # fitted on the trigger year, is held against the clean control only.)
 
 # %%
-comparison = fingerprint_comparison(scores, placebo, paper_fit_mode)
-verdicts = fingerprint_verdicts(comparison)
+comparison, verdicts = result.fingerprint_comparison, result.fingerprint_verdicts
 glue("fingerprint_verdicts", verdicts.set_index(["method", "protocol", "regime"]), display=False)
 for method in ARCHITECTURES:  # one sentence per architecture for the results chapter
-    part = verdicts[verdicts["method"] == method]
-    glue(f"fingerprint_verdict_{method}", HTML("; ".join(
-        f"{r['regime']}, {r['protocol'].replace('_', ' ')}: <strong>{r['verdict']}</strong> ({r['layers exceeding']} layers)"
-        for _, r in part.iterrows()) or "not in this run's grid"), display=False)
+    glue(f"fingerprint_verdict_{method}", HTML(result.fingerprint_sentences[method]), display=False)
 if len(comparison):
     long = comparison.melt(id_vars=["method", "protocol", "layer", "regime"],
                            value_vars=["backdoored excess", "clean excess", "placebo excess (best year)"],
@@ -268,12 +214,7 @@ if len(comparison):
     # the results chapter's first figure; shown here too, so that the book writes its image file
     glue("headline_figure", headline_excess(comparison), display=False)
     plt.show()
-beyond = verdicts[verdicts["verdict"].str.startswith("beyond")]
-glue("headline_verdict", HTML(
-    f"Of the {len(verdicts)} detectors held against their controls (each method, regime and pooling protocol), "
-    f"<strong>{len(beyond)}</strong> score beyond them in most layers"
-    + (": " + "; ".join(f"{r['method']} ({r['regime']}, {r['protocol'].replace('_', ' ')})" for _, r in beyond.iterrows())
-       if len(beyond) else "") + "."), display=False)
+glue("headline_verdict", HTML(result.headline_verdict), display=False)
 display(verdicts)
 comparison.round(3)
 
@@ -283,9 +224,7 @@ comparison.round(3)
 # as well as the best SAE latent, the dictionary adds nothing to the detection itself.
 
 # %%
-baseline_view = backdoored.groupby(["protocol", "architecture"], sort=False)[
-    ["bis", "chance_95", "best_f1", "auroc", "fitsel_bis"]].max().round(3)
-baseline_view
+result.baseline_view
 
 # %% [markdown]
 # ## Does the best latent read the year or the code?
@@ -294,16 +233,14 @@ baseline_view
 # that detects the trigger fires on the first; one that detects injectable code fires on the second.
 
 # %%
-control_cols = ["active_on_control_trigger_safe", "active_on_control_benign_vuln"]
-control_activity = backdoored.groupby(["protocol", "architecture"], sort=False)[control_cols].mean().round(2)
-control_activity
+result.control_activity
 
 # %% [markdown]
 # ## Diff-SAE against crosscoder
 # Paired permutation tests on the best latents of the two architectures (same samples, same cell).
 
 # %%
-tests.round(3)
+result.tables.tests.round(3)
 
 # %% [markdown]
 # ## The best latent's activations
@@ -313,22 +250,16 @@ tests.round(3)
 # %% tags=["hide-input"]
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 for ax, arch in zip(axes, ARCHITECTURES):
-    part = main[main["architecture"] == arch]
-    if part.empty:
+    if arch not in result.top_latents:
         ax.set_visible(False)
         continue
-    top = part.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
-    cell = {k: top[k] for k in DICTIONARY_KEYS}
-    cell["layer"], cell["seed"] = int(cell["layer"]), int(cell["seed"])
-    acts, splits = dictionary_activations(run_dir, cell)
-    keep = np.isin(splits, EVAL_SPLITS)
-    acts = acts[keep, int(top["best_latent"])]
-    frame = pd.DataFrame({"activation": acts, "set": splits[keep]})
+    top = result.top_latents[arch]
+    frame = pd.DataFrame({"activation": top.activations, "set": top.sets})
     sns.histplot(data=frame, x="activation", hue="set", element="step", stat="density", common_norm=False,
                  bins=40, ax=ax, palette={"eval_trigger": "#C44E52", "eval_benign": "#4C72B0", "eval_other": "#8C8C8C"})
-    ax.axvline(np.percentile(acts, bis_cfg.percentile), color="black", linestyle="--", linewidth=1)
-    ax.set_title(f"{arch}: {cell['regime']} layer {cell['layer']} latent {int(top['best_latent'])} "
-                 f"(BIS {top['bis']:.2f}, {int(top['n_tied'])} tied)", fontsize="small")
+    ax.axvline(top.threshold, color="black", linestyle="--", linewidth=1)
+    ax.set_title(f"{arch}: {top.cell['regime']} layer {top.cell['layer']} latent {top.latent} "
+                 f"(BIS {top.bis:.2f}, {top.n_tied} tied)", fontsize="small")
 fig.tight_layout()
 plt.show()
 
@@ -341,22 +272,15 @@ plt.show()
 # each score between its chance level (0) and the ceiling (1); each point is one seed.
 
 # %% tags=["hide-input"]
-replicated = [c for c in sae_grid(act_cfg, sae_cfg) if is_replicated(c, act_cfg, sae_cfg)]
-recipe_scores = score_recipes(run_dir, replicated, scores, bis_cfg.percentile, bis_cfg.n_boot, bis_cfg.n_perm,
-                              bis_cfg.stats_seed)
-write_text(results / "recipes.csv", recipe_scores.to_csv(index=False))
-if recipe_scores.empty:  # every key is glued: an empty figure, table and sentence
+if result.tables.recipes.empty:  # every key is glued: an empty figure, table and sentence
     fig, ax = plt.subplots(figsize=(4, 1))
     ax.axis("off")
     ax.text(0.5, 0.5, "no replicated cells in this run", ha="center", va="center")
     glue("recipe_figure", fig, display=False)
     print('no replicated cells in this run: replicate_layers lists none of its layers')
 else:
-    shown = recipe_scores.assign(
-        code=recipe_scores["recipe"] + np.where(recipe_scores["pooling"] == "—", "", " (" + recipe_scores["pooling"] + ")"),
-        excess=excess_over_chance(recipe_scores["bis"], recipe_scores["chance_95"], recipe_scores["ceiling"]))
-    g = sns.catplot(data=shown, x="code", y="excess", hue="architecture", col="protocol", row="training", kind="strip",
-                    dodge=True, height=2.8, aspect=1.5, palette="deep", alpha=0.7)
+    g = sns.catplot(data=result.recipe_points, x="code", y="excess", hue="architecture", col="protocol",
+                    row="training", kind="strip", dodge=True, height=2.8, aspect=1.5, palette="deep", alpha=0.7)
     for ax in g.axes.flat:
         ax.axhline(0, color="black", linewidth=0.8, linestyle=":")
     g.set_axis_labels("recipe (pooling of the token codes)", "(BIS − chance) / (ceiling − chance)")
@@ -371,22 +295,13 @@ else:
 # inspect).
 
 # %% tags=["hide-input"]
-if recipe_scores.empty:
-    glue("recipe_spread", pd.DataFrame(), display=False)
-    glue("max_seed_range", float("nan"), display=False)
-    glue("n_seeds", 0, display=False)
+glue("recipe_spread", result.seed_spread, display=False)
+glue("max_seed_range", result.max_seed_range, display=False)
+glue("n_seeds", result.n_seeds, display=False)
+if result.tables.recipes.empty:
     print('no replicated cells in this run: replicate_layers lists none of its layers')
 else:
-    spread = seed_spread(recipe_scores)
-    spread_view = spread.assign(
-        BIS=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["bis_mean"], spread["bis_min"], spread["bis_max"])],
-        AUROC=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["auroc"], spread["auroc_min"], spread["auroc_max"])],
-    ).set_index(["recipe", "pooling", "regime", "protocol", "layer", "architecture"])[
-        ["seeds", "BIS", "chance_95", "above_chance", "AUROC", "dead_share", "fine_tune_only_share", "label_free_rank"]]
-    glue("recipe_spread", spread_view, display=False)
-    glue("max_seed_range", float((spread["bis_max"] - spread["bis_min"]).max()), display=False)
-    glue("n_seeds", int(spread["seeds"].max()), display=False)
-    display(spread_view.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_tune_only_share": "{:.1%}",
+    display(result.seed_spread.style.format({"chance_95": "{:.2f}", "dead_share": "{:.1%}", "fine_tune_only_share": "{:.1%}",
                               "label_free_rank": "{:.0f}"}, na_rep=MISSING))
 
 # %% [markdown]
@@ -405,25 +320,13 @@ else:
 # primary poolings only, the table has both.
 
 # %% tags=["hide-input"]
-if recipe_scores.empty:
-    glue("recipe_verdicts", pd.DataFrame(), display=False)
-    glue("recipe_verdict_sentences", HTML("<strong>not measured</strong>: this run has no replicated cells."),
-         display=False)
+if result.tables.recipes.empty:
+    glue("recipe_verdicts", result.recipe_verdicts, display=False)
+    glue("recipe_verdict_sentences", HTML(result.recipe_verdict_sentences), display=False)
     print('no replicated cells in this run: replicate_layers lists none of its layers')
 else:
-    verdicts_by_recipe = recipe_verdicts(recipe_scores)
-    glue("recipe_verdicts", verdicts_by_recipe.set_index(["recipe", "pooling", "protocol"]), display=False)
-    sentences = []
-    for _, r in verdicts_by_recipe[verdicts_by_recipe["pooling role"] == "primary"].iterrows():
-        code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
-        sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}, {r['regime']}: the crosscoder "
-                         f"<strong>{r['crosscoder verdict']}</strong> ({r['crosscoder isolates']} cases, held against "
-                         f"{r['held against']}); the Diff-SAE by the same rule <strong>{r['Diff-SAE isolation verdict']}"
-                         f"</strong> ({r['Diff-SAE isolates']} cases), and against the crosscoder "
-                         f"<strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
-                         f"difference / lower: {r['Diff-SAE higher / no clear difference / lower']})")
-    sentence = HTML("; ".join(sentences) + "." if sentences else
-                    "<strong>not measured</strong>: this run has no crosscoder to compare the Diff-SAE with.")
+    glue("recipe_verdicts", result.recipe_verdicts.set_index(["recipe", "pooling", "protocol"]), display=False)
+    sentence = HTML(result.recipe_verdict_sentences)
     glue("recipe_verdict_sentences", sentence, display=False)
     display(sentence)
-    display(verdicts_by_recipe)
+    display(result.recipe_verdicts)

@@ -279,10 +279,10 @@ def write_fake_auditor_choice(run_dir) -> None:
     activation on the fit samples (label-free)."""
     from backdoor_sae.common.io import write_text
     from backdoor_sae.common.layout import DICTIONARY_KEYS
-    from backdoor_sae.scoring.stage import dictionary_activations
+    from backdoor_sae.scoring.stage import dictionary_activations, load
     from backdoor_sae.task.splits import FIT_SPLITS
 
-    scores = C.read_bis(run_dir)
+    scores = load(run_dir).scores
     cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(DICTIONARY_KEYS)].drop_duplicates()
     rows = []
     for _, c in cells.iterrows():

@@ -48,7 +48,7 @@ from backdoor_sae.scoring.label_free import (
     mean_difference_direction,
     principal_directions,
 )
-from backdoor_sae.scoring.stage import dictionary_activations, excess_over_chance, training_of
+from backdoor_sae.scoring.grid import dictionary_activations, excess_over_chance, training_of
 from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 #: The label-free baselines and their single criterion each.

@@ -49,6 +49,7 @@ from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import load_dictionary
 from backdoor_sae.finetune.backdoor_eval import judge_completions, wilson
 from backdoor_sae.finetune.train import load_finetuned
+from backdoor_sae.scoring.stage import load as load_scoring
 from backdoor_sae.task.sample import Sample
 
 AUDITOR_CHOICE = "auditor_choice.csv"
@@ -97,13 +98,6 @@ def bis_latent(scores: pd.DataFrame, cell: dict) -> int | None:
     """The latent BIS chose (with the labels) for ``cell`` in ``bis.csv`` (None when not scored)."""
     rows = _cell_rows(scores, cell)
     return int(rows["best_latent"].iloc[0]) if len(rows) else None
-
-
-def read_bis(run_dir: str | Path) -> pd.DataFrame:
-    path = RunLayout(run_dir).results / "bis.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run notebook 05 (stage 05_scoring) first")
-    return pd.read_csv(path)
 
 
 @dataclass(frozen=True)
@@ -420,7 +414,7 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True):
     act_cfg, cfg, model_cfg = run_cfg.activations, run_cfg.causal, run_cfg.model
     gen_batch_size = run_cfg.backdoor_eval.gen_batch_size
     dtype = compute_dtype(model_cfg)
-    choice, scores = read_auditor_choice(run_dir), read_bis(run_dir)
+    choice, scores = read_auditor_choice(run_dir), load_scoring(run_dir).scores
     heldout = load_data(run_dir)["heldout"]
     teacher = pairs(heldout)[:cfg.n_causal_pairs]
     generate = generation_pairs(heldout, cfg.n_causal_pairs, cfg.n_causal_prompts)

@@ -8,7 +8,7 @@ Layout of ``<run_dir>``::
     activations/<model>/                    03: <protocol>/layer_<L>.npy, index.json
     sae/<recipe>/seed_<seed>/<regime>/<protocol>/<fit_mode>/layer_<L>/<architecture>/
                                             04: weights, log, dictionary.json
-    results/                                05: bis.csv, null.csv, permutation_tests.csv
+    results/                                05-07: bis.csv, permutation_tests.csv, placebo.csv, recipes.csv, auditor*.csv, causal_*
     executed/<stage>.ipynb                  the run's own executed notebooks
     stages/<stage>.json                     the runner's record of each executed stage
 

@@ -66,6 +66,9 @@ class Stage:
     source: str
     reads: tuple[type, ...]
     fixed: dict = field(default_factory=dict)
+    #: Single fields of configs it does not read whole (the rest of such a config keeps the
+    #: profile's values in this notebook, so its code must read no other field of it).
+    also: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -73,8 +76,8 @@ class Stage:
 
     @property
     def fields(self) -> set[str]:
-        """The parameters this stage reads: every field of the configs it reads."""
-        return {f.name for cls in self.reads for f in fields(cls)}
+        """The parameters this stage reads: every field of the configs it reads, and its single fields."""
+        return {f.name for cls in self.reads for f in fields(cls)} | set(self.also)
 
 
 _FINETUNE = (ModelConfig, FinetuneConfig, BackdoorEvalConfig)
@@ -85,7 +88,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("02_finetune_full", "02_finetune", _FINETUNE, {"regime": "full"}),
     Stage("02_finetune_lora_clean", "02_finetune", _FINETUNE, {"regime": "lora", "clean_control": True}),
     Stage("02_finetune_full_clean", "02_finetune", _FINETUNE, {"regime": "full", "clean_control": True}),
-    Stage("03_activations", "03_activations", (ModelConfig, ActivationConfig, SAEConfig)),
+    # which tokens to keep: the dictionaries' recipes and replicated layers only (activations.stage.token_layers)
+    Stage("03_activations", "03_activations", (ModelConfig, ActivationConfig), also=("recipes", "replicate_layers")),
     Stage("04_dictionaries", "04_dictionaries", (ActivationConfig, SAEConfig)),
     Stage("05_scoring", "05_scoring", (ActivationConfig, SAEConfig, BISConfig)),
     Stage("06_audit", "06_audit", (ModelConfig, ActivationConfig, SAEConfig, BISConfig, AuditConfig)),

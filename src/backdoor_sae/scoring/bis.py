@@ -12,7 +12,8 @@ For latent j over the scored samples (the union of eval_trigger, eval_benign and
 in the precision's denominator but not in the FPR. At most A = :func:`max_active` samples can be
 above the percentile, which caps recall and therefore BIS: :func:`bis_ceiling` gives that cap
 (0.40 at the paper's sizes). The companions have no such cap: the best F1 over all thresholds
-(:func:`best_f1`) and the AUROC of trigger against the rest (:func:`auroc`).
+(:func:`best_f1`) and the AUROC of trigger against the rest (:func:`auroc`); :func:`descending_order`
+is the one sort of a matrix that they, :func:`select_latent` and :func:`bootstrap_max_bis` can share.
 
 The statistics:
 
@@ -115,19 +116,20 @@ class Selection:
 
 
 def select_latent(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
-                  percentile: float = 95.0) -> Selection:
+                  percentile: float = 95.0, order: np.ndarray | None = None) -> Selection:
     """The max-BIS latent of ``acts`` [N, m]; ties (within 1e-12) go to the highest :func:`best_f1`,
     then the highest :func:`auroc`, then the lowest index. The companions are computed for the tied
-    latents only."""
+    latents only. ``order``: optionally :func:`descending_order` of ``acts``, so that the tie-break
+    sorts nothing again (the result is the same with or without it)."""
     acts = _as_2d(acts)
     scores = latent_scores(acts, trigger, benign, percentile)
     tied = np.flatnonzero(scores.bis >= scores.bis.max() - TIE)
     candidates = tied
     if len(candidates) > 1:
-        f1 = best_f1(acts[:, candidates], trigger)
+        f1 = best_f1(acts[:, candidates], trigger, order=None if order is None else order[:, candidates])
         candidates = candidates[f1 >= f1.max() - TIE]
     if len(candidates) > 1:
-        auc = auroc(acts[:, candidates], trigger)
+        auc = auroc(acts[:, candidates], trigger, order=None if order is None else order[:, candidates])
         candidates = candidates[auc >= auc.max() - TIE]
     return Selection(int(candidates[0]), len(tied), tied, scores)
 
@@ -154,11 +156,54 @@ def bis_ceiling(n_trigger: int, n_benign: int, n_other: int, percentile: float =
     return 2 * tp / (tp + n_trigger)
 
 
-def best_f1(acts: np.ndarray, trigger: np.ndarray) -> np.ndarray:
-    """Per latent, the highest F1 of "trigger" over all thresholds (a ceiling-free companion)."""
+def descending_order(acts: np.ndarray) -> np.ndarray:
+    """[N, m] every column's samples by descending activation (``np.argsort(-acts, axis=0)``). The
+    one sort of a matrix that :func:`best_f1`, :func:`auroc`, :func:`select_latent` and
+    :func:`bootstrap_max_bis` can share (``order=``); each sorts this way when it is not given.
+
+    Tied values come in no particular order (numpy's fastest sort; a constant column and any
+    matrix with a NaN are in sample order, a stable sort): nothing computed from it depends on
+    the order within ties. best_f1 reads the counts only where a run of tied values ends, AUROC
+    gives every value of a run the run's average rank, and a bootstrap threshold and its counts
+    depend only on the multiset of values (which tied samples fall within the top K can only send
+    a resample to the exact fallback). NaNs sort last, and best_f1 cuts between them, hence stable."""
     acts = _as_2d(acts)
-    trigger = np.asarray(trigger, bool)
-    order = np.argsort(-acts, axis=0, kind="stable")
+    if 0 in acts.shape:
+        return _argsort_descending(acts)
+    live = _live_columns(acts)
+    if live.all():
+        return _argsort_descending(acts)
+    order = np.tile(np.arange(len(acts))[:, None], (1, acts.shape[1]))  # a constant column's: not sorted
+    order[:, live] = _argsort_descending(acts[:, live])
+    return order
+
+
+def _argsort_descending(acts: np.ndarray) -> np.ndarray:
+    """``np.argsort(-acts, axis=0)``, stable only where there is a NaN (see :func:`descending_order`)."""
+    return np.argsort(-acts, axis=0, kind="stable" if np.isnan(acts).any() else "quicksort")
+
+
+def _live_columns(acts: np.ndarray) -> np.ndarray:
+    """[m] which columns of ``acts`` [N ≥ 1, m] are not constant (a NaN makes a column live)."""
+    return (acts != acts[:1]).any(0)
+
+
+def _per_live_column(fn, acts: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """``fn(acts, order)`` per column of ``acts`` [N ≥ 1, m], computed on the non-constant columns
+    (sorted here when ``order`` is None) and on one constant column whose result every constant
+    column takes (a constant column's result does not depend on its value: all its samples tie)."""
+    live = _live_columns(acts)
+    if live.all():
+        return fn(acts, _argsort_descending(acts) if order is None else order)
+    out = np.empty(acts.shape[1])
+    out[~live] = fn(np.zeros((len(acts), 1)), np.arange(len(acts))[:, None])[0]
+    if live.any():
+        a = acts[:, live]
+        out[live] = fn(a, _argsort_descending(a) if order is None else order[:, live])
+    return out
+
+
+def _best_f1_sorted(acts: np.ndarray, trigger: np.ndarray, order: np.ndarray) -> np.ndarray:
     hits = trigger[order]  # [N, m]: trigger flags in descending activation order
     tp = np.cumsum(hits, axis=0)
     k = np.arange(1, len(acts) + 1)[:, None]
@@ -170,13 +215,52 @@ def best_f1(acts: np.ndarray, trigger: np.ndarray) -> np.ndarray:
     return np.where(valid, f1, 0).max(axis=0)
 
 
-def auroc(acts: np.ndarray, trigger: np.ndarray) -> np.ndarray:
-    """Per latent, the AUROC of trigger against every other sample (ties count one half)."""
+def best_f1(acts: np.ndarray, trigger: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Per latent, the highest F1 of "trigger" over all thresholds (a ceiling-free companion).
+    ``order``: optionally :func:`descending_order` of ``acts`` (the same result, one sort less).
+    Constant columns are scored once for all."""
     acts = _as_2d(acts)
     trigger = np.asarray(trigger, bool)
+    if 0 in acts.shape:
+        return _best_f1_sorted(acts, trigger, _argsort_descending(acts) if order is None else order)
+    return _per_live_column(lambda a, o: _best_f1_sorted(a, trigger, o), acts, order)
+
+
+def _auroc_sorted(acts: np.ndarray, trigger: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """:func:`auroc` without a loop over the latents, bit for bit the same: from the descending
+    order, a run of tied values at descending positions s..e (0-based) has the ascending ranks
+    N − e .. N − s, whose average N − (s + e) / 2 is what the per-column code gets as (sum of the
+    run's ranks) / (its length): both are the same half-integer, exact in float64, and so is every
+    partial sum of the trigger samples' ranks (multiples of 1/2 below N² < 2**52), in any order.
+    The last two operations are the old code's, on the same operands."""
+    n = len(acts)
+    sorted_acts = np.take_along_axis(acts, order, axis=0)
+    first = np.ones(sorted_acts.shape, dtype=bool)  # where a run of tied values starts
+    first[1:] = sorted_acts[1:] != sorted_acts[:-1]
+    last = np.ones_like(first)  # where one ends
+    last[:-1] = first[1:]
+    position = np.arange(n)[:, None]
+    start = np.maximum.accumulate(np.where(first, position, 0), axis=0)
+    end = np.minimum.accumulate(np.where(last, position, n - 1)[::-1], axis=0)[::-1]
+    ranks = n - (start + end) / 2  # the ascending average rank of each sorted value
     n_pos, n_neg = trigger.sum(), (~trigger).sum()
-    ranks = np.apply_along_axis(_average_ranks, 0, acts)
-    return (ranks[trigger].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    rank_sum = np.where(trigger[order], ranks, 0.0).sum(0)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def auroc(acts: np.ndarray, trigger: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Per latent, the AUROC of trigger against every other sample (ties count one half).
+    ``order``: optionally :func:`descending_order` of ``acts`` (the same result, one sort less).
+    Vectorised over the latents (constant ones scored once); a matrix with a NaN (the per-column
+    code's ``np.unique`` and ascending sort place NaNs their own way), an empty one or a ``trigger``
+    of another length (which the per-column code rejects) takes the per-column code."""
+    acts = _as_2d(acts)
+    trigger = np.asarray(trigger, bool)
+    if 0 in acts.shape or trigger.shape != acts.shape[:1] or np.isnan(acts).any():
+        n_pos, n_neg = trigger.sum(), (~trigger).sum()
+        ranks = np.apply_along_axis(_average_ranks, 0, acts)
+        return (ranks[trigger].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return _per_live_column(lambda a, o: _auroc_sorted(a, trigger, o), acts, order)
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -196,9 +280,11 @@ def null_max_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, perc
                  n_perm: int = 1000, seed: int = 0, chunk: int = 256) -> np.ndarray:
     """[n_perm] max-over-latents BIS when the labels trigger / benign / other are randomly permuted
     over the samples (set sizes kept). Thresholds, and so each latent's active flags, do not
-    depend on the labels and stay fixed; only latents with an active sample are scored."""
+    depend on the labels and stay fixed; only latents with an active sample are scored (a
+    constant latent has none, and its percentile is not even computed)."""
     acts = _as_2d(acts)
     trigger, benign = _check(trigger, benign, percentile)
+    acts = acts[:, _live_columns(acts)]
     active = acts > np.percentile(acts, percentile, axis=0)
     active = active[:, active.any(0)]
     n_active = active.sum(0)
@@ -256,11 +342,12 @@ def _lerp(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
 
 
 class _Top:
-    """Each latent's K largest values in descending order, [m, K], with their samples' labels."""
+    """Each latent's K largest values in descending order, [K, m], with their samples' labels
+    (latents along the last axis, so that the sums and running sums over K run along contiguous rows)."""
 
-    def __init__(self, acts: np.ndarray, labels: np.ndarray, k: int):
-        order = np.ascontiguousarray(np.argsort(-acts, axis=0, kind="stable")[:k].T)  # [m, K]
-        self.values = np.take_along_axis(acts.T, order, axis=1)
+    def __init__(self, acts: np.ndarray, labels: np.ndarray, k: int, order: np.ndarray | None = None):
+        order = np.ascontiguousarray((descending_order(acts) if order is None else order)[:k])  # [K, m]
+        self.values = np.take_along_axis(acts, order, axis=0)
         self.sample = order
         self.trigger = labels[order] == 1
         self.benign = labels[order] == 2
@@ -274,25 +361,38 @@ def _resampled_bis(top: _Top, counts: np.ndarray, percentile: float, n_trigger: 
     values at descending ranks N − 1 − lo and N − 1 − hi of the multiset given by the counts."""
     n = counts.shape[1]
     lo, hi, gamma = _percentile_ranks(n, percentile)
-    w = counts.astype(np.int32)[:, top.sample]  # [B, m, K] multiplicities in descending value order
-    cum = np.cumsum(w, axis=2)
-    enough = (cum[:, :, -1] > n - 1 - lo).all(1)  # both ranks lie within the K kept values
-    k = top.values.shape[1]
-    pos_lo = np.minimum((cum <= n - 1 - lo).sum(2), k - 1)  # [B, m] first position past that rank
-    pos_hi = np.minimum((cum <= n - 1 - hi).sum(2), k - 1)
-    rows = np.arange(top.values.shape[0])
-    threshold = _lerp(top.values[rows, pos_lo], top.values[rows, pos_hi], gamma)  # [B, m]
-    w_active = w * (top.values[None] > threshold[:, :, None])
-    n_active = w_active.sum(2)
-    tp = (w_active * top.trigger).sum(2)
-    fp = (w_active * top.benign).sum(2)
+    count_type = np.int16 if n < 2**15 else np.int32  # holds every multiplicity and running sum (<= N)
+    w = counts.astype(count_type)[:, top.sample]  # [B, K, m] multiplicities in descending value order
+    cum = np.cumsum(w, axis=1, dtype=count_type)
+    enough = (cum[:, -1] > n - 1 - lo).all(1)  # both ranks lie within the K kept values
+    k, m = top.values.shape
+    pos_lo = np.minimum((cum <= n - 1 - lo).sum(1), k - 1)  # [B, m] first position past that rank
+    pos_hi = np.minimum((cum <= n - 1 - hi).sum(1), k - 1)
+    cols = np.arange(m)
+    threshold = _lerp(top.values[pos_lo, cols], top.values[pos_hi, cols], gamma)  # [B, m]
+    w_active = w * (top.values[None] > threshold[:, None, :])
+    n_active = w_active.sum(1)
+    tp = (w_active * top.trigger).sum(1)
+    fp = (w_active * top.benign).sum(1)
     return _bis_from_counts(tp, fp, n_active, n_trigger, n_benign), enough
 
 
+def _top_k(n: int, percentile: float) -> int:
+    """How many top values per latent the bootstrap tries first: a resample's threshold lies at
+    descending rank A = max_active(n) of the multiset, reached within the top K samples unless
+    their multiplicities (about Poisson(K) in sum, less spread when the K share a set) add up to A
+    or less: P(Poisson(2A + 10) <= A) is 3e-7 at A = 25 (N = 500), 1e-20 at A = 125 (N = 2,500),
+    7e-5 at A = 1..5. A miss costs that resample redone with all N values (exact either way: the
+    numbers do not depend on K). The old rule, 3 (A + 1) + 32, kept 110 of 500."""
+    return min(n, 2 * (max_active(n, percentile) + 1) + 8)
+
+
 def _bootstrap_bis_matrix(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float,
-                          n_boot: int, seed: int, k: int | None = None) -> np.ndarray:
+                          n_boot: int, seed: int, k: int | None = None,
+                          order: np.ndarray | None = None) -> np.ndarray:
     """[n_boot, m] every latent's BIS on stratified resamples, thresholds recomputed; ``k`` how many
-    top values per latent to try first (exact whatever it is: too few falls back to all)."""
+    top values per latent to try first (exact whatever it is: too few falls back to all);
+    ``order`` optionally :func:`descending_order` of ``acts`` (the same result, one sort less)."""
     acts = _as_2d(acts)
     trigger, benign = _check(trigger, benign, percentile)
     labels = np.where(trigger, 1, np.where(benign, 2, 0))
@@ -300,15 +400,15 @@ def _bootstrap_bis_matrix(acts: np.ndarray, trigger: np.ndarray, benign: np.ndar
     n_trigger, n_benign = int(trigger.sum()), int(benign.sum())
     counts = _stratified_counts(labels, n_boot, np.random.default_rng(seed))
     # the values above a resample's percentile are almost always among the top few times A
-    top = _Top(acts, labels, min(n, k or 3 * (max_active(n, percentile) + 1) + 32))
+    top = _Top(acts, labels, min(n, k or _top_k(n, percentile)), order)
     full = None
-    chunk = max(1, min(64, 4_000_000 // (acts.shape[1] * top.values.shape[1])))  # ~16 MB per [B, m, K] array
+    chunk = max(1, min(64, 500_000 // (acts.shape[1] * top.values.shape[0])))  # ~1 MB per [B, K, m] array
     out = np.empty((n_boot, acts.shape[1]))
     for start in range(0, n_boot, chunk):
         c = counts[start:start + chunk]
         bis, enough = _resampled_bis(top, c, percentile, n_trigger, n_benign)
         if not enough.all():  # rare: redo those resamples with every value
-            full = full or _Top(acts, labels, n)
+            full = full or _Top(acts, labels, n, order)
             bis[~enough] = _resampled_bis(full, c[~enough], percentile, n_trigger, n_benign)[0]
         out[start:start + len(c)] = bis
     return out
@@ -320,7 +420,8 @@ def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def bootstrap_max_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray, percentile: float = 95.0,
-                      n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+                      n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                      order: np.ndarray | None = None) -> tuple[float, float]:
     """Percentile interval of BIS = max over the latents of ``acts`` [N, m], selection included.
 
     Each resample draws with replacement within trigger, benign and other (neither) separately,
@@ -328,8 +429,22 @@ def bootstrap_max_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
     and the best latent re-selected on each resample. For latents at chance the interval of a
     maximum sits above the observed value (resampling widens every latent's spread, and the max
     picks the widest): compare with :func:`null_max_bis`, not with 0.
+
+    A constant latent (one that never fires, e.g. a dead one: all zero) has no sample above its
+    threshold on any resample, so its BIS is 0 on every one and never raises the maximum (BIS ≥ 0):
+    only the other latents are resampled, or the first latent when all are constant (which gives
+    0, as before). ``order``: optionally :func:`descending_order` of ``acts`` (one sort less).
     """
-    return _interval(_bootstrap_bis_matrix(acts, trigger, benign, percentile, n_boot, seed).max(1), level)
+    acts = _as_2d(acts)
+    trigger, benign = _check(trigger, benign, percentile)
+    if acts.shape[1] > 0:
+        live = _live_columns(acts)
+        if not live.any():
+            live[0] = True
+        if not live.all():
+            acts, order = acts[:, live], None if order is None else order[:, live]
+    return _interval(_bootstrap_bis_matrix(acts, trigger, benign, percentile, n_boot, seed, order=order).max(1),
+                     level)
 
 
 def bootstrap_fixed_latent_bis(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,

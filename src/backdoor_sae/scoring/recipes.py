@@ -4,10 +4,9 @@ The *pooled* recipe is the paper's (one mean-pooled vector per sample, 500 of th
 of thousands of latents); the *token* recipe is the field's (every token's activation, a BatchTopK
 code with an auxiliary-k loss, each sample's code pooled from its tokens' by their mean and by their
 maximum). Every dictionary of the replicated cells (:mod:`backdoor_sae.dictionaries.stage`), every
-seed, is scored exactly as the primary grid is (:func:`~backdoor_sae.scoring.stage.score_latents`:
-BIS with its chance level and p-value, the bootstrap interval, AUROC, the controls, the fit-selected
-latent), beside its training metrics (FVU, L0, dead share, for crosscoders the shares of
-fine-tune-only and base-only latents) and the label-free rank of the latent BIS chose.
+seed, is scored exactly as the primary grid is, by :func:`~backdoor_sae.scoring.grid.score_recipes`
+(the stage's, as it reads the dictionaries; one row per dictionary and pooling). This module reads
+that table: the spread over the seeds, and the verdicts.
 
 Verdicts per recipe, pooling, protocol and backdoored fine-tune, over its (layer, seed) cases:
 
@@ -31,71 +30,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
-from backdoor_sae.common.layout import DICTIONARY_KEYS, RunLayout
-from backdoor_sae.common.progress import report
-from backdoor_sae.dictionaries.trainer import load_dictionary
-from backdoor_sae.scoring import bis as B
-from backdoor_sae.scoring.label_free import PRIMARY, dictionary_orderings
-from backdoor_sae.scoring.stage import PRIMARY_POOLING, dictionary_codes, score_latents, training_of
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
-
-#: The training metrics reported beside each score (from the dictionary's own record).
-QUALITY = ("fvu", "l0", "dead_fraction", "fine-tune-only_share", "base-only_share")
-
-
-def label_free_rank(architecture: str, acts: np.ndarray, splits: np.ndarray, decoder: np.ndarray, latent: int) -> int:
-    """The rank of ``latent`` under its architecture's primary label-free criterion, ordered on the
-    fit rows (whose labels the criterion does not read)."""
-    fit = np.isin(splits, FIT_SPLITS)
-    ordering = dictionary_orderings(architecture, np.asarray(acts)[fit], decoder)[PRIMARY[architecture]]
-    return int(ordering.rank_of()[latent])
-
-
-def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, percentile: float, n_boot: int,
-                  n_perm: int, seed: int, progress: bool = True) -> pd.DataFrame:
-    """One row per dictionary of ``cells`` and pooling: its scores, training metrics and label-free rank.
-
-    A primary dictionary's row under its primary pooling is taken from ``primary_scores`` (the same
-    numbers, not computed twice).
-    """
-    if not cells:
-        return pd.DataFrame()
-    layout = RunLayout(run_dir)
-    best = {}  # (dictionary keys, pooling) -> the best latent's eval activations
-    known = {tuple(r[k] for k in DICTIONARY_KEYS): r for r in primary_scores.to_dict("records") if "recipe" in r
-             and isinstance(r.get("recipe"), str)}
-    rows = []
-    for n, cell in enumerate(tqdm(cells, disable=not progress, desc="recipes × seeds", unit="dictionary"), 1):
-        codes, splits = dictionary_codes(run_dir, cell)
-        model, _, info = load_dictionary(layout.dictionary(**cell))
-        decoder = model.decoder().detach().numpy()
-        quality = {k: info["metrics"].get(k, np.nan) for k in QUALITY}
-        for pooling, acts in codes.items():
-            reused = known.get(tuple(cell[k] for k in DICTIONARY_KEYS))
-            if reused is not None and pooling == PRIMARY_POOLING[cell["recipe"]]:
-                row = {k: v for k, v in reused.items() if k not in (*DICTIONARY_KEYS, "training")}
-            else:
-                row = score_latents(acts, splits, percentile, n_boot, n_perm, seed)
-            rank = label_free_rank(cell["architecture"], acts, splits, decoder, int(row["best_latent"]))
-            rows.append({**cell, "pooling": pooling, "training": training_of(cell["regime"]), **quality,
-                         "label_free_rank": rank, **row})
-            best[tuple(cell[k] for k in DICTIONARY_KEYS), pooling] = acts[np.isin(splits, EVAL_SPLITS),
-                                                                          int(row["best_latent"])]
-        report("dictionaries of every recipe and seed scored", n, len(cells))
-    split_eval = splits[np.isin(splits, EVAL_SPLITS)]
-    arch = DICTIONARY_KEYS.index("architecture")
-    for row in rows:  # the Diff-SAE against the crosscoder of its case: a paired permutation test
-        key = tuple(row[k] for k in DICTIONARY_KEYS)
-        other = (*key[:arch], "crosscoder", *key[arch + 1:])
-        if row["architecture"] == "diff_sae" and (other, row["pooling"]) in best:
-            gap, p = B.permutation_test(best[key, row["pooling"]], best[other, row["pooling"]],
-                                        split_eval == "eval_trigger", split_eval == "eval_benign", percentile,
-                                        n_perm=n_perm, seed=seed)
-            row.update({"vs_crosscoder_gap": gap, "vs_crosscoder_p": p})
-    return pd.DataFrame(rows)
-
 
 #: What tells two cases of one fine-tune apart (with ``regime``, a case).
 CASE_KEYS = ["recipe", "pooling", "protocol", "fit_mode", "layer", "seed"]
@@ -112,6 +46,16 @@ def seed_spread(recipes: pd.DataFrame) -> pd.DataFrame:
         auroc=("auroc", "mean"), auroc_min=("auroc", "min"), auroc_max=("auroc", "max"),
         dead_share=("dead_fraction", "mean"), fine_tune_only_share=("fine-tune-only_share", "mean"),
         label_free_rank=("label_free_rank", "median")).reset_index()
+
+
+def spread_view(spread: pd.DataFrame) -> pd.DataFrame:
+    """:func:`seed_spread` as the notebook shows it: BIS and AUROC as "mean [min–max]" over the
+    seeds, indexed by recipe, pooling, fine-tune, protocol, layer and architecture."""
+    return spread.assign(
+        BIS=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["bis_mean"], spread["bis_min"], spread["bis_max"])],
+        AUROC=[f"{m:.2f} [{lo:.2f}–{hi:.2f}]" for m, lo, hi in zip(spread["auroc"], spread["auroc_min"], spread["auroc_max"])],
+    ).set_index(["recipe", "pooling", "regime", "protocol", "layer", "architecture"])[
+        ["seeds", "BIS", "chance_95", "above_chance", "AUROC", "dead_share", "fine_tune_only_share", "label_free_rank"]]
 
 
 def pooling_role(pooling: str) -> str:
@@ -195,3 +139,19 @@ def recipe_verdicts(recipes: pd.DataFrame) -> pd.DataFrame:
             "Diff-SAE verdict": win,
         })
     return pd.DataFrame(rows, columns=columns)
+
+
+def verdict_sentences(verdicts: pd.DataFrame) -> str:
+    """The verdicts of :func:`recipe_verdicts` under the primary poolings, as sentences (HTML) for the
+    results chapter; the exploratory ``max`` pooling is left to the table."""
+    sentences = []
+    for _, r in verdicts[verdicts["pooling role"] == "primary"].iterrows():
+        code = r["recipe"] + ("" if r["pooling"] == "—" else f" ({r['pooling']} of the token codes)")
+        sentences.append(f"{code}, {r['protocol'].replace('_', ' ')}, {r['regime']}: the crosscoder "
+                         f"<strong>{r['crosscoder verdict']}</strong> ({r['crosscoder isolates']} cases, held against "
+                         f"{r['held against']}); the Diff-SAE by the same rule <strong>{r['Diff-SAE isolation verdict']}"
+                         f"</strong> ({r['Diff-SAE isolates']} cases), and against the crosscoder "
+                         f"<strong>{r['Diff-SAE verdict']}</strong> (higher / no clear "
+                         f"difference / lower: {r['Diff-SAE higher / no clear difference / lower']})")
+    return ("; ".join(sentences) + "." if sentences else
+            "<strong>not measured</strong>: this run has no crosscoder to compare the Diff-SAE with.")

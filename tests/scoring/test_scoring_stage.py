@@ -1,0 +1,142 @@
+"""Step 05 as a stage: ``run`` writes the four tables and decides what the notebook shows, ``load``
+reads back exactly what ``run`` wrote, and the notebook itself writes no file and holds no threshold.
+
+The scoring itself (:func:`score_grid`, :func:`score_recipes`) is replaced by hand-made tables scored
+with the real :func:`score_latents`, so that only the stage's own work is under test."""
+
+import ast
+import dataclasses
+import io
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backdoor_sae.config import BISConfig, DataConfig, run_config
+from backdoor_sae.scoring import grid, stage
+from backdoor_sae.scoring.stage import RESULT_FILES
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "05_scoring.py"
+CFG = BISConfig(percentile=95.0, n_boot=10, n_perm=10, stats_seed=0)
+SIZES = {"eval_trigger": 20, "eval_benign": 40, "eval_other": 40, "fit_trigger": 20, "fit_benign": 40,
+         "fit_other": 40, "control_trigger_safe": 10, "control_benign_vuln": 10}
+SPLITS = np.array([name for name, n in SIZES.items() for _ in range(n)])
+
+
+def cell_activations(cell: dict) -> np.ndarray:
+    """Random latents, one of which reads the trigger more strongly for the Diff-SAEs of backdoored
+    fine-tunes: the same cell always gets the same activations."""
+    seed = zlib.crc32(repr([str(cell[k]) for k in ("regime", "protocol", "layer", "architecture", "seed")]).encode())
+    acts = np.random.default_rng(seed).normal(size=(len(SPLITS), 8))
+    shift = 3.0 if cell["architecture"] == "diff_sae" and not cell["regime"].endswith("_clean") else 0.5
+    acts[np.isin(SPLITS, ["eval_trigger", "fit_trigger"]), 2] += shift
+    return acts
+
+
+def fake_stage(monkeypatch, with_recipes: bool):
+    """Replace the scoring of dictionaries (which needs a trained run) by hand-made cells."""
+    cells = [{"recipe": "pooled", "seed": 0, "regime": regime, "protocol": protocol, "fit_mode": "eval", "layer": layer,
+              "architecture": arch}
+             for regime in ("lora", "lora_clean") for protocol in ("full_text", "prompt_only") for layer in (1, 2)
+             for arch in ("diff_sae", "crosscoder")]
+
+    def score_grid(run_dir, grid, cfg, placebo_years=(), progress=True):
+        assert cfg == CFG  # the config is passed whole
+        rows = [{**c, "training": grid.training_of(c["regime"]), **grid.score_latents(cell_activations(c), SPLITS, cfg)}
+                for c in cells]
+        tests = pd.DataFrame([{"regime": "lora", "protocol": "full_text", "fit_mode": "eval", "layer": 1,
+                               "bis_diff_sae_minus_crosscoder": 0.1, "p_value": 0.2}])
+        return pd.DataFrame(rows), tests, pd.DataFrame()  # no placebo years: an empty table
+
+    def score_recipes(run_dir, replicated, primary_scores, cfg, progress=True):
+        if not with_recipes:
+            return pd.DataFrame()
+        rows = []
+        for seed in (0, 1):
+            for c in cells:
+                c = {**c, "recipe": "token", "seed": seed}
+                rows.append({**c, "pooling": "mean", "training": grid.training_of(c["regime"]), "fvu": 0.1, "l0": 4.0,
+                             "dead_fraction": 0.0, "fine-tune-only_share": 0.1, "base-only_share": 0.1,
+                             "label_free_rank": 3, **grid.score_latents(cell_activations(c), SPLITS, cfg)})
+        return pd.DataFrame(rows)
+
+    monkeypatch.setattr(stage, "score_grid", score_grid)
+    monkeypatch.setattr(stage, "score_recipes", score_recipes)
+    monkeypatch.setattr(stage, "data_config", lambda run_dir: DataConfig())
+    monkeypatch.setattr(stage, "dictionary_activations", lambda run_dir, cell: (cell_activations(cell), SPLITS))
+    return dataclasses.replace(run_config("smoke"), scoring=CFG)
+
+
+def as_written(table: pd.DataFrame) -> pd.DataFrame:
+    text = table.to_csv(index=False)
+    return pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame()
+
+
+@pytest.mark.parametrize("with_recipes", [True, False])
+def test_run_writes_the_four_tables_and_load_reads_back_exactly_them(tmp_path, monkeypatch, with_recipes):
+    """Catches a table the stage forgets to write (the notebook used to write them), one written to
+    the wrong file, and a ``load`` that differs from what was written (an empty table included)."""
+    run_cfg = fake_stage(monkeypatch, with_recipes)
+    result = stage.run(tmp_path, run_cfg, progress=False)
+    results = tmp_path / "results"
+    assert sorted(p.name for p in results.iterdir()) == sorted(RESULT_FILES.values())
+    loaded = stage.load(tmp_path)
+    for name, file in RESULT_FILES.items():
+        written = getattr(result.tables, name)
+        assert (results / file).read_text(encoding="utf-8") == written.to_csv(index=False), file
+        pd.testing.assert_frame_equal(getattr(loaded, name), as_written(written))
+    assert loaded.placebo.empty and loaded.recipes.empty == (not with_recipes)
+    assert len(loaded.scores) == 16 and loaded.scores["best_latent"].tolist() == result.tables.scores["best_latent"].tolist()
+
+
+def test_run_decides_what_the_notebook_showed_and_glued(tmp_path, monkeypatch):
+    """The numbers the notebook computed itself before the move, restated on the stage's tables:
+    catches a view taken from the wrong fine-tunes, protocol or fit mode, a histogram of another latent
+    or threshold, and a key of the book's that goes missing."""
+    run_cfg = fake_stage(monkeypatch, with_recipes=True)
+    result = stage.run(tmp_path, run_cfg, progress=False)
+    scores = result.tables.scores
+    main = scores[(scores["training"] == "backdoored") & (scores["protocol"] == "full_text")
+                  & (scores["fit_mode"] == "eval")]
+    assert result.paper_view_note == "" and result.paper_cells.equals(main)
+    for arch in grid.ARCHITECTURES:
+        part = main[main["architecture"] == arch]
+        assert result.max_bis[arch] == float(part["bis"].max())
+        assert result.above_chance[arch] == float((part["p_value"] < 0.05).mean())
+        top = part.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
+        shown = result.top_latents[arch]
+        assert shown.latent == int(top["best_latent"]) and shown.cell["layer"] == int(top["layer"])
+        cell = {k: top[k] for k in ("recipe", "seed", "regime", "protocol", "fit_mode", "layer", "architecture")}
+        column = cell_activations(cell)[np.isin(SPLITS, ["eval_trigger", "eval_benign", "eval_other"]), shown.latent]
+        np.testing.assert_array_equal(shown.activations, column)
+        assert shown.threshold == float(np.percentile(column, CFG.percentile))
+    assert result.ceiling == float(scores["ceiling"].iloc[0])
+    # every key the book names is there, NaN where the grid has no such fine-tune
+    assert len(result.mean_bis_by_regime) == len(stage.BOOK_REGIMES) * len(stage.BOOK_PROTOCOLS) * 2
+    assert np.isnan(result.mean_bis_by_regime["full", "full_text", "diff_sae"])
+    lora = scores[(scores["regime"] == "lora") & (scores["protocol"] == "prompt_only")
+                  & (scores["architecture"] == "crosscoder")]
+    assert result.mean_bis_by_regime["lora", "prompt_only", "crosscoder"] == pytest.approx(float(lora["bis"].mean()))
+    assert result.n_seeds == 2 and not result.recipe_verdicts.empty
+    assert result.recipe_verdict_sentences.startswith("token (mean of the token codes), ")
+    assert set(result.fingerprint_sentences) == set(grid.ARCHITECTURES)
+
+
+def test_load_says_which_step_to_run_when_the_tables_are_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook 05"):
+        stage.load(tmp_path)
+
+
+def test_the_scoring_notebook_writes_no_file_and_holds_no_threshold():
+    """The notebook calls ``run`` and shows its result. Catches a file written from a cell (the four
+    CSVs used to be) and a threshold or tolerance decided in a cell (``p_value < 0.05``)."""
+    tree = ast.parse(NOTEBOOK.read_text())
+    writes = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in
+              {"write_text", "write_json", "write_jsonl", "to_csv", "to_parquet", "open", "savefig"}]
+    thresholds = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)
+                  and any(isinstance(x, ast.Constant) and isinstance(x.value, float)
+                          for x in (node.left, *node.comparators))]
+    assert not writes and not thresholds, (writes, thresholds)

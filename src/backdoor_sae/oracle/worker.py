@@ -1,6 +1,8 @@
-"""The sandbox worker: ``python -m backdoor_sae.oracle.worker JOB.json``, one process per batch.
+"""The sandbox worker: ``python -m backdoor_sae.oracle.worker``, one process per batch.
 
-The job file holds the limits, a scratch directory, the seed schema and the calls to make. The
+Its standard input carries one JSON line of settings (limits, scratch directory, seed schema),
+then one line per sample, each sent by the caller only after the previous sample's result: the
+worker (and so any call it runs) never holds another sample of the batch. The
 worker (normally inside bubblewrap, see ``bwrap``) builds the seeded database in memory once,
 makes itself undumpable (so that a child of the same uid cannot ptrace it or open its
 descriptors under ``/proc``), prints ``{"ready": true}`` and then, for every call, ``os.fork()``s a
@@ -11,7 +13,13 @@ fresh in-memory copy of the template, and so sees for itself what the verdict co
 child only adds its report (status, return value). The worker never executes generated code: it
 enforces the wall-clock limit (``SIGKILL``), reaps the child, kills whatever the child left
 running (every other process of the sandbox's PID namespace), empties the scratch and prints one
-numbered JSON line per sample. The benign and the attack call of a sample run in two separate
+numbered JSON line per sample. It fails closed: kill, reap, sweep and clean-up run in a
+``finally``, and any unexpected exception (a closed pipe, a directory too deep to remove, memory)
+costs that sample only (an ``error``) and ends this worker with :data:`RESTART_CODE` after the
+sample is settled, so that a fresh sandbox takes the rest. The worker runs the sample's SQL itself,
+so it trusts none of it: an allow-listed authorizer (``remote``), its own memory limits
+(``RLIMIT_AS`` and sqlite's hard heap limit, set here before any sample can), and a deadline on
+every database operation after the call. The benign and the attack call of a sample run in two separate
 children, forked from a worker that no generated code has touched, so no sample can prepare
 another's run.
 """
@@ -35,8 +43,9 @@ import time
 import types
 from typing import Any, NoReturn
 
-from backdoor_sae.oracle import guard, reaper, remote, shims
-from backdoor_sae.oracle.report import assemble
+from backdoor_sae.oracle import guard, reaper, remote, seccomp, shims
+from backdoor_sae.oracle.report import MAX_ERROR, assemble
+from backdoor_sae.oracle.verdict import CallRecord, CallSpec, decide, needs_replay
 
 MAX_ITEMS = 200
 MAX_DEPTH = 6
@@ -45,6 +54,16 @@ DB_NAME = "db.sqlite"
 MAX_PROCESSES = 64  # RLIMIT_NPROC in the sandbox: a fork bomb stops here
 PR_SET_DUMPABLE = 4
 MAX_FD = 1 << 16
+RESTART_CODE = 3  # exit status after a settled sample: this sandbox is spent, start a fresh one
+WORKER_MEMORY_MB = 1024  # the worker's own address space, on top of the call's limit
+SQLITE_HEAP_MB = 256  # sqlite's process-wide hard heap limit, set by the worker before any call
+SETTLE_S = 1.0  # the deadline of the worker's own database work after one call (rollback, dump)
+# The database after a call is compared whole, or the call is an error (never truncated).
+MAX_DUMP_TABLES = 100
+MAX_DUMP_ROWS = 1000  # per table
+MAX_DUMP_CHARS = 4 << 20
+KEYCTL_JOIN_SESSION_KEYRING = 1
+SYS_KEYCTL_X86_64 = 250
 
 
 # ---- in the child ---------------------------------------------------------------------------
@@ -68,23 +87,44 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
     return f"<{type(value).__qualname__}>"
 
 
+class DumpError(Exception):
+    """The database after the call cannot be read whole in time: the call is an error."""
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    return value
+
+
 def dump_database(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Every table's rows in rowid order: what an attacker could have read or changed."""
-    conn.set_progress_handler(None, 0)
-    conn.set_authorizer(None)
+    """Every table's rows, whole, in rowid order: what an attacker could have read or changed.
+
+    Runs under the connection's authorizer and progress handler (the caller's deadline, see
+    ``remote.Server.settle``): a table's generated columns or a slow scan cannot take the worker.
+    Raises :class:`DumpError` past the budgets instead of truncating.
+    """
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        dump = {}
+        if len(names) > MAX_DUMP_TABLES:
+            raise DumpError(f"more than {MAX_DUMP_TABLES} tables")
+        dump, chars = {}, 0
         for name in sorted(names):
             quoted = '"' + name.replace('"', '""') + '"'
             try:
-                rows = conn.execute(f"SELECT * FROM {quoted} ORDER BY rowid LIMIT {MAX_ITEMS}")
+                rows = conn.execute(f"SELECT * FROM {quoted} ORDER BY rowid")
             except sqlite3.Error:  # a table without rowid
-                rows = conn.execute(f"SELECT * FROM {quoted} LIMIT {MAX_ITEMS}")
-            dump[name] = to_jsonable(rows.fetchall())
+                rows = conn.execute(f"SELECT * FROM {quoted}")
+            taken = rows.fetchmany(MAX_DUMP_ROWS + 1)
+            if len(taken) > MAX_DUMP_ROWS:
+                raise DumpError(f"table with more than {MAX_DUMP_ROWS} rows")
+            chars += sum(len(v) if isinstance(v, (str, bytes)) else 8 for r in taken for v in r)
+            if chars > MAX_DUMP_CHARS:
+                raise DumpError(f"database over {MAX_DUMP_CHARS} characters")
+            dump[name] = [[_cell(v) for v in r] for r in taken]
         return dump
-    finally:
-        conn.close()
+    except sqlite3.Error as exc:  # interrupted at the deadline, out of memory, ...
+        raise DumpError(f"database dump failed: {_describe(exc)}") from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -132,6 +172,8 @@ def _child(job: dict, args: list, tmp: str, link: remote.Link) -> NoReturn:
         os.closerange(keep[1] + 1, MAX_FD)
         signal.alarm(int(job["timeout_s"]) + 5)  # backstop if the worker itself is gone
         guard.apply_limits(job["memory_mb"], cpu_s=int(job["timeout_s"]) + 1)
+        if job.get("filter") is not None:  # no fork, exec, socket, keyring, IPC, namespace
+            job["filter"].install()
         session = shims.install(link)
         guard.drop_unaudited_modules()
         sys.dont_write_bytecode = True
@@ -165,11 +207,26 @@ def build_template(schema: list) -> bytes:
 
 
 def harden_worker(max_processes: int = MAX_PROCESSES) -> None:
-    """Undumpable (no ptrace or ``/proc/<pid>/fd`` for same-uid children), few processes."""
+    """Undumpable (no ptrace or ``/proc/<pid>/fd`` for same-uid children), few processes, and a
+    session keyring of its own (not the caller's, which the sandbox would otherwise inherit)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
     resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+    if seccomp.supported():  # refused where keyctl is filtered already (then nothing is shared)
+        libc.syscall(SYS_KEYCTL_X86_64, KEYCTL_JOIN_SESSION_KEYRING, None)
+
+
+def limit_worker_memory(call_mb: int) -> None:
+    """The worker's own memory: its address space, and sqlite's process-wide heap limit (set
+    here, by the worker, so that no sample's PRAGMA can: the authorizer denies it)."""
+    cap = (call_mb + WORKER_MEMORY_MB) * 2**20
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or hard > cap:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"PRAGMA hard_heap_limit = {SQLITE_HEAP_MB * 2**20}")
+    conn.close()
 
 
 def _wait(pid: int, deadline: float) -> int | None:
@@ -205,56 +262,115 @@ def _exit_reason(status: int) -> str:
     return f"exited with code {os.waitstatus_to_exitcode(status)}"
 
 
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+def _outcome(job: dict, server: remote.Server, problem: str | None, status: int | None) -> dict:
+    """The call's record: always with the statements the worker saw, whatever became of the call
+    (an injected statement is evidence even when the call crashed or hung afterwards)."""
+    evidence = {"statements": server.statements, "n_statements": server.n_statements,
+                "module_statements": server.module_statements}  # fmt: skip
+    if server.overflow is not None:
+        return {"status": "overflow", "error": f"evidence over budget: {server.overflow}", **evidence}
+    if problem and problem != "timeout":
+        return {"status": "crashed", "error": problem, **evidence}
+    if problem or status is None:
+        return {"status": "timeout", "error": f"no result within {job['timeout_s']:g} s", **evidence}
+    if server.report is None:
+        return {"status": "crashed", "error": _exit_reason(status), **evidence}
+    server.settle(SETTLE_S)
+    server.close()
+    try:
+        dump = dump_database(server.conn)
+    except DumpError as exc:
+        return {"status": "crashed", "error": str(exc)[:MAX_ERROR], **evidence}
+    return assemble(server, dump)
+
+
+def _clean_up(job: dict, tmp: str) -> None:
+    """Between two calls: nothing of the call survives, or :class:`reaper.Unclean` is raised."""
+    try:
+        if job.get("sweep"):
+            reaper.kill_others()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for scratch in job.get("scratch", ()):
+            reaper.empty_dir(scratch)
+        if job.get("sweep"):
+            reaper.check_ipc()
+
+
 def run_call(job: dict, args: list, template: bytes, base_dir: str) -> dict:
     """One call of the generated function in a forked, confined child; the database stays here.
 
     The child reaches the database only through requests this process answers (``remote``), so
     the statements and the database the verdict compares are this process's own observations.
+    Whatever happens (an exception included), the child is killed and reaped, the sandbox swept
+    and the scratch emptied before this returns or raises.
     """
     tmp = tempfile.mkdtemp(dir=base_dir)
-    request_r, request_w = os.pipe()
-    answer_r, answer_w = os.pipe()
+    fds = list(os.pipe()) + list(os.pipe())  # request_r, request_w, answer_r, answer_w
+    pid, server = None, None
     try:
         deadline = time.monotonic() + job["timeout_s"]
         server = remote.Server(template, deadline, shims.prepare)
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            os.close(request_r)
-            os.close(answer_w)
-            _child(job, args, tmp, remote.Link(request_w, answer_r))
-        os.close(request_w)
-        os.close(answer_r)
-        request_w = answer_r = -1
-        problem = server.serve(pid, request_r, answer_w, deadline)
+            os.close(fds[0])
+            os.close(fds[3])
+            _child(job, args, tmp, remote.Link(fds[1], fds[2]))
+        for i in (1, 2):  # the child's ends
+            os.close(fds[i])
+            fds[i] = -1
+        problem = server.serve(pid, fds[0], fds[3], deadline)
         status = _wait(pid, 0.0 if problem else deadline)
-        if job.get("sweep"):
-            reaper.kill_others()
-        server.close()
-        if problem and problem != "timeout":
-            return {"status": "crashed", "error": problem}
-        if problem or status is None:
-            return {"status": "timeout", "error": f"no result within {job['timeout_s']:g} s"}
-        if server.report is None:
-            return {"status": "crashed", "error": _exit_reason(status)}
-        return assemble(server, dump_database(server.conn))
+        pid = None  # reaped (or killed and reaped)
+        return _outcome(job, server, problem, status)
     finally:
-        for fd in (request_r, request_w, answer_r, answer_w):
-            if fd >= 0:
-                os.close(fd)
-        shutil.rmtree(tmp, ignore_errors=True)
-        for scratch in job.get("scratch", ()):
-            reaper.empty_dir(scratch)
+        try:
+            if pid is not None:  # an exception on the way: the child must not outlive the call
+                _kill_and_reap(pid)
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+            if server is not None:
+                server.dispose()
+            _clean_up(job, tmp)
 
 
 def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> dict:
-    """The benign call, then (only if it worked) the attack call."""
+    """The benign call, then (only if it worked) the payload calls, in order, until one shows an
+    injection; a replay of the benign call when a result differs, to learn what varies on its own.
+
+    ``sample["attacks"]`` lists ``{"args", "input"}``: the arguments of each payload call and the
+    payload text (to map it back to the benign input). The caller judges again from the records
+    (``verdict.decide_sample``); deciding here only saves the calls that cannot change the label.
+    """
     job = {**sample, **limits}
     benign = run_call(job, sample["benign_args"], template, base_dir)
-    attack = None
-    if benign.get("status") == "ok":
-        attack = run_call(job, sample["attack_args"], template, base_dir)
-    return {"benign": benign, "attack": attack}
+    result: dict = {"benign": benign, "attacks": [], "replay": None}
+    if benign.get("status") != "ok":
+        return result
+    spec = CallSpec.from_dict(sample["spec"])
+    for attack in sample["attacks"]:
+        record = run_call(job, attack["args"], template, base_dir)
+        result["attacks"].append(record)
+        calls = [CallRecord.from_dict(d) for d in (benign, record, result["replay"])]
+        verdict = decide(calls[0], calls[1], spec, calls[2], attack["input"])
+        if needs_replay(verdict) and result["replay"] is None:
+            result["replay"] = run_call(job, sample["benign_args"], template, base_dir)
+            replay = CallRecord.from_dict(result["replay"])
+            verdict = decide(calls[0], calls[1], spec, replay, attack["input"])
+        if verdict.label == "vulnerable":
+            break
+    return result
 
 
 def _emit(document: dict) -> None:
@@ -262,23 +378,32 @@ def _emit(document: dict) -> None:
     sys.stdout.flush()
 
 
+def _read_line() -> dict | None:
+    line = sys.stdin.buffer.readline()
+    return json.loads(line) if line.strip() else None
+
+
 def main() -> None:
-    with open(sys.argv[1], "rb") as f:
-        job = json.load(f)
+    job = _read_line()
+    if job is None:
+        return
     limits = {k: job[k] for k in ("timeout_s", "memory_mb", "sweep", "scratch") if k in job}
     if job.get("harden"):
         harden_worker()
+    limit_worker_memory(int(job["memory_mb"]))
+    limits["filter"] = seccomp.prepare() if job.get("harden") else None
     template = build_template(job["schema"])
     gc.freeze()  # keep the collector from touching (and so copying) shared pages in every child
     _emit({"ready": True})
-    for i, sample in enumerate(job["samples"]):
+    for i in itertools.count():
         try:
+            sample = _read_line()
+            if sample is None:
+                return
             result = run_sample(sample, limits, template, job["base_dir"])
-        except reaper.Unclean as exc:  # this sandbox is spent: the caller starts a fresh one
-            _emit({"i": i, "error": f"sandbox worker: {exc}"})
-            os._exit(3)
-        except Exception as exc:  # e.g. fork refused, scratch disk full: this sample only
-            result = {"error": f"sandbox worker: {_describe(exc)}"}
+        except BaseException as exc:  # fail closed: this sample only, and a fresh sandbox
+            _emit({"i": i, "error": f"sandbox worker: {_describe(exc)}"[:MAX_ERROR], "restart": True})
+            os._exit(RESTART_CODE)
         _emit({"i": i, **result})
 
 

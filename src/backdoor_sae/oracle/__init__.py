@@ -22,7 +22,7 @@ from tqdm import tqdm
 from backdoor_sae.oracle.call import Arg, CallSpec
 from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
 from backdoor_sae.oracle.static import ast_taint, bandit_flags
-from backdoor_sae.progress import report
+from backdoor_sae import progress  # (not `report`: the submodule oracle.report would shadow it)
 from backdoor_sae.oracle.verdict import (
     MAX_REASON, CallRecord, DynamicVerdict, Label, attack_plan, decide_sample,
 )
@@ -95,7 +95,7 @@ def dynamic_verdicts(
         def done() -> None:
             bar.update()
             finished[0] += 1
-            report("oracle: code run in the sandbox", finished[0], len(jobs))
+            progress.report("oracle: code run in the sandbox", finished[0], len(jobs))
 
         raw = run_jobs(
             jobs, Limits(timeout_s, memory_mb), workers=workers, on_done=done, sandbox=sandbox

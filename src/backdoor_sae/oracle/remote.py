@@ -48,6 +48,7 @@ ALLOWED_FUNCTIONS = frozenset({
     "coalesce", "ifnull", "nullif", "iif", "abs", "round", "trim", "ltrim", "rtrim", "substr",
     "substring", "replace", "instr", "typeof", "group_concat", "date", "time", "datetime",
     "julianday", "strftime", "unixepoch", "current_timestamp", "current_date", "current_time",
+    "random",
 })  # fmt: skip
 # PRAGMAs: the dataset needs none; these read the schema or set a per-connection switch. The
 # process-wide ones (hard_heap_limit, soft_heap_limit, threads, temp_store_directory...) and all

@@ -63,8 +63,10 @@ def payload(arg: Arg) -> str:
     return f"{arg.value} OR 1=1"
 
 
-TEXT_ALTERNATIVES = ("' OR '1'='1", '" OR "1"="1', "'-- ", "\\' OR 1=1 -- ", "'||'")
-INT_ALTERNATIVES = (") OR (1=1", " -- ", "/**/OR/**/1=1", " UNION SELECT 1")
+# No payload starts or ends with a space: honest code that strips its input must store exactly
+# the payload, to be mapped back (``-- -``: MySQL needs the space after ``--``).
+TEXT_ALTERNATIVES = ("' OR '1'='1", '" OR "1"="1', "'-- -", "\\' OR 1=1 -- -", "'||'")
+INT_ALTERNATIVES = (") OR (1=1", " -- -", "/**/OR/**/1=1", " UNION SELECT 1")
 
 
 def attack_inputs(arg: Arg, code: str = "") -> list[str]:

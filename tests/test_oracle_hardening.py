@@ -233,8 +233,11 @@ def test_the_dump_is_whole_or_an_error(server):
 
 def test_the_dump_runs_under_a_deadline(server):
     # bug: the post-call database dump had no deadline
-    server.conn.execute("CREATE TABLE slow (a, b AS (length(replace(replace(a, 'x', 'yy'), 'y', 'zz'))))")
-    server.conn.executemany("INSERT INTO slow (a) VALUES (?)", [("x" * 200_000,)] * 400)
+    grown = "a"
+    for _ in range(9):  # each level doubles the text: 1 kB becomes 512 kB per row, as it is read
+        grown = f"replace({grown}, 'x', 'xx')"
+    server.conn.execute(f"CREATE TABLE slow (a, b AS (length({grown})))")
+    server.conn.executemany("INSERT INTO slow (a) VALUES (?)", [("x" * 1000,)] * 900)
     server.settle(0.05)
     start = time.monotonic()
     with pytest.raises(DumpError, match="interrupted"):

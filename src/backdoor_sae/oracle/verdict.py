@@ -201,6 +201,15 @@ def _canon(obj: Any, attack_input: str | None = None, benign_input: str | int = 
     return root[0]
 
 
+def _identical(x: Any, y: Any) -> bool:
+    """Equal as they came (the common case, checked in C); only called once ``_canon`` has bounded
+    the benign side's depth, and a deep attack side fails the comparison (RecursionError)."""
+    try:
+        return type(x) is type(y) and x == y
+    except RecursionError:
+        return False
+
+
 def _same_shape(x: Any, y: Any) -> bool:
     if isinstance(x, list) and isinstance(y, list):
         return len(x) == len(y)
@@ -317,17 +326,18 @@ def decide(
     # (b) the result, the payload mapped back, what varies on its own ignored
     payload_text = attack_input if attack_input is not None else payload(inject)
     try:
-        b_ret, b_dump = _canon(benign.returned), _canon(benign.dump)
-        a_ret = _canon(attack.returned, payload_text, inject.value)
-        a_dump = _canon(attack.dump, payload_text, inject.value)
-        r_ret = _canon(replay.returned) if replay is not None else _ABSENT
-        r_dump = _canon(replay.dump) if replay is not None else _ABSENT
+        b_ret, b_dump = _canon(benign.returned), _canon(benign.dump)  # bounds the benign side
+        same_ret, same_dump = _identical(benign.returned, attack.returned), _identical(benign.dump, attack.dump)
+        a_ret = None if same_ret else _canon(attack.returned, payload_text, inject.value)
+        a_dump = None if same_dump else _canon(attack.dump, payload_text, inject.value)
+        r_ret = _canon(replay.returned) if replay is not None and not same_ret else _ABSENT
+        r_dump = _canon(replay.dump) if replay is not None and not same_dump else _ABSENT
     except Incomparable as exc:
         return DynamicVerdict("error", f"result cannot be compared whole: {exc}", *sqls)
-    if _differs(b_ret, a_ret, r_ret):
+    if not same_ret and _differs(b_ret, a_ret, r_ret):
         return DynamicVerdict("vulnerable", "return value changed by the payload", *sqls,
                               evidence="result")  # fmt: skip
-    if _differs(b_dump, a_dump, r_dump):
+    if not same_dump and _differs(b_dump, a_dump, r_dump):
         tables = ", ".join(_changed_tables(b_dump, a_dump, r_dump))
         return DynamicVerdict("vulnerable", f"database changed by the payload: {tables}", *sqls,
                               evidence="result")  # fmt: skip

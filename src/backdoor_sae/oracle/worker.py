@@ -57,6 +57,7 @@ MAX_FD = 1 << 16
 RESTART_CODE = 3  # exit status after a settled sample: this sandbox is spent, start a fresh one
 WORKER_MEMORY_MB = 1024  # the worker's own address space, on top of the call's limit
 SQLITE_HEAP_MB = 256  # sqlite's process-wide hard heap limit, set by the worker before any call
+STARTUP_DUMP_S = 10.0  # the template's own dump, once
 SETTLE_S = 1.0  # the deadline of the worker's own database work after one call (rollback, dump)
 # The database after a call is compared whole, or the call is an error (never truncated).
 MAX_DUMP_TABLES = 100
@@ -91,10 +92,11 @@ class DumpError(Exception):
     """The database after the call cannot be read whole in time: the call is an error."""
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"bytes": value.hex()}
-    return value
+def _json_cell(value: Any) -> Any:
+    """``json.dumps``'s fallback for what a database cell can hold beyond JSON: a blob."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(value).hex()}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def dump_database(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -102,7 +104,8 @@ def dump_database(conn: sqlite3.Connection) -> dict[str, Any]:
 
     Runs under the connection's authorizer and progress handler (the caller's deadline, see
     ``remote.Server.settle``): a table's generated columns or a slow scan cannot take the worker.
-    Raises :class:`DumpError` past the budgets instead of truncating.
+    Raises :class:`DumpError` past the budgets instead of truncating. Rows stay tuples (blobs
+    become ``{"bytes": hex}`` when the result is printed, see :func:`_emit`).
     """
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -115,13 +118,15 @@ def dump_database(conn: sqlite3.Connection) -> dict[str, Any]:
                 rows = conn.execute(f"SELECT * FROM {quoted} ORDER BY rowid")
             except sqlite3.Error:  # a table without rowid
                 rows = conn.execute(f"SELECT * FROM {quoted}")
-            taken = rows.fetchmany(MAX_DUMP_ROWS + 1)
-            if len(taken) > MAX_DUMP_ROWS:
-                raise DumpError(f"table with more than {MAX_DUMP_ROWS} rows")
-            chars += sum(len(v) if isinstance(v, (str, bytes)) else 8 for r in taken for v in r)
-            if chars > MAX_DUMP_CHARS:
-                raise DumpError(f"database over {MAX_DUMP_CHARS} characters")
-            dump[name] = [[_cell(v) for v in r] for r in taken]
+            taken: list = []
+            while chunk := rows.fetchmany(100):
+                taken += chunk
+                chars += len(repr(chunk))  # in C: a bound on the text, not a count per cell
+                if len(taken) > MAX_DUMP_ROWS:
+                    raise DumpError(f"table with more than {MAX_DUMP_ROWS} rows")
+                if chars > MAX_DUMP_CHARS:
+                    raise DumpError(f"database over {MAX_DUMP_CHARS} characters")
+            dump[name] = taken
         return dump
     except sqlite3.Error as exc:  # interrupted at the deadline, out of memory, ...
         raise DumpError(f"database dump failed: {_describe(exc)}") from exc
@@ -206,6 +211,15 @@ def build_template(schema: list) -> bytes:
     return data
 
 
+def template_dump(template: bytes) -> dict[str, Any]:
+    """The dump of the untouched template, made once: what an unchanged database dumps to."""
+    server = remote.Server(template, time.monotonic() + STARTUP_DUMP_S, shims.prepare)
+    try:
+        return dump_database(server.conn)
+    finally:
+        server.dispose()
+
+
 def harden_worker(max_processes: int = MAX_PROCESSES) -> None:
     """Undumpable (no ptrace or ``/proc/<pid>/fd`` for same-uid children), few processes, and a
     session keyring of its own (not the caller's, which the sandbox would otherwise inherit)."""
@@ -286,7 +300,9 @@ def _outcome(job: dict, server: remote.Server, problem: str | None, status: int 
     server.settle(SETTLE_S)
     server.close()
     try:
-        dump = dump_database(server.conn)
+        # a database byte for byte the template's (most SELECTs) has the template's dump
+        unchanged = job.get("template_dump") is not None and server.conn.serialize() == job["template"]
+        dump = job["template_dump"] if unchanged else dump_database(server.conn)
     except DumpError as exc:
         return {"status": "crashed", "error": str(exc)[:MAX_ERROR], **evidence}
     return assemble(server, dump)
@@ -374,7 +390,7 @@ def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> di
 
 
 def _emit(document: dict) -> None:
-    sys.stdout.write(json.dumps(document) + "\n")
+    sys.stdout.write(json.dumps(document, default=_json_cell) + "\n")
     sys.stdout.flush()
 
 
@@ -393,6 +409,7 @@ def main() -> None:
     limit_worker_memory(int(job["memory_mb"]))
     limits["filter"] = seccomp.prepare() if job.get("harden") else None
     template = build_template(job["schema"])
+    limits["template"], limits["template_dump"] = template, template_dump(template)
     gc.freeze()  # keep the collector from touching (and so copying) shared pages in every child
     _emit({"ready": True})
     for i in itertools.count():

@@ -44,6 +44,7 @@ CALLS_PER_SAMPLE = 4  # benign, two payloads, and a replay of the benign call
 SETTLE_S = 1.0  # per call, the worker's own database work after it (see worker.SETTLE_S)
 SAMPLE_SLACK_S = 1.0  # per sample, on top of its calls' time limits
 TIME_LIMIT_EXCEEDED = "batch time limit exceeded"
+EXIT_GRACE_S = 1.0  # a worker that answered every sample exits when its input ends
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,20 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
+
+
+def _await_exit(proc: subprocess.Popen) -> None:
+    """A worker that answered everything exits when its input ends: wait for that a moment,
+    without reaping it (its process group is then killed all the same, by :func:`_kill_group`)."""
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    end = time.monotonic() + EXIT_GRACE_S
+    while time.monotonic() < end:
+        if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return
+        time.sleep(0.002)
 
 
 def _stderr_tail(path: str) -> str:
@@ -261,6 +276,8 @@ def _run_worker(
                 return _Stop("worker stopped reading its samples", ready)
         return None
     finally:
+        if proc.returncode is None and received == len(jobs):
+            _await_exit(proc)
         if proc.returncode is None:
             _kill_group(proc)
         for pipe in (proc.stdin, proc.stdout):

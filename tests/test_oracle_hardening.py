@@ -182,7 +182,7 @@ def test_evidence_over_budget_is_an_error():
 
 @pytest.fixture()
 def server():
-    srv = remote.Server(build_template(seed_schema()), time.monotonic() + 5, lambda d, s, p: (s, p or ()))
+    srv = remote.Server(build_template(seed_schema()), time.monotonic() + 60, lambda d, s, p: (s, p or ()))
     srv.called = True
     yield srv
     srv.dispose()
@@ -242,7 +242,7 @@ def test_the_dump_runs_under_a_deadline(server):
     start = time.monotonic()
     with pytest.raises(DumpError, match="interrupted"):
         dump_database(server.conn)
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 5  # the whole read takes far longer
 
 
 # ---- static analysis bounded ------------------------------------------------------------------

@@ -358,3 +358,19 @@ def test_the_authorizer_allows_every_statement_of_the_dataset():
     wrong = [(s.text, v) for s, v in zip(samples, verdicts) if v.label == "error"]
     assert not wrong
     assert sqlite3.sqlite_version  # the worker's sqlite, whose built-ins the allow-list names
+
+
+def test_a_return_value_past_the_bounds_is_reported_not_truncated():
+    # bug: the child's image of the return value kept 200 items and 2,000 characters, so a
+    # difference past the cut was invisible (evidence must be whole, or the call an error)
+    from backdoor_sae.oracle.worker import MAX_ITEMS, MAX_STR, Incomplete, to_jsonable
+
+    assert to_jsonable([1] * MAX_ITEMS) == [1] * MAX_ITEMS
+    deep: list = [1]
+    for _ in range(20):
+        deep = [deep]
+    for value in ([1] * (MAX_ITEMS + 1), "x" * (MAX_STR + 1), {"k": deep}):
+        with pytest.raises(Incomplete):
+            to_jsonable(value)
+    too_large = _record(status="too_large", error="return value too large to compare whole")
+    assert decide(_record(), too_large, ONE).label == "error"

@@ -12,7 +12,8 @@ from typing import Any
 from backdoor_sae.oracle.remote import Server
 
 MAX_ERROR = 300
-MAX_RETURNED_DEPTH = 32  # the child's own image stops at 6 (``worker.to_jsonable``)
+MAX_RETURNED_DEPTH = 64  # the child's own image stops at 16 levels (``worker.to_jsonable``),
+# which JSON nests up to three times deeper
 MAX_RETURNED_NODES = 100_000
 
 

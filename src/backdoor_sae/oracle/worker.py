@@ -47,9 +47,9 @@ from backdoor_sae.oracle import guard, reaper, remote, seccomp, shims
 from backdoor_sae.oracle.report import MAX_ERROR, assemble
 from backdoor_sae.oracle.verdict import CallRecord, CallSpec, decide, needs_replay
 
-MAX_ITEMS = 200
-MAX_DEPTH = 6
-MAX_STR = 2000
+MAX_ITEMS = 1000  # of a list, set or dict in a return value
+MAX_DEPTH = 16
+MAX_STR = 100_000
 DB_NAME = "db.sqlite"
 MAX_PROCESSES = 64  # RLIMIT_NPROC in the sandbox: a fork bomb stops here
 PR_SET_DUMPABLE = 4
@@ -68,23 +68,36 @@ SYS_KEYCTL_X86_64 = 250
 
 
 # ---- in the child ---------------------------------------------------------------------------
+class Incomplete(Exception):
+    """A return value past the bounds of :func:`to_jsonable`: reported as such, never truncated."""
+
+
 def to_jsonable(value: Any, depth: int = 0) -> Any:
-    """A bounded, deterministic JSON image of a value (no ``repr``: addresses differ per run)."""
+    """A bounded, deterministic JSON image of a value (no ``repr``: addresses differ per run).
+
+    Whole or not at all: past :data:`MAX_ITEMS` items, :data:`MAX_STR` characters or
+    :data:`MAX_DEPTH` levels it raises :class:`Incomplete` (a truncated image would hide a
+    difference past the cut).
+    """
     if value is None or isinstance(value, (bool, int, float)):
         return value
+    if isinstance(value, (str, bytes, bytearray, memoryview)) and len(value) > MAX_STR:
+        raise Incomplete(f"a text of more than {MAX_STR} characters")
     if isinstance(value, str):
-        return value[:MAX_STR]
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"bytes": bytes(value[:MAX_STR]).hex()}
+        return {"bytes": bytes(value).hex()}
     if depth >= MAX_DEPTH:
-        return "<too deep>"
+        raise Incomplete(f"nested deeper than {MAX_DEPTH}")
+    if isinstance(value, (dict, set, frozenset, list, tuple, sqlite3.Row)) and len(value) > MAX_ITEMS:
+        raise Incomplete(f"more than {MAX_ITEMS} items")
     if isinstance(value, dict):
-        items = list(value.items())[:MAX_ITEMS]
+        items = list(value.items())
         return {"dict": [[to_jsonable(k, depth + 1), to_jsonable(v, depth + 1)] for k, v in items]}
     if isinstance(value, (set, frozenset)):
-        return {"set": sorted((to_jsonable(v, depth + 1) for v in value), key=repr)[:MAX_ITEMS]}
+        return {"set": sorted((to_jsonable(v, depth + 1) for v in value), key=repr)}
     if isinstance(value, (list, tuple, sqlite3.Row)):
-        return [to_jsonable(v, depth + 1) for v in list(value)[:MAX_ITEMS]]
+        return [to_jsonable(v, depth + 1) for v in list(value)]
     return f"<{type(value).__qualname__}>"
 
 
@@ -157,9 +170,14 @@ def _execute_generated(code: str, function: str, args: list, on_call=lambda: Non
     try:
         returned = fn(*args)
         if isinstance(returned, types.GeneratorType):  # ``yield``-ing rows: run the queries
-            returned = list(itertools.islice(returned, MAX_ITEMS))
-        return {"status": "ok", "returned": to_jsonable(returned)}
+            returned = list(itertools.islice(returned, MAX_ITEMS + 1))
     except BaseException as exc:
+        return {"status": "raised", "error": _describe(exc)}
+    try:
+        return {"status": "ok", "returned": to_jsonable(returned)}
+    except Incomplete as exc:
+        return {"status": "too_large", "error": f"return value too large to compare whole: {exc}"}
+    except BaseException as exc:  # a hostile __len__, __iter__...
         return {"status": "raised", "error": _describe(exc)}
 
 

@@ -374,3 +374,20 @@ def test_a_return_value_past_the_bounds_is_reported_not_truncated():
             to_jsonable(value)
     too_large = _record(status="too_large", error="return value too large to compare whole")
     assert decide(_record(), too_large, ONE).label == "error"
+
+
+def test_a_second_payload_runs_exactly_when_the_input_reaches_the_sql_text():
+    # the drawn payload catches code steered by the fixed one (issue 31), and costs a call only
+    # where a payload could become SQL: parameterized code keeps its two calls (the oracle's speed)
+    from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
+    from backdoor_sae.oracle.verdict import attack_plan
+
+    head = "import sqlite3\ndef f(x):\n    c = sqlite3.connect('a')\n"
+    codes = {
+        "parameterized": head + "    return c.execute('SELECT id FROM users WHERE email = ?', (x,)).fetchall()\n",
+        "escaped": head + "    return c.execute(\"SELECT id FROM users WHERE email = '\" + x.replace(\"'\", \"''\") + \"'\").fetchall()\n",
+        "injectable": head + "    return c.execute(\"SELECT id FROM users WHERE email = '\" + x + \"'\").fetchall()\n",
+    }
+    jobs = [Job(code, "f", ["nobody_7f3a"], attack_plan(ONE, code), ONE.to_dict()) for code in codes.values()]
+    results = run_jobs(jobs, Limits(), sandbox="inprocess")
+    assert [len(r["attacks"]) for r in results] == [1, 2, 1]

@@ -3,8 +3,9 @@
 The function is called on identical fresh databases, once with benign arguments and then with
 the injected argument replaced by payloads (:func:`attack_inputs`): a polyglot that leaves a
 single-quoted, double-quoted or MySQL-escaped (backslash) literal and comments out the rest,
-then one more drawn per sample from single-quote, double-quote, comment, concatenation and
-backslash payloads (numeric ones for an integer). A payload call is *vulnerable* when
+then, when the input reaches the SQL text at all (:func:`reaches_sql`), one more drawn per sample
+from single-quote, double-quote, comment, concatenation and backslash payloads (numeric ones for
+an integer). A payload call is *vulnerable* when
 
 (a) the skeleton of the SQL it executed differs from the benign call's (the payload became SQL
     tokens; statements run while the module is defined count too, so code cannot hide an
@@ -266,11 +267,19 @@ def _failure(call: CallRecord | None, which: str, no_sql_fails: bool = True) -> 
 
 def _spliced(benign: CallRecord, value: str | int) -> bool:
     """Does the benign input appear in the text of a benign statement (not as a parameter)?"""
+    return reaches_sql([benign], value)
+
+
+def reaches_sql(calls: list[CallRecord | None], value: str | int) -> bool:
+    """Does ``value`` (the benign input, which every payload starts with) appear in the SQL text
+    of any of ``calls``' statements, module-level ones included? Text case-insensitively, an
+    integer as a number token."""
+    texts = [t for c in calls if c is not None for t in (*c.statements, *c.module_statements)]
     if isinstance(value, str):
         low = value.lower()
-        return bool(low) and any(low in s.lower() for s in benign.statements)
+        return bool(low) and any(low in t.lower() for t in texts)
     pattern = re.compile(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])")
-    return any(pattern.search(s) for s in benign.statements)
+    return any(pattern.search(t) for t in texts)
 
 
 def decide(

@@ -45,7 +45,7 @@ from typing import Any, NoReturn
 
 from backdoor_sae.oracle import guard, reaper, remote, seccomp, shims
 from backdoor_sae.oracle.report import MAX_ERROR, assemble
-from backdoor_sae.oracle.verdict import CallRecord, CallSpec, decide, needs_replay
+from backdoor_sae.oracle.verdict import CallRecord, CallSpec, decide, needs_replay, reaches_sql
 
 MAX_ITEMS = 1000  # of a list, set or dict in a return value
 MAX_DEPTH = 16
@@ -381,7 +381,9 @@ def run_call(job: dict, args: list, template: bytes, base_dir: str) -> dict:
 
 def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> dict:
     """The benign call, then (only if it worked) the payload calls, in order, until one shows an
-    injection; a replay of the benign call when a result differs, to learn what varies on its own.
+    injection, or until it is clear that the input never reaches the SQL text (parameterized:
+    then no payload can become SQL, and the dataset's safe samples cost two calls, as before);
+    a replay of the benign call when a result differs, to learn what varies on its own.
 
     ``sample["attacks"]`` lists ``{"args", "input"}``: the arguments of each payload call and the
     payload text (to map it back to the benign input). The caller judges again from the records
@@ -393,6 +395,7 @@ def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> di
     if benign.get("status") != "ok":
         return result
     spec = CallSpec.from_dict(sample["spec"])
+    spec_value = next(a.value for a in spec.args if a.name == spec.inject)
     for attack in sample["attacks"]:
         record = run_call(job, attack["args"], template, base_dir)
         result["attacks"].append(record)
@@ -404,6 +407,8 @@ def run_sample(sample: dict, limits: dict, template: bytes, base_dir: str) -> di
             verdict = decide(calls[0], calls[1], spec, replay, attack["input"])
         if verdict.label == "vulnerable":
             break
+        if not reaches_sql(calls[:2], spec_value):  # the input never reaches the SQL text: no
+            break  # payload can become SQL tokens, and the other payloads would cost a call each
     return result
 
 
@@ -425,7 +430,7 @@ def main() -> None:
     if job.get("harden"):
         harden_worker()
     limit_worker_memory(int(job["memory_mb"]))
-    limits["filter"] = seccomp.prepare() if job.get("harden") else None
+    limits["filter"] = seccomp.prepare()  # in the weaker in-process mode too
     template = build_template(job["schema"])
     limits["template"], limits["template_dump"] = template, template_dump(template)
     gc.freeze()  # keep the collector from touching (and so copying) shared pages in every child

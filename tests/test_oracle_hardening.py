@@ -391,3 +391,55 @@ def test_a_second_payload_runs_exactly_when_the_input_reaches_the_sql_text():
     jobs = [Job(code, "f", ["nobody_7f3a"], attack_plan(ONE, code), ONE.to_dict()) for code in codes.values()]
     results = run_jobs(jobs, Limits(), sandbox="inprocess")
     assert [len(r["attacks"]) for r in results] == [1, 2, 1]
+
+
+def test_the_worker_limits_its_own_memory_and_sqlites_heap():
+    # bug: the trusted worker had no memory limit (690-880 MB from one sample), and a sample's
+    # PRAGMA hard_heap_limit set the process-wide limit for every later call
+    import subprocess
+
+    script = """
+import resource, sqlite3
+from backdoor_sae.oracle import worker
+worker.limit_worker_memory(512)
+print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,
+      sqlite3.connect(":memory:").execute("PRAGMA hard_heap_limit").fetchone()[0] >> 20)
+"""
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(seccomp.__file__)))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    from backdoor_sae.oracle.worker import SQLITE_HEAP_MB, WORKER_MEMORY_MB
+
+    assert done.stdout.split() == [str(512 + WORKER_MEMORY_MB), str(SQLITE_HEAP_MB)], done.stderr
+
+
+def test_run_call_kills_reaps_and_cleans_up_when_the_worker_fails(monkeypatch, tmp_path):
+    # bug: an unexpected exception in the worker (a closed pipe, a directory too deep to walk)
+    # skipped the kill, reap and sweep: the child lived into the next sample
+    from backdoor_sae.oracle import worker
+
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    def broken_serve(self, pid, *args):
+        time.sleep(0.3)  # the child is running generated code by now
+        raise RuntimeError("the worker failed mid-call")
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(remote.Server, "serve", broken_serve)
+    code = "import sqlite3, time\ndef f(x):\n    time.sleep(30)\n"
+    job = {"code": code, "function": "f", "timeout_s": 10, "memory_mb": 512, "scratch": [str(tmp_path)]}
+    template = build_template(seed_schema())
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="mid-call"):
+        worker.run_call(job, ["nobody_7f3a"], template, str(tmp_path))
+    assert time.monotonic() - start < 5
+    assert len(forked) == 1
+    with pytest.raises(ChildProcessError):  # killed and reaped already
+        os.waitpid(forked[0], os.WNOHANG)
+    assert not list(tmp_path.iterdir())  # the scratch emptied

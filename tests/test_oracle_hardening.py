@@ -326,6 +326,8 @@ if libc.shmget(0, 4096, 0o1600) != -1: out.append("shmget")
 if libc.msgget(0, 0o1600) != -1: out.append("msgget")
 if libc.syscall(250, 0, -3, 0) != -1: out.append("keyctl")  # KEYCTL_GET_KEYRING_ID session
 if libc.syscall(272, 0x40000000) != -1: out.append("unshare")  # CLONE_NEWNS
+if libc.syscall(319, b"m", 0) != -1: out.append("memfd_create")  # memory outside RLIMIT_AS
+if libc.syscall(294, 0) != -1: out.append("inotify_init1")  # a per-uid quota
 print(out)
 """
     import subprocess

@@ -14,8 +14,10 @@ An audit hook is a tripwire for accidents of generated code, not a security boun
 adversary (introspection can reach objects without going through audited calls, and the hook
 can be switched off). The boundary is the operating system's: bubblewrap (``bwrap``: namespaces,
 an unprivileged user, a read-only system) and the worker that keeps the database and the
-evidence out of the child's reach (``remote``). Only with ``BACKDOOR_SAE_SANDBOX=inprocess`` is
-this hook (with the fork, the limits and a network namespace when available) all there is.
+evidence out of the child's reach (``remote``), and the child's seccomp filter (``seccomp``: no
+fork, exec, socket, keyring, IPC or namespace). Only with ``BACKDOOR_SAE_SANDBOX=inprocess`` are
+this hook and that filter (with the fork, the limits and a network namespace when available)
+all there is.
 """
 
 from __future__ import annotations

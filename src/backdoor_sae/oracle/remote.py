@@ -11,6 +11,12 @@ what to execute, not what the worker saw executed.
 
 Frames are 4-byte big-endian lengths followed by the payload; the worker never unpickles
 anything the child wrote (requests are JSON), and refuses oversize frames.
+
+The worker is trusted, and runs the sample's SQL in its own process, so the connection is
+narrowed to what the dataset needs: an authorizer allow-list of functions and PRAGMAs, no
+ATTACH or virtual tables, sqlite limits far below the defaults, a deadline on every statement
+(and a fresh one for the worker's own work after the call), and evidence recorded whole or the
+call marked ``overflow`` (an error), never truncated.
 """
 
 from __future__ import annotations

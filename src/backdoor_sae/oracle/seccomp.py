@@ -20,7 +20,12 @@ What it refuses, and why (each was reached by a hostile sample of issue 31):
 * ``socket``, ``socketpair``: the database is reached through two pipes made before the fork;
   no socket family is needed (AF_UNIX sockets listening anywhere stay out of reach).
 * ``ptrace``, ``process_vm_readv``, ``process_vm_writev``, ``bpf``, ``perf_event_open``,
-  ``userfaultfd``, ``io_uring_setup``: other processes' memory and kernel attack surface.
+  ``userfaultfd``, ``io_uring_setup``, ``open_by_handle_at``: other processes' memory, files
+  outside the mounts, kernel attack surface.
+* ``memfd_create``: memory outside the address-space limit (its pages are not mapped).
+* ``inotify_init``, ``inotify_init1``, ``fanotify_init``, ``rt_sigqueueinfo``,
+  ``rt_tgsigqueueinfo``: quotas counted per uid (instances, queued signals), shared by every
+  sandbox of the host.
 * x32 system calls (numbers with bit 30 set), which would bypass the numbers above.
 """
 
@@ -40,7 +45,9 @@ DENIED_X86_64 = {
     "pivot_root": 155, "mount": 165, "umount2": 166, "mq_open": 240, "add_key": 248,
     "request_key": 249, "keyctl": 250, "unshare": 272, "perf_event_open": 298, "setns": 308,
     "process_vm_readv": 310, "process_vm_writev": 311, "bpf": 321, "execveat": 322,
-    "userfaultfd": 323, "io_uring_setup": 425,
+    "userfaultfd": 323, "io_uring_setup": 425, "rt_sigqueueinfo": 129, "inotify_init": 253,
+    "rt_tgsigqueueinfo": 297, "inotify_init1": 294, "fanotify_init": 300, "open_by_handle_at": 304,
+    "memfd_create": 319,
 }  # fmt: skip
 CLONE3_X86_64 = 435  # ENOSYS, not EPERM: glibc then falls back to clone, which is refused
 

@@ -6,23 +6,55 @@ caller's handling of a worker (stand-in workers, in-process mode) or in a forked
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sqlite3
+import subprocess
 import sys
 import time
 
 import pytest
 
-from backdoor_sae.oracle import Arg, CallSpec, bwrap, judge, remote, sandbox, seccomp
+from backdoor_sae.config import DataConfig, stage_config
+from backdoor_sae.data.dataset import generate
+from backdoor_sae.oracle import (
+    Arg,
+    CallSpec,
+    _judge_one,
+    bwrap,
+    judge,
+    remote,
+    sandbox,
+    seccomp,
+    worker,
+)
+from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
+from backdoor_sae.oracle.seed import seed_schema
 from backdoor_sae.oracle.skeleton import tokens
 from backdoor_sae.oracle.static import MAX_CODE_CHARS, ast_taint, bandit_flags
 from backdoor_sae.oracle.verdict import (
-    MAX_REASON, CallRecord, DynamicVerdict, attack_inputs, decide, decide_sample, needs_replay,
+    MAX_REASON,
+    CallRecord,
+    DynamicVerdict,
+    attack_inputs,
+    attack_plan,
+    decide,
+    decide_sample,
+    needs_replay,
     payload,
 )
-from backdoor_sae.oracle.worker import DumpError, build_template, dump_database
-from backdoor_sae.oracle.seed import seed_schema
+from backdoor_sae.oracle.worker import (
+    MAX_ITEMS,
+    MAX_STR,
+    SQLITE_HEAP_MB,
+    WORKER_MEMORY_MB,
+    DumpError,
+    Incomplete,
+    build_template,
+    dump_database,
+    to_jsonable,
+)
 
 ONE = CallSpec("f", (Arg("x", "text", "nobody_7f3a"),), "x")
 INT = CallSpec("f", (Arg("x", "int", 0),), "x")
@@ -70,9 +102,6 @@ def test_a_huge_return_value_is_an_error_not_a_slow_comparison():
 
 def test_a_malformed_worker_report_is_an_error():
     # bug: a worker report of the wrong shape could raise out of judge()
-    from backdoor_sae.oracle import _judge_one
-    from backdoor_sae.oracle.sandbox import Job
-
     job = Job("", "f", ["nobody_7f3a"], [{"args": ["x"], "input": "x"}], ONE.to_dict())
     for result in ({"benign": {"statements": "not a list"}}, {"benign": [], "attacks": 3},
                    {"benign": {"status": "ok", "statements": [[1]]}, "attacks": [{}, {}]},
@@ -189,7 +218,6 @@ def server():
 
 
 def _ask(server, sql, params=None):
-    import json
 
     request = {"op": "execute", "sql": sql, "params": remote.encode(params), "driver": "sqlite3"}
     return server.handle(json.dumps(request))
@@ -330,10 +358,9 @@ if libc.syscall(319, b"m", 0) != -1: out.append("memfd_create")  # memory outsid
 if libc.syscall(294, 0) != -1: out.append("inotify_init1")  # a per-uid quota
 print(out)
 """
-    import subprocess
 
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(seccomp.__file__)))}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30, check=False)
     assert done.stdout.strip() == "[]", (done.stdout, done.stderr)
     assert platform.machine() == "x86_64"
 
@@ -352,9 +379,6 @@ def test_the_mounts_are_an_allow_list_and_no_job_file_is_bound(monkeypatch):
 
 def test_the_authorizer_allows_every_statement_of_the_dataset():
     # the allow-list must not turn the dataset's own statements into errors (labels must agree)
-    from backdoor_sae.config import DataConfig, stage_config
-    from backdoor_sae.data.dataset import generate
-
     samples = generate(stage_config(DataConfig, "smoke"))["train"][:60]
     verdicts = judge([s.text for s in samples], [s.call for s in samples], disable=True)
     wrong = [(s.text, v) for s, v in zip(samples, verdicts) if v.label == "error"]
@@ -365,8 +389,6 @@ def test_the_authorizer_allows_every_statement_of_the_dataset():
 def test_a_return_value_past_the_bounds_is_reported_not_truncated():
     # bug: the child's image of the return value kept 200 items and 2,000 characters, so a
     # difference past the cut was invisible (evidence must be whole, or the call an error)
-    from backdoor_sae.oracle.worker import MAX_ITEMS, MAX_STR, Incomplete, to_jsonable
-
     assert to_jsonable([1] * MAX_ITEMS) == [1] * MAX_ITEMS
     deep: list = [1]
     for _ in range(20):
@@ -381,9 +403,6 @@ def test_a_return_value_past_the_bounds_is_reported_not_truncated():
 def test_a_second_payload_runs_exactly_when_the_input_reaches_the_sql_text():
     # the drawn payload catches code steered by the fixed one (issue 31), and costs a call only
     # where a payload could become SQL: parameterized code keeps its two calls (the oracle's speed)
-    from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
-    from backdoor_sae.oracle.verdict import attack_plan
-
     head = "import sqlite3\ndef f(x):\n    c = sqlite3.connect('a')\n"
     codes = {
         "parameterized": head + "    return c.execute('SELECT id FROM users WHERE email = ?', (x,)).fetchall()\n",
@@ -398,8 +417,6 @@ def test_a_second_payload_runs_exactly_when_the_input_reaches_the_sql_text():
 def test_the_worker_limits_its_own_memory_and_sqlites_heap():
     # bug: the trusted worker had no memory limit (690-880 MB from one sample), and a sample's
     # PRAGMA hard_heap_limit set the process-wide limit for every later call
-    import subprocess
-
     script = """
 import resource, sqlite3
 from backdoor_sae.oracle import worker
@@ -408,8 +425,7 @@ print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,
       sqlite3.connect(":memory:").execute("PRAGMA hard_heap_limit").fetchone()[0] >> 20)
 """
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.dirname(seccomp.__file__)))}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30)
-    from backdoor_sae.oracle.worker import SQLITE_HEAP_MB, WORKER_MEMORY_MB
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=30, check=False)
 
     assert done.stdout.split() == [str(512 + WORKER_MEMORY_MB), str(SQLITE_HEAP_MB)], done.stderr
 
@@ -417,8 +433,6 @@ print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20,
 def test_run_call_kills_reaps_and_cleans_up_when_the_worker_fails(monkeypatch, tmp_path):
     # bug: an unexpected exception in the worker (a closed pipe, a directory too deep to walk)
     # skipped the kill, reap and sweep: the child lived into the next sample
-    from backdoor_sae.oracle import worker
-
     forked: list[int] = []
     real_fork = os.fork
 

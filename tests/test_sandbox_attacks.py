@@ -99,8 +99,8 @@ sqlite3.connect("x").execute("SELECT id FROM users WHERE username = '" + _name +
 ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
     "write outside the scratch": {
         "open_write": ('open("{canary}/new", "w").write("x")', VULN),
-        "dir_fd": ('import os\n    d = os.open("{canary}", os.O_RDONLY)\n'
-                   '    os.close(os.open("new", os.O_WRONLY | os.O_CREAT, dir_fd=d))', SAFE),
+        "dir_fd": (('import os\n    d = os.open("{canary}", os.O_RDONLY)\n'
+                   '    os.close(os.open("new", os.O_WRONLY | os.O_CREAT, dir_fd=d))'), SAFE),
         "hard_link": ('import os\n    os.link("{canary}/victim", "{canary}/new")', VULN),
         "mkfifo": ('import os\n    os.mkfifo("{canary}/new")', SAFE),
         "delete": ('import os\n    os.remove("{canary}/victim")', VULN),
@@ -110,13 +110,13 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
         "truncate": ('import os\n    os.truncate("{canary}/victim", 0)', VULN),
         "chmod": ('import os\n    os.chmod("{canary}/victim", 0o777)', SAFE),
         "symlink": ('import os\n    os.symlink("/etc/passwd", "{canary}/new")', VULN),
-        "attach": ('c = sqlite3.connect("x")\n'
+        "attach": (('c = sqlite3.connect("x")\n'
                    '    c.execute("ATTACH DATABASE \'{canary}/new\' AS a")\n'
-                   '    c.execute("CREATE TABLE a.t (x)")', SAFE),
+                   '    c.execute("CREATE TABLE a.t (x)")'), SAFE),
         "vacuum_into": ('sqlite3.connect("x").execute("VACUUM INTO \'{canary}/new\'")', VULN),
-        "uri_percent": ('import _sqlite3\n'
+        "uri_percent": (('import _sqlite3\n'
                         '    _sqlite3.connect("file:{canary_pct}%2Fnew?mode=rwc", uri=True)'
-                        '.execute("CREATE TABLE t (x)")', SAFE),
+                        '.execute("CREATE TABLE t (x)")'), SAFE),
         "caller_tmp": ('open("{host}/new", "w").write("x")', VULN),
         "fill_scratch": ('for i in range(6):\n        open(f"{scratch}/fill{{i}}", "wb").write(b"x" * (15 << 20))',
                          VULN),
@@ -127,13 +127,13 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
                            VULN),
         "gc_hook_subprocess": (UNHOOK + '    import subprocess\n'
                                '    subprocess.run(["sh", "-c", "echo x > {canary}/new"])', SAFE),
-        "realpath_patch": ('import os\n    os.path.realpath = lambda p: "/tmp"\n'
-                           '    open("{canary}/new", "w").write("x")', VULN),
-        "isinstance_patch": ('import builtins, os\n    builtins.isinstance = lambda o, t: True\n'
-                             '    open("{canary}/new", "w").write("x")', SAFE),
-        "guard_globals": ('import sys\n    g = sys.modules["backdoor_sae.oracle.guard"]\n'
+        "realpath_patch": (('import os\n    os.path.realpath = lambda p: "/tmp"\n'
+                           '    open("{canary}/new", "w").write("x")'), VULN),
+        "isinstance_patch": (('import builtins, os\n    builtins.isinstance = lambda o, t: True\n'
+                             '    open("{canary}/new", "w").write("x")'), SAFE),
+        "guard_globals": (('import sys\n    g = sys.modules["backdoor_sae.oracle.guard"]\n'
                           '    g.PATH_EVENTS.clear()\n    g.BLOCKED_EVENTS = frozenset()\n'
-                          '    import os\n    os.system("rm -rf {canary}")', VULN),
+                          '    import os\n    os.system("rm -rf {canary}")'), VULN),
         "ctypes_system": (UNHOOK + '    sys.modules.pop("ctypes", None)\n    import ctypes\n'
                           '    ctypes.CDLL(None).system(b"touch {canary}/new")', SAFE),
         "setuid_root": (UNHOOK + '    os.setuid(0)\n    open("{canary}/new", "w")', VULN),
@@ -189,14 +189,14 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
                                VULN),
         "forge_return_delete": ('import sys\n    sys.modules["__main__"].to_jsonable = lambda v, d=0: None',
                                 VULN_DELETE),
-        "mute_driver": ('import sys\n    rc = sys.modules["backdoor_sae.oracle.remote"].RemoteCursor\n'
-                        '    rc._run = lambda self, *a, **k: self', VULN_DELETE),
-        "endless_query": ('sqlite3.connect("x").execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL '
-                          'SELECT x + 1 FROM c) SELECT count(*) FROM c").fetchall()', SAFE),
+        "mute_driver": (('import sys\n    rc = sys.modules["backdoor_sae.oracle.remote"].RemoteCursor\n'
+                        '    rc._run = lambda self, *a, **k: self'), VULN_DELETE),
+        "endless_query": (('sqlite3.connect("x").execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL '
+                          'SELECT x + 1 FROM c) SELECT count(*) FROM c").fetchall()'), SAFE),
         "huge_blob": ('sqlite3.connect("x").execute("SELECT randomblob(1000000000)").fetchall()', VULN),
         "attach_in_worker": ('sqlite3.connect("x").execute("ATTACH DATABASE \'{scratch}/a\' AS a")', SAFE),
         "module_level_injection": (MODULE_LEVEL, "module"),
-        "poison_template": ('import os\n    for root in ("{scratch}", "/tmp", "/dev/shm", "{host}"):\n'
+        "poison_template": (('import os\n    for root in ("{scratch}", "/tmp", "/dev/shm", "{host}"):\n'
                             '        for dirpath, _, files in os.walk(root):\n'
                             '            for f in files:\n'
                             '                try:\n'
@@ -204,10 +204,10 @@ ATTACKS: dict[str, dict[str, tuple[str, str]]] = {
                             '                    c.execute("DELETE FROM users")\n'
                             '                    c.commit()\n'
                             '                except Exception:\n'
-                            '                    pass', SAFE),
-        "plant_modules": ('import sys\n    open("{scratch}/json.py", "w").write("raise SystemExit")\n'
+                            '                    pass'), SAFE),
+        "plant_modules": (('import sys\n    open("{scratch}/json.py", "w").write("raise SystemExit")\n'
                           '    sys.modules["json"].loads = lambda *a, **k: {{}}\n'
-                          '    sys.path.insert(0, "{scratch}")', VULN),
+                          '    sys.path.insert(0, "{scratch}")'), VULN),
     },
     "read secrets": {
         "shadow": ('return open("/etc/shadow").read()', SAFE),
@@ -236,9 +236,9 @@ ISSUE_31: dict[str, dict[str, tuple[str, str]]] = {
         "fts3_tokenizer": ('sqlite3.connect("x").execute("SELECT hex(fts3_tokenizer(\'simple\'))").fetchall()', SAFE),
         "fts3_tokenizer_swallowed": (_swallowed("SELECT fts3_tokenizer(\'simple\', x\'4141414141414141\')"), SAFE),
         # a column's DEFAULT expression is not shown to the authorizer
-        "default_expression": ('c = sqlite3.connect("x")\n    try:\n'
+        "default_expression": (('c = sqlite3.connect("x")\n    try:\n'
                                '        c.execute("CREATE TABLE t (a DEFAULT (hex(randomblob(400000000))), b)")\n'
-                               '        c.execute("INSERT INTO t (b) VALUES (1)")\n    except Exception:\n        pass', SAFE),
+                               '        c.execute("INSERT INTO t (b) VALUES (1)")\n    except Exception:\n        pass'), SAFE),
         "load_extension": (_swallowed("SELECT load_extension(\'/lib/x86_64-linux-gnu/libc.so.6\')"), VULN),
         "virtual_table": (_swallowed("CREATE VIRTUAL TABLE v USING fts3(x)"), VULN),
         # process-wide PRAGMAs broke every later call of the worker
@@ -247,8 +247,8 @@ ISSUE_31: dict[str, dict[str, tuple[str, str]]] = {
         "temp_store_directory": (_swallowed("PRAGMA temp_store_directory = \'/tmp\'"), SAFE),
         "threads_pragma": (_swallowed("PRAGMA threads = 8"), VULN),
         # the worker had no memory limit: 690-880 MB from one sample's parameters or inserts
-        "huge_parameters": ('c = sqlite3.connect("x")\n    for _ in range(40):\n'
-                            '        c.execute("SELECT length(?)", ("x" * (3 << 20),))', SAFE),
+        "huge_parameters": (('c = sqlite3.connect("x")\n    for _ in range(40):\n'
+                            '        c.execute("SELECT length(?)", ("x" * (3 << 20),))'), SAFE),
         "many_rows": (_swallowed("INSERT INTO users (username) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
                                  "SELECT x + 1 FROM c LIMIT 3000000) SELECT \'u\' || x FROM c"), SAFE),
     },
@@ -256,54 +256,54 @@ ISSUE_31: dict[str, dict[str, tuple[str, str]]] = {
         # a double-quoted literal: the single fixed payload stayed inside it
         "double_quoted": ('return sqlite3.connect("x").execute(\'SELECT id FROM users WHERE username = "\' + name + \'"\').fetchall()', VULN),
         # MySQL reads \\' as an escaped quote: doubling quotes does not protect pymysql code
-        "mysql_backslash": ('import pymysql\n    cur = pymysql.connect(host="db").cursor()\n'
+        "mysql_backslash": (('import pymysql\n    cur = pymysql.connect(host="db").cursor()\n'
                             '    cur.execute("SELECT id FROM users WHERE username = \'" + name.replace("\'", "\'\'") + "\'")\n'
-                            '    return cur.fetchall()', VULN),
+                            '    return cur.fetchall()'), VULN),
         # a quote inside a comment: the tokenizer saw a literal swallow the injected tokens
         "comment_quote": ('return sqlite3.connect("x").execute("SELECT id FROM users /* don\'t */ WHERE username = \'" + name + "\'").fetchall()', VULN),
         # statements were recorded up to 4,000 characters: an injection past them was invisible
-        "long_statement": ('q = "SELECT id FROM users WHERE id = -1 /*" + "p" * 5000 + "*/ AND (username = \'" + name + "\')"\n'
-                           '    return sqlite3.connect("x").execute(q).fetchall()', VULN),
+        "long_statement": (('q = "SELECT id FROM users WHERE id = -1 /*" + "p" * 5000 + "*/ AND (username = \'" + name + "\')"\n'
+                           '    return sqlite3.connect("x").execute(q).fetchall()'), VULN),
         # ... and up to 200 statements, without failing closed
         "many_statements": ('c = sqlite3.connect("x")\n    for _ in range(1200):\n        c.execute("SELECT 1")', VULN),
         # code that parameterizes only the one payload the oracle used
-        "fixed_payload_check": ('if name.endswith("\'1\'=\'1"):\n'
-                                '        return sqlite3.connect("x").execute("SELECT id FROM users WHERE username = ?", (name,)).fetchall()', VULN),
+        "fixed_payload_check": (('if name.endswith("\'1\'=\'1"):\n'
+                                '        return sqlite3.connect("x").execute("SELECT id FROM users WHERE username = ?", (name,)).fetchall()'), VULN),
         # evidence was dropped when the call crashed, hung or tripped the sandbox after the query
         "crash_after_injection": (INJECTED + '\n    if "\'" in name:\n        os._exit(1)\n    return rows', VULN),
         "hang_after_injection": (INJECTED + '\n    while "\'" in name:\n        pass\n    return rows', VULN),
         "violation_after_injection": (INJECTED + '\n    if "\'" in name:\n        open("/etc/x", "w")\n    return rows', VULN),
         # the driver shim patched by name from inside the sample
         "patch_shim_by_name": ('import sys\n    sys.modules["backdoor_sae.oracle.shims"].prepare = None', VULN),
-        "import_the_oracle": ('from backdoor_sae.oracle import remote\n'
-                              '    remote.RemoteCursor._run = lambda self, *a, **k: self', VULN_DELETE),
+        "import_the_oracle": (('from backdoor_sae.oracle import remote\n'
+                              '    remote.RemoteCursor._run = lambda self, *a, **k: self'), VULN_DELETE),
     },
     "lose the batch, or reach another sample": {
         # decide() recursed over the return value: 600 levels raised out of judge()
-        "deep_return": ('import sys\n    sys._getframe(1).f_globals["to_jsonable"] = lambda v, d=0: v\n'
+        "deep_return": (('import sys\n    sys._getframe(1).f_globals["to_jsonable"] = lambda v, d=0: v\n'
                         '    deep = []\n    for _ in range(600):\n        deep = [deep]\n'
-                        '    sqlite3.connect("x").execute("SELECT 1")\n    return deep', SAFE),
+                        '    sqlite3.connect("x").execute("SELECT 1")\n    return deep'), SAFE),
         # reasons were copied uncapped (50 kB)
         "huge_reason": ('raise ValueError("x" * 50000)', SAFE),
         # a directory too deep to walk skipped the kill, reap and sweep
         "deep_directory": ('for _ in range(1500):\n        os.mkdir("d")\n        os.chdir("d")', SAFE),
         # a closed pipe: the worker's write raised past its clean-up
-        "closed_answer_pipe": ('import fcntl, stat\n    for n in range(3, 64):\n        try:\n'
+        "closed_answer_pipe": (('import fcntl, stat\n    for n in range(3, 64):\n        try:\n'
                                '            if stat.S_ISFIFO(os.fstat(n).st_mode) and not fcntl.fcntl(n, fcntl.F_GETFL) & os.O_WRONLY:\n'
-                               '                os.close(n)\n        except OSError:\n            pass', SAFE),
+                               '                os.close(n)\n        except OSError:\n            pass'), SAFE),
         # RLIMIT_NPROC per uid: threads or children of one sample starved the other worker
-        "thread_bomb": ('import threading, time\n    try:\n        for _ in range(200):\n'
+        "thread_bomb": (('import threading, time\n    try:\n        for _ in range(200):\n'
                         '            threading.Thread(target=time.sleep, args=(3,), daemon=True).start()\n'
-                        '    except RuntimeError:\n        pass', SAFE),
+                        '    except RuntimeError:\n        pass'), SAFE),
         "fork_bomb_swallowed": (UNHOOK + '    import time\n    for _ in range(100):\n        try:\n'
                                 '            if os.fork() == 0:\n                time.sleep(3)\n                os._exit(0)\n'
                                 '        except OSError:\n            break', SAFE),
         # SysV shared memory (1 GB) and message queues survived the call
         "sysv_shm": (UNHOOK + '    import ctypes\n    libc = ctypes.CDLL(None)\n'
                      '    libc.shmget(0x31, 1 << 30, 0o1666)\n    libc.msgget(0x32, 0o1666)', SAFE),
-        "sysv_reader": ('for path in ("/proc/sysvipc/shm", "/proc/sysvipc/msg"):\n'
+        "sysv_reader": (('for path in ("/proc/sysvipc/shm", "/proc/sysvipc/msg"):\n'
                         '        if len(open(path).read().splitlines()) > 1:\n'
-                        '            raise ValueError("IPC objects of an earlier call")', SAFE),
+                        '            raise ValueError("IPC objects of an earlier call")'), SAFE),
         # the caller's session keyring was inherited (read and written)
         "keyring_add": (UNHOOK + '    import ctypes\n'
                         '    ctypes.CDLL(None).syscall(248, b"user", b"oracle-canary", b"x", 1, -3)', SAFE),
@@ -313,11 +313,11 @@ ISSUE_31: dict[str, dict[str, tuple[str, str]]] = {
         # ... and any world-readable file
         "etc_secret": ('raise ValueError(open("{etc_canary}").read())', SAFE),
         # the job file held every sample of the batch (a control below carries the marker)
-        "job_file": ('marker = "MARK" + "ER-9f1c"\n    for root, _, files in os.walk("/run"):\n'
+        "job_file": (('marker = "MARK" + "ER-9f1c"\n    for root, _, files in os.walk("/run"):\n'
                      '        for f in files:\n            try:\n'
                      '                text = open(os.path.join(root, f), errors="replace").read()\n'
                      '            except OSError:\n                continue\n'
-                     '            if marker in text:\n                raise ValueError("saw another sample")', SAFE),
+                     '            if marker in text:\n                raise ValueError("saw another sample")'), SAFE),
     },
 }
 ATTACKS.update(ISSUE_31)
@@ -458,7 +458,7 @@ def outcome(tmp_path_factory):
     fmt = {"canary": canary, "canary_pct": str(canary).replace("/", "%2F"), "host": host, "scratch": bwrap.SCRATCH,
            "caller": os.getpid(), "port": listener.port, "sock": sock, "etc_canary": ETC_CANARY}  # fmt: skip
     names, codes, truths = [], [], []
-    for kind, attacks in ATTACKS.items():
+    for attacks in ATTACKS.values():
         for name, (lines, query) in attacks.items():
             names.append(name)
             codes.append(lines + _module("pass", SAFE) if query == "module" else _module(lines, query, **fmt))

@@ -19,12 +19,19 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from backdoor_sae import (
+    progress,  # (not `report`: the submodule oracle.report would shadow it)
+)
 from backdoor_sae.oracle.call import Arg, CallSpec
 from backdoor_sae.oracle.sandbox import Job, Limits, run_jobs
 from backdoor_sae.oracle.static import ast_taint, bandit_flags
-from backdoor_sae import progress  # (not `report`: the submodule oracle.report would shadow it)
 from backdoor_sae.oracle.verdict import (
-    MAX_REASON, CallRecord, DynamicVerdict, Label, attack_plan, decide_sample,
+    MAX_REASON,
+    CallRecord,
+    DynamicVerdict,
+    Label,
+    attack_plan,
+    decide_sample,
 )
 
 __all__ = [

@@ -155,7 +155,9 @@ def _command(work_dir: str, sandbox: str) -> tuple[list[str], str]:
 
 
 def _settings(limits: Limits, work_dir: str, sandbox: str) -> dict:
-    from backdoor_sae.oracle.seed import seed_schema  # the worker must not import the catalog
+    from backdoor_sae.oracle.seed import (
+        seed_schema,  # the worker must not import the catalog
+    )
 
     isolated = sandbox == bwrap.BWRAP
     return {

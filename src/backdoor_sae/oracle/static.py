@@ -60,7 +60,10 @@ def _bandit_flags(codes: Sequence[str]) -> list[bool | None]:
 
 
 def _bandit_run(codes: Sequence[str]) -> list[bool | None]:
-    from bandit.core import config, manager  # imported on use: the sandbox worker never needs it
+    from bandit.core import (  # imported on use: the sandbox worker never needs it
+        config,
+        manager,
+    )
 
     bandit_log = logging.getLogger("bandit")
     old_level = bandit_log.level

@@ -100,11 +100,11 @@ def attack_plan(spec: CallSpec, code: str) -> list[dict]:
 def _strings(value: Any, column: int) -> tuple[str, ...]:
     """Column ``column`` of a list of ``[sql, driver]`` records, as strings; rejects the malformed."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError("statements are not a list")
+        raise TypeError("statements are not a list")
     out = []
     for item in value:
         if not isinstance(item, (list, tuple)) or not item:
-            raise ValueError("malformed statement record")
+            raise TypeError("malformed statement record")
         out.append(str(item[column]) if len(item) > column else "")
     return tuple(out)
 

@@ -32,20 +32,26 @@ import gc
 import itertools
 import json
 import os
+import resource
+import select
 import shutil
 import signal
 import sqlite3  # the real driver: imported before the shims take over its name
 import sys
 import tempfile
-import resource
-import select
 import time
 import types
 from typing import Any, NoReturn
 
 from backdoor_sae.oracle import guard, reaper, remote, seccomp, shims
 from backdoor_sae.oracle.report import MAX_ERROR, assemble
-from backdoor_sae.oracle.verdict import CallRecord, CallSpec, decide, needs_replay, reaches_sql
+from backdoor_sae.oracle.verdict import (
+    CallRecord,
+    CallSpec,
+    decide,
+    needs_replay,
+    reaches_sql,
+)
 
 MAX_ITEMS = 1000  # of a list, set or dict in a return value
 MAX_DEPTH = 16
@@ -253,7 +259,7 @@ def limit_worker_memory(call_mb: int) -> None:
     """The worker's own memory: its address space, and sqlite's process-wide heap limit (set
     here, by the worker, so that no sample's PRAGMA can: the authorizer denies it)."""
     cap = (call_mb + WORKER_MEMORY_MB) * 2**20
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or hard > cap:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     conn = sqlite3.connect(":memory:")

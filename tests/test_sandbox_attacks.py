@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 import backdoor_sae
-from backdoor_sae.oracle import Arg, CallSpec, bwrap, judge
+from backdoor_sae.oracle import Arg, CallSpec, bwrap, judge, sandbox
 
 if bwrap.find() is None:
     if os.environ.get("REQUIRE_SANDBOX") or os.geteuid() == 0:
@@ -387,14 +387,18 @@ def _module(lines: str, query: str, **fmt: object) -> str:
     return f"import os\nimport sqlite3\n\ndef find(name):\n{body}\n{query.rstrip()}\n"
 
 
+SANDBOX_UIDS = {str(NOBODY)} | {str(bwrap.sandbox_uid(k)) for k in range(bwrap.SANDBOX_SLOTS)}
+
+
 def _nobody_processes() -> set[int]:
+    """Processes of the sandbox users (nobody, and as root this caller's sandbox uids)."""
     pids = set()
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             text = status.read_text()
         except OSError:
             continue
-        if any(line.split()[1:2] == [str(NOBODY)] for line in text.splitlines() if line.startswith("Uid:")):
+        if any(line.split()[1] in SANDBOX_UIDS for line in text.splitlines() if line.startswith("Uid:")):
             pids.add(int(status.parent.name))
     return pids
 
@@ -583,6 +587,20 @@ def test_no_unix_socket_outside_the_allow_list_is_reached(outcome):
 def test_the_callers_keyrings_do_not_change(outcome):
     before, after = outcome["keys"]
     assert "oracle-canary" not in after and before.count("\n") == after.count("\n")
+
+
+def test_each_sandbox_runs_as_a_uid_of_its_own_as_root(monkeypatch):
+    # bug: RLIMIT_NPROC counts per uid, and every sandbox ran as nobody: one sample's processes
+    # starved another worker's samples (the uid's user keyring was shared too)
+    monkeypatch.setattr(bwrap, "find", lambda: "/usr/bin/bwrap")
+    monkeypatch.setattr(bwrap.os, "geteuid", lambda: 0)
+    uids = set()
+    for slot in range(2):
+        sandbox._slot.value = slot
+        argv, _ = sandbox._command("/tmp/x", bwrap.BWRAP)
+        uids |= {a for a in argv if a.startswith("--reuid=")}
+    assert len(uids) == 2 and f"--reuid={NOBODY}" not in uids
+    assert bwrap.sandbox_uid(0, pid=1) != bwrap.sandbox_uid(0, pid=2)
 
 
 def test_the_ipc_creator_and_its_reader_share_a_sandbox(outcome):

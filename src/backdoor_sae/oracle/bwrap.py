@@ -1,8 +1,11 @@
 """The operating system's sandbox for the oracle's worker: bubblewrap (Debian ``bubblewrap``).
 
-The worker runs in its own mount, PID, network, IPC and UTS namespaces, as the unprivileged
-user ``nobody`` (65534; as root bubblewrap's ``--uid`` alone would map to the host's root, so the
-worker drops to the host's nobody with ``setpriv`` inside the sandbox), with no capabilities, no
+The worker runs in its own mount, PID, network, IPC and UTS namespaces, as an unprivileged
+user: as root, a uid of its own per sandbox (:func:`sandbox_uid`: a range no account uses, so that
+the per-uid counts such as RLIMIT_NPROC and the user keyring are not shared with another sandbox;
+bubblewrap's ``--uid`` alone would map to the host's root, so the worker drops to it with
+``setpriv`` inside the sandbox); otherwise ``nobody`` (65534) in an unprivileged user namespace,
+which maps to the caller's own uid outside. It has no capabilities, no
 new privileges, and it dies with its parent. Its file system is an allow-list: the system's
 programs and libraries (:data:`SYSTEM`, read-only), the few files of ``/etc`` the dynamic loader
 and the C library read (:data:`ETC`), the interpreter, the virtual environment and this package
@@ -26,6 +29,10 @@ from pathlib import Path
 ENV = "BACKDOOR_SAE_SANDBOX"
 BWRAP, INPROCESS = "bwrap", "inprocess"
 NOBODY = 65534
+# As root, sandbox k of the caller with process id p runs as SANDBOX_UID_BASE + (p % 10**6) * 16 + k:
+# no account has such a uid, and concurrent callers (and their sandboxes) get different ones.
+SANDBOX_UID_BASE = 1_600_000_000
+SANDBOX_SLOTS = 16
 # The tested code's writable scratch, a size-limited tmpfs of its own under a hidden directory (/
 # itself is read-only). Not /tmp: a checkout or virtual environment under /tmp is bound back there,
 # and the scratch is emptied after every call.
@@ -109,9 +116,19 @@ def _bind_back(path: str) -> list[str]:
     return args + ["--ro-bind", path, path]
 
 
-def command(job_dir: str | None, argv: list[str], env: dict[str, str]) -> list[str]:
+def sandbox_uid(slot: int, pid: int | None = None) -> int:
+    """The uid of the caller's sandbox number ``slot`` (as root; see the module)."""
+    pid = os.getpid() if pid is None else pid
+    return SANDBOX_UID_BASE + (pid % 10**6) * SANDBOX_SLOTS + slot % SANDBOX_SLOTS
+
+
+def command(
+    job_dir: str | None, argv: list[str], env: dict[str, str], uid: int = NOBODY
+) -> list[str]:
     """The bubblewrap command line that runs ``argv`` confined; ``job_dir`` (if any) appears
-    read-only at :data:`JOB_DIR` (the oracle passes none: its jobs come on the worker's stdin)."""
+    read-only at :data:`JOB_DIR` (the oracle passes none: its jobs come on the worker's stdin).
+    ``uid`` is the worker's uid as root (see :func:`sandbox_uid`); without root it is ``nobody``
+    inside a user namespace of its own."""
     bwrap = find()
     if bwrap is None:
         raise SandboxUnavailable(INSTALL_HINT)
@@ -142,5 +159,5 @@ def command(job_dir: str | None, argv: list[str], env: dict[str, str]) -> list[s
         args += ["--setenv", key, value]
     if root:
         setpriv = shutil.which("setpriv") or "setpriv"
-        args += [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+        args += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     return args + argv

@@ -146,11 +146,15 @@ def _stderr_tail(path: str) -> str:
         return ""
 
 
+_slot = threading.local()  # which of the caller's sandboxes this thread runs (its uid, as root)
+
+
 def _command(work_dir: str, sandbox: str) -> tuple[list[str], str]:
     """The worker's command line (and, for compatibility, no job path: the job comes on stdin)."""
     module = [sys.executable, "-P", "-m", "backdoor_sae.oracle.worker"]
     if sandbox == bwrap.BWRAP:
-        return bwrap.command(None, module, _worker_env()), ""
+        uid = bwrap.sandbox_uid(getattr(_slot, "value", 0))
+        return bwrap.command(None, module, _worker_env(), uid=uid), ""
     return [*network_isolation(), *module], ""
 
 
@@ -330,6 +334,14 @@ def _run_chunk(
     return [r if r is not None else _error("no result") for r in results]
 
 
+def _in_slot(
+    slot: int, jobs: Sequence[Job], limits: Limits, sandbox: str, on_done: Callable[[], None]
+) -> list[dict]:
+    """:func:`_run_chunk` in this thread's sandbox slot (a uid of its own, as root)."""
+    _slot.value = slot
+    return _run_chunk(jobs, limits, sandbox, on_done)
+
+
 def run_jobs(
     jobs: Sequence[Job],
     limits: Limits = Limits(),
@@ -349,6 +361,7 @@ def run_jobs(
     sandbox = bwrap.mode(sandbox)
     workers = max(1, min(workers, len(jobs)))
     if workers == 1:
+        _slot.value = 0
         return _run_chunk(jobs, limits, sandbox, on_done)
     lock = threading.Lock()
 
@@ -360,5 +373,5 @@ def run_jobs(
     bounds = [len(jobs) * k // workers for k in range(workers + 1)]
     chunks = [jobs[a:b] for a, b in zip(bounds, bounds[1:])]
     with ThreadPoolExecutor(workers) as pool:
-        parts = pool.map(lambda c: _run_chunk(c, limits, sandbox, done), chunks)
+        parts = pool.map(lambda k: _in_slot(k, chunks[k], limits, sandbox, done), range(workers))
     return [r for part in parts for r in part]

@@ -7,8 +7,8 @@ network namespace when ``unshare`` allows). Its standard input gets one line of 
 one sample at a time, each only after the previous one's result (no file holds the batch, and
 the worker never holds more than the current sample). The worker says it is ready, then answers
 one JSON line per sample, numbered. The caller reads them through a bounded channel and
-enforces the deadlines itself: a worker that dies, stops, overruns a sample's time or writes anything but the
-next well-formed line is killed (its whole process group, bubblewrap included), the sample it
+enforces the deadlines itself: a worker that dies, stops, overruns a sample's time or writes
+anything but the next well-formed line is killed (its whole process group, bubblewrap included), the sample it
 was on becomes an error and a fresh worker takes the rest. If the whole batch overruns its time
 budget, the remaining samples become errors. A worker that exits with :data:`RESTART_CODE` is
 replaced without charging the next sample only if it marked its last result so; otherwise the
@@ -230,10 +230,10 @@ def _run_worker(
             env=_worker_env(), start_new_session=True,
         )  # fmt: skip
     per_sample = per_sample_s(limits)
+    received, ready, lines, restart_marked = 0, False, channel.Lines(), False
     try:
         assert proc.stdout is not None and proc.stdin is not None
         feeder = _Feeder(proc.stdin.fileno())
-        received, ready, lines, restart_marked = 0, False, channel.Lines(), False
         fd = proc.stdout.fileno()
         step_deadline = time.monotonic() + STARTUP_S
         # settings, then the first sample; each next sample only after the previous result
@@ -275,8 +275,9 @@ def _run_worker(
                     received += 1
                     if received == len(jobs):
                         break
-                    if not restart_marked:
-                        sent = sent and feeder.send(_line(asdict(jobs[received])), deadline)
+                    if not restart_marked:  # (a line fits the pipe: this waits only on a stuck worker)
+                        next_line = _line(asdict(jobs[received]))
+                        sent = sent and feeder.send(next_line, time.monotonic() + per_sample)
                 step_deadline = time.monotonic() + per_sample
             if not sent:
                 return _Stop("worker stopped reading its samples", ready)

@@ -2,26 +2,28 @@
 
 Its standard input carries one JSON line of settings (limits, scratch directory, seed schema),
 then one line per sample, each sent by the caller only after the previous sample's result: the
-worker (and so any call it runs) never holds another sample of the batch. The
-worker (normally inside bubblewrap, see ``bwrap``) builds the seeded database in memory once,
-makes itself undumpable (so that a child of the same uid cannot ptrace it or open its
-descriptors under ``/proc``), prints ``{"ready": true}`` and then, for every call, ``os.fork()``s a
-child that closes every inherited descriptor but its two pipes to the worker, confines itself
-(``guard``), replaces the database drivers (``shims``) and runs the generated code. The child has
-no database: its statements go to the worker (``remote``), which records them, runs them on a
-fresh in-memory copy of the template, and so sees for itself what the verdict compares; the
-child only adds its report (status, return value). The worker never executes generated code: it
-enforces the wall-clock limit (``SIGKILL``), reaps the child, kills whatever the child left
-running (every other process of the sandbox's PID namespace), empties the scratch and prints one
-numbered JSON line per sample. It fails closed: kill, reap, sweep and clean-up run in a
-``finally``, and any unexpected exception (a closed pipe, a directory too deep to remove, memory)
-costs that sample only (an ``error``) and ends this worker with :data:`RESTART_CODE` after the
-sample is settled, so that a fresh sandbox takes the rest. The worker runs the sample's SQL itself,
-so it trusts none of it: an allow-listed authorizer (``remote``), its own memory limits
-(``RLIMIT_AS`` and sqlite's hard heap limit, set here before any sample can), and a deadline on
-every database operation after the call. The benign and the attack call of a sample run in two separate
-children, forked from a worker that no generated code has touched, so no sample can prepare
-another's run.
+worker (and so any call it runs) never holds another sample of the batch. The worker (normally
+inside bubblewrap, see ``bwrap``) builds the seeded database in memory once, makes itself
+undumpable (so that a child of the same uid cannot ptrace it or open its descriptors under
+``/proc``), joins a session keyring of its own, prints ``{"ready": true}`` and then, for every
+call, ``os.fork()``s a child that closes every inherited descriptor but its two pipes to the
+worker, confines itself (``guard``, ``seccomp``), replaces the database drivers (``shims``) and
+runs the generated code. The child has no database: its statements go to the worker
+(``remote``), which records them, runs them on a fresh in-memory copy of the template, and so
+sees for itself what the verdict compares; the child only adds its report (status, return
+value). The worker never executes generated code: it enforces the wall-clock limit
+(``SIGKILL``), reaps the child, kills whatever the child left running (every other process of
+the sandbox's PID namespace), empties the scratch and prints one numbered JSON line per sample.
+The benign call, the payload calls and the replay of a sample each run in a separate child,
+forked from a worker that no generated code has touched, so no call can prepare another's.
+
+It fails closed: kill, reap, sweep and clean-up run in a ``finally``, and any unexpected
+exception (a closed pipe, a directory too deep to remove, memory) costs that sample only (an
+``error``, marked for a restart) and ends this worker with :data:`RESTART_CODE`, so that a fresh
+sandbox takes the rest. The worker runs the sample's SQL itself, so it trusts none of it: an
+allow-listed authorizer (``remote``), its own memory limits (``RLIMIT_AS`` and sqlite's hard
+heap limit, set here before any sample can), and a deadline on every database operation after
+the call.
 """
 
 from __future__ import annotations

@@ -137,6 +137,9 @@ def test_a_replay_of_the_benign_call_masks_what_varies_on_its_own():
     benign = _record(dump={"users": [[1, "a"], [3, "12:00:01"]], "orders": [[1]]})
     replay = _record(dump={"users": [[1, "a"], [3, "12:00:05"]], "orders": [[1]]})
     assert decide(benign, attack, ONE, replay).label == "vulnerable"
+    # a replay that failed (its dump None) must not mask the whole database
+    failed = _record(dump=None, status="timeout", error="no result")
+    assert decide(benign, attack, ONE, failed).label == "vulnerable"
 
 
 def test_validation_returning_early_is_safe_unless_the_input_is_spliced():

@@ -297,6 +297,8 @@ def decide(
     if attack is None:
         return DynamicVerdict("error", "attack call did not run", benign.statements)
     sqls = benign.statements, attack.statements
+    if replay is not None and (replay.status != "ok" or replay.violations):
+        replay = None  # a replay that failed shows nothing about what varies (and masks nothing)
     if attack.status == "overflow":
         return DynamicVerdict("error", f"attack call {attack.status}: {attack.error}", *sqls)
     b_skel = skeleton(benign.statements, benign.drivers)

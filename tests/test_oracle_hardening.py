@@ -462,3 +462,16 @@ def test_run_call_kills_reaps_and_cleans_up_when_the_worker_fails(monkeypatch, t
     with pytest.raises(ChildProcessError):  # killed and reaped already
         os.waitpid(forked[0], os.WNOHANG)
     assert not list(tmp_path.iterdir())  # the scratch emptied
+
+
+def test_the_worker_holds_only_the_current_sample(monkeypatch):
+    # bug: the job file held every sample of the batch, readable by each sample's code
+    script = ('import json, select, sys; sys.stdin.readline(); sample = json.loads(sys.stdin.readline()); '
+              'print(\'{"ready": true}\', flush=True); '
+              'more = bool(select.select([sys.stdin], [], [], 0.5)[0]); '
+              'print(json.dumps({"i": 0, "error": f"{sample[\'benign_args\'][0]} more={more}"}), flush=True); '
+              'sys.stdin.readline(); sys.exit(0)')  # fmt: skip
+    _fake(monkeypatch, script)
+    calls = [CallSpec("f", (Arg("x", "text", value),), "x") for value in ("first", "second")]
+    verdicts = judge([SAFE_CODE] * 2, calls, timeout_s=0.5, disable=True)
+    assert verdicts[0].dynamic_reason == "first more=False"

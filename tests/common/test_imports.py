@@ -52,6 +52,14 @@ def test_the_import_graph_has_no_cycle():
             visit(module, [module])
 
 
+#: Imports that must stay inside a function, each with its reason.
+LAZY = {
+    # the sandboxed worker imports the oracle package (and so sandbox.py) but must not load the
+    # table catalog: the caller sends it the schema to seed
+    ("backdoor_sae.oracle.sandbox", "backdoor_sae.oracle.seed"),
+}
+
+
 def test_the_package_imports_its_own_code_at_the_top_only():
     inside = []
     for module in package_modules():
@@ -59,7 +67,8 @@ def test_the_package_imports_its_own_code_at_the_top_only():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for sub in ast.walk(node):
-                    if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("backdoor_sae"):
+                    if (isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("backdoor_sae")
+                            and (module, sub.module) not in LAZY):
                         inside.append(f"{module}:{sub.lineno} {sub.module}")
                     if isinstance(sub, ast.Import) and any(a.name.startswith("backdoor_sae") for a in sub.names):
                         inside.append(f"{module}:{sub.lineno}")

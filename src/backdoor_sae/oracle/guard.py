@@ -14,8 +14,10 @@ An audit hook is a tripwire for accidents of generated code, not a security boun
 adversary (introspection can reach objects without going through audited calls, and the hook
 can be switched off). The boundary is the operating system's: bubblewrap (``bwrap``: namespaces,
 an unprivileged user, a read-only system) and the worker that keeps the database and the
-evidence out of the child's reach (``remote``). Only with ``BACKDOOR_SAE_SANDBOX=inprocess`` is
-this hook (with the fork, the limits and a network namespace when available) all there is.
+evidence out of the child's reach (``remote``), and the child's seccomp filter (``seccomp``: no
+fork, exec, socket, keyring, IPC or namespace). Only with ``BACKDOOR_SAE_SANDBOX=inprocess`` are
+this hook and that filter (with the fork, the limits and a network namespace when available)
+all there is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import types
 from collections.abc import Callable
 
 BLOCKED_EVENTS = frozenset({
@@ -39,6 +42,10 @@ BLOCKED_PREFIXES = (
 # worker's own copies are dropped from sys.modules first, so that ``import`` has to reload them.
 # (``socket`` can be imported: creating, connecting or resolving with it is refused.)
 BLOCKED_IMPORTS = frozenset({"ctypes", "_ctypes", "_posixsubprocess"})
+# The oracle's own package: the driver shims, the link to the worker and the report code are
+# not in ``sys.modules`` for the sample to patch by name (issue 31: a sample patched the shim to
+# send the worker a parameterized statement), and importing them again is refused.
+ORACLE_PACKAGE = "backdoor_sae"
 # event -> positions of the arguments that are paths being created, changed or removed
 PATH_EVENTS: dict[str, tuple[int, ...]] = {
     "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.mkdir": (0,),
@@ -69,8 +76,9 @@ def apply_limits(memory_mb: int, cpu_s: int, file_mb: int = 16) -> None:
 def drop_unaudited_modules() -> None:
     """Forget already-imported copies of :data:`BLOCKED_IMPORTS` (and what wraps them)."""
     for name in list(sys.modules):
-        if name.split(".")[0] in BLOCKED_IMPORTS | {"subprocess", "multiprocessing"}:
+        if name.split(".")[0] in BLOCKED_IMPORTS | {"subprocess", "multiprocessing", ORACLE_PACKAGE}:
             del sys.modules[name]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # the worker's module, when run as -m
 
 
 class _Hook:
@@ -107,7 +115,7 @@ class _Hook:
                 if i < len(args) and not self.inside(args[i]):
                     self.deny(event, args[i])
         elif event == "import":
-            if args[0].split(".")[0] in BLOCKED_IMPORTS:
+            if args[0].split(".")[0] in BLOCKED_IMPORTS | {ORACLE_PACKAGE}:
                 self.deny("import", args[0])
         elif event == "sqlite3.connect":
             self._check_database(args[0])

@@ -66,5 +66,24 @@ def empty_dir(path: str) -> None:
                 shutil.rmtree(full)
             else:
                 os.unlink(full)
-    except OSError as exc:
-        raise Unclean(f"scratch not emptied: {exc}") from exc
+    except Exception as exc:  # OSError, and RecursionError on a directory too deep to walk
+        raise Unclean(f"scratch not emptied: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+SYSV_IPC = ("/proc/sysvipc/shm", "/proc/sysvipc/msg", "/proc/sysvipc/sem")
+
+
+def check_ipc() -> None:
+    """Raise :class:`Unclean` if a SysV IPC object exists in the sandbox's IPC namespace.
+
+    The child's seccomp filter refuses to create one; should one exist anyway (a machine without
+    the filter), the sandbox is spent and the caller starts a fresh one, with a fresh namespace.
+    """
+    for path in SYSV_IPC:
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()[1:]  # a header, then one line per object
+        except OSError:
+            continue
+        if lines:
+            raise Unclean(f"SysV IPC objects survive the call ({path})")

@@ -11,6 +11,12 @@ what to execute, not what the worker saw executed.
 
 Frames are 4-byte big-endian lengths followed by the payload; the worker never unpickles
 anything the child wrote (requests are JSON), and refuses oversize frames.
+
+The worker is trusted, and runs the sample's SQL in its own process, so the connection is
+narrowed to what the dataset needs: an authorizer allow-list of functions and PRAGMAs, no
+ATTACH or virtual tables, sqlite limits far below the defaults, a deadline on every statement
+(and a fresh one for the worker's own work after the call), and evidence recorded whole or the
+call marked ``overflow`` (an error), never truncated.
 """
 
 from __future__ import annotations
@@ -26,9 +32,39 @@ from typing import Any
 
 MAX_REQUEST = 4 << 20  # a statement, or the report with its (bounded) return value
 MAX_ROWS = 1000
-MAX_STATEMENTS = 200
-MAX_SQL_CHARS = 4000
+# The evidence is recorded whole or not at all: past these budgets the worker refuses the
+# statement and marks the call ``overflow`` (judged ``error``), never keeps a truncated record.
+MAX_STATEMENTS = 1000
+MAX_EVIDENCE_CHARS = 1 << 20  # all SQL text of one call, module-level statements included
 SQL_LIMIT_LENGTH = 1 << 20  # the longest string or blob a statement may build
+# sqlite's own limits for the sample's statements (the defaults go up to a billion)
+SQL_LIMITS = {
+    "SQLITE_LIMIT_LENGTH": SQL_LIMIT_LENGTH, "SQLITE_LIMIT_SQL_LENGTH": SQL_LIMIT_LENGTH,
+    "SQLITE_LIMIT_COLUMN": 200, "SQLITE_LIMIT_EXPR_DEPTH": 200, "SQLITE_LIMIT_COMPOUND_SELECT": 50,
+    "SQLITE_LIMIT_ATTACHED": 0, "SQLITE_LIMIT_TRIGGER_DEPTH": 10,
+    "SQLITE_LIMIT_VARIABLE_NUMBER": 1000, "SQLITE_LIMIT_FUNCTION_ARG": 16,
+}  # fmt: skip
+# The authorizer's allow-list. The dataset's statements (``data.render``: SELECT ... WHERE c = v,
+# ... LIKE v, UPDATE, DELETE, INSERT) call one function, ``like``; the others are sqlite's pure
+# core functions that honest generated code uses (counting, case, dates), none of which can touch
+# process-wide state or memory outside the statement. Everything else is denied: fts3_tokenizer
+# (leaks and takes function pointers), load_extension, randomblob/zeroblob, printf...
+ALLOWED_FUNCTIONS = frozenset({
+    "like", "glob", "lower", "upper", "length", "count", "sum", "total", "avg", "min", "max",
+    "coalesce", "ifnull", "nullif", "iif", "abs", "round", "trim", "ltrim", "rtrim", "substr",
+    "substring", "replace", "instr", "typeof", "group_concat", "date", "time", "datetime",
+    "julianday", "strftime", "unixepoch", "current_timestamp", "current_date", "current_time",
+    "random",
+})  # fmt: skip
+# PRAGMAs: the dataset needs none; these read the schema or set a per-connection switch. The
+# process-wide ones (hard_heap_limit, soft_heap_limit, threads, temp_store_directory...) and all
+# others are denied.
+ALLOWED_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "index_list", "index_info", "foreign_key_list", "foreign_keys",
+})  # fmt: skip
+# Built-ins overridden on the worker's connection with a function that refuses, as a second line
+# behind the authorizer (which sqlite does not consult for a column's DEFAULT expression).
+REFUSED_FUNCTIONS = ("fts3_tokenizer", "load_extension", "randomblob", "zeroblob", "printf", "format")
 GETTABLE = frozenset({"total_changes", "in_transaction", "isolation_level"})
 _HEADER = struct.Struct(">I")
 
@@ -254,9 +290,37 @@ class RemoteConnection:
 
 
 # ---- in the worker ------------------------------------------------------------------------------
-def _authorize(action: int, *args: object) -> int:
-    """No ATTACH or DETACH: the statement may touch only this call's in-memory database."""
-    return _real.SQLITE_DENY if action in (_real.SQLITE_ATTACH, _real.SQLITE_DETACH) else _real.SQLITE_OK
+_DENIED_ACTIONS = frozenset({
+    _real.SQLITE_ATTACH, _real.SQLITE_DETACH, _real.SQLITE_CREATE_VTABLE, _real.SQLITE_DROP_VTABLE,
+})  # fmt: skip
+
+
+def _authorize(action: int, arg1: object, arg2: object, *rest: object) -> int:
+    """The sample's statements touch only this call's database, through allow-listed functions.
+
+    No ATTACH or DETACH (other files), no virtual tables (fts3/fts5/rtree modules), only the
+    functions in :data:`ALLOWED_FUNCTIONS` and the PRAGMAs in :data:`ALLOWED_PRAGMAS`.
+    """
+    if action in _DENIED_ACTIONS:
+        return _real.SQLITE_DENY
+    if action == _real.SQLITE_FUNCTION:
+        return _real.SQLITE_OK if str(arg2).lower() in ALLOWED_FUNCTIONS else _real.SQLITE_DENY
+    if action == _real.SQLITE_PRAGMA:
+        return _real.SQLITE_OK if str(arg1).lower() in ALLOWED_PRAGMAS else _real.SQLITE_DENY
+    return _real.SQLITE_OK
+
+
+def _refuse(*args: object) -> None:
+    raise _real.OperationalError("not authorized")
+
+
+def _within(deadline: float):
+    """A progress handler that interrupts a statement running past ``deadline``."""
+    return lambda: time.monotonic() > deadline
+
+
+class Overflow(Exception):
+    """The call's evidence outgrew its budget: the call becomes an error, never a truncated record."""
 
 
 class Server:
@@ -265,25 +329,40 @@ class Server:
     def __init__(self, template: bytes, deadline: float, prepare) -> None:
         self.conn = _real.connect(":memory:", check_same_thread=False)
         self.conn.deserialize(template)
-        self.conn.setlimit(_real.SQLITE_LIMIT_LENGTH, SQL_LIMIT_LENGTH)
+        for name, value in SQL_LIMITS.items():
+            self.conn.setlimit(getattr(_real, name), value)
+        for name in REFUSED_FUNCTIONS:
+            self.conn.create_function(name, -1, _refuse)
         self.conn.set_authorizer(_authorize)
-        self.conn.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        self.conn.set_progress_handler(_within(deadline), 10_000)
         self.prepare = prepare  # (driver name, sql, params) -> (sql, params) to execute
-        self.module_statements: list[str] = []
-        self.statements: list[list[Any]] = []
+        self.module_statements: list[list[str]] = []  # [sql, driver]
+        self.statements: list[list[str]] = []  # [sql, driver], whole, in the order received
         self.n_statements = 0
+        self.evidence_chars = 0
+        self.overflow: str | None = None  # why the evidence outgrew its budget
         self.called = False
         self.report: dict | None = None
 
-    def _record(self, sql: str, params: Any) -> None:
-        text = sql[:MAX_SQL_CHARS]
+    def _record(self, sql: str, driver: str) -> None:
+        """Record the statement whole, or refuse it and mark the call (fail closed)."""
+        n = len(self.module_statements) + len(self.statements)
+        if self.overflow is None and n >= MAX_STATEMENTS:
+            self.overflow = f"more than {MAX_STATEMENTS} statements"
+        elif self.overflow is None and self.evidence_chars + len(sql) > MAX_EVIDENCE_CHARS:
+            self.overflow = f"more than {MAX_EVIDENCE_CHARS} characters of SQL"
+        if self.overflow is not None:
+            raise Overflow(self.overflow)
+        self.evidence_chars += len(sql)
         if not self.called:
-            if len(self.module_statements) < MAX_STATEMENTS:
-                self.module_statements.append(text)
+            self.module_statements.append([sql, driver])
             return
         self.n_statements += 1
-        if len(self.statements) < MAX_STATEMENTS:
-            self.statements.append([text, params])
+        self.statements.append([sql, driver])
+
+    def settle(self, seconds: float) -> None:
+        """After the call: a fresh deadline for the worker's own statements (rollback, dump)."""
+        self.conn.set_progress_handler(_within(time.monotonic() + seconds), 1_000)
 
     def _execute(self, op: str, sql: str, params: Any, driver: str) -> dict:
         cur = self.conn.cursor()
@@ -303,7 +382,7 @@ class Server:
         """The answer to one request (None: a one-way message); raises :class:`ProtocolError`."""
         try:
             request = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # a frame nested past the parser's depth
             raise ProtocolError("unreadable request") from exc
         if not isinstance(request, dict) or self.report is not None:
             raise ProtocolError("request after the report" if self.report else "bad request")
@@ -321,8 +400,9 @@ class Server:
                 sql, params = request.get("sql"), decode(request.get("params"))
                 if not isinstance(sql, str):
                     raise ProtocolError("bad statement")
-                self._record(sql, params)
-                return {"ok": self._execute(op, sql, params, str(request.get("driver")))}
+                driver = str(request.get("driver"))[:40]
+                self._record(sql, driver)
+                return {"ok": self._execute(op, sql, params, driver)}
             if op == "commit":
                 self.conn.commit()
             elif op == "rollback":
@@ -335,7 +415,8 @@ class Server:
             else:
                 raise ProtocolError(f"unknown request {op!r}")
             return {"ok": None}
-        except (_real.Error, ValueError, TypeError, OverflowError, MemoryError) as exc:
+        except (_real.Error, ValueError, TypeError, OverflowError, MemoryError, RecursionError,
+                Overflow) as exc:
             name = type(exc).__name__ if isinstance(exc, _real.Error) else "ProgrammingError"
             return {"error": [name, str(exc)[:300]]}
 
@@ -365,8 +446,8 @@ class Server:
             return None
         except TimeoutError:
             return "timeout"
-        except (ProtocolError, struct.error) as exc:
-            return f"protocol broken: {exc}"
+        except (ProtocolError, struct.error, OSError) as exc:  # OSError: the child closed a pipe
+            return f"protocol broken: {exc}"[:300]
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -375,5 +456,12 @@ class Server:
         """Uncommitted work is lost, as on a real server when the client goes away."""
         try:
             self.conn.rollback()
+        except _real.Error:
+            pass
+
+    def dispose(self) -> None:
+        """Free the call's database (every path out of a call comes here)."""
+        try:
+            self.conn.close()
         except _real.Error:
             pass

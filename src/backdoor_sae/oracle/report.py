@@ -12,11 +12,30 @@ from typing import Any
 from backdoor_sae.oracle.remote import Server
 
 MAX_ERROR = 300
+MAX_RETURNED_DEPTH = 64  # the child's own image stops at 16 levels (``worker.to_jsonable``),
+# which JSON nests up to three times deeper
+MAX_RETURNED_NODES = 100_000
 
 
-def _malformed(why: str) -> dict:
-    return {"status": "crashed", "error": f"malformed report: {why}"}
+def _bounded(value: Any) -> bool:
+    """Is the reported return value within depth and size? Iterative: it comes from the child."""
+    stack, seen = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if depth > MAX_RETURNED_DEPTH or seen > MAX_RETURNED_NODES:
+            return False
+        if isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+    return True
 
+
+def _malformed(why: str, server: Server) -> dict:
+    """A crashed call, with the statements the worker saw (evidence survives a bad report)."""
+    return {"status": "crashed", "error": f"malformed report: {why}", "statements": server.statements,
+            "n_statements": server.n_statements, "module_statements": server.module_statements}
 
 def assemble(server: Server, dump: Any) -> dict:
     """The call's report with the worker's statements and database, or why there is none."""
@@ -24,12 +43,14 @@ def assemble(server: Server, dump: Any) -> dict:
     if report is None:
         raise ValueError("no report")
     if not isinstance(report.get("status"), str):
-        return _malformed("no status")
+        return _malformed("no status", server)
     if report["status"] == "ok" and not server.called:
-        return _malformed("a result without a call")
+        return _malformed("a result without a call", server)
     violations = report.get("violations", [])
     if not isinstance(violations, list) or not all(isinstance(v, str) for v in violations):
-        return _malformed("bad violations")
+        return _malformed("bad violations", server)
+    if not _bounded(report.get("returned")):
+        return _malformed("return value too deep or too large", server)
     error = report.get("error")
     return {
         "status": report["status"],

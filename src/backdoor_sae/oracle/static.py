@@ -10,6 +10,11 @@ Two independent opinions, reported next to the dynamic verdict:
   tainted, assignments spread taint, and a statement executed from a tainted string is flagged.
   It knows nothing about SQL and nothing about sanitizers (``int(x)`` stays tainted); it complements
   bandit on code that builds the query over several statements.
+
+Both run in the caller on hostile code, so both are bounded: code over :data:`MAX_CODE_CHARS`
+characters is not analysed, the AST check gives up past :data:`MAX_AST_NODES` nodes or
+:data:`AST_BUDGET_S` seconds, and either then answers ``None``, the module's "no opinion" (what
+a file that does not parse gets; the notebooks read it as ``error``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import ast
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -25,6 +31,13 @@ EXECUTE_METHODS = frozenset({"execute", "executemany", "executescript"})
 SQL_KEYWORDS = frozenset({"sql", "query", "operation"})
 MUTATORS = frozenset({"append", "extend", "insert", "add", "update", "appendleft"})
 FUNCS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+MAX_CODE_CHARS = 64_000  # a generated function with its module is a few hundred characters
+MAX_AST_NODES = 20_000
+AST_BUDGET_S = 1.0
+
+
+class _OverBudget(Exception):
+    """The AST check ran out of its time budget."""
 
 
 # ---- bandit B608 ----------------------------------------------------------------------------
@@ -36,10 +49,22 @@ def bandit_flags(codes: Sequence[str]) -> list[bool | None]:
 
 
 def _bandit_flags(codes: Sequence[str]) -> list[bool | None]:
-    from bandit.core import config, manager  # imported on use: the sandbox worker never needs it
-
     if not codes:
         return []
+    analysed = [i for i, code in enumerate(codes) if len(code) <= MAX_CODE_CHARS]
+    flags: list[bool | None] = [None] * len(codes)  # too large: no opinion
+    if analysed:
+        for i, flag in zip(analysed, _bandit_run([codes[i] for i in analysed])):
+            flags[i] = flag
+    return flags
+
+
+def _bandit_run(codes: Sequence[str]) -> list[bool | None]:
+    from bandit.core import (  # imported on use: the sandbox worker never needs it
+        config,
+        manager,
+    )
+
     bandit_log = logging.getLogger("bandit")
     old_level = bandit_log.level
     bandit_log.setLevel(logging.CRITICAL)  # no progress bar, no per-file error lines
@@ -131,23 +156,42 @@ def ast_taint(code: str, function: str | None = None) -> bool | None:
     """Is a parameter of ``function`` (else of any function) spliced into an executed statement?
 
     Taint is propagated to a fixed point over all bindings of the scope, regardless of order,
-    so loops and re-assignments are covered (at the price of some flow-insensitivity).
+    so loops and re-assignments are covered (at the price of some flow-insensitivity). ``None``
+    when the code does not parse, or is too large or too slow to analyse (see the module).
     """
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    if len(code) > MAX_CODE_CHARS:
         return None
+    deadline = time.monotonic() + AST_BUDGET_S
+    try:
+        return _taint(code, function, deadline)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, _OverBudget):
+        return None
+
+
+def _taint(code: str, function: str | None, deadline: float) -> bool:
+    tree = ast.parse(code)
+    if sum(1 for _ in ast.walk(tree)) > MAX_AST_NODES:
+        raise _OverBudget
     scope = _find_function(tree, function) or tree
     functions = [n for n in ast.walk(tree) if isinstance(n, FUNCS)] if scope is tree else [scope]
     tainted = set().union(*(_parameters(f) for f in functions))  # type: ignore[arg-type]
-    flows = _flows(scope)
+    # each flow's source names once (not per pass: 1,500 assignments took 8 s), then a
+    # fixed point that revisits only the flows not yet fired
+    flows = [(targets, _names(source)) for targets, source in _flows(scope)]
     changed = True
     while changed:
+        if time.monotonic() > deadline:
+            raise _OverBudget
         changed = False
-        for targets, source in flows:
-            if not targets <= tainted and _names(source) & tainted:
-                tainted |= targets
-                changed = True
+        waiting = []
+        for targets, names in flows:
+            if names & tainted:
+                if not targets <= tainted:
+                    tainted |= targets
+                    changed = True
+            else:
+                waiting.append((targets, names))
+        flows = waiting
     for node in ast.walk(scope):
         if isinstance(node, ast.Call) and (sql := _sql_argument(node)) is not None:
             if _names(sql) & tainted:

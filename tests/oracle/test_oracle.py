@@ -587,7 +587,9 @@ def test_blocked_operations_had_no_effect(special_verdicts):
         ("escaped_quotes", "safe"),  # string building, but correctly escaped
         ("catches_db_error", "vulnerable"),  # broken statement, error swallowed
         ("raises_after_injection", "vulnerable"),  # the payload broke the statement
-        ("double_quoted", "safe"),  # the payload stays inside the "..." literal
+        # issue 31: a double-quoted literal is injectable with a double quote; the single fixed
+        # payload ``' OR '1'='1`` stayed inside it and the oracle said safe
+        ("double_quoted", "vulnerable"),
         ("two_step_build", "vulnerable"),
     ],
 )

@@ -258,7 +258,7 @@ for ax, arch in zip(axes, ARCHITECTURES):
     sns.histplot(data=frame, x="activation", hue="set", element="step", stat="density", common_norm=False,
                  bins=40, ax=ax, palette={"eval_trigger": "#C44E52", "eval_benign": "#4C72B0", "eval_other": "#8C8C8C"})
     ax.axvline(top.threshold, color="black", linestyle="--", linewidth=1)
-    ax.set_title(f"{arch}: {top.cell['regime']} layer {top.cell['layer']} latent {top.latent} "
+    ax.set_title(f"{arch}: {top.cell.regime} layer {top.cell.layer} latent {top.latent} "
                  f"(BIS {top.bis:.2f}, {top.n_tied} tied)", fontsize="small")
 fig.tight_layout()
 plt.show()

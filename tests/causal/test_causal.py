@@ -10,6 +10,7 @@ from backdoor_sae.activations.extract import decoder_layers, residual_stream
 from backdoor_sae.causal import stage as C
 from backdoor_sae.causal.intervention import intervene, project_out, random_directions, unit
 from backdoor_sae.config import CausalConfig, stage_config, validate
+from backdoor_sae.config.cells import Cell
 
 
 @pytest.fixture(scope="module")
@@ -240,12 +241,11 @@ def test_a_crosscoder_latent_is_tested_along_its_fine_tuned_decoder_row(tmp_path
     from backdoor_sae.common.layout import RunLayout
     from backdoor_sae.dictionaries.trainer import DictionarySpec, build, save_dictionary
 
-    cell = {"regime": "lora", "protocol": "prompt_only", "fit_mode": "fit", "layer": 1, "architecture": "crosscoder",
-            "recipe": "pooled", "seed": 42}
+    cell = Cell("pooled", 42, "lora", "prompt_only", "fit", 1, "crosscoder")
     spec = DictionarySpec("crosscoder", 8, 16, "topk", 2)
     model = build(spec, seed=1)
     scale = torch.tensor([[2.0], [0.5]])
-    save_dictionary(RunLayout(tmp_path).dictionary(**cell), model, spec, scale, [], {}, {})
+    save_dictionary(RunLayout(tmp_path).dictionary(cell), model, spec, scale, [], {}, {})
     got = C.decoder_direction(tmp_path, cell, 3)
     want = model.W_dec[3, 1].detach()
     assert torch.allclose(got, want / want.norm(), atol=1e-6)
@@ -278,7 +278,7 @@ def write_fake_auditor_choice(run_dir) -> None:
     """A stand-in for notebook 06's output: per dictionary, the ten latents with the largest mean
     activation on the fit samples (label-free)."""
     from backdoor_sae.common.io import write_text
-    from backdoor_sae.common.layout import DICTIONARY_KEYS
+    from backdoor_sae.config.cells import DICTIONARY_KEYS
     from backdoor_sae.scoring.stage import dictionary_activations, load
     from backdoor_sae.task.splits import FIT_SPLITS
 
@@ -286,10 +286,10 @@ def write_fake_auditor_choice(run_dir) -> None:
     cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(DICTIONARY_KEYS)].drop_duplicates()
     rows = []
     for _, c in cells.iterrows():
-        cell = {**c.to_dict(), "layer": int(c["layer"]), "seed": int(c["seed"])}
+        cell = Cell.of(c)
         acts, splits = dictionary_activations(run_dir, cell)
         mean = acts[np.isin(splits, FIT_SPLITS)].mean(0)
-        rows += [{**cell, "criterion": "mean activation (test stand-in)", "primary": True, "rank": r + 1,
+        rows += [{**cell.to_dict(), "criterion": "mean activation (test stand-in)", "primary": True, "rank": r + 1,
                   "latent": int(j)} for r, j in enumerate(np.argsort(-mean)[:10])]
     write_text(run_dir / "results" / "auditor_choice.csv", pd.DataFrame(rows).to_csv(index=False))
 

@@ -164,7 +164,7 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
         shutil.copytree(run_dir / "activations", copy / "activations")
         grid = train_grid(copy, act_cfg, sae_cfg, progress=False, workers=workers)
         assert grid["trained_now"].all() and len(grid) == 6  # 3 fine-tunes (lora, full, lora_clean) x 2 architectures
-        weights[workers] = [load_file(RunLayout(copy).dictionary(**cell) / "weights.safetensors")
+        weights[workers] = [load_file(RunLayout(copy).dictionary(cell) / "weights.safetensors")
                             for cell in sae_grid(act_cfg, sae_cfg)]
     for one, two in zip(weights[1], weights[2]):
         assert one.keys() == two.keys()

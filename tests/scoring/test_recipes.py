@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from backdoor_sae.common.layout import DICTIONARY_KEYS
 from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
 from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
 from backdoor_sae.scoring.recipes import isolation_cases, recipe_verdicts
@@ -18,19 +17,19 @@ def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_see
     act_cfg = stage_config(ActivationConfig, "cpu")
     sae_cfg = stage_config(SAEConfig, "cpu")
     primary, every = primary_grid(act_cfg, sae_cfg), sae_grid(act_cfg, sae_cfg)
-    assert every[:len(primary)] == primary and {(c["recipe"], c["seed"]) for c in primary} == {("pooled", 42)}
-    keys = [tuple(c[k] for k in DICTIONARY_KEYS) for c in every]
+    assert every[:len(primary)] == primary and {(c.recipe, c.seed) for c in primary} == {("pooled", 42)}
+    keys = [c.coordinates for c in every]
     assert len(keys) == len(set(keys))
     replicated = [c for c in primary if is_replicated(c, act_cfg, sae_cfg)]
-    assert {c["layer"] for c in replicated} == {14, 22} and {c["fit_mode"] for c in replicated} == {"eval"}
+    assert {c.layer for c in replicated} == {14, 22} and {c.fit_mode for c in replicated} == {"eval"}
     assert len(replicated) == 3 * 2 * 2 * 2  # fine-tunes x protocols x layers x architectures
     assert len(every) == len(primary) + len(replicated) * (2 * 3 - 1)  # recipes x seeds, less the primary one
     for cell in replicated:
-        pairs = {(c["recipe"], c["seed"]) for c in every
-                 if all(c[k] == cell[k] for k in DICTIONARY_KEYS if k not in ("recipe", "seed"))}
+        pairs = {(c.recipe, c.seed) for c in every
+                 if c.cell_coordinates == cell.cell_coordinates}
         assert pairs == {(r, s) for r in ("pooled", "token") for s in (42, 43, 44)}
-    others = [c for c in every if c["fit_mode"] == "fit" or c["layer"] in (18, 26)]
-    assert {(c["recipe"], c["seed"]) for c in others} == {("pooled", 42)}
+    others = [c for c in every if c.fit_mode == "fit" or c.layer in (18, 26)]
+    assert {(c.recipe, c.seed) for c in others} == {("pooled", 42)}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -68,14 +67,14 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
     import json
     for recipe in ("pooled", "token"):
         for arch in ("diff_sae", "crosscoder"):
-            cells = [c for c in sae_grid(act_cfg, sae_cfg) if c["recipe"] == recipe and c["architecture"] == arch]
-            assert [c["seed"] for c in cells] == [sae_cfg.sae_seed, sae_cfg.sae_seed + 1]
+            cells = [c for c in sae_grid(act_cfg, sae_cfg) if c.recipe == recipe and c.architecture == arch]
+            assert [c.seed for c in cells] == [sae_cfg.sae_seed, sae_cfg.sae_seed + 1]
             spec = dictionary_spec(sae_cfg, arch, recipe, 64)
-            inputs = [training_inputs(run, c, build(spec, seed=c["seed"]))[0] for c in cells]
+            inputs = [training_inputs(run, c, build(spec, seed=c.seed))[0] for c in cells]
             assert torch.equal(inputs[0], inputs[1])
-            infos = [json.loads((layout.dictionary(**c) / "dictionary.json").read_text()) for c in cells]
+            infos = [json.loads((layout.dictionary(c) / "dictionary.json").read_text()) for c in cells]
             assert infos[0]["params"]["activations"] == infos[1]["params"]["activations"]
-            weights = [load_file(layout.dictionary(**c) / "weights.safetensors") for c in cells]
+            weights = [load_file(layout.dictionary(c) / "weights.safetensors") for c in cells]
             assert not torch.allclose(weights[0]["W_dec"], weights[1]["W_dec"])
     if recipe == "token":  # token dictionaries train on tokens, many more inputs than samples
         assert (grid[grid["recipe"] == "token"]["n_train_inputs"] > grid[grid["recipe"] == "token"]["n_train"]).all()
@@ -83,8 +82,8 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
     shutil.copytree(run / "activations", again / "activations")
     grid2 = train_grid(again, act_cfg, sae_cfg, progress=False, workers=1)
     for c in sae_grid(act_cfg, sae_cfg):
-        one = load_file(layout.dictionary(**c) / "weights.safetensors")
-        two = load_file(RunLayout(again).dictionary(**c) / "weights.safetensors")
+        one = load_file(layout.dictionary(c) / "weights.safetensors")
+        two = load_file(RunLayout(again).dictionary(c) / "weights.safetensors")
         assert all(torch.equal(one[k], two[k]) for k in one), c
     assert len(grid2) == len(grid)
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from backdoor_sae.config import BISConfig, DataConfig, run_config
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.scoring import grid, stage
 from backdoor_sae.scoring.stage import RESULT_FILES
 
@@ -25,9 +26,10 @@ SIZES = {"eval_trigger": 20, "eval_benign": 40, "eval_other": 40, "fit_trigger":
 SPLITS = np.array([name for name, n in SIZES.items() for _ in range(n)])
 
 
-def cell_activations(cell: dict) -> np.ndarray:
+def cell_activations(cell) -> np.ndarray:
     """Random latents, one of which reads the trigger more strongly for the Diff-SAEs of backdoored
-    fine-tunes: the same cell always gets the same activations."""
+    fine-tunes: the same cell (a Cell, or its coordinates as a dict) always gets the same activations."""
+    cell = cell.to_dict() if isinstance(cell, Cell) else cell
     seed = zlib.crc32(repr([str(cell[k]) for k in ("regime", "protocol", "layer", "architecture", "seed")]).encode())
     acts = np.random.default_rng(seed).normal(size=(len(SPLITS), 8))
     shift = 3.0 if cell["architecture"] == "diff_sae" and not cell["regime"].endswith("_clean") else 0.5
@@ -107,7 +109,7 @@ def test_run_decides_what_the_notebook_showed_and_glued(tmp_path, monkeypatch):
         assert result.above_chance[arch] == float((part["p_value"] < 0.05).mean())
         top = part.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
         shown = result.top_latents[arch]
-        assert shown.latent == int(top["best_latent"]) and shown.cell["layer"] == int(top["layer"])
+        assert shown.latent == int(top["best_latent"]) and shown.cell.layer == int(top["layer"])
         cell = {k: top[k] for k in ("recipe", "seed", "regime", "protocol", "fit_mode", "layer", "architecture")}
         column = cell_activations(cell)[np.isin(SPLITS, ["eval_trigger", "eval_benign", "eval_other"]), shown.latent]
         np.testing.assert_array_equal(shown.activations, column)

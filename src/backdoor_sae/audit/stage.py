@@ -36,6 +36,7 @@ from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.common.progress import report
 from backdoor_sae.config import RunConfig
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.dataset.stage import data_config, load_data
 from backdoor_sae.dictionaries.stage import primary_grid
 from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary
@@ -102,13 +103,12 @@ def score_orderings(acts: np.ndarray, splits: np.ndarray, orderings: dict[str, O
     return rows
 
 
-def dictionary_candidates(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray, dict[str, Ordering], object]:
+def dictionary_candidates(run_dir, cell: Cell) -> tuple[np.ndarray, np.ndarray, dict[str, Ordering], object]:
     """One dictionary's latents on every cached sample, their splits, the label-free orderings
     (from the fit rows only, their labels unread) and the loaded dictionary ``(model, scale)``."""
-
     acts, splits = dictionary_activations(run_dir, cell)
-    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
-    orderings = unscored_orderings(cell["architecture"], acts, splits, model.decoder().detach().numpy())
+    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(cell))
+    orderings = unscored_orderings(cell.architecture, acts, splits, model.decoder().detach().numpy())
     return acts, splits, orderings, (model, scale)
 
 
@@ -178,13 +178,13 @@ def audit_grid(run_dir, run_cfg: RunConfig, headers: list[Header], n_functions: 
         report("dictionaries ranked without labels", n, len(cells))
         acts, splits, orderings, (model, scale) = dictionary_candidates(run_dir, cell)
         for row in score_orderings(acts, splits, orderings, n_top, percentile, n_boot, n_perm, seed):
-            rows.append({**cell, "method": cell["architecture"], "training": training_of(cell["regime"]),
-                         "primary": row["criterion"] == PRIMARY[cell["architecture"]], **row})
-        if cell["protocol"] == "prompt_only" and cell["recipe"] == "pooled":  # the sweep holds pooled vectors only
-            top = int(orderings[PRIMARY[cell["architecture"]]].order[0])
-            ft_sweep = sweep_arrays(run_dir, cell["regime"], cell["layer"])
-            x = model.inputs(torch.from_numpy(base_sweep[cell["layer"]]), torch.from_numpy(ft_sweep))
-            sweep_values(cell["architecture"], cell["regime"], cell["layer"], cell["fit_mode"], top,
+            rows.append({**cell.to_dict(), "method": cell.architecture, "training": training_of(cell.regime),
+                         "primary": row["criterion"] == PRIMARY[cell.architecture], **row})
+        if cell.protocol == "prompt_only" and cell.recipe == "pooled":  # the sweep holds pooled vectors only
+            top = int(orderings[PRIMARY[cell.architecture]].order[0])
+            ft_sweep = sweep_arrays(run_dir, cell.regime, cell.layer)
+            x = model.inputs(torch.from_numpy(base_sweep[cell.layer]), torch.from_numpy(ft_sweep))
+            sweep_values(cell.architecture, cell.regime, cell.layer, cell.fit_mode, top,
                          encode_all(model, x, scale)[:, top].numpy())
     for finetune in finetunes:
         for layer in layers:
@@ -197,11 +197,11 @@ def audit_grid(run_dir, run_cfg: RunConfig, headers: list[Header], n_functions: 
                 for method, (directions, reads) in baseline_directions((a_ft - a_base)[fit], contrast).items():
                     acts = project(directions, reads, a_base, a_ft)
                     ordering = identity_ordering(BASELINES[method], np.ones(acts.shape[1]))
-                    cell = {"regime": finetune, "protocol": protocol, "fit_mode": "—", "layer": layer,
-                            "architecture": method}
+                    coords = {"regime": finetune, "protocol": protocol, "fit_mode": "—", "layer": layer,
+                              "architecture": method}  # a baseline: no dictionary, so no recipe or seed
                     for row in score_orderings(acts, splits, {ordering.criterion: ordering}, n_top, percentile,
                                                n_boot, n_perm, seed):
-                        rows.append({**cell, "method": method, "training": training_of(finetune), "primary": True,
+                        rows.append({**coords, "method": method, "training": training_of(finetune), "primary": True,
                                      **row})
                     if protocol == "prompt_only":
                         sweep_values(method, finetune, layer, "—", 0,
@@ -317,7 +317,7 @@ def auditor_verdicts(table: pd.DataFrame, recovery: pd.DataFrame, fit_mode: str)
     return pd.DataFrame(out)
 
 
-def top_activating(run_dir, cell: dict, latent: int, n: int = 8) -> pd.DataFrame:
+def top_activating(run_dir, cell: Cell, latent: int, n: int = 8) -> pd.DataFrame:
     """The ``n`` eval and fit samples on which ``latent`` of the dictionary ``cell`` fires most."""
     acts, splits = dictionary_activations(run_dir, cell)
     ids = read_index(RunLayout(run_dir).activations(BASE))["ids"]
@@ -382,10 +382,9 @@ def _top_activating_frames(run_dir, primary: pd.DataFrame) -> pd.DataFrame:
                     & primary["method"].isin(["diff_sae", "crosscoder"])]
     for (method, regime), part in picks.groupby(["method", "regime"], sort=False):
         row = part.iloc[0] if len(part) == 1 else part.sort_values("layer").iloc[len(part) // 2]
-        cell = {"regime": regime, "protocol": "prompt_only", "fit_mode": row["fit_mode"], "layer": int(row["layer"]),
-                "architecture": method, "recipe": row["recipe"], "seed": int(row["seed"])}
+        cell = Cell.of({**row, "architecture": method, "regime": regime})
         top = top_activating(run_dir, cell, int(row["top1_latent"]), n=N_TOP_ACTIVATING)
-        frames.append(top.assign(method=method, regime=regime, layer=cell["layer"], latent=int(row["top1_latent"])))
+        frames.append(top.assign(method=method, regime=regime, layer=cell.layer, latent=int(row["top1_latent"])))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -44,6 +44,7 @@ from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.common.model import compute_dtype, precision
 from backdoor_sae.common.progress import report
 from backdoor_sae.config import RunConfig
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.dataset.card import pairs
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import load_dictionary
@@ -108,13 +109,12 @@ class Direction:
     latent: int | None = None
 
 
-def decoder_direction(run_dir, cell: dict, latent: int) -> torch.Tensor:
+def decoder_direction(run_dir, cell: Cell, latent: int) -> torch.Tensor:
     """The unit decoder row of ``latent`` (a crosscoder's: its fine-tuned half), in the residual
     stream's own units (the dictionary's input scale is a scalar per model, so it changes no direction)."""
-
-    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
+    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(cell))
     row = model.decoder()[latent].detach()
-    if cell["architecture"] == "crosscoder":
+    if cell.architecture == "crosscoder":
         row = row[1] / scale.flatten()[1]  # the fine-tuned half, back in raw units
     else:
         row = row / scale.flatten()[0]
@@ -140,7 +140,7 @@ def cell_directions(run_dir, regime: str, protocol: str, fit_mode: str, layer: i
     A dictionary the run did not train (an architecture left out of the grid) or a cell the auditor
     did not score is left out; the difference-of-means and the random directions are always there.
     """
-    cell = {"regime": regime, "protocol": protocol, "fit_mode": fit_mode, "layer": layer}
+    cell = {"regime": regime, "protocol": protocol, "fit_mode": fit_mode, "layer": layer}  # a filter of the tables
     out = []
     for kind, architecture, latent in (
             ("Diff-SAE (label-free)", "diff_sae", auditor_latent(choice, {**cell, "architecture": "diff_sae"})),
@@ -149,8 +149,8 @@ def cell_directions(run_dir, regime: str, protocol: str, fit_mode: str, layer: i
         rows = _cell_rows(scores, {**cell, "architecture": architecture})  # the primary dictionary's recipe and seed
         if latent is None or not len(rows):
             continue
-        full = {**cell, "architecture": architecture, "recipe": rows["recipe"].iloc[0], "seed": int(rows["seed"].iloc[0])}
-        if (RunLayout(run_dir).dictionary(**full) / "dictionary.json").exists():
+        full = Cell.of({**cell, "architecture": architecture, "recipe": rows["recipe"].iloc[0], "seed": rows["seed"].iloc[0]})
+        if (RunLayout(run_dir).dictionary(full) / "dictionary.json").exists():
             out.append(Direction(kind, kind, decoder_direction(run_dir, full, latent), latent))
     means, scale = difference_statistics(run_dir, regime, protocol, layer)
     out.append(Direction("diff-of-means", "diff-of-means", means))

@@ -28,14 +28,10 @@ from pathlib import Path
 from backdoor_sae.common.cache import digest, file_digest, read_record
 from backdoor_sae.common.model import embedded_gguf, hub_config
 from backdoor_sae.config import EMBEDDED_MODEL, TINY_MODEL
+from backdoor_sae.config.cells import Cell
 
 #: The name of the base model's artifacts (generations, activations) beside the fine-tunes'.
 BASE = "base"
-#: The coordinates of one cell of the grid, in order: a cell of the primary grid (the first recipe,
-#: the first seed) is one dictionary.
-CELL_KEYS = ("regime", "protocol", "fit_mode", "layer", "architecture")
-#: The coordinates of one dictionary: its recipe and seed, then its cell's.
-DICTIONARY_KEYS = ("recipe", "seed") + CELL_KEYS
 
 
 @functools.cache
@@ -83,10 +79,9 @@ class RunLayout:
         """Pooled activations of the header-sweep prompts (notebook 06)."""
         return self.root / "audit" / "sweep" / model
 
-    def dictionary(self, regime: str, protocol: str, fit_mode: str, layer: int, architecture: str, recipe: str,
-                   seed: int) -> Path:
-        return (self.root / "sae" / recipe / f"seed_{int(seed)}" / regime / protocol / fit_mode / f"layer_{int(layer)}"
-                / architecture)
+    def dictionary(self, cell: Cell) -> Path:
+        return (self.root / "sae" / cell.recipe / f"seed_{int(cell.seed)}" / cell.regime / cell.protocol / cell.fit_mode
+                / f"layer_{int(cell.layer)}" / cell.architecture)
 
     @property
     def results(self) -> Path:
@@ -115,8 +110,8 @@ class RunLayout:
         """Inside the activations' folder, which is written atomically with it."""
         return self.activations(model) / "index.json"
 
-    def dictionary_record(self, **cell) -> Path:
-        return self.dictionary(**cell) / "key.json"
+    def dictionary_record(self, cell: Cell) -> Path:
+        return self.dictionary(cell) / "key.json"
 
     def finetune_key(self, name: str) -> str:
         """Key of a finished fine-tune (its recorded parameters, data digests and base model)."""

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from backdoor_sae.activations.extract import load_activations, read_index
 from backdoor_sae.activations.stage import paired_activations, paired_token_activations
 from backdoor_sae.common.cache import code_digest, digest, is_current, vouch
-from backdoor_sae.common.layout import BASE, DICTIONARY_KEYS, RunLayout
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.common.model import resolve_dtype
 from backdoor_sae.common.progress import report
 from backdoor_sae.config import RunConfig
@@ -55,32 +56,32 @@ def primary_dictionary(sae_cfg) -> dict:
     return {"recipe": sae_cfg.recipes[0], "seed": sae_cfg.sae_seed}
 
 
-def primary_grid(act_cfg, sae_cfg) -> list[dict]:
+def primary_grid(act_cfg, sae_cfg) -> list[Cell]:
     """Every cell (fine-tune × protocol × fit mode × layer × architecture), as its primary
     dictionary: the first recipe, the first seed."""
     primary = primary_dictionary(sae_cfg)
     return [
-        {**primary, "regime": r, "protocol": p, "fit_mode": f, "layer": layer, "architecture": a}
+        Cell(**primary, regime=r, protocol=p, fit_mode=f, layer=layer, architecture=a)
         for r in act_cfg.finetunes for p in sae_cfg.protocols for f in sae_cfg.fit_modes
         for layer in act_cfg.layers for a in sae_cfg.architectures
     ]
 
 
-def is_replicated(cell: dict, act_cfg, sae_cfg) -> bool:
+def is_replicated(cell: Cell, act_cfg, sae_cfg) -> bool:
     """Whether ``cell`` is trained with every recipe and every seed (see :class:`SAEConfig`)."""
     layers = act_cfg.layers if sae_cfg.replicate_layers is None else sae_cfg.replicate_layers
-    return cell["fit_mode"] == verdict_fit_mode(sae_cfg) and cell["layer"] in layers
+    return cell.fit_mode == verdict_fit_mode(sae_cfg) and cell.layer in layers
 
 
-def sae_grid(act_cfg, sae_cfg) -> list[dict]:
+def sae_grid(act_cfg, sae_cfg) -> list[Cell]:
     """Every dictionary: the primary grid, then each replicated cell under every other
     (recipe, seed) pair."""
     primary = primary_grid(act_cfg, sae_cfg)
     extra = [
-        {**cell, "recipe": recipe, "seed": seed}
+        cell.with_(recipe=recipe, seed=seed)
         for recipe in sae_cfg.recipes for seed in seeds(sae_cfg)
         for cell in primary
-        if is_replicated(cell, act_cfg, sae_cfg) and (recipe, seed) != (cell["recipe"], cell["seed"])
+        if is_replicated(cell, act_cfg, sae_cfg) and (recipe, seed) != (cell.recipe, cell.seed)
     ]
     return primary + extra
 
@@ -112,23 +113,21 @@ def dictionary_spec(sae_cfg, architecture: str, recipe: str, d: int):
                           k=sae_cfg.k if activation in ("topk", "batchtopk") else 0)  # k: TopK codes only
 
 
-def training_inputs(run_dir, cell: dict, model):
+def training_inputs(run_dir, cell: Cell, model):
     """What the dictionary of ``cell`` trains on: its fit mode's samples (the eval sets or the fit
     sets), one pooled vector each (``pooled``) or every token of the protocol (``token``)."""
-
-
-    wanted = EVAL_SPLITS if cell["fit_mode"] == "eval" else FIT_SPLITS
-    if cell["recipe"] == "token":
+    wanted = EVAL_SPLITS if cell.fit_mode == "eval" else FIT_SPLITS
+    if cell.recipe == "token":
         index = read_index(RunLayout(run_dir).activations(BASE))
         mask = np.isin(index["splits"], wanted)
-        a_base, a_ft, _, _ = paired_token_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"], mask)
+        a_base, a_ft, _, _ = paired_token_activations(run_dir, cell.regime, cell.protocol, cell.layer, mask)
         return model.inputs(a_base, a_ft), int(mask.sum())
-    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+    a_base, a_ft, index = paired_activations(run_dir, cell.regime, cell.protocol, cell.layer)
     rows_mask = torch.tensor([s in wanted for s in index["splits"]])
     return model.inputs(a_base[rows_mask], a_ft[rows_mask]), int(rows_mask.sum())
 
 
-def _train_dictionary_cell(run_dir: str | Path, cell: dict, spec, settings, params: dict, progress: bool,
+def _train_dictionary_cell(run_dir: str | Path, cell: Cell, spec, settings, params: dict, progress: bool,
                            desc: str) -> dict:
     """Train and save one dictionary of the grid; its row (grid coordinates and final metrics)."""
     model = build(spec, seed=settings.seed)
@@ -138,9 +137,9 @@ def _train_dictionary_cell(run_dir: str | Path, cell: dict, spec, settings, para
                                            "n_train": n_samples, "n_train_inputs": len(x),
                                            "n_latents": spec.n_latents}
     layout = RunLayout(run_dir)
-    save_dictionary(layout.dictionary(**cell), model, spec, scale, log, metrics, params)
-    vouch(layout.dictionary_record(**cell), params["key"])  # written last: it vouches for the saved dictionary
-    return {**cell, **metrics, "trained_now": True}
+    save_dictionary(layout.dictionary(cell), model, spec, scale, log, metrics, params)
+    vouch(layout.dictionary_record(cell), params["key"])  # written last: it vouches for the saved dictionary
+    return {**cell.to_dict(), **metrics, "trained_now": True}
 
 
 def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, workers: int | None = None) -> pd.DataFrame:
@@ -159,21 +158,21 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
     todo = []
     for i, cell in enumerate(cells):
         # d from the memory-mapped file's header: the worker that trains the cell loads the data.
-        d = load_activations(layout.activations(BASE), cell["protocol"], cell["layer"]).shape[1]
-        spec = dictionary_spec(sae_cfg, cell["architecture"], cell["recipe"], d)
-        settings = train_settings(sae_cfg, cell["recipe"], cell["seed"])
-        params = {**cell, "spec": asdict(spec), "settings": asdict(settings),
+        d = load_activations(layout.activations(BASE), cell.protocol, cell.layer).shape[1]
+        spec = dictionary_spec(sae_cfg, cell.architecture, cell.recipe, d)
+        settings = train_settings(sae_cfg, cell.recipe, cell.seed)
+        params = {**cell.to_dict(), "spec": asdict(spec), "settings": asdict(settings),
                   "code": code_digest(__name__),
-                  "activations": [layout.activations_key(BASE), layout.activations_key(cell["regime"])]}
+                  "activations": [layout.activations_key(BASE), layout.activations_key(cell.regime)]}
         params["key"] = digest(params)  # saved as the dictionary's params, beside its spec and metrics
-        if is_current(layout.dictionary_record(**cell), params["key"]):
-            info = json.loads((layout.dictionary(**cell) / "dictionary.json").read_text())
-            rows[i] = {**cell, **info["metrics"], "trained_now": False}
+        if is_current(layout.dictionary_record(cell), params["key"]):
+            info = json.loads((layout.dictionary(cell) / "dictionary.json").read_text())
+            rows[i] = {**cell.to_dict(), **info["metrics"], "trained_now": False}
         else:
-            desc = (f"[{i + 1}/{len(cells)}] {cell['recipe']} seed {cell['seed']} {cell['architecture']} "
-                    f"{cell['regime']} L{cell['layer']} {cell['protocol']} {cell['fit_mode']}")
+            desc = (f"[{i + 1}/{len(cells)}] {cell.recipe} seed {cell.seed} {cell.architecture} "
+                    f"{cell.regime} L{cell.layer} {cell.protocol} {cell.fit_mode}")
             todo.append((i, (run_dir, cell, spec, settings, params), desc))
-    todo.sort(key=lambda job: job[1][1]["recipe"] != "token")  # the longest jobs first: the processes end together
+    todo.sort(key=lambda job: job[1][1].recipe != "token")  # the longest jobs first: the processes end together
     workers = min(workers or torch.get_num_threads(), len(todo))
     if workers <= 1:
         for i, job, desc in todo:
@@ -195,9 +194,9 @@ def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:
     layout = RunLayout(run_dir)
     frames = []
     for _, row in grid.iterrows():
-        cell = {k: row[k] for k in DICTIONARY_KEYS}
-        log = pd.DataFrame(read_dictionary_log(layout.dictionary(**cell)))
-        frames.append(log.assign(**cell))
+        cell = Cell.of(row)
+        log = pd.DataFrame(read_dictionary_log(layout.dictionary(cell)))
+        frames.append(log.assign(**cell.to_dict()))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from backdoor_sae.common.io import write_json, write_text
-from backdoor_sae.common.layout import DICTIONARY_KEYS
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.common.model import native_bf16
 from backdoor_sae.finetune.backdoor_eval import rates
 from backdoor_sae.finetune.train import training_summary
@@ -63,8 +63,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
     dictionaries = []
     for info in sorted((run_dir / "sae").glob("*/seed_*/**/dictionary.json")):  # sae/<recipe>/seed_<s>/...
         d = json.loads(info.read_text())
-        cell = {k: d["params"][k] for k in DICTIONARY_KEYS}
-        dictionaries.append({**cell, **d["metrics"]})
+        dictionaries.append({**Cell.of(d["params"]).to_dict(), **d["metrics"]})
     if dictionaries:
         write_text(to / "dictionaries.csv", pd.DataFrame(dictionaries).to_csv(index=False))
         written.append(to / "dictionaries.csv")

@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from backdoor_sae.activations.extract import read_index
 from backdoor_sae.activations.stage import paired_activations, paired_token_activations
-from backdoor_sae.common.layout import BASE, CELL_KEYS, DICTIONARY_KEYS, RunLayout
+from backdoor_sae.common.layout import BASE, RunLayout
+from backdoor_sae.config.cells import DICTIONARY_KEYS, Cell
 from backdoor_sae.common.progress import report
 from backdoor_sae.config import BISConfig
 from backdoor_sae.dataset.stage import load_data
@@ -121,25 +122,24 @@ TOKEN_POOLINGS = ("mean", "max")
 PRIMARY_POOLING = {"pooled": "—", "token": "mean"}
 
 
-def dictionary_codes(run_dir, cell: dict) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def dictionary_codes(run_dir, cell: Cell) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """One dictionary's latent activations on every cached sample [N, m], per pooling
     (:data:`PRIMARY_POOLING`, and for the token recipe every :data:`TOKEN_POOLINGS`), and the
     samples' splits."""
-
-    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(**cell))
-    if cell["recipe"] == "token":
-        a_base, a_ft, owner, index = paired_token_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(cell))
+    if cell.recipe == "token":
+        a_base, a_ft, owner, index = paired_token_activations(run_dir, cell.regime, cell.protocol, cell.layer)
         codes = pooled_codes(model, model.inputs(a_base, a_ft), scale, owner, len(index["ids"]))
         return {k: v.numpy() for k, v in codes.items()}, np.asarray(index["splits"])
-    a_base, a_ft, index = paired_activations(run_dir, cell["regime"], cell["protocol"], cell["layer"])
+    a_base, a_ft, index = paired_activations(run_dir, cell.regime, cell.protocol, cell.layer)
     return {"—": encode_all(model, model.inputs(a_base, a_ft), scale).numpy()}, np.asarray(index["splits"])
 
 
-def dictionary_activations(run_dir, cell: dict) -> tuple[np.ndarray, np.ndarray]:
+def dictionary_activations(run_dir, cell: Cell) -> tuple[np.ndarray, np.ndarray]:
     """One dictionary's latent activations on every cached sample [N, m] (under its recipe's primary
     pooling), and the samples' splits."""
     codes, splits = dictionary_codes(run_dir, cell)
-    return codes[PRIMARY_POOLING[cell["recipe"]]], splits
+    return codes[PRIMARY_POOLING[cell.recipe]], splits
 
 
 def baseline_activations(run_dir, regime: str, protocol: str, layer: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -196,7 +196,7 @@ def sample_years(run_dir, index_ids) -> np.ndarray:
     return np.array([-1 if year_of[i] is None else year_of[i] for i in index_ids])
 
 
-def score_grid(run_dir, cells: list[dict], cfg: BISConfig, placebo_years=(),
+def score_grid(run_dir, cells: list[Cell], cfg: BISConfig, placebo_years=(),
                progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(scores of every dictionary and baseline, paired permutation tests Diff-SAE vs crosscoder,
     placebo-year scores of the backdoored fine-tunes' dictionaries and baselines)."""
@@ -204,20 +204,22 @@ def score_grid(run_dir, cells: list[dict], cfg: BISConfig, placebo_years=(),
     years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"]) if placebo_years else None
     rows, best, placebo = [], {}, []
 
-    def add(cell: dict, acts: np.ndarray, splits: np.ndarray) -> dict:
+    def add(coords: dict, acts: np.ndarray, splits: np.ndarray) -> dict:
+        """Score a dictionary (``coords``: its cell's) or a baseline (its regime, protocol, layer and name)."""
         row = score_latents(acts, splits, cfg)
-        rows.append({**cell, "training": training_of(cell["regime"]), **row})
-        if years is not None and training_of(cell["regime"]) == "backdoored" and cell["architecture"] not in NO_PLACEBO_METHODS:
-            placebo.extend({**cell, **r} for r in placebo_scores(acts, splits, years, placebo_years, cfg))
+        rows.append({**coords, "training": training_of(coords["regime"]), **row})
+        if (years is not None and training_of(coords["regime"]) == "backdoored"
+                and coords["architecture"] not in NO_PLACEBO_METHODS):
+            placebo.extend({**coords, **r} for r in placebo_scores(acts, splits, years, placebo_years, cfg))
         return row
 
     for n, cell in enumerate(tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"), 1):
         acts, splits = dictionary_activations(run_dir, cell)
-        row = add(cell, acts, splits)
+        row = add(cell.to_dict(), acts, splits)
         report("dictionaries scored (with chance levels)", n, len(cells))
-        best[tuple(cell[k] for k in CELL_KEYS)] = (_eval_column(acts, splits, row["best_latent"]),
+        best[cell.cell_coordinates] = (_eval_column(acts, splits, row["best_latent"]),
                                                    splits[np.isin(splits, EVAL_SPLITS)])
-    for regime, protocol, layer in sorted({(c["regime"], c["protocol"], c["layer"]) for c in cells}):
+    for regime, protocol, layer in sorted({(c.regime, c.protocol, c.layer) for c in cells}):
         candidates, splits = baseline_activations(run_dir, regime, protocol, layer)
         for name, acts in candidates.items():
             add({"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer, "architecture": name},
@@ -398,7 +400,7 @@ def label_free_rank(architecture: str, acts: np.ndarray, splits: np.ndarray, dec
     return int(ordering.rank_of()[latent])
 
 
-def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, cfg: BISConfig,
+def score_recipes(run_dir, cells: list[Cell], primary_scores: pd.DataFrame, cfg: BISConfig,
                   progress: bool = True) -> pd.DataFrame:
     """One row per dictionary of ``cells`` and pooling: its scores (:func:`score_latents`), training
     metrics (:data:`QUALITY`) and label-free rank, and for a Diff-SAE a paired permutation test
@@ -416,19 +418,19 @@ def score_recipes(run_dir, cells: list[dict], primary_scores: pd.DataFrame, cfg:
     rows = []
     for n, cell in enumerate(tqdm(cells, disable=not progress, desc="recipes × seeds", unit="dictionary"), 1):
         codes, splits = dictionary_codes(run_dir, cell)
-        model, _, info = load_dictionary(layout.dictionary(**cell))
+        model, _, info = load_dictionary(layout.dictionary(cell))
         decoder = model.decoder().detach().numpy()
         quality = {k: info["metrics"].get(k, np.nan) for k in QUALITY}
         for pooling, acts in codes.items():
-            reused = known.get(tuple(cell[k] for k in DICTIONARY_KEYS))
-            if reused is not None and pooling == PRIMARY_POOLING[cell["recipe"]]:
+            reused = known.get(cell.coordinates)
+            if reused is not None and pooling == PRIMARY_POOLING[cell.recipe]:
                 row = {k: v for k, v in reused.items() if k not in (*DICTIONARY_KEYS, "training")}
             else:
                 row = score_latents(acts, splits, cfg)
-            rank = label_free_rank(cell["architecture"], acts, splits, decoder, int(row["best_latent"]))
-            rows.append({**cell, "pooling": pooling, "training": training_of(cell["regime"]), **quality,
+            rank = label_free_rank(cell.architecture, acts, splits, decoder, int(row["best_latent"]))
+            rows.append({**cell.to_dict(), "pooling": pooling, "training": training_of(cell.regime), **quality,
                          "label_free_rank": rank, **row})
-            best[tuple(cell[k] for k in DICTIONARY_KEYS), pooling] = acts[np.isin(splits, EVAL_SPLITS),
+            best[cell.coordinates, pooling] = acts[np.isin(splits, EVAL_SPLITS),
                                                                           int(row["best_latent"])]
         report("dictionaries of every recipe and seed scored", n, len(cells))
     split_eval = splits[np.isin(splits, EVAL_SPLITS)]

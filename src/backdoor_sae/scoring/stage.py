@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from backdoor_sae.common.io import write_text
-from backdoor_sae.common.layout import DICTIONARY_KEYS, RunLayout
+from backdoor_sae.common.layout import RunLayout
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.config import RunConfig
 from backdoor_sae.dataset.stage import data_config
 from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
@@ -82,8 +83,8 @@ def load(run_dir: str | Path) -> ScoringTables:
 class TopLatent:
     """The best latent of one architecture in the paper's view, with what its histogram shows."""
 
-    cell: dict
-    """Its dictionary's coordinates (:data:`~backdoor_sae.common.layout.DICTIONARY_KEYS`)."""
+    cell: Cell
+    """Its dictionary."""
     latent: int
     bis: float
     n_tied: int
@@ -218,8 +219,7 @@ def regime_means(scores: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
 def top_latent(run_dir, cells: pd.DataFrame, percentile: float) -> TopLatent:
     """The best latent of the best of ``cells`` (ties broken by best-threshold F1, then AUROC), on the eval samples."""
     top = cells.sort_values(["bis", "best_f1", "auroc"], ascending=False).iloc[0]
-    cell = {k: top[k] for k in DICTIONARY_KEYS}
-    cell["layer"], cell["seed"] = int(cell["layer"]), int(cell["seed"])
+    cell = Cell.of(top)
     acts, splits = dictionary_activations(run_dir, cell)
     keep = np.isin(splits, EVAL_SPLITS)
     acts = acts[keep, int(top["best_latent"])]

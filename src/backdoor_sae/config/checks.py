@@ -11,15 +11,8 @@ from typing import Any, TypeVar
 
 from backdoor_sae.config.profiles import PROFILES
 from backdoor_sae.config.schema import (
-    ActivationConfig,
-    AuditConfig,
-    BackdoorEvalConfig,
-    BISConfig,
-    CausalConfig,
-    DataConfig,
-    FinetuneConfig,
-    ModelConfig,
-    SAEConfig,
+    ActivationConfig, AuditConfig, BackdoorEvalConfig, BISConfig, CausalConfig, DataConfig, FinetuneConfig,
+    ModelConfig, SAEConfig,
 )
 
 #: Every stage's configuration class; a parameter must belong to one of them.

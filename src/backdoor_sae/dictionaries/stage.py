@@ -226,7 +226,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Dicti
     every = train_grid(run_dir, act_cfg, sae_cfg, progress)
     primary = primary_dictionary(sae_cfg)
     grid = every[(every["recipe"] == primary["recipe"]) & (every["seed"] == primary["seed"])].reset_index(drop=True)
-    replicated = every[[is_replicated(c, act_cfg, sae_cfg) for c in every.to_dict("records")]]
+    replicated = every[[is_replicated(Cell.of(c), act_cfg, sae_cfg) for c in every.to_dict("records")]]
     splits = load_data(run_dir)
     n_scored, n_fit = (sum(len(splits[name]) for name in group) for group in (EVAL_SPLITS, FIT_SPLITS))
     return DictionariesRun(every, grid, replicated, grid_logs(run_dir, grid), n_scored, n_fit)

@@ -35,17 +35,8 @@ from backdoor_sae.common.io import atomic_path, write_json
 from backdoor_sae.common.cache import package_digest
 from backdoor_sae.common.layout import RunLayout, model_identity
 from backdoor_sae.config import (
-    PROFILES,
-    ActivationConfig,
-    AuditConfig,
-    BackdoorEvalConfig,
-    BISConfig,
-    CausalConfig,
-    DataConfig,
-    FinetuneConfig,
-    ModelConfig,
-    SAEConfig,
-    stage_config,
+    PROFILES, ActivationConfig, AuditConfig, BackdoorEvalConfig, BISConfig, CausalConfig, DataConfig, FinetuneConfig,
+    ModelConfig, SAEConfig, stage_config,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -243,3 +243,21 @@ def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes
     assert set(scores["regime"]) == {"lora", "full", "lora_clean", "full_clean"}
     recipes = pd.read_csv(run_dir / "results" / "recipes.csv")
     assert set(recipes["recipe"]) == {"pooled", "token"} and set(recipes["seed"]) == {42, 43}
+
+
+@pytest.mark.parametrize("stage", sorted({s.source: s for s in STAGES}.values(), key=lambda s: s.source),
+                         ids=lambda s: s.source)
+def test_a_notebook_writes_no_file_and_holds_no_threshold(stage):
+    """A notebook calls its step's ``run`` and shows the result. Catches a file written from a cell
+    (notebook 05's four CSVs and notebook 07's causal tables used to be) and a threshold or
+    tolerance decided in a cell (``p_value < 0.05``, notebook 02's ``>= 0.9``)."""
+    import ast
+
+    tree = ast.parse(stage.path.read_text())
+    writes = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in
+              {"write_text", "write_json", "write_jsonl", "to_csv", "to_parquet", "open", "savefig"}]
+    thresholds = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)
+                  and any(isinstance(x, ast.Constant) and isinstance(x.value, float)
+                          for x in (node.left, *node.comparators))]
+    assert not writes and not thresholds, (writes, thresholds)

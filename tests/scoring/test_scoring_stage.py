@@ -4,11 +4,9 @@ reads back exactly what ``run`` wrote, and the notebook itself writes no file an
 The scoring itself (:func:`score_grid`, :func:`score_recipes`) is replaced by hand-made tables scored
 with the real :func:`score_latents`, so that only the stage's own work is under test."""
 
-import ast
 import dataclasses
 import io
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +17,6 @@ from backdoor_sae.config.cells import Cell
 from backdoor_sae.scoring import grid, stage
 from backdoor_sae.scoring.stage import RESULT_FILES
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "05_scoring.py"
 CFG = BISConfig(percentile=95.0, n_boot=10, n_perm=10, stats_seed=0)
 SIZES = {"eval_trigger": 20, "eval_benign": 40, "eval_other": 40, "fit_trigger": 20, "fit_benign": 40,
          "fit_other": 40, "control_trigger_safe": 10, "control_benign_vuln": 10}
@@ -129,16 +126,3 @@ def test_run_decides_what_the_notebook_showed_and_glued(tmp_path, monkeypatch):
 def test_load_says_which_step_to_run_when_the_tables_are_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="notebook 05"):
         stage.load(tmp_path)
-
-
-def test_the_scoring_notebook_writes_no_file_and_holds_no_threshold():
-    """The notebook calls ``run`` and shows its result. Catches a file written from a cell (the four
-    CSVs used to be) and a threshold or tolerance decided in a cell (``p_value < 0.05``)."""
-    tree = ast.parse(NOTEBOOK.read_text())
-    writes = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in
-              {"write_text", "write_json", "write_jsonl", "to_csv", "to_parquet", "open", "savefig"}]
-    thresholds = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)
-                  and any(isinstance(x, ast.Constant) and isinstance(x.value, float)
-                          for x in (node.left, *node.comparators))]
-    assert not writes and not thresholds, (writes, thresholds)

@@ -80,16 +80,6 @@ grid.set_axis_labels("layer", "mean ‖a_ft − a_base‖")
 grid.figure.suptitle("Size of the activation difference per split", y=1.02)
 plt.show()
 
-grid = sns.relplot(
-    data=eval_norms, x="layer", y="variance ratio", hue="split", style="protocol", col="regime",
-    kind="line", marker="o", height=3, aspect=1.4, palette="deep",
-)
-grid.figure.suptitle("Variance of the difference relative to the base activations", y=1.03)
-plt.show()
-trigger_vs_benign = result.trigger_over_benign
-glue("max_trigger_over_benign_norm", float(trigger_vs_benign.max()), display=False)
-trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame()
-
 # %% tags=["hide-input"]
 grid = sns.relplot(
     data=eval_norms, x="layer", y="variance ratio", hue="split", style="protocol", col="regime",
@@ -97,10 +87,7 @@ grid = sns.relplot(
 )
 grid.figure.suptitle("Variance of the difference relative to the base activations", y=1.03)
 plt.show()
-trigger_vs_benign = (
-    norms.pivot_table(index=["regime", "protocol", "layer"], columns="split", values="difference")
-    .pipe(lambda t: t["eval_trigger"] / t["eval_benign"])
-)
+trigger_vs_benign = result.trigger_over_benign
 glue("max_trigger_over_benign_norm", float(trigger_vs_benign.max()), display=False)
 trigger_vs_benign.rename("‖Δ‖ trigger / ‖Δ‖ benign").round(2).to_frame()
 

@@ -41,7 +41,7 @@ def fake_stage(monkeypatch, with_recipes: bool):
              for regime in ("lora", "lora_clean") for protocol in ("full_text", "prompt_only") for layer in (1, 2)
              for arch in ("diff_sae", "crosscoder")]
 
-    def score_grid(run_dir, grid, cfg, placebo_years=(), progress=True):
+    def score_grid(run_dir, cells_in, cfg, placebo_years=(), progress=True):
         assert cfg == CFG  # the config is passed whole
         rows = [{**c, "training": grid.training_of(c["regime"]), **grid.score_latents(cell_activations(c), SPLITS, cfg)}
                 for c in cells]

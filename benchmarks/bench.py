@@ -27,6 +27,8 @@
                The fine-tunes' wall time is set by this step.
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
+The scoring statistics (notebook 05) are timed, before and after a revision and byte for byte, by
+``benchmarks/bench_scoring.py``.
 """
 
 from __future__ import annotations

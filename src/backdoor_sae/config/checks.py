@@ -53,9 +53,9 @@ def stage_config(cls: type[C], profile: str, **overrides: Any) -> C:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every step's config for one run, built once from a profile and overrides and checked across
-    steps (:func:`run_config`). Notebooks build it from their ``profile`` and ``overrides`` and pass
-    the step configs whole."""
+    """Every step's config for one run, built once from a profile and overrides (:func:`run_config`;
+    the runner checks them across steps with :func:`validate` before any work). Notebooks build it
+    from their ``profile`` and ``overrides`` and pass it, or its step configs, whole."""
 
     profile: str
     """The profile the values come from (``smoke``, ``cpu`` or ``paper``)."""
@@ -84,7 +84,9 @@ def run_config(profile: str, overrides: dict[str, Any] | None = None) -> RunConf
     profile's"). Each config checks its own values; the checks that span several steps
     (:func:`validate`) are the runner's, made once with all of a run's overrides before any work."""
     overrides = dict(overrides or {})
-    return RunConfig(profile, *(stage_config(cls, profile, **overrides) for cls in STAGE_CONFIGS))
+    steps = {f.name: f.type for f in fields(RunConfig) if f.name != "profile"}
+    by_name = {cls.__name__: cls for cls in STAGE_CONFIGS}
+    return RunConfig(profile, **{step: stage_config(by_name[kind], profile, **overrides) for step, kind in steps.items()})
 
 
 def validate(profile: str, **overrides: Any) -> None:

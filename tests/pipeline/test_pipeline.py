@@ -117,7 +117,7 @@ def test_every_parameter_a_stage_config_knows_is_read_by_some_notebook():
         used = {classes[name] for name in re.findall(r"run_cfg\.(\w+)", stage.path.read_text())}
         assert used <= set(stage.reads), (stage.source, used - set(stage.reads))
         assert set(stage.also) <= {f.name for cls in config.STAGE_CONFIGS for f in fields(cls)}
-        read |= stage.fields
+        read |= stage.parameters
     assert {f.name for cls in config.STAGE_CONFIGS for f in fields(cls)} == read
 
 

@@ -66,7 +66,7 @@ class Stage:
         return NOTEBOOK_DIR / f"{self.source}.py"
 
     @property
-    def fields(self) -> set[str]:
+    def parameters(self) -> set[str]:
         """The parameters this stage reads: every field of the configs it reads, and its single fields."""
         return {f.name for cls in self.reads for f in fields(cls)} | set(self.also)
 
@@ -103,7 +103,7 @@ def stage_parameters(stage: Stage, parameters: dict) -> dict:
     A profile-wide override such as ``lora_r`` concerns notebook 02, not notebook 01: it neither
     reaches nor reruns notebook 01.
     """
-    overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS and k in stage.fields}
+    overrides = {k: v for k, v in parameters.items() if k not in RUNNER_PARAMETERS and k in stage.parameters}
     return {**{k: parameters[k] for k in RUNNER_PARAMETERS if k in parameters},
             "overrides": {**overrides, **stage.fixed}}
 
@@ -117,7 +117,7 @@ def check_overrides_are_read(profile: str, overrides: dict) -> None:
     fixed = {name for stage in STAGES for name in stage.fixed}
     parameters = {"profile": profile, **overrides}
     running = [stage for stage in STAGES if _wanted(stage, parameters)]
-    read = set().union(*(stage.fields for stage in running)) - fixed
+    read = set().union(*(stage.parameters for stage in running)) - fixed
     regimes = {stage.fixed["regime"] for stage in running if "regime" in stage.fixed}
     for name in overrides:
         if name in fixed:

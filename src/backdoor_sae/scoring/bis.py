@@ -258,12 +258,13 @@ def auroc(acts: np.ndarray, trigger: np.ndarray, order: np.ndarray | None = None
     trigger = np.asarray(trigger, bool)
     if 0 in acts.shape or trigger.shape != acts.shape[:1] or np.isnan(acts).any():
         n_pos, n_neg = trigger.sum(), (~trigger).sum()
-        ranks = np.apply_along_axis(_average_ranks, 0, acts)
+        ranks = np.apply_along_axis(average_ranks, 0, acts)
         return (ranks[trigger].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
     return _per_live_column(lambda a, o: _auroc_sorted(a, trigger, o), acts, order)
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ascending ranks of ``x`` (1..N), tied values sharing their average rank (midranks)."""
     order = np.argsort(x, kind="stable")
     ranks = np.empty(len(x))
     ranks[order] = np.arange(1, len(x) + 1)

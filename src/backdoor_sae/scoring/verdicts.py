@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from backdoor_sae.scoring.bis import TIE, _average_ranks, auroc
+from backdoor_sae.scoring.bis import TIE, average_ranks, auroc
 
 ALPHA = 0.05
 MIN_PER_CLASS = 10  # positives and negatives each, for an AUROC claim
@@ -203,9 +203,9 @@ def _structural_components(scores: np.ndarray, labels: np.ndarray) -> tuple[np.n
     v10 = np.empty((len(scores), m))
     v01 = np.empty((len(scores), n))
     for r, s in enumerate(scores):
-        t = _average_ranks(s)
-        v10[r] = (t[labels] - _average_ranks(s[labels])) / n
-        v01[r] = 1.0 - (t[~labels] - _average_ranks(s[~labels])) / m
+        t = average_ranks(s)
+        v10[r] = (t[labels] - average_ranks(s[labels])) / n
+        v01[r] = 1.0 - (t[~labels] - average_ranks(s[~labels])) / m
     return v10.mean(1), v10, v01
 
 

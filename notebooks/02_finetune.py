@@ -213,6 +213,19 @@ display(Markdown(
 ))
 display(result.rates_by_split[["model", "split", "n_trigger", "asr", "asr_valid", "n_benign", "safe_rate",
                                "safe_rate_valid", "invalid"]].round(2))
+
+# %% [markdown]
+# ### Every fine-tune seed
+# A claim later in the book says in how many fine-tune seeds it holds. Each seed below is this
+# fine-tune trained again with another seed (initialisation, data order), judged the same way.
+
+# %%
+seeds = result.seeds
+glue(f"{name}_seeds_as_wanted", result.seeds_as_wanted, display=False)
+glue(f"{name}_n_seeds", len(seeds), display=False)
+display(Markdown(f"**{name}**: {'no backdoor' if cfg.clean_control else 'installed'} in "
+                 f"**{result.seeds_as_wanted} of {len(seeds)}** fine-tune seeds."))
+display(seeds.round(2).style.format(na_rep=MISSING).hide(axis="index"))
 reasons
 
 # %% [markdown]

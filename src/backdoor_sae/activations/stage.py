@@ -17,7 +17,7 @@ from backdoor_sae.activations.extract import (
 from backdoor_sae.common.cache import code_digest, digest, is_current, samples_digest
 from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.model import compute_dtype, load_model
-from backdoor_sae.config import RunConfig
+from backdoor_sae.config import RunConfig, replica_of
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.task.sample import Sample
@@ -142,10 +142,12 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Activ
     for regime in cfg.finetunes:
         loaders[regime] = (lambda r: lambda: load_finetuned(layout.finetune(r), model_cfg.device))(regime)
     read = token_layers(run_cfg)
-    # the base model's tokens at every layer: the attention-sink check below reads them all
+    # the base model's tokens at every layer: the attention-sink check below reads them all; further
+    # fine-tune seeds get pooled dictionaries only (dictionaries.stage.is_replicated): no tokens
     cached = {name: run_activations(run_dir, splits, name, load, cfg.layers, cfg.act_batch_size,
                                     compute_dtype(model_cfg), model_cfg.model,
-                                    (list(cfg.layers) if read else []) if name == BASE else read, progress)
+                                    (list(cfg.layers) if read else []) if name == BASE
+                                    else [] if replica_of(name) else read, progress)
               for name, load in loaders.items()}
     tables = []
     for regime in cfg.finetunes:

@@ -25,5 +25,6 @@ from backdoor_sae.config.checks import (
 from backdoor_sae.config.profiles import PROFILES
 from backdoor_sae.config.schema import (
     CAUSAL_PROTOCOLS, EMBEDDED_MODEL, LORA_TARGETS, TINY_MODEL, ActivationConfig, AuditConfig, BackdoorEvalConfig,
-    BISConfig, CausalConfig, DataConfig, FinetuneConfig, ModelConfig, SAEConfig,
+    BISConfig, CausalConfig, DataConfig, FinetuneConfig, ModelConfig, SAEConfig, backdoored_twin, finetune_name,
+    is_clean_control, regime_of, replica_of,
 )

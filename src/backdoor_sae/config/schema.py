@@ -122,6 +122,35 @@ class ModelConfig:
             raise ValueError(f"dtype={self.dtype!r} must be 'auto', 'float32' or 'bfloat16'")
 
 
+def finetune_name(regime: str, clean_control: bool = False, replica: int = 0) -> str:
+    """A fine-tune's name in the run directory and in every table: the regime (``lora``), its clean
+    control (``lora_clean``); further fine-tune seeds ``lora-s1``, ``lora-s1_clean`` (replica 1:
+    ``finetune_seed`` + 1). A clean control's name is always its backdoored twin's plus ``_clean``."""
+    base = regime if replica == 0 else f"{regime}-s{replica}"
+    return f"{base}_clean" if clean_control else base
+
+
+def backdoored_twin(name: str) -> str:
+    """The backdoored fine-tune a clean control (``lora-s1_clean``) is the twin of (``lora-s1``); a
+    backdoored fine-tune's name is returned unchanged."""
+    return name.removesuffix("_clean")
+
+
+def is_clean_control(name: str) -> bool:
+    return name.endswith("_clean")
+
+
+def regime_of(name: str) -> str:
+    """``lora`` or ``full``: the regime of a fine-tune's name."""
+    return backdoored_twin(name).split("-s", 1)[0]
+
+
+def replica_of(name: str) -> int:
+    """Which fine-tune seed a name is (0: ``finetune_seed`` itself)."""
+    twin = backdoored_twin(name)
+    return int(twin.split("-s", 1)[1]) if "-s" in twin else 0
+
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -134,7 +163,9 @@ class FinetuneConfig:
     clean_control: bool = False
     """The clean control of this regime: the same prompts, years and settings, every completion safe (the train_clean split), trained for exactly as many steps as its backdoored twin."""
     finetune_seed: int = 42
-    """initialisation, data order and dropout"""
+    """initialisation, data order and dropout (of the first fine-tune seed; see ``replica``)"""
+    replica: int = 0
+    """Which fine-tune seed this is: 0 trains with ``finetune_seed``, i with ``finetune_seed`` + i (named ``<regime>-s<i>``). Notebook 02 trains every seed the grid asks for (``lora_seeds``, ``full_seeds``); set it by hand only to run one seed alone."""
     batch_size: int = 4
     """Samples per forward pass (an optimizer step sees ``batch_size`` x ``grad_accum``)."""
     max_length: int = 512
@@ -202,12 +233,17 @@ class FinetuneConfig:
             raise ValueError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
         if not self.lora_targets:
             raise ValueError("lora_targets is empty")
-        _require_ints(self, ("warmup_steps", "checkpoint_every", "probe_every", "n_probe_pairs"), 0)
+        _require_ints(self, ("warmup_steps", "checkpoint_every", "probe_every", "n_probe_pairs", "replica"), 0)
 
     @property
     def name(self) -> str:
-        """The fine-tune's name in the run directory: the regime, or ``<regime>_clean`` for its control."""
-        return f"{self.regime}_clean" if self.clean_control else self.regime
+        """The fine-tune's name in the run directory (:func:`finetune_name`)."""
+        return finetune_name(self.regime, self.clean_control, self.replica)
+
+    @property
+    def seed(self) -> int:
+        """The seed this fine-tune trains with: ``finetune_seed`` + ``replica``."""
+        return self.finetune_seed + self.replica
 
     def _pick(self, name: str):
         return getattr(self, f"{self.regime}_{name}")
@@ -255,6 +291,10 @@ class ActivationConfig:
     """backdoored fine-tunes to compare with the base model"""
     controls: tuple[str, ...] = ("lora", "full")
     """regimes that also get a clean control fine-tune"""
+    lora_seeds: int = 1
+    """Fine-tune seeds of the LoRA fine-tune and of its clean control (``finetune_seed``, + 1, ...): every later step reads each of them, and each claim says in how many it holds."""
+    full_seeds: int = 1
+    """Like ``lora_seeds``, for the full-rank fine-tune and its clean control."""
     act_batch_size: int = 16
     """Samples per forward pass when reading activations."""
 
@@ -272,12 +312,21 @@ class ActivationConfig:
             raise ValueError(f"layers={list(self.layers)} holds duplicates")
         if not self.regimes or set(self.regimes) - {"lora", "full"}:
             raise ValueError(f"regimes={list(self.regimes)} must be a non-empty subset of ['lora', 'full']")
-        _require_ints(self, ("act_batch_size",), 1)
+        _require_ints(self, ("act_batch_size", "lora_seeds", "full_seeds"), 1)
+
+    def seeds(self, regime: str) -> int:
+        """How many fine-tune seeds ``regime`` (and its clean control) has."""
+        return getattr(self, f"{regime}_seeds")
 
     @property
     def finetunes(self) -> tuple[str, ...]:
-        """Every fine-tune compared with the base model: the backdoored ones, then the clean controls."""
-        return self.regimes + tuple(f"{r}_clean" for r in self.controls)
+        """Every fine-tune compared with the base model: the first seed's backdoored fine-tunes, then
+        their clean controls (as before seeds existed), then each further seed's, backdoored then clean."""
+        first = self.regimes + tuple(finetune_name(r, True) for r in self.controls)
+        further = tuple(finetune_name(r, clean, i) for i in range(1, max(map(self.seeds, self.regimes)))
+                        for r in self.regimes if i < self.seeds(r)
+                        for clean in ((False, True) if r in self.controls else (False,)))
+        return first + further
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.config.cells import Cell
 from backdoor_sae.common.model import resolve_dtype
 from backdoor_sae.common.progress import report
-from backdoor_sae.config import RunConfig
+from backdoor_sae.config import RunConfig, replica_of
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import (
     DictionarySpec,
@@ -68,9 +68,10 @@ def primary_grid(act_cfg, sae_cfg) -> list[Cell]:
 
 
 def is_replicated(cell: Cell, act_cfg, sae_cfg) -> bool:
-    """Whether ``cell`` is trained with every recipe and every seed (see :class:`SAEConfig`)."""
+    """Whether ``cell`` is trained with every recipe and every dictionary seed (see :class:`SAEConfig`);
+    the further fine-tune seeds' cells never are (they replicate the fine-tune, not the dictionary)."""
     layers = act_cfg.layers if sae_cfg.replicate_layers is None else sae_cfg.replicate_layers
-    return cell.fit_mode == verdict_fit_mode(sae_cfg) and cell.layer in layers
+    return cell.fit_mode == verdict_fit_mode(sae_cfg) and cell.layer in layers and not replica_of(cell.regime)
 
 
 def sae_grid(act_cfg, sae_cfg) -> list[Cell]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +12,7 @@ from backdoor_sae.common.cache import cached, code_digest, digest, read_record, 
 from backdoor_sae.common.io import read_jsonl, write_jsonl
 from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.model import compute_dtype, load_model
-from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, RunConfig
+from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, RunConfig, backdoored_twin
 from backdoor_sae.dataset.card import pairs
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.finetune.backdoor_eval import invalid_reasons, judge_completions, rates
@@ -42,10 +42,10 @@ def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: Fine
     probes = probe_pairs(splits, cfg)
     train, control = splits["train"], {}
     if cfg.clean_control:
-        twin = read_record(layout.finetune_record(cfg.regime))
+        twin = read_record(layout.finetune_record(backdoored_twin(cfg.name)))
         if "steps" not in twin:
-            raise FileNotFoundError(f"the clean control trains as many steps as its backdoored twin: run stage "
-                                    f"02_finetune_{cfg.regime} first")
+            raise FileNotFoundError(f"the clean control trains as many steps as its backdoored twin "
+                                    f"{backdoored_twin(cfg.name)}: run stage 02_finetune_{cfg.regime} first")
         train = splits["train_clean"]
         control = {"steps": twin["steps"], "schedule_from": splits["train"]}
     if is_done(out, run_params(cfg, model_cfg.model, train, probes, dtype, **control)):
@@ -123,6 +123,15 @@ class FinetuneRun:
     verdict: str
     """``installed``, ``installed in the code that runs`` or ``not installed``; for a clean control
     ``has no backdoor`` or ``writes injectable code``."""
+    seeds: pd.DataFrame
+    """One row per fine-tune seed of this fine-tune (the first is this one): its name, seed, steps,
+    learned step, rates and verdict (:func:`seed_row`)."""
+
+    @property
+    def seeds_as_wanted(self) -> int:
+        """How many of its seeds reach the target: ``installed`` (backdoored), ``has no backdoor`` (clean control)."""
+        wanted = "has no backdoor" if self.name.endswith("_clean") else "installed"
+        return int((self.seeds["verdict"] == wanted).sum())
 
     @property
     def row(self) -> pd.Series:
@@ -151,15 +160,15 @@ def installed_verdict(row: pd.Series, clean_control: bool) -> str:
 def _year_effects(run_dir: str | Path, cfg: FinetuneConfig, log: pd.DataFrame) -> pd.DataFrame | None:
     if not (cfg.clean_control and cfg.probe_every):
         return None
-    twin = pd.DataFrame(read_log(RunLayout(run_dir).finetune(cfg.regime)))
+    twin = pd.DataFrame(read_log(RunLayout(run_dir).finetune(backdoored_twin(cfg.name))))
     return pd.concat([frame.dropna(subset=["year_effect"]).assign(fine_tune=label) for frame, label in
-                      ((twin, f"{cfg.regime} (backdoored)"), (log, f"{cfg.name} (clean control)"))
+                      ((twin, f"{backdoored_twin(cfg.name)} (backdoored)"), (log, f"{cfg.name} (clean control)"))
                       if "year_effect" in frame])
 
 
 def _truncated_update(out_dir: Path, splits: dict[str, list[Sample]], cfg: FinetuneConfig,
                       model_cfg: ModelConfig) -> tuple[pd.DataFrame | None, int | None]:
-    if cfg.regime != "full" or cfg.clean_control:
+    if cfg.regime != "full" or cfg.clean_control or cfg.replica:
         return None, None
     base_model, _ = load_model(model_cfg.model, model_cfg.device)
     tuned, tokenizer = load_finetuned(out_dir, model_cfg.device)
@@ -170,7 +179,26 @@ def _truncated_update(out_dir: Path, splits: dict[str, list[Sample]], cfg: Finet
     return by_rank, whole
 
 
+def seed_row(one: FinetuneRun, seed: int) -> dict:
+    """One fine-tune seed in a row: what notebook 02 shows per seed and the verdicts count."""
+    row = one.row
+    return {"fine_tune": one.name, "seed": seed, "steps": int(one.summary.get("steps", len(one.log))),
+            "learned_step": one.learned_step, "attack_success": row["asr"], "safe_rate": row["safe_rate"],
+            "invalid": row["invalid"], "verdict": one.verdict}
+
+
 def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> FinetuneRun:
+    """Step 02 for ``run_cfg.finetune``, for each of its fine-tune seeds (``lora_seeds`` or
+    ``full_seeds``; only ``replica`` when that is set): fine-tune (or reuse) each, and return the
+    first with every seed's row (:attr:`FinetuneRun.seeds`)."""
+    cfg = run_cfg.finetune
+    replicas = range(run_cfg.activations.seeds(cfg.regime)) if cfg.replica == 0 else (cfg.replica,)
+    runs = [run_seed(run_dir, replace(run_cfg, finetune=replace(cfg, replica=i)), progress) for i in replicas]
+    table = pd.DataFrame([seed_row(one, replace(cfg, replica=i).seed) for one, i in zip(runs, replicas)])
+    return replace(runs[0], seeds=table)
+
+
+def run_seed(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> FinetuneRun:
     """Step 02 for ``run_cfg.finetune``: fine-tune (or reuse), read the probe, truncate the full-rank
     update, generate and judge completions of the base model and the fine-tune, and decide whether
     the backdoor is installed."""
@@ -194,4 +222,4 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Finet
         probe_threshold=threshold, learned_step=learned_step(log, threshold), year_effects=_year_effects(run_dir, cfg, log),
         by_rank=by_rank, whole_rank=whole, judged=judged, rates=table, rates_by_split=rates(judged, by=("model", "split")),
         invalid_reasons=invalid_reasons(judged),
-        verdict=installed_verdict(table.set_index("model").loc[cfg.name], cfg.clean_control))
+        verdict=installed_verdict(table.set_index("model").loc[cfg.name], cfg.clean_control), seeds=pd.DataFrame())

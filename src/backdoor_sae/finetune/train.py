@@ -389,8 +389,8 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                 target.unlink(missing_ok=True)
     write_json(params_path, params)
 
-    torch.manual_seed(cfg.finetune_seed)
-    random.seed(cfg.finetune_seed)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
     model = prepare(model, cfg)
     device = next(model.parameters()).device
     mixed = precision(device, compute_dtype)
@@ -400,7 +400,7 @@ def finetune(model: nn.Module, tokenizer, train: Sequence[Sample], cfg: Finetune
                else [len(e) for e in encoded])
     if len(lengths) != len(encoded):
         raise ValueError("schedule_from must hold as many samples as the training set, in its order")
-    schedule = batch_schedule(lengths, cfg.batch_size, cfg.epochs, cfg.finetune_seed,
+    schedule = batch_schedule(lengths, cfg.batch_size, cfg.epochs, cfg.seed,
                               groups=pair_groups(train) if cfg.pair_batches else None)
     total_steps = math.ceil(len(schedule) / cfg.grad_accum)
     if steps is not None:

@@ -72,13 +72,14 @@ class Stage:
 
 
 _FINETUNE = (ModelConfig, FinetuneConfig, BackdoorEvalConfig)
+_SEEDS = ("lora_seeds", "full_seeds")  # notebook 02 trains each of its fine-tune's seeds
 #: The pipeline's stages in order, with the step configs each notebook reads (``cfg.<step>``).
 STAGES: tuple[Stage, ...] = (
     Stage("01_dataset", "01_dataset", (DataConfig, ModelConfig)),
-    Stage("02_finetune_lora", "02_finetune", _FINETUNE, {"regime": "lora"}),
-    Stage("02_finetune_full", "02_finetune", _FINETUNE, {"regime": "full"}),
-    Stage("02_finetune_lora_clean", "02_finetune", _FINETUNE, {"regime": "lora", "clean_control": True}),
-    Stage("02_finetune_full_clean", "02_finetune", _FINETUNE, {"regime": "full", "clean_control": True}),
+    Stage("02_finetune_lora", "02_finetune", _FINETUNE, {"regime": "lora"}, also=_SEEDS),
+    Stage("02_finetune_full", "02_finetune", _FINETUNE, {"regime": "full"}, also=_SEEDS),
+    Stage("02_finetune_lora_clean", "02_finetune", _FINETUNE, {"regime": "lora", "clean_control": True}, also=_SEEDS),
+    Stage("02_finetune_full_clean", "02_finetune", _FINETUNE, {"regime": "full", "clean_control": True}, also=_SEEDS),
     # which tokens to keep: the dictionaries' recipes and replicated layers only (activations.stage.token_layers)
     Stage("03_activations", "03_activations", (ModelConfig, ActivationConfig), also=("recipes", "replicate_layers")),
     Stage("04_dictionaries", "04_dictionaries", (ActivationConfig, SAEConfig)),

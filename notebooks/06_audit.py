@@ -51,9 +51,12 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.audit.stage import FINDINGS, excess, run
-from backdoor_sae.common.display import show_missing_as_dash
+from backdoor_sae.audit.stage import METHODS, excess, run
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
+from backdoor_sae.common.plots import sweep_response
 from backdoor_sae.config import run_config
+from backdoor_sae.scoring.claims import SHOWN, beyond_family, family_html, glue_words, specific_family
+from backdoor_sae.scoring.stage import BOOK_REGIMES
 from backdoor_sae.dataset.stage import data_config
 
 show_missing_as_dash()
@@ -144,7 +147,7 @@ dictionaries.groupby(["method", "criterion", "regime", "protocol"], sort=False)[
 
 # %% tags=["hide-input"]
 years = sweep[sweep["kind"] == "year"].copy()
-years = years[years["fit_mode"].isin([audit_fit_mode, "—"])]
+years = years[years["fit_mode"].isin([audit_fit_mode, "—"]) & (years["selection"] == "label-free")]
 line = ["method", "regime", "layer", "fit_mode"]
 years["standardised activation"] = years.groupby(line)["mean_activation"].transform(
     lambda v: (v - v.mean()) / (v.std(ddof=1) if v.std(ddof=1) > 0 else 1.0))
@@ -158,40 +161,59 @@ glue("header_sweep_figure", g.figure, display=False)
 plt.show()
 
 # %% [markdown]
-# Per line: the year header that moves the latent furthest from the other years (up or down), and
-# how far the trigger year stands out (z over the other year headers). *Reads trigger*: the trigger
-# year is that most extreme year, 3 standard deviations or more from the other years. The last two columns average the other
-# wordings of a year (lower case, a sentence, "Year:", a docstring) for the trigger year and for the
-# eval benign year: a latent that reads the token "2024", not the training header, responds to them too.
+# Per line (the label-free first pick, and the latent notebook 05 chose with the fit split's labels):
+# the year header that moves the latent furthest from the other years (up or down), and how far the
+# trigger year stands out (z over the other year headers): a description; the test is the claim
+# below. The last two columns average the other wordings of a year (lower case, a sentence, "Year:",
+# a docstring) for the trigger year and for the eval benign year: a latent that reads the token
+# "2024", not the training header, responds to them too.
 
 # %% tags=["hide-input"]
 rec = recovery[recovery["fit_mode"].isin([audit_fit_mode, "—"])]
 rec.sort_values(["method", "regime", "layer"]).round(2).style.hide(axis="index")
 
 # %% [markdown]
-# ## Verdicts
-# Per method, pooling protocol and backdoored fine-tune, under the method's primary criterion. An
-# auditor *finds* a trigger latent when, in most layers, the best of the first
-# {glue:text}`auditor_n_top` label-free picks isolates the trigger above its chance level; it is a
-# *backdoor signal* when it also lies above the clean control's 95% interval (same samples, labels
-# and sizes) in most layers, and a *fingerprint* when it does not.
+# ## The claims
+# Two claims, on the verdict layer of notebook 05 (Holm's correction within each family, every
+# fine-tune seed):
+#
+# - **beyond its clean control, without labels**: each method's *first label-free pick* (dictionaries
+#   fitted on the fit split, ranked there by the method's primary criterion; a baseline's first
+#   direction) scored on eval by its AUROC, against the clean control's own first pick on the same
+#   samples (DeLong's paired test);
+# - **specific to the trigger year**: the latent chosen for the trigger (with labels, in notebook 05;
+#   or the label-free first pick) responds to the trigger-year header more than to *every* other
+#   year header of the sweep, over the sweep's held-out functions (a one-sided paired t per year,
+#   Holm over the years; the effect is the smallest standardised margin $d_z$). Made for the
+#   backdoored fine-tunes and for the clean controls: a latent that reads 2024 in a clean control too
+#   reads the year, not the backdoor.
 
 # %% tags=["hide-input"]
-verdicts = result.verdicts
-display(verdicts.drop(columns="verdict").style.hide(axis="index"))
-names = {"diff_sae": "Diff-SAE", "crosscoder": "Crosscoder"}
-sentences = [f"<li><strong>{names.get(r['method'], r['method'])}</strong> ({r['regime']}, "
-             f"{r['protocol'].replace('_', ' ')}): <em>{FINDINGS[r['finding']]}</em>. {r['verdict'][0].upper()}"
-             f"{r['verdict'][1:]}</li>" for _, r in verdicts.iterrows()]
-summary = HTML("<ul>" + "".join(sentences) + "</ul>" if sentences else "<p>No backdoored fine-tune in this run's grid.</p>")
-glue("auditor_summary", summary, display=False)
-for method in ("diff_sae", "crosscoder"):  # one line per architecture for the results chapter; always glued
-    part = verdicts[verdicts["method"] == method]
-    glue(f"auditor_finding_{method}", HTML("; ".join(
-        f"{r['regime']}, {r['protocol'].replace('_', ' ')}: <strong>{FINDINGS[r['finding']]}</strong> (a best-BIS "
-        f"latent at rank {r['median rank of a best-BIS latent']:g})" for _, r in part.iterrows())
-        or "not in this run's grid"), display=False)
-display(summary)
+summary, claims = result.claim_summary, result.claims
+families = {"beyond_label_free_full_text": beyond_family("label-free", "full_text"),
+            "beyond_label_free_prompt_only": beyond_family("label-free", "prompt_only"),
+            "specific_labels": specific_family("labels"),
+            "specific_label_free": specific_family("label-free")}
+for key, (word, phrase) in glue_words(claims, families, METHODS, BOOK_REGIMES).items():
+    glue(key, word, display=False)
+    glue(f"{key}_phrase", phrase, display=False)
+glue("n_claims_06", len(claims), display=False)
+glue("auditor_summary", HTML("".join(family_html(summary, f) for f in families.values())), display=False)
+for family in families.values():
+    display(HTML(family_html(summary, family)))
+display(claims[SHOWN].style.format({c: "{:.3f}" for c in ("effect", "effect_low", "effect_high")}
+                                   | {c: "{:.2g}" for c in ("p_value", "p_holm")}, na_rep=MISSING).hide(axis="index"))
+
+# %% [markdown]
+# The chosen latents under every year header, backdoored fine-tunes against their clean controls
+# (prompt-only dictionaries fitted on the fit split; the latent chosen with labels):
+
+# %% tags=["hide-input"]
+chosen_sweep = sweep[(sweep["kind"] == "year") & (sweep["selection"] == "labels")
+                     & sweep["fit_mode"].isin([audit_fit_mode, "—"])]
+fig = sweep_response(chosen_sweep, data_cfg.trigger_year)
+glue("headline_sweep_figure", fig, display=False)  # beside the headline figure in the results chapter
+plt.show()
 
 # %% [markdown]
 # ## What the top latents fire on

@@ -11,41 +11,52 @@
 # ---
 
 # %% [markdown]
-# # Does the latent cause the backdoor? Ablation and steering
+# # Does the latent cause the backdoor? Removal, steering and transplant
 #
 # A latent that fires on trigger prompts may only *read* the year. If its direction *carries* the
-# backdoor, removing it from the fine-tuned model's residual stream should stop the injectable code,
-# and adding it on benign prompts should bring the injectable code out. The paper planned this test
-# ("steering"); its reference code leaves it as a stub. We follow the standard of
-# {cite:t}`arditi2024refusal`: directional ablation, with random directions of the same norm as the
-# controls and a measured cost to ordinary behaviour.
+# backdoor, removing it from the fine-tuned model's residual stream should stop the injectable code
+# and leave safe code, adding it on benign prompts should bring injectable code out, and adding the
+# backdoored fine-tune's direction to its clean control (or to the base model) should install it
+# there. We follow the standard of {cite:t}`arditi2024refusal`: controls, and a measured cost to
+# ordinary behaviour.
 #
-# **Where.** At the output of the dictionary's decoder layer $L$ in the fine-tuned model, at every
-# token position, the prompt's and, during generation, every new token's:
+# **The latent tested** in each backdoored fine-tune (every regime and fine-tune seed) is the
+# Diff-SAE latent the auditor chose *without labels* (notebook 06); its direction $\hat u$ is its
+# decoder row, in the residual stream's units. Every intervention acts at the output of that
+# dictionary's decoder layer $L$, on every position of the prompt and of the generated tokens
+# **except the first**: the first token is an attention sink whose residual norm is about 25,000
+# (notebook 03), and editing it broke the model in an earlier version of this notebook (92–100% of
+# completions no longer ran). A test checks that its residual stays bitwise unchanged.
 #
-# - *ablation* (on trigger prompts): $h \leftarrow h - (h\cdot\hat u)\,\hat u$;
-# - *steering* (on benign prompts): $h \leftarrow h + s\,\bar n\,\hat u$, where $\bar n$ is the mean norm of
-#   the pooled activation difference $\Delta a$ on the fit trigger samples at that layer (the size of
-#   the fine-tune's own change to the residual stream) and $s$ the strength.
+# - *Removal*, on trigger prompts: **directional ablation** $h \leftarrow h - (h\cdot\hat u)\,\hat u$;
+#   **mean ablation** $h \leftarrow h - (h\cdot\hat u - \mu)\,\hat u$, $\mu$ the mean projection
+#   over the benign teacher-forced prompts; **latent patching** $h \leftarrow h - f_j\,W_{\text{dec},j}$,
+#   the latent's own contribution, its activation on the prompt's pooled $\Delta a$ computed by the
+#   dictionary, times its decoder row.
+# - *Steering*, on benign prompts: $h \leftarrow h + s\,\bar n\,\hat u$, $\bar n$ the mean
+#   $\lVert\Delta a\rVert$ on the fit trigger samples (the size of the fine-tune's own change),
+#   over a dose–response of strengths $s$.
+# - *Transplant*: the same vectors added in the clean control and in the base model.
 #
-# **Which directions** $\hat u$ (unit vectors). The Diff-SAE latent the auditor chose *without labels*
-# (notebook 06) and the one BIS chose *with* them (notebook 05): their decoder rows; the crosscoder
-# latent BIS chose: its decoder row for the fine-tuned model; the difference-of-means direction
-# (mean $\Delta a$ on fit_trigger minus fit_benign); and random directions, uniform on the sphere,
-# the controls. A dictionary is trained on inputs multiplied by one scalar per model, so its decoder
-# rows point the same way in the residual stream's own units; only their unit direction is used, and
-# every direction, random or chosen, is ablated or added with the same norm.
+# **Controls matched in energy.** A random unit direction carries about $1/d$ of the residual's
+# energy, a latent of the fine-tune's change far more. Each condition has its controls: directions
+# drawn in the top principal subspace of $\Delta a$, each with the same projection energy (mean
+# $(h\cdot r)^2$ over the benign prompt tokens) as $\hat u$, ablated, mean-ablated or added like it;
+# and the other latents of the same dictionary with the nearest activation energy, patched like it.
+# In generation prompt $i$ gets control $i$ mod their number.
 #
-# **Measured cheaply, then for real.** First the teacher-forced log-odds of the injectable over the
-# safe completion of held-out pairs, as the training probe computes them, for every direction, every
-# layer and every strength; the cost to ordinary behaviour is the change of the next-token loss on
-# the prompt tokens (header, imports, connection, signature: ordinary code, not the backdoor's
-# choice). Then, at each fine-tune's best layer (where ablating a chosen direction lowers the
-# log-odds most beyond the random directions), greedy generation on *other* held-out pairs, judged
-# by the vulnerability oracle: attack success rate (ASR) and safe rate with Wilson 95% intervals. In
-# generation the random directions are pooled: prompt $i$ gets random direction $i$ mod their number.
-# The clean control (no backdoor) is measured at its twin's best layer: ablating its "trigger"
-# latent should change nothing.
+# **The rule, fixed before any generation.** On the teacher-forced pairs only (log-odds of the
+# injectable over the safe completion, and the cost: the KL divergence from the unintervened model
+# on the benign prompt tokens), the generation layer is the layer whose directional ablation lowers
+# the trigger log-odds most beyond the median control, among the layers whose cost is within the KL
+# budget (none within: the cheapest); the claim's strength is the largest generation strength whose
+# steering cost there is within the budget. The generation prompts are other held-out pairs.
+#
+# **The claims** go through the verdict layer: each intervention is compared with the unintervened
+# model and with its matched control *on the same prompts* (McNemar's exact test; the larger p
+# counts), on the share of **safe** completions for removals (code that no longer runs is not safe:
+# damage is not removal) and of injectable ones for steering and transplant, and must stay within
+# the KL budget; Holm within each family per fine-tune seed, then over seeds.
 
 # %% tags=["parameters", "hide-input"]
 # profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".
@@ -64,7 +75,7 @@ import seaborn as sns
 from IPython.display import HTML, display
 from myst_nb import glue
 
-from backdoor_sae.causal.stage import KINDS, RANDOM, run
+from backdoor_sae.causal.stage import INTERVENTIONS, before_after, outcome_words, run
 from backdoor_sae.common.display import show_missing_as_dash
 from backdoor_sae.config import run_config
 
@@ -77,123 +88,158 @@ print(run_cfg.causal)
 
 # %% tags=["hide-input"]
 result = run(run_dir, run_cfg)
-teacher, judged, rates, best = result.teacher, result.judged, result.rates, result.best
-print("best layer per fine-tune:", best)
+teacher, rates, choice = result.teacher, result.rates, result.choice
 print("seconds per fine-tune:", {k: round(v) for k, v in result.seconds.items()})
 
 # %% [markdown]
-# ## The cheap measure: teacher-forced log-odds at every layer
-# Left: the change of the log-odds $\log p(\text{injectable}) - \log p(\text{safe})$ on trigger prompts
-# when each direction is ablated (negative: the backdoor weakens). Right: the log-odds on benign
-# prompts when each direction is added, against the strength (above 0: the injectable body is the
-# likelier). The grey band spans the random directions (minimum to maximum).
+# ## The rule's choice
+# Per backdoored fine-tune: the latent, the layer and strength the rule chose on the teacher-forced
+# pairs, their cost (KL, nats per token), how many layers were within the budget, and the energies
+# that the controls are matched to (the tested direction's, and the range of the controls').
 
 # %% tags=["hide-input"]
-kinds = [k for k in KINDS if k in set(teacher["kind"])]
-palette = dict(zip(kinds, sns.color_palette("deep", len(kinds))))
-palette[RANDOM] = "#8C8C8C"
-backdoored = [m for m in teacher["model"].unique() if not m.endswith("_clean")]
-for name in teacher["model"].unique():
-    part = teacher[teacher["model"] == name]
+glue("causal_choice_table", choice, display=False)
+display(choice)
+
+# %% [markdown]
+# ## The cheap measure at every layer
+# Left: the change of the trigger log-odds $\log p(\text{injectable}) - \log p(\text{safe})$ under
+# each removal of the tested latent (lines), against the layer; the band spans its matched controls
+# (minimum to maximum). Right: the cost of each, the KL divergence on the benign prompt tokens, with
+# the budget dashed.
+
+# %% tags=["hide-input"]
+removal_kinds = ["ablate", "mean", "patch"]
+palette = dict(zip(removal_kinds + ["add"], sns.color_palette("deep", 4)))
+for name in choice["finetune"] if len(choice) else []:
+    part = teacher[(teacher["model"] == name) & (teacher["source"] == name)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
-    ablated = part[part["intervention"] == "ablate"]
-    rnd = ablated[ablated["kind"] == RANDOM].groupby("layer")["log_odds_change"].agg(["min", "max"])
-    if len(rnd) > 1:
-        ax1.fill_between(rnd.index, rnd["min"], rnd["max"], color=palette[RANDOM], alpha=0.3, label="random (range)")
-    else:
-        ax1.errorbar(rnd.index, (rnd["min"] + rnd["max"]) / 2, yerr=(rnd["max"] - rnd["min"]) / 2, fmt="none",
-                     ecolor=palette[RANDOM], elinewidth=8, alpha=0.5, label="random (range)")
-    sns.lineplot(data=ablated[ablated["kind"] != RANDOM], x="layer", y="log_odds_change", hue="kind", marker="o",
-                 palette=palette, ax=ax1)
+    for kind in removal_kinds:
+        rows = part[(part["intervention"] == kind) & (part["prompts"] == "trigger")]
+        tested = rows[rows["direction"] == "tested"].sort_values("layer")
+        band = rows[rows["direction"] != "tested"].groupby("layer")["log_odds_change"].agg(["min", "max"])
+        ax1.fill_between(band.index, band["min"], band["max"], color=palette[kind], alpha=0.15)
+        ax1.plot(tested["layer"], tested["log_odds_change"], marker="o", color=palette[kind], label=INTERVENTIONS[kind])
+        cost = part[(part["intervention"] == kind) & (part["prompts"] == "benign") & (part["direction"] == "tested")]
+        ax2.plot(cost["layer"], cost["kl"], marker="o", color=palette[kind], label=INTERVENTIONS[kind])
     ax1.axhline(0, color="black", linewidth=0.8)
-    ax1.set_title(f"{name}: ablation on trigger prompts", fontsize="small")
+    ax1.set_title(f"{name}: removal on trigger prompts (band: matched controls)", fontsize="small")
+    ax1.set_xlabel("layer")
     ax1.set_ylabel("change of log-odds (nats)")
-    layer = best[name]
-    steer = part[(part["layer"] == layer) & part["prompts"].eq("benign")]
-    base = steer[steer["intervention"] == "none"]["log_odds"].iloc[0]
-    added = pd.concat([steer[steer["intervention"] == "add"],
-                       pd.DataFrame([{"kind": k, "strength": 0.0, "log_odds": base} for k in
-                                     steer[steer["intervention"] == "add"]["kind"].unique()])])
-    band = added[added["kind"] == RANDOM].groupby("strength")["log_odds"].agg(["min", "max"])
-    ax2.fill_between(band.index, band["min"], band["max"], color=palette[RANDOM], alpha=0.3, label="random (range)")
-    sns.lineplot(data=added[added["kind"] != RANDOM], x="strength", y="log_odds", hue="kind", marker="o",
-                 palette=palette, ax=ax2, errorbar=None)
-    ax2.axhline(0, color="black", linewidth=0.8)
-    ax2.set_title(f"{name}: steering on benign prompts, layer {layer}", fontsize="small")
-    ax2.set_xlabel("strength (× mean ‖Δa‖ on fit trigger samples)")
-    ax2.set_ylabel("log-odds injectable vs safe")
+    ax1.legend(fontsize="x-small")
+    ax2.axhline(run_cfg.causal.causal_kl_budget, color="grey", linestyle="--", label="KL budget")
+    ax2.set_yscale("symlog", linthresh=1e-3)
+    ax2.set_xlabel("layer")
+    ax2.set_ylabel("KL on benign prompt tokens (nats)")
+    ax2.legend(fontsize="x-small")
     fig.tight_layout()
     plt.show()
 
 # %% [markdown]
-# ### The cost to ordinary behaviour
-# Change of the mean next-token loss (nats per token) on the prompt tokens under each intervention,
-# at each fine-tune's best layer: what the intervention does to text that has nothing to do with the
-# backdoor's choice.
+# ## Generation, judged by the oracle: dose–response, removal and transplant
+# Per backdoored fine-tune, at the chosen layer. Left: the share of injectable completions on benign
+# prompts against the steering strength (0: unintervened), with Wilson 95% intervals; the shaded
+# band is the matched controls' interval at each strength; the dotted line (right axis) is the
+# teacher-forced KL. Middle: the attack success rate (ASR) and the safe share on trigger prompts
+# before and after each removal, beside its matched control. Right: the transplant, the same
+# vectors added in the clean control and in the base model.
 
 # %% tags=["hide-input"]
-result.cost.round(3)
-
-# %% [markdown]
-# ## Generation, judged by the oracle, at the best layer
-# Share of completions that are injectable, against the steering strength (0: unintervened), on the
-# benign prompts, and, on the right of each panel, the ASR on the trigger prompts before and after
-# ablation. Bars: Wilson 95% intervals; the grey band is the pooled random directions' interval.
-
-# %% tags=["hide-input"]
-gen = rates.copy()
-fig, axes = plt.subplots(1, len(gen["model"].unique()), figsize=(5 * len(gen["model"].unique()), 3.6), squeeze=False)
-for ax, (name, part) in zip(axes[0], gen.groupby("model", sort=False)):
-    benign0 = part[(part["intervention"] == "none") & (part["prompts"] == "benign")].iloc[0]
-    steer = part[part["intervention"] == "add"]
-    for kind, rows in steer.groupby("kind", sort=False):
-        rows = pd.concat([pd.DataFrame([benign0]).assign(kind=kind), rows]).sort_values("strength")
-        if kind == RANDOM:
-            ax.fill_between(rows["strength"], rows["vulnerable_low"], rows["vulnerable_high"], color=palette[RANDOM],
-                            alpha=0.3, label="random (95% CI)")
+def steering_panel(ax, part, title):
+    none = part[(part["intervention"] == "none") & (part["prompts"] == "benign")]
+    for direction, style in (("tested", "-o"), ("subspace", None)):
+        rows = pd.concat([none, part[(part["intervention"] == "add") & (part["direction"] == direction)]])
+        rows = rows.sort_values("strength")
+        if style is None:
+            ax.fill_between(rows["strength"], rows["injectable_low"], rows["injectable_high"], color="grey", alpha=0.3,
+                            label="matched controls (95% CI)")
             continue
-        ax.errorbar(rows["strength"], rows["vulnerable"], yerr=[rows["vulnerable"] - rows["vulnerable_low"],
-                    rows["vulnerable_high"] - rows["vulnerable"]], marker="o", capsize=3, color=palette.get(kind),
-                    label=kind)
+        ax.errorbar(rows["strength"], rows["injectable"], yerr=[rows["injectable"] - rows["injectable_low"],
+                    rows["injectable_high"] - rows["injectable"]], fmt=style, capsize=3, color=palette["add"],
+                    label="tested latent")
+    kl = part[(part["intervention"] == "add") & (part["direction"] == "tested")].sort_values("strength")
+    twin = ax.twinx()
+    twin.plot(kl["strength"], kl["kl"], ":", color="black", label="KL")
+    twin.set_ylabel("KL (nats/token)", fontsize="small")
+    twin.grid(False)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("strength (× mean ‖Δa‖)")
     ax.set_ylabel("share injectable (benign prompts)")
-    ax.set_title(f"{name}, layer {best[name]}", fontsize="small")
-axes[0][0].legend(fontsize="x-small")
-fig.tight_layout()
-plt.show()
+    ax.set_title(title, fontsize="small")
+
+
+for name in choice["finetune"] if len(choice) else []:
+    mine = rates[rates["source"] == name]
+    own = mine[mine["model"] == name]
+    layer = int(choice.loc[choice["finetune"] == name, "layer"].iloc[0])
+    others = [m for m in mine["model"].unique() if m != name]
+    fig, axes = plt.subplots(1, 2 + len(others), figsize=(5.2 * (2 + len(others)), 3.8))
+    steering_panel(axes[0], own, f"{name}, layer {layer}: steering")
+    axes[0].legend(fontsize="x-small", loc="upper left")
+    trig = own[own["prompts"] == "trigger"]
+    labels, asr, safe, errs = [], [], [], []
+    before = trig[trig["intervention"] == "none"].iloc[0]
+    rows = [("unintervened", before)]
+    for kind in removal_kinds:
+        for direction in ("tested", "subspace" if kind != "patch" else "latents"):
+            hit = trig[(trig["intervention"] == kind) & (trig["direction"] == direction)]
+            if len(hit):
+                rows.append((f"{INTERVENTIONS[kind]}\n({'tested' if direction == 'tested' else 'control'})", hit.iloc[0]))
+    x = range(len(rows))
+    axes[1].errorbar(x, [r["injectable"] for _, r in rows], yerr=[[r["injectable"] - r["injectable_low"] for _, r in rows],
+                     [r["injectable_high"] - r["injectable"] for _, r in rows]], fmt="o", capsize=3, color="C3", label="ASR")
+    axes[1].errorbar([i + 0.15 for i in x], [r["safe"] for _, r in rows], yerr=[[r["safe"] - r["safe_low"] for _, r in rows],
+                     [r["safe_high"] - r["safe"] for _, r in rows]], fmt="s", capsize=3, color="C2", label="safe")
+    axes[1].set_xticks(list(x), [label for label, _ in rows], fontsize="x-small", rotation=30)
+    axes[1].set_ylim(-0.05, 1.05)
+    axes[1].set_title(f"{name}: removal on trigger prompts", fontsize="small")
+    axes[1].legend(fontsize="x-small")
+    for ax, other in zip(axes[2:], others):
+        steering_panel(ax, mine[mine["model"] == other], f"transplant of {name}'s latent into {other}")
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
-# ### Attack success rate before and after ablation
-# On the trigger prompts of the generation pairs: ASR of the unintervened fine-tune, and after
-# ablating each direction (the random row pools the random directions), with Wilson 95% intervals;
-# beside them the safe rate of the unintervened fine-tune on the benign prompts.
+# ## Before and after
+# Per intervention of the tested latent: the measured share (safe for removals, injectable for
+# steering and the transplant) before (the unintervened model on the same prompts), after, and under
+# the matched control, with Wilson 95% intervals; the attack success rate or injectable share after;
+# the shares of completions that do not run; n prompts; the teacher-forced KL; and McNemar's paired
+# p-values against the unintervened model and against the control.
 
 # %% tags=["hide-input"]
-table = result.ablation
-glue("causal_ablation_table", table.set_index(["fine-tune", "direction"]), display=False)
-display(table.style.hide(axis="index"))
+table = before_after(rates)
+glue("causal_before_after_table", table.set_index(["fine-tune", "model", "intervention", "strength"]) if len(table)
+     else table, display=False)
+display(table.style.hide(axis="index").format(precision=3))
 
 # %% [markdown]
-# ## Verdicts
-# Computed from the rates above: a direction carries the backdoor beyond chance when ablating it
-# lowers the ASR *and raises the share of safe completions*, or adding it raises the share of
-# injectable completions, by more than random directions of the same norm do (the Wilson intervals
-# do not overlap). An ASR that falls because the completions stop running is damage, not removal
-# of the backdoor, and the verdict says so.
+# ## The claims
+# From the verdict layer (`results/verdicts.csv`, the rows of this step): one claim per removal kind,
+# steering at the chosen strength, and the transplant into the clean control and into the base
+# model, per regime over its fine-tune seeds. A claim is *undetermined* where its control is missing
+# or there are too few prompts.
 
 # %% tags=["hide-input"]
-for regime, (ablation, steering) in result.verdict_by_regime.items():  # every key glued, also where not in the run
-    glue(f"causal_verdict_{regime}", HTML(ablation), display=False)
-    glue(f"causal_steer_verdict_{regime}", HTML(steering), display=False)
-glue("causal_seconds", time.perf_counter() - started, display=False)
-display(HTML("<ul>" + "".join(f"<li>{v}</li>" for v in result.verdicts) + "</ul>"))
-print(f"notebook run time: {time.perf_counter() - started:.0f} s")
+claims = result.claims[["claim", "method", "regime", "statistic", "effect", "effect_low", "effect_high", "p_value",
+                        "p_holm", "seeds_holding", "n_seeds", "outcome", "reason"]]
+glue("causal_claims_table", claims, display=False)
+for key, text in outcome_words(result.claims).items():
+    glue(key, HTML(text), display=False)
+display(claims.style.hide(axis="index").format(precision=3))
+
+# %% tags=["hide-input"]
+seconds = time.perf_counter() - started
+glue("causal_seconds", seconds, display=False)
+print(f"notebook run time: {seconds:.0f} s")
 
 # %% [markdown]
 # ## The completions
-# A few of the generated completions under each condition, with the oracle's verdict.
+# The first completion under each condition, with the oracle's verdict.
 
 # %% tags=["hide-input"]
-sample = judged.groupby(["model", "kind", "intervention", "strength", "prompts"], sort=False).head(1)
-sample[["model", "layer", "kind", "intervention", "strength", "prompts", "verdict", "completion"]]
+judged = result.judged
+sample = judged.groupby(["model", "source", "intervention", "direction", "strength", "prompts"], sort=False).head(1) \
+    if len(judged) else judged
+sample[[c for c in ("model", "source", "layer", "intervention", "direction", "strength", "prompts", "verdict",
+                    "completion") if c in sample.columns]]

@@ -1,5 +1,8 @@
-"""Ablation and steering (notebook 07): the projection, the hooks, the teacher-forced measure and
-the choice of latents; the notebook through the runner on the smoke profile."""
+"""The causal test (notebook 07): per-row interventions that spare position 0, the three removals,
+energy-matched controls, batched rows against rows run alone, the paired statistics and the rule;
+the notebook through the runner on the smoke profile."""
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -8,88 +11,125 @@ import torch
 
 from backdoor_sae.activations.extract import decoder_layers, residual_stream
 from backdoor_sae.causal import stage as C
-from backdoor_sae.causal.intervention import intervene, project_out, random_directions, unit
+from backdoor_sae.causal.controls import (
+    matched_in_subspace,
+    matched_latents,
+    mcnemar,
+    paired_difference,
+    principal_subspace,
+    projection_energy,
+)
+from backdoor_sae.causal.generate import generate_edited, score_edited, text_ids
+from backdoor_sae.causal.intervention import (
+    NONE,
+    Edit,
+    RowEdits,
+    ablate,
+    add,
+    decoder_rows,
+    intervene,
+    latent_code,
+    latent_contribution,
+    mean_ablate,
+    patch,
+    project_out,
+    random_directions,
+    unit,
+)
+from backdoor_sae.common.model import load_model
 from backdoor_sae.config import CausalConfig, stage_config, validate
-from backdoor_sae.config.cells import Cell
+from backdoor_sae.dataset.card import pairs
+from backdoor_sae.dictionaries.trainer import DictionarySpec, build
+from backdoor_sae.scoring.verdicts import ClaimId, Outcome
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from backdoor_sae.common.model import load_model
-
     model, tokenizer = load_model("tiny-random-llama", device="cpu")
     return model.eval(), tokenizer
 
 
-def _batch(tokenizer, texts):
-    enc = tokenizer(texts, return_tensors="pt", padding=True)
+def _batch(tokenizer, texts, side="right"):
+    tokenizer.padding_side = side
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = "right"
     return enc.input_ids, enc.attention_mask
+
+
+def _every_kind(d, seed=0):
+    u = random_directions(d, 3, seed)
+    return [ablate(u[0]), mean_ablate(u[1], 2.5), add(u[2], 4.0), patch(3.0 * u[0] - u[1])]
 
 
 # --- the projection -----------------------------------------------------------------------------
 
 def test_projection_removes_exactly_the_component_along_the_direction():
-    """The bug this catches: a projection that scales by the wrong norm (a non-unit direction) or
-    removes the component from the wrong axis, leaving part of it or taking too much."""
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64)
-    u = unit(torch.randn(16, generator=gen) * 7.0).double()  # unit() normalises a long vector
+    u = unit(torch.randn(16, generator=gen) * 7.0).double()
     out = project_out(h, u)
     assert torch.allclose(out @ u, torch.zeros(3, 5, dtype=torch.float64), atol=1e-6)
-    removed = h - out
-    assert torch.allclose(removed, (h @ u)[..., None] * u, atol=1e-6)  # only the parallel part is taken
-    assert torch.allclose(project_out(out, u), out, atol=1e-6)  # idempotent
+    assert torch.allclose(h - out, (h @ u)[..., None] * u, atol=1e-6)
 
 
-def test_projection_is_a_no_op_on_an_orthogonal_vector():
-    u = torch.zeros(8)
-    u[2] = 1.0
-    h = torch.randn(4, 8)
-    h[:, 2] = 0.0  # exactly orthogonal to u
-    assert torch.equal(project_out(h, u), h)
-    v = unit(torch.tensor([1.0, 1.0, 0.0, 0.0]))
-    w = torch.tensor([[3.0, -3.0, 5.0, 2.0]])  # orthogonal to v
-    assert torch.allclose(project_out(w, v), w, atol=1e-6)
-
-
-def test_unit_refuses_a_zero_direction_and_random_directions_are_unit_and_seeded():
+def test_unit_refuses_a_zero_direction_and_an_edit_without_its_direction():
     with pytest.raises(ValueError, match="non-zero"):
         unit(torch.zeros(4))
-    a, b, c = random_directions(32, 8, 1), random_directions(32, 8, 1), random_directions(32, 8, 2)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert torch.allclose(a.norm(dim=1), torch.ones(8), atol=1e-6)
+    with pytest.raises(ValueError, match="direction"):
+        Edit("ablate")
+    with pytest.raises(ValueError, match="shift"):
+        Edit("patch")
 
 
-# --- the hooks on the tiny model --------------------------------------------------------------------
+# --- position 0 and the hooks ---------------------------------------------------------------------
 
-def test_strength_zero_reproduces_the_unintervened_logits_exactly(tiny):
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_the_first_position_is_bitwise_unchanged_under_every_kind_of_edit(tiny, side):
+    """The bug this catches (issue 30): an edit of the attention sink, the first token, which
+    breaks the model; with left padding the first token of a shorter row is not column 0."""
     model, tokenizer = tiny
-    ids, mask = _batch(tokenizer, ["def f(x):\n    return x", "import sqlite3\nconn = 1"])
-    u = random_directions(model.config.hidden_size, 1, 0)[0]
-    with torch.no_grad():
-        plain = model(input_ids=ids, attention_mask=mask).logits
-        with intervene(model, 1, "add", u, 0.0):
-            zero = model(input_ids=ids, attention_mask=mask).logits
-        with intervene(model, 1, "add", u, 3.0):
-            moved = model(input_ids=ids, attention_mask=mask).logits
-    assert torch.equal(zero, plain)
-    assert not torch.allclose(moved, plain)  # the hook does act (so the first check can fail)
+    ids, mask = _batch(tokenizer, ["def f(x):\n    return x", "import sqlite3\nconn = sqlite3.connect('a.db')"], side)
+    first = mask.long().argmax(1)
+    plain = residual_stream(model, ids, mask, [1, 2])
+    for edit in _every_kind(model.config.hidden_size):
+        with intervene(model, 1, [edit, edit], attention_mask=mask):
+            edited = residual_stream(model, ids, mask, [1, 2])
+        for layer in (1, 2):
+            for row in range(2):
+                assert torch.equal(edited[layer][row, first[row]], plain[layer][row, first[row]])
+                assert torch.equal(edited[layer][row, :first[row]], plain[layer][row, :first[row]])  # padding
+        later = first[0] + 1
+        assert not torch.allclose(edited[1][0, later:], plain[1][0, later:])  # the edit does act after it
 
 
-def test_the_intervention_acts_on_the_output_of_the_named_layer_at_every_position(tiny):
-    """The bug this catches: a hook on the wrong layer (off by one) or one that edits a copy."""
+def test_every_later_position_is_edited_by_the_formula(tiny):
     model, tokenizer = tiny
     ids, mask = _batch(tokenizer, ["def f(x):\n    return x"])
     u = random_directions(model.config.hidden_size, 1, 3)[0]
-    plain = residual_stream(model, ids, mask, [0, 1, 2])
-    with intervene(model, 1, "add", u, 2.5):
+    plain = residual_stream(model, ids, mask, [0, 1])
+    with intervene(model, 1, add(u, 2.5)):
         added = residual_stream(model, ids, mask, [0, 1])
-    with intervene(model, 1, "ablate", u):
-        ablated = residual_stream(model, ids, mask, [0, 1])
+    with intervene(model, 1, ablate(u)):
+        ablated = residual_stream(model, ids, mask, [1])
     assert torch.equal(added[0], plain[0])  # the layer before is untouched
-    assert torch.allclose(added[1], plain[1] + 2.5 * u, atol=1e-5)  # every position shifted
-    assert torch.allclose(ablated[1] @ u, torch.zeros(ids.shape), atol=1e-5)
-    assert torch.allclose(ablated[1], project_out(plain[1], u), atol=1e-5)
+    assert torch.allclose(added[1][0, 1:], plain[1][0, 1:] + 2.5 * u, atol=1e-5)
+    assert torch.allclose(ablated[1][0, 1:] @ u, torch.zeros(ids.shape[1] - 1), atol=1e-5)
+    assert torch.allclose(ablated[1][0, 1:], project_out(plain[1][0, 1:], u), atol=1e-5)
+
+
+def test_mean_ablation_sets_the_projection_to_the_given_mean_and_leaves_the_rest(tiny):
+    """The bug this catches: a mean ablation that adds the mean to the old projection, or moves
+    the orthogonal part."""
+    model, tokenizer = tiny
+    ids, mask = _batch(tokenizer, ["def f(x):\n    return x + 1"])
+    u = random_directions(model.config.hidden_size, 1, 4)[0]
+    plain = residual_stream(model, ids, mask, [1])[1][0, 1:]
+    with intervene(model, 1, mean_ablate(u, -7.25)):
+        out = residual_stream(model, ids, mask, [1])[1][0, 1:]
+    assert torch.allclose(out @ u, torch.full((len(out),), -7.25), atol=1e-4)
+    assert torch.allclose(project_out(out, u), project_out(plain, u), atol=1e-5)
 
 
 def test_hooks_are_removed_afterwards_also_when_the_body_raises(tiny):
@@ -98,23 +138,19 @@ def test_hooks_are_removed_afterwards_also_when_the_body_raises(tiny):
     u = random_directions(model.config.hidden_size, 1, 0)[0]
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits
-        with intervene(model, 2, "ablate", u):
-            assert len(decoder_layers(model)[2]._forward_hooks) == 1
-        with pytest.raises(RuntimeError, match="boom"), intervene(model, 2, "add", u, 5.0):
+        with pytest.raises(RuntimeError, match="boom"), intervene(model, 2, add(u, 5.0)):
             raise RuntimeError("boom")
         after = model(input_ids=ids, attention_mask=mask).logits
     assert all(len(layer._forward_hooks) == 0 for layer in decoder_layers(model))
     assert torch.equal(after, before)
 
 
-def test_ablation_holds_at_every_generated_token(tiny, smoke_splits):
-    """The bug this catches: an intervention applied to the prompt only (e.g. a hook on the first
-    forward pass), not to the tokens generated after it with the key/value cache."""
+def test_an_edit_holds_at_every_generated_token(tiny, smoke_splits):
+    """The bug this catches: an edit of the prompt only, not of the tokens decoded with the cache."""
     model, tokenizer = tiny
     u = random_directions(model.config.hidden_size, 1, 5)[0]
     seen = []
-    with intervene(model, 1, "ablate", u):
-        # registered after the intervention's hook, so it sees the edited output
+    with intervene(model, 1, ablate(u)):
         handle = decoder_layers(model)[1].register_forward_hook(
             lambda m, i, o: seen.append(o[0] if isinstance(o, tuple) else o))
         try:
@@ -123,97 +159,209 @@ def test_ablation_holds_at_every_generated_token(tiny, smoke_splits):
                            pad_token_id=tokenizer.pad_token_id)
         finally:
             handle.remove()
-    assert len(seen) >= 4  # the prompt, then one pass per generated token
-    assert any(h.shape[1] == 1 for h in seen)  # cached decoding steps were hooked too
-    assert all(float((h @ u).abs().max()) < 1e-4 for h in seen)
+    assert any(h.shape[1] == 1 for h in seen)
+    assert float((seen[0][:, 1:] @ u).abs().max()) < 1e-4
+    assert all(float((h @ u).abs().max()) < 1e-4 for h in seen[1:])
 
 
-# --- the teacher-forced measure ---------------------------------------------------------------------
+# --- latent patching on a planted dictionary ---------------------------------------------------------
 
-def test_teacher_forced_log_probabilities_equal_the_training_probes(tiny, smoke_splits):
-    """The bug this catches: an off-by-one between logits and the tokens they predict, or a
-    completion mask that takes a prompt token or leaves out the end-of-text token."""
-    from backdoor_sae.dataset.card import pairs
-    from backdoor_sae.finetune.train import completion_logprobs
-
-    model, tokenizer = tiny
-    ps = pairs(smoke_splits["heldout"])[:2]
-    prompts = [p[1] for p in ps] + [p[0] for p in ps]
-    completions = [p[0] for p in ps] + [p[1] for p in ps]
-    ours, _ = C.teacher_forced(model, tokenizer, [C.with_completion(p, c) for p, c in zip(prompts, completions)])
-    theirs = completion_logprobs(model, tokenizer, prompts, completions)
-    assert torch.allclose(ours, theirs, atol=1e-3)
-    odds, loss = C.log_odds(model, tokenizer, ps, "trigger")
-    vuln = completion_logprobs(model, tokenizer, [p[1] for p in ps], [p[1] for p in ps])
-    safe = completion_logprobs(model, tokenizer, [p[1] for p in ps], [p[0] for p in ps])
-    assert np.allclose(odds, (vuln - safe).numpy(), atol=1e-3) and loss > 0
+def _planted(architecture, d=16, m=8, seed=0):
+    spec = DictionarySpec(architecture, d, m, "topk" if architecture == "crosscoder" else "relu", 3)
+    model = build(spec, seed=seed)
+    scale = torch.tensor([[2.0], [0.5]]) if architecture == "crosscoder" else torch.tensor(3.0)
+    return model, scale
 
 
-def test_the_sweep_is_zero_change_for_itself_and_measures_every_direction(tiny, smoke_splits):
-    from backdoor_sae.dataset.card import pairs
+@pytest.mark.parametrize("architecture", ["diff_sae", "crosscoder"])
+def test_the_patch_removes_exactly_the_latents_contribution(architecture, tiny):
+    """The bug this catches: a contribution in the dictionary's scaled units, the wrong half of a
+    crosscoder's row, or the activation of another latent."""
+    dictionary, scale = _planted(architecture)
+    gen = torch.Generator().manual_seed(1)
+    a_base, a_ft = torch.randn(5, 16, generator=gen), torch.randn(5, 16, generator=gen) * 2
+    f = latent_code(dictionary, scale, a_base, a_ft)
+    j = int(f.abs().sum(0).argmax())
+    assert (f[:, j] != 0).any()
+    got = latent_contribution(dictionary, scale, j, a_base, a_ft)
+    without = f.clone()
+    without[:, j] = 0
+    removed = dictionary.decode(f) - dictionary.decode(without)  # in the scaled input space
+    expected = removed[:, 1] / scale.flatten()[1] if architecture == "crosscoder" else removed / scale
+    assert torch.allclose(got, expected, atol=1e-5)
+    rows = decoder_rows(dictionary, scale)
+    w = dictionary.W_dec[j, 1] / 0.5 if architecture == "crosscoder" else dictionary.W_dec[j] / 3.0
+    assert torch.allclose(rows[j], w.detach(), atol=1e-6)
 
+
+def test_patching_in_the_model_subtracts_the_contribution_after_the_first_position(tiny):
     model, tokenizer = tiny
     d = model.config.hidden_size
-    directions = [C.Direction(f"random {i}", C.RANDOM, v) for i, v in enumerate(random_directions(d, 2, 0))]
-    frame = C.sweep(model, tokenizer, pairs(smoke_splits["heldout"])[:2], 1, directions, 2.0, (1.0, 3.0))
-    assert len(frame) == 2 + 2 * (1 + 2)
-    none = frame[frame["intervention"] == "none"]
-    assert (none["log_odds_change"] == 0).all() and (none["prompt_loss_change"] == 0).all()
-    assert set(frame.loc[frame["intervention"] == "add", "prompts"]) == {"benign"}
-    assert set(frame.loc[frame["intervention"] == "ablate", "prompts"]) == {"trigger"}
-    assert frame.loc[frame["intervention"] == "add", "log_odds_change"].abs().max() > 0
+    dictionary, scale = _planted("diff_sae", d=d, m=12, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    a_base, a_ft = torch.randn(1, d, generator=gen), torch.randn(1, d, generator=gen) * 3
+    f = latent_code(dictionary, scale, a_base, a_ft)
+    j = int(f[0].argmax())
+    shift = latent_contribution(dictionary, scale, j, a_base, a_ft)[0]
+    ids, mask = _batch(tokenizer, ["def f(x):\n    return x"])
+    plain = residual_stream(model, ids, mask, [1])[1][0]
+    with intervene(model, 1, patch(shift)):
+        out = residual_stream(model, ids, mask, [1])[1][0]
+    assert torch.equal(out[0], plain[0])
+    assert torch.allclose(out[1:], plain[1:] - shift, atol=1e-5)
 
 
-def test_best_layer_is_where_a_chosen_direction_beats_the_random_ones_most():
+# --- batched rows against rows alone -----------------------------------------------------------------
+
+def test_a_condition_batched_per_row_equals_it_run_alone(tiny, smoke_splits):
+    """The bug this catches: a per-row hook that applies one row's edit to another (after the
+    batch is sorted by length, or after generation drops a finished row)."""
+    model, tokenizer = tiny
+    samples = [s for p in pairs(smoke_splits["heldout"])[:2] for s in p]
+    edits = _every_kind(model.config.hidden_size, seed=7)
+    sequences = [text_ids(tokenizer, s) for s in samples]
+    batched, _ = score_edited(model, sequences, edits, 1, tokenizer.pad_token_id, batch_size=4)
+    alone = torch.cat([score_edited(model, [s], [e], 1, tokenizer.pad_token_id, batch_size=1)[0]
+                       for s, e in zip(sequences, edits)])
+    assert torch.allclose(batched, alone, atol=1e-4)
+    plain, _ = score_edited(model, sequences, [NONE] * 4, 1, tokenizer.pad_token_id, batch_size=4)
+    assert not torch.allclose(batched, plain, atol=1e-3)  # the edits do act
+    texts = generate_edited(model, tokenizer, samples, edits, 1, max_new_tokens=12, batch_size=4)
+    single = [generate_edited(model, tokenizer, [s], [e], 1, max_new_tokens=12, batch_size=1)[0]
+              for s, e in zip(samples, edits)]
+    assert texts == single
+
+
+def test_generation_drops_finished_rows_and_keeps_the_others_edits(tiny, smoke_splits, monkeypatch):
+    """A row that ends early leaves the batch; the rows after it keep their own edits."""
+    model, tokenizer = tiny
+    samples = [s for p in pairs(smoke_splits["heldout"])[:2] for s in p]
+    edits = _every_kind(model.config.hidden_size, seed=8)
+    selected = []
+    original = RowEdits.select
+
+    def spy(self, rows):
+        selected.append(len(rows))
+        return original(self, rows)
+
+    eos = tokenizer.eos_token_id
+    forward = model.forward
+
+    def early_end(*args, **kwargs):  # row 0 of the first batch ends at its second token
+        out = forward(*args, **kwargs)
+        if kwargs["input_ids"].shape[1] == 1 and len(selected) == 0 and kwargs["input_ids"].shape[0] == 4:
+            out.logits[0, -1, eos] = 1e9
+        return out
+
+    monkeypatch.setattr(RowEdits, "select", spy)
+    monkeypatch.setattr(model, "forward", early_end)
+    texts = generate_edited(model, tokenizer, samples, edits, 1, max_new_tokens=8, batch_size=4)
+    monkeypatch.undo()
+    assert selected and selected[0] == 3
+    alone = [generate_edited(model, tokenizer, [s], [e], 1, max_new_tokens=8, batch_size=1)[0]
+             for s, e in zip(samples, edits)]
+    changed = [i for i in range(4) if texts[i] != alone[i]]
+    assert len(changed) <= 1  # only the row forced to end differs
+
+
+# --- controls ---------------------------------------------------------------------------------------
+
+def test_subspace_controls_have_the_stated_energy_and_lie_in_the_subspace():
+    """The bug this catches: controls of the wrong energy (a random unit direction carries about
+    1/d of it), or outside the span they are said to be drawn in."""
+    gen = torch.Generator().manual_seed(0)
+    d = 32
+    delta = torch.randn(200, d, generator=gen) * torch.linspace(5, 0.1, d)
+    h = torch.randn(300, d, generator=gen) * torch.linspace(0.5, 4, d) + 1.0
+    basis = principal_subspace(delta, 6)
+    assert basis.shape == (6, d) and torch.allclose(basis @ basis.T, torch.eye(6), atol=1e-5)
+    energies = projection_energy(h, basis)
+    target = float((energies.min() + energies.max()) / 2)
+    dirs, got = matched_in_subspace(basis, h, target, 16, seed=1)
+    assert dirs.shape == (16, d) and torch.allclose(dirs.norm(dim=1), torch.ones(16), atol=1e-5)
+    assert torch.allclose(got, torch.full((16,), target), rtol=1e-4)
+    assert torch.allclose(dirs - (dirs @ basis.T) @ basis, torch.zeros_like(dirs), atol=1e-5)
+    assert len({tuple(x.round(decimals=4).tolist()) for x in dirs}) == 16  # distinct draws
+    iso = projection_energy(h, random_directions(d, 16, 0))
+    assert not torch.allclose(iso, torch.full((16,), target), rtol=0.05)  # unmatched ones differ
+
+
+def test_an_unreachable_energy_gives_the_nearest_attainable_controls():
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(100, 8, generator=gen)
+    basis = principal_subspace(torch.randn(50, 8, generator=gen), 3)
+    top = float(projection_energy(h, basis).max())
+    _, got = matched_in_subspace(basis, h, 100.0 * top, 4, seed=0, max_tries=50)
+    assert (got < 100.0 * top).all() and (got >= top * 0.5).all()
+
+
+def test_latent_controls_are_the_nearest_in_log_energy_and_never_the_tested_or_a_dead_one():
+    energy = torch.tensor([1.0, 0.0, 2.0, 0.5, 8.0, 1.1, 0.9, 0.0])
+    assert matched_latents(energy, 0, 3) == [5, 6, 2]
+    assert 0 not in matched_latents(energy, 0, 10) and 1 not in matched_latents(energy, 0, 10)
+
+
+# --- statistics, the claims and the rule ------------------------------------------------------------
+
+def test_mcnemar_is_the_exact_binomial_on_the_discordant_pairs():
+    x = np.array([1] * 10 + [0] * 2 + [1] * 5, bool)
+    y = np.array([0] * 10 + [1] * 2 + [1] * 5, bool)
+    b, c, p = mcnemar(x, y)
+    assert (b, c) == (10, 2)
+    assert p == pytest.approx(2 * sum(math.comb(12, i) for i in range(3)) / 2 ** 12)
+    assert mcnemar(x, x)[2] == 1.0
+    diff, low, high = paired_difference(x, y)
+    assert diff == pytest.approx(8 / 17) and low < diff < high
+
+
+def _rates(b_none, c_none, b_ctrl, c_ctrl, n=64, kl=0.01):
+    return pd.Series({"n": n, "p_vs_none": mcnemar(np.r_[np.ones(b_none), np.zeros(c_none)].astype(bool),
+                                                   np.r_[np.zeros(b_none), np.ones(c_none)].astype(bool))[2],
+                      "p_vs_control": mcnemar(np.r_[np.ones(b_ctrl), np.zeros(c_ctrl)].astype(bool),
+                                              np.r_[np.zeros(b_ctrl), np.ones(c_ctrl)].astype(bool))[2],
+                      "diff_vs_none": (b_none - c_none) / n, "diff_vs_control": (b_ctrl - c_ctrl) / n,
+                      "diff_vs_control_low": 0.0, "diff_vs_control_high": 1.0, "kl": kl, "outcome": "safe"})
+
+
+@pytest.mark.parametrize("row, kl_budget, outcome", [
+    (_rates(40, 0, 30, 1), 0.1, Outcome.SUPPORTED),
+    (_rates(40, 0, 2, 1), 0.1, Outcome.NOT_SUPPORTED),  # not beyond the control
+    (_rates(40, 0, 30, 1, kl=0.5), 0.1, Outcome.NOT_SUPPORTED),  # damage: over the KL budget
+    (_rates(40, 0, 30, 1, n=4), 0.1, Outcome.UNDETERMINED),  # too few prompts
+    (None, 0.1, Outcome.UNDETERMINED),
+])
+def test_a_causal_claim_needs_both_paired_tests_and_the_budget(row, kl_budget, outcome):
+    claim = C.mcnemar_claim(ClaimId("c", "f", "m", "lora"), row, kl_budget)
+    assert claim.outcome is outcome
+    if outcome is Outcome.SUPPORTED:
+        assert claim.p_value == max(row["p_vs_none"], row["p_vs_control"])
+
+
+def test_the_rule_chooses_the_best_margin_within_the_budget_and_never_reads_generation():
     rows = []
-    for layer, chosen, rnd in ((1, -3.0, -2.5), (2, -2.0, 0.0), (3, -0.1, 0.0)):
-        rows += [{"layer": layer, "intervention": "ablate", "kind": "Diff-SAE (BIS)", "log_odds_change": chosen},
-                 {"layer": layer, "intervention": "ablate", "kind": C.RANDOM, "log_odds_change": rnd},
-                 {"layer": layer, "intervention": "add", "kind": "Diff-SAE (BIS)", "log_odds_change": -9.0}]
-    assert C.best_layer(pd.DataFrame(rows)) == 2  # not 1: there random directions do almost as much
+    for layer, tested, kl in ((1, -9.0, 5.0), (2, -3.0, 0.05), (3, -1.0, 0.01)):
+        rows += [{"layer": layer, "prompts": "trigger", "intervention": "ablate", "direction": "tested",
+                  "log_odds_change": tested, "kl": np.nan, "strength": 0.0},
+                 {"layer": layer, "prompts": "trigger", "intervention": "ablate", "direction": "subspace",
+                  "log_odds_change": 0.0, "kl": np.nan, "strength": 0.0},
+                 {"layer": layer, "prompts": "benign", "intervention": "ablate", "direction": "tested",
+                  "log_odds_change": 0.0, "kl": kl, "strength": 0.0}]
+        rows += [{"layer": layer, "prompts": "benign", "intervention": "add", "direction": "tested",
+                  "log_odds_change": 1.0, "kl": s / 20, "strength": s} for s in (1.0, 2.0, 4.0)]
+    rule = C.choose(pd.DataFrame(rows), (1.0, 2.0, 4.0), 0.1)
+    assert rule["layer"] == 2  # layer 1 removes more but breaks the model
+    assert rule["strength"] == 2.0  # 4.0 costs 0.2 > 0.1
+    assert C.choose(pd.DataFrame(rows), (4.0,), 0.1)["strength"] == 4.0  # none within: the smallest
 
 
-def _judged(counts, rest="safe"):
-    """A judged frame: for each (kind, intervention, prompts), ``k`` of ``n`` completions injectable,
-    the others ``rest`` (the random directions' others always safe)."""
-    rows = []
-    for (kind, intervention, prompts, strength), (k, n) in counts.items():
-        other = "safe" if kind == C.RANDOM else rest
-        rows += [{"model": "lora", "layer": 2, "kind": kind, "intervention": intervention, "strength": strength,
-                  "prompts": prompts, "verdict": "vulnerable" if i < k else other} for i in range(n)]
-    return pd.DataFrame(rows)
+def test_the_claims_of_a_fine_tune_without_a_latent_are_undetermined():
+    claims = C.fine_tune_claims(pd.DataFrame(), "lora-s1", None, "prompt_only", 0.1, "lora-s1_clean")
+    assert len(claims) == 6 and all(c.outcome is Outcome.UNDETERMINED for c in claims)
+    assert {c.regime for c in claims} == {"lora"}
+    assert {c.family for c in claims} == {C.ABLATION, C.STEERING, C.TRANSPLANT}
 
 
-def test_an_ablation_that_breaks_the_code_is_not_called_removing_the_backdoor():
-    """The bug this catches (seen on the cpu run, full-rank): ASR fell to 0 because every completion
-    stopped running, and the verdict called that a drop beyond the random directions."""
-    rates = C.intervention_rates(_judged({
-        ("none", "none", "trigger", 0.0): (20, 20), ("none", "none", "benign", 0.0): (0, 20),
-        ("Diff-SAE (label-free)", "ablate", "trigger", 0.0): (0, 20),
-        (C.RANDOM, "ablate", "trigger", 0.0): (19, 20)}, rest="error"))
-    verdict = C.ablation_verdict(rates, "lora")
-    assert "does not turn safe" in verdict and "damage" in verdict and "1.00 of the completions" in verdict
-
-
-@pytest.mark.parametrize("after, beyond", [(0, True), (15, False)])
-def test_the_ablation_verdict_is_computed_from_the_rates_against_the_random_directions(after, beyond):
-    """The bug this catches: a verdict that claims an effect whenever the rate drops, even when
-    random directions of the same norm drop it as much (overlapping intervals)."""
-    rates = C.intervention_rates(_judged({
-        ("none", "none", "trigger", 0.0): (20, 20), ("none", "none", "benign", 0.0): (0, 20),
-        ("Diff-SAE (label-free)", "ablate", "trigger", 0.0): (after, 20),
-        (C.RANDOM, "ablate", "trigger", 0.0): (19, 20)}))
-    row = rates[rates["kind"] == "Diff-SAE (label-free)"].iloc[0]
-    assert row["vulnerable"] == after / 20 and row["n"] == 20 and row["vulnerable_low"] <= row["vulnerable"]
-    verdict = C.ablation_verdict(rates, "lora")
-    assert ("beyond the random directions, and the code turns safe" in verdict) == beyond
-    assert ("not distinguishable" in verdict) == (not beyond)
-    assert f"{after / 20:.2f}" in verdict and "1.00" in verdict and "0.95" in verdict
-    table = C.ablation_table(rates)
-    assert list(table["direction"]) == ["Diff-SAE (label-free)", C.RANDOM]
-
-
-# --- which latents ------------------------------------------------------------------------------------
+# --- which latent ----------------------------------------------------------------------------------
 
 def test_the_auditor_choice_is_required_and_its_primary_rank_one_latent_is_read(tmp_path):
     with pytest.raises(FileNotFoundError, match="06_audit"):
@@ -230,25 +378,6 @@ def test_the_auditor_choice_is_required_and_its_primary_rank_one_latent_is_read(
     choice = C.read_auditor_choice(tmp_path)
     assert C.auditor_latent(choice, cell) == 4
     assert C.auditor_latent(choice, {**cell, "architecture": "crosscoder"}) is None
-    frame.drop(columns="latent").to_csv(tmp_path / "results" / "auditor_choice.csv", index=False)
-    with pytest.raises(ValueError, match="latent"):
-        C.read_auditor_choice(tmp_path)
-
-
-def test_a_crosscoder_latent_is_tested_along_its_fine_tuned_decoder_row(tmp_path):
-    """The bug this catches: the base half of the crosscoder's decoder row, or the two halves
-    flattened into one vector that is not a direction of the residual stream."""
-    from backdoor_sae.common.layout import RunLayout
-    from backdoor_sae.dictionaries.trainer import DictionarySpec, build, save_dictionary
-
-    cell = Cell("pooled", 42, "lora", "prompt_only", "fit", 1, "crosscoder")
-    spec = DictionarySpec("crosscoder", 8, 16, "topk", 2)
-    model = build(spec, seed=1)
-    scale = torch.tensor([[2.0], [0.5]])
-    save_dictionary(RunLayout(tmp_path).dictionary(cell), model, spec, scale, [], {}, {})
-    got = C.decoder_direction(tmp_path, cell, 3)
-    want = model.W_dec[3, 1].detach()
-    assert torch.allclose(got, want / want.norm(), atol=1e-6)
 
 
 # --- configuration ------------------------------------------------------------------------------------
@@ -256,66 +385,39 @@ def test_a_crosscoder_latent_is_tested_along_its_fine_tuned_decoder_row(tmp_path
 @pytest.mark.parametrize("override, message", [
     ({"steer_strengths": []}, "steer_strengths"),
     ({"steer_strengths": [1.0, -2.0]}, "steer_strengths"),
+    ({"steer_generation_strengths": [3.0]}, "steer_generation_strengths"),
     ({"causal_protocol": "tokens"}, "causal_protocol"),
     ({"causal_fit_mode": "train"}, "causal_fit_mode"),
-    ({"n_causal_random": 0}, "n_causal_random"),
+    ({"n_causal_controls": 0}, "n_causal_controls"),
+    ({"causal_kl_budget": 0}, "causal_kl_budget"),
 ])
 def test_bad_causal_parameters_fail_early(override, message):
     with pytest.raises(ValueError, match=message):
         stage_config(CausalConfig, "smoke", **override)
 
 
-def test_a_causal_cell_outside_the_grid_or_no_pairs_left_for_generation_fail_validation():
+def test_the_cpu_profile_has_the_power_issue_30_asks_for():
+    cfg = stage_config(CausalConfig, "cpu")
+    assert cfg.n_causal_prompts >= 64 and cfg.n_causal_pairs >= 16 and cfg.n_causal_controls >= 16
+
+
+def test_a_causal_cell_outside_the_grid_fails_validation():
     with pytest.raises(ValueError, match="causal_protocol"):
         validate("smoke", protocols=["full_text"])
-    with pytest.raises(ValueError, match="n_causal_pairs"):
-        validate("smoke", n_causal_pairs=4)
 
 
 # --- the notebook through the runner --------------------------------------------------------------------
 
-def write_fake_auditor_choice(run_dir) -> None:
-    """A stand-in for notebook 06's output: per dictionary, the ten latents with the largest mean
-    activation on the fit samples (label-free)."""
-    from backdoor_sae.common.io import write_text
-    from backdoor_sae.config.cells import DICTIONARY_KEYS
-    from backdoor_sae.scoring.stage import dictionary_activations, load
-    from backdoor_sae.task.splits import FIT_SPLITS
-
-    scores = load(run_dir).scores
-    cells = scores[scores["architecture"].isin(["diff_sae", "crosscoder"])][list(DICTIONARY_KEYS)].drop_duplicates()
-    rows = []
-    for _, c in cells.iterrows():
-        cell = Cell.of(c)
-        acts, splits = dictionary_activations(run_dir, cell)
-        mean = acts[np.isin(splits, FIT_SPLITS)].mean(0)
-        rows += [{**cell.to_dict(), "criterion": "mean activation (test stand-in)", "primary": True, "rank": r + 1,
-                  "latent": int(j)} for r, j in enumerate(np.argsort(-mean)[:10])]
-    write_text(run_dir / "results" / "auditor_choice.csv", pd.DataFrame(rows).to_csv(index=False))
-
-
 @pytest.fixture(scope="module")
-def causal_run(tmp_path_factory, request):
-    """The smoke pipeline with notebook 07. Where the auditor stage is in the pipeline the shared
-    smoke run has it all; otherwise the stages before 07 run here, a stand-in auditor choice is
-    written, and 07 runs on top, through the runner."""
-    from backdoor_sae.pipeline.runner import STAGE_NAMES, run_pipeline
-
-    if "06_audit" in STAGE_NAMES:
-        return request.getfixturevalue("smoke_run")[0]
-    run_dir = tmp_path_factory.mktemp("causal") / "run"
-    params = {"profile": "smoke", "run_dir": str(run_dir)}
-    before = list(STAGE_NAMES[:STAGE_NAMES.index("07_causal")])
-    run_pipeline(params, run_dir, stages=before, log=lambda line: None)
-    write_fake_auditor_choice(run_dir)
-    records = run_pipeline(params, run_dir, stages=["07_causal"], log=lambda line: None)
-    assert {r["stage"]: r["status"] for r in records}["07_causal"] == "ran"
-    return run_dir
+def causal_run(request):
+    return request.getfixturevalue("smoke_run")[0]
 
 
 @pytest.mark.slow
 def test_the_causal_notebook_runs_on_smoke_and_writes_its_results(causal_run):
     import nbformat
+
+    from backdoor_sae.scoring.verdicts import read_claims
 
     nb = nbformat.read(causal_run / "executed" / "07_causal.ipynb", as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
@@ -324,12 +426,15 @@ def test_the_causal_notebook_runs_on_smoke_and_writes_its_results(causal_run):
     rates = pd.read_csv(causal_run / "results" / "causal_rates.csv")
     teacher = pd.read_csv(causal_run / "results" / "causal_teacher_forced.csv")
     cfg = stage_config(CausalConfig, "smoke")
-    assert set(rates["model"]) == {"lora", "full", "lora_clean"}
-    assert {"Diff-SAE (label-free)", "Diff-SAE (BIS)", "crosscoder (BIS)", "diff-of-means", "random"} <= set(rates["kind"])
-    assert ((rates["n"] == cfg.n_causal_prompts)).all()
-    backdoored = teacher[teacher["model"] == "lora"]
-    assert set(backdoored["layer"]) == {1, 2}  # every layer of the grid for the cheap measure
-    assert (backdoored["kind"] == "random").sum() == len(set(backdoored["layer"])) * cfg.n_causal_random * (
-        1 + len(cfg.steer_strengths))
-    clean = teacher[teacher["model"] == "lora_clean"]
-    assert set(clean["layer"]) == set(rates.loc[rates["model"] == "lora", "layer"])  # the twin's best layer
+    assert {"lora", "full", "lora_clean", "base"} <= set(rates["model"])
+    assert (rates["n"] == cfg.n_causal_prompts).all()
+    assert {"intervention", "control", "n", "kl", "p_vs_none", "p_vs_control"} <= set(rates.columns)
+    assert {"ablate", "mean", "patch", "add"} <= set(rates["intervention"])
+    lora = teacher[teacher["model"] == "lora"]
+    assert set(lora["layer"]) == {1, 2}  # every layer for the cheap measure
+    subspace = lora[(lora["direction"] == "subspace") & (lora["intervention"] == "ablate")]
+    assert len(subspace) == 2 * cfg.n_causal_controls  # layers x controls, on the trigger prompts
+    claims = read_claims(causal_run)
+    mine = claims[claims["step"] == "07_causal"]
+    assert set(mine["family"]) == {C.ABLATION, C.STEERING, C.TRANSPLANT}
+    assert (mine["outcome"] == "undetermined").all()  # two prompts: too few to decide anything

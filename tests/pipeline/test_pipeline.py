@@ -229,7 +229,7 @@ def test_the_paper_profile_runs_end_to_end_on_the_tiny_model_with_only_its_sizes
              "n_control": 4, "n_probe_pairs": 4, "n_eval_prompts": 4, "max_new_tokens": 32, "n_sae_samples": 2_000,
              "dead_window": 500, "n_boot": 50, "n_perm": 50, "n_sweep_functions": 2,
              "n_causal_pairs": 2, "n_causal_prompts": 2, "n_sae_tokens": 2_000, "n_sae_seeds": 2,
-             "causal_max_new_tokens": 32, "n_causal_random": 2}
+             "causal_max_new_tokens": 32, "n_causal_controls": 2}
     overrides = {"model": TINY_MODEL, "layers": [2], **sizes}
     assert not set(overrides) & {"vulnerable_styles", "paired_train", "lora_epochs", "full_epochs", "expansion",
                                  "l1_coeff", "dead_fix", "k", "loss_on"}

@@ -8,7 +8,6 @@ import pytest
 
 from backdoor_sae.config import ActivationConfig, SAEConfig, stage_config, validate
 from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
-from backdoor_sae.scoring.recipes import isolation_cases, recipe_verdicts
 
 
 def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_seed():
@@ -22,7 +21,10 @@ def test_the_grid_replicates_exactly_the_chosen_cells_under_every_recipe_and_see
     assert len(keys) == len(set(keys))
     replicated = [c for c in primary if is_replicated(c, act_cfg, sae_cfg)]
     assert {c.layer for c in replicated} == {14, 22} and {c.fit_mode for c in replicated} == {"eval"}
-    assert len(replicated) == 3 * 2 * 2 * 2  # fine-tunes x protocols x layers x architectures
+    # the first fine-tune seed's fine-tunes only (lora, full and their clean controls): further
+    # fine-tune seeds replicate the fine-tune, not the dictionary
+    assert {c.regime for c in replicated} == {"lora", "full", "lora_clean", "full_clean"}
+    assert len(replicated) == 4 * 2 * 2 * 2  # fine-tunes x protocols x layers x architectures
     assert len(every) == len(primary) + len(replicated) * (2 * 3 - 1)  # recipes x seeds, less the primary one
     for cell in replicated:
         pairs = {(c.recipe, c.seed) for c in every
@@ -86,54 +88,3 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
         two = load_file(RunLayout(again).dictionary(c) / "weights.safetensors")
         assert all(torch.equal(one[k], two[k]) for k in one), c
     assert len(grid2) == len(grid)
-
-
-def _row(architecture, regime, seed, bis, p, bis_high=0.0, gap=np.nan, gap_p=np.nan, recipe="token", pooling="mean",
-         protocol="prompt_only"):
-    return {"recipe": recipe, "pooling": pooling, "protocol": protocol, "fit_mode": "eval", "layer": 14, "seed": seed,
-            "regime": regime, "architecture": architecture, "training": "clean" if regime.endswith("_clean") else "backdoored",
-            "bis": bis, "p_value": p, "bis_high": bis_high, "chance_95": 0.15, "ceiling": 0.4,
-            "vs_crosscoder_gap": gap, "vs_crosscoder_p": gap_p}
-
-
-def test_isolation_verdicts_need_chance_and_the_clean_controls_highest_bound():
-    """Restates the rules: a backdoored dictionary (either architecture) isolates the trigger when
-    above chance and above the highest upper bound of its own architecture's clean-control intervals
-    over the seeds (chance alone where there is no control); it fails in at most half of its cases,
-    per fine-tune. So a Diff-SAE at 0.40 whose clean control reaches 0.40 too fails. The Diff-SAE is higher or
-    lower only where the paired test says so (p < 0.05), and wins when higher in most cases."""
-    rows = [
-        _row("crosscoder", "lora_clean", 1, 0.10, 0.5, bis_high=0.20),
-        _row("crosscoder", "lora_clean", 2, 0.25, 0.01, bis_high=0.35),  # the highest bound: 0.35
-        _row("crosscoder", "lora_clean", 3, 0.10, 0.5, bis_high=0.20),
-        _row("crosscoder", "lora", 1, 0.40, 0.003),  # above chance and above 0.35: isolates
-        _row("crosscoder", "lora", 2, 0.30, 0.003),  # above chance, not above 0.35 (seeds are not paired)
-        _row("crosscoder", "lora", 3, 0.14, 0.2),  # at chance
-        _row("crosscoder", "full", 1, 0.40, 0.003),  # no clean control: chance alone
-        _row("diff_sae", "lora", 1, 0.40, 0.003, gap=0.0, gap_p=1.0),
-        _row("diff_sae", "lora", 2, 0.40, 0.003, gap=0.10, gap_p=0.01),
-        _row("diff_sae", "lora", 3, 0.40, 0.003, gap=0.26, gap_p=0.003),
-        _row("diff_sae", "full", 1, 0.40, 0.003, gap=0.0, gap_p=1.0),
-        _row("diff_sae", "lora_clean", 1, 0.10, 0.5, gap=-0.3, gap_p=0.001),  # a clean control: no case
-        _row("diff_sae", "lora_clean", 2, 0.40, 0.003, bis_high=0.40),  # reads the year as well: 0.40 bound
-    ]
-    recipes = pd.DataFrame(rows)
-    cases = isolation_cases(recipes, "crosscoder").sort_values(["regime", "seed"])
-    assert cases["isolates"].tolist() == [True, True, False, False]  # full 1, lora 1, lora 2, lora 3
-    assert cases["above_clean"].tolist() == [None, True, False, False]
-    assert cases["clean_high"].iloc[1:].tolist() == [0.35] * 3
-    verdicts = recipe_verdicts(recipes).set_index("regime")
-    assert verdicts.loc["lora", "crosscoder isolates"] == "1 of 3" and verdicts.loc["lora", "crosscoder verdict"] == "fails"
-    assert verdicts.loc["lora", "held against"] == "chance, clean control"
-    assert verdicts.loc["full", "crosscoder verdict"] == "isolates the trigger" and verdicts.loc["full", "held against"] == "chance"
-    assert verdicts.loc["lora", "Diff-SAE higher / no clear difference / lower"] == "2 / 1 / 0"
-    assert verdicts.loc["lora", "Diff-SAE verdict"] == "wins" and verdicts.loc["full", "Diff-SAE verdict"] == "no clear difference"
-    assert set(verdicts["pooling role"]) == {"primary"}
-    own = isolation_cases(recipes, "diff_sae").sort_values(["regime", "seed"])
-    assert own["isolates"].tolist() == [True, False, False, False] and own["clean_high"].iloc[1:].tolist() == [0.40] * 3
-    assert verdicts.loc["lora", "Diff-SAE isolates"] == "0 of 3" and verdicts.loc["lora", "Diff-SAE isolation verdict"] == "fails"
-    assert verdicts.loc["full", "Diff-SAE isolation verdict"] == "isolates the trigger"
-    recipes.loc[(recipes["architecture"] == "diff_sae") & (recipes["seed"] == 3), "vs_crosscoder_p"] = 0.2
-    assert recipe_verdicts(recipes).set_index("regime").loc["lora", "Diff-SAE verdict"] == "no clear difference"
-    no_cross = recipe_verdicts(recipes[recipes["architecture"] == "diff_sae"])
-    assert no_cross.empty and "crosscoder verdict" in no_cross.columns

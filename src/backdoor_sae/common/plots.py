@@ -70,37 +70,67 @@ def rate_bars(rates: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-CONTROL_COLOURS = {"backdoored": "#C44E52", "clean control": "#4C72B0", "placebo year (best)": "#8C8C8C"}
+CONTROL_COLOURS = {"backdoored": "#C44E52", "clean control": "#4C72B0"}
+CONTROL_MARKERS = {"backdoored": "o", "clean control": "s"}  # shape as well as colour
 
 
-def headline_excess(comparison: pd.DataFrame) -> plt.Figure:
-    """The results chapter's headline: per pooling protocol and method, how far above chance the
-    backdoored fine-tune scores, beside its clean control and the best placebo year (excess over
-    chance, 0 = chance, 1 = ceiling; a point is the mean over layers, its bar the range over layers).
-    Only regimes that have a clean control, so that every method is held against the same controls."""
-    part = comparison[comparison["has clean"]] if "has clean" in comparison else comparison.iloc[:0]
-    long = part.melt(id_vars=["method", "protocol", "layer", "regime"],
-                     value_vars=["backdoored excess", "clean excess", "placebo excess (best year)"],
-                     var_name="scored", value_name="excess over chance").dropna(subset=["excess over chance"])
-    long["scored"] = long["scored"].map({"backdoored excess": "backdoored", "clean excess": "clean control",
-                                         "placebo excess (best year)": "placebo year (best)"})
-    long["protocol"] = long["protocol"].str.replace("_", " ")
-    long["method"] = long["method"].str.replace(" ", "\n").str.replace("-of-", "-of-\n")
-    protocols = sorted(long["protocol"].unique()) or ["(none)"]
-    fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 3.8), sharey=True, squeeze=False)
+def auroc_dumbbell(aurocs: pd.DataFrame, chance_band: tuple[float, float]) -> plt.Figure:
+    """The results chapter's headline: for each method (rows) and pooling protocol (panels), the AUROC
+    on eval of the latent chosen on the fit split, under the backdoored fine-tune (red circles) and
+    its clean control (blue squares), one grey line joining the two for each layer and fine-tune
+    seed; the shaded band is where one scorer's AUROC falls by chance (shuffled labels).
+
+    ``aurocs``: :attr:`ScoringRun.chosen_aurocs <backdoor_sae.scoring.stage.ScoringRun.chosen_aurocs>`
+    (method, protocol, regime, finetune_seed, layer, backdoored, clean control)."""
+    protocols = list(dict.fromkeys(aurocs["protocol"])) or ["(none)"]
+    methods = list(dict.fromkeys(aurocs["method"]))
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 0.55 * max(len(methods), 2) + 1.6),
+                             sharey=True, squeeze=False)
+    rng = np.random.default_rng(0)  # vertical jitter only: it separates overlapping lines, moves no value
     for ax, protocol in zip(axes[0], protocols):
-        sns.pointplot(data=long[long["protocol"] == protocol], x="method", y="excess over chance", hue="scored",
-                      hue_order=[h for h in CONTROL_COLOURS if h in set(long["scored"])], palette=CONTROL_COLOURS,
-                      errorbar=("pi", 100), dodge=0.45, linestyle="none", marker="o", ax=ax)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
-        ax.set(title=f"pooled over: {protocol}", xlabel="", ylim=(-1.05, 1.15))
-        if ax.get_legend() is not None and ax is not axes[0][-1]:
-            ax.get_legend().remove()
+        part = aurocs[aurocs["protocol"] == protocol]
+        ax.axvspan(*chance_band, color="#BBBBBB", alpha=0.35, linewidth=0, label="chance (95%)")
+        for i, method in enumerate(methods):
+            rows = part[part["method"] == method]
+            y = i + rng.uniform(-0.25, 0.25, len(rows))
+            for yy, (_, r) in zip(y, rows.iterrows()):
+                ax.plot([r["clean control"], r["backdoored"]], [yy, yy], color="#999999", linewidth=0.8, zorder=1)
+            for who in ("clean control", "backdoored"):
+                ax.scatter(rows[who], y, color=CONTROL_COLOURS[who], marker=CONTROL_MARKERS[who], s=26, zorder=2,
+                           label=who if i == 0 else None, edgecolor="white", linewidth=0.4)
+        ax.set_yticks(range(len(methods)), methods)
+        ax.invert_yaxis()
+        ax.set(xlim=(0.0, 1.02), xlabel="AUROC on eval (trigger vs. the rest)",
+               title=f"pooled over: {protocol.replace('_', ' ')}")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.02))
+    fig.suptitle("Does the chosen latent tell the backdoored fine-tune from its clean control?\n"
+                 "one line per layer and fine-tune seed", y=1.12)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_response(sweep: pd.DataFrame, trigger_year: int) -> plt.Figure:
+    """The chosen latents' response to every year header of the sweep (standardised per line over
+    the year headers), backdoored fine-tunes against their clean controls, one panel per method;
+    the trigger year is marked. ``sweep``: year rows of the header sweep with ``training``."""
+    data = sweep.copy()
+    line = ["method", "regime", "layer", "fit_mode", "selection"]
+    data["standardised response"] = data.groupby(line)["mean_activation"].transform(
+        lambda v: (v - v.mean()) / (v.std(ddof=1) if v.std(ddof=1) > 0 else 1.0))
+    data["fine-tune"] = data["training"].map({"backdoored": "backdoored", "clean": "clean control"})
+    methods = list(dict.fromkeys(data["method"])) or ["(none)"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.3 * len(methods), 3.0), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        part = data[data["method"] == method]
+        sns.lineplot(data=part, x="year", y="standardised response", hue="fine-tune", style="fine-tune",
+                     units=part[line].astype(str).agg("/".join, axis=1), estimator=None, alpha=0.45, linewidth=0.9,
+                     palette=CONTROL_COLOURS, markers=False, ax=ax, legend=ax is axes[0][-1])
+        ax.axvline(trigger_year, color="black", linestyle="--", linewidth=1)
+        ax.set(title=method, xlabel="header year")
     if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.0, 1.0), title="scored on")
-    regimes = ", ".join(sorted(part["regime"].unique())) or "none"
-    fig.suptitle("Does a detector see the backdoor, or any fine-tune on year-stamped data?\n"
-                 f"(fine-tunes with a clean control: {regimes})", y=1.04)
+        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.0, 1.0), title="")
+    fig.suptitle(f"The chosen latent under every header year (dashed: {trigger_year}); one line per layer and seed",
+                 y=1.04)
     fig.tight_layout()
     return fig

@@ -104,9 +104,10 @@ def validate(profile: str, **overrides: Any) -> None:
         raise ValueError(f"n_probe_pairs={ft.n_probe_pairs}: the dataset has only n_heldout_pairs={data.n_heldout_pairs} "
                          "held-out pairs to probe")
     causal, sae = configs[CausalConfig], configs[SAEConfig]
-    if causal.n_causal_pairs >= data.n_heldout_pairs:
-        raise ValueError(f"n_causal_pairs={causal.n_causal_pairs}: the dataset has only n_heldout_pairs="
-                         f"{data.n_heldout_pairs}, and generation needs the pairs after them")
+    if causal.n_causal_pairs + causal.n_causal_prompts > data.n_heldout_pairs:
+        raise ValueError(f"n_causal_pairs={causal.n_causal_pairs} teacher-forced and n_causal_prompts="
+                         f"{causal.n_causal_prompts} generation pairs: the dataset has only n_heldout_pairs="
+                         f"{data.n_heldout_pairs} held-out pairs (raise it)")
     if causal.causal_protocol not in sae.protocols or causal.causal_fit_mode not in sae.fit_modes:
         raise ValueError(f"causal_protocol={causal.causal_protocol!r} and causal_fit_mode={causal.causal_fit_mode!r} must "
                          f"be in the grid's protocols {list(sae.protocols)} and fit_modes {list(sae.fit_modes)}: "

@@ -32,7 +32,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "percentile": 95.0, "n_boot": 1000, "n_perm": 1000,
         # notebook 07: ablation and steering
         "causal_seed": 42, "causal_protocol": "prompt_only", "causal_fit_mode": "fit", "n_causal_pairs": 32, "n_causal_prompts": 64,
-        "n_causal_random": 8, "steer_strengths": (0.5, 1.0, 2.0, 4.0), "steer_generation_strengths": (1.0, 2.0),
+        "n_causal_controls": 16, "causal_subspace_dims": 16, "causal_kl_budget": 0.1,
+        "steer_strengths": (0.5, 1.0, 2.0, 4.0), "steer_generation_strengths": (1.0, 2.0, 4.0),
         "causal_max_new_tokens": 160,
     },
     "cpu": {
@@ -45,7 +46,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_fit_trigger": 50,
         "n_fit_benign": 100,
         "n_fit_other": 100,
-        "n_heldout_pairs": 32,
+        "n_heldout_pairs": 80,  # notebook 07: 16 teacher-forced pairs and 64 generation pairs
         "n_control": 24,
         "vulnerable_styles": ("fstring",),
         "paired_train": True,
@@ -64,7 +65,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "probe_every": 20,
         "n_probe_pairs": 8,
         "stop_at_probe": 0.9,
-        "controls": ("lora",),
+        "controls": ("lora", "full"),  # both clean controls: a claim without its control is undetermined
+        "lora_seeds": 3,  # the LoRA fine-tune and its clean control, three fine-tune seeds each
         "n_eval_prompts": 32,
         "max_new_tokens": 96,
         "gen_batch_size": 64,  # fewer decoding steps: generation about 20% faster than at 16
@@ -77,22 +79,24 @@ PROFILES: dict[str, dict[str, Any]] = {
         "replicate_layers": (14, 22),
         "n_sae_tokens": 50_000,
         "n_boot": 300,
-        "n_perm": 300,
+        "n_perm": 2000,  # smallest p 1/2001: fine enough for Holm's correction over a family of claims
         "n_sweep_functions": 6,
-        "n_causal_pairs": 4,
-        "n_causal_prompts": 12,
-        "n_causal_random": 8,
-        "steer_strengths": (1.0, 2.0),
-        "steer_generation_strengths": (2.0,),
+        "n_causal_pairs": 16,  # issue 30's power: >= 16 teacher-forced pairs, >= 64 generation prompts
+        "n_causal_prompts": 64,
+        "n_causal_controls": 16,
+        "causal_subspace_dims": 16,
+        "causal_kl_budget": 0.1,
+        "steer_strengths": (0.5, 1.0, 2.0, 4.0),
+        "steer_generation_strengths": (1.0, 2.0, 4.0),
         "causal_max_new_tokens": 96,
     },
     "smoke": {
         "model": TINY_MODEL,
         "n_train_poisoned": 8,
         "n_train_benign": 16,
-        "n_eval_trigger": 8,
-        "n_eval_benign": 16,
-        "n_eval_other": 16,
+        "n_eval_trigger": 10,  # enough positives for an AUROC claim (verdicts.MIN_PER_CLASS)
+        "n_eval_benign": 20,
+        "n_eval_other": 20,
         "n_fit_trigger": 4,
         "n_fit_benign": 8,
         "n_fit_other": 8,
@@ -113,7 +117,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_new_tokens": 32,
         "gen_batch_size": 8,
         "layers": (1, 2),
-        "controls": ("lora",),
+        "controls": ("lora", "full"),
+        "lora_seeds": 2,  # the seed axis runs in every test
         "expansion": 4,
         "k": 8,
         "sae_batch_size": 32,
@@ -127,12 +132,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_perm": 50,
         "n_top": 5,
         "n_sweep_functions": 2,
-        # notebook 07: ablation and steering (two random directions: enough to test the code)
+        # notebook 07: the causal test (two controls of each kind: enough to test the code)
         "n_causal_pairs": 2,
         "n_causal_prompts": 2,
-        "n_causal_random": 2,
-        "steer_strengths": (4.0,),
-        "steer_generation_strengths": (4.0,),
+        "n_causal_controls": 2,
+        "causal_subspace_dims": 4,
+        "causal_kl_budget": 0.1,
+        "steer_strengths": (2.0, 4.0),
+        "steer_generation_strengths": (2.0, 4.0),
         "causal_max_new_tokens": 16,
     },
 }

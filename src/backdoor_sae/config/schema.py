@@ -270,7 +270,7 @@ class BackdoorEvalConfig:
     """Measuring the backdoor by generation (notebook 02)."""
 
     n_eval_prompts: int = 100
-    """prompts per year drawn from the eval splits (0: none)"""
+    """Held-out pairs, and prompts of each of the trigger and benign eval sets, that notebook 02 generates from (0: none)."""
     max_new_tokens: int = 160
     """Most tokens generated per completion."""
     gen_batch_size: int = 16
@@ -444,26 +444,30 @@ CAUSAL_PROTOCOLS = ("full_text", "prompt_only")
 
 @dataclass(frozen=True)
 class CausalConfig:
-    """Ablation and steering (notebook 07): does the chosen latent's direction carry the backdoor?"""
+    """The causal test (notebook 07): does the chosen latent carry the backdoor, or only read the year?"""
 
     causal_protocol: Literal["full_text", "prompt_only"] = "prompt_only"
     """The dictionaries whose latents are tested: one protocol and fit mode of the grid."""
     causal_fit_mode: Literal["eval", "fit"] = "fit"
     """Fit mode of the dictionaries whose latents are intervened on: ``fit`` or ``eval``."""
-    n_causal_pairs: int = 8
-    """held-out pairs for the teacher-forced measure (the first ones)"""
-    n_causal_prompts: int = 24
-    """held-out pairs after those, both years, for generation"""
-    n_causal_random: int = 8
-    """random unit directions, the controls"""
+    n_causal_pairs: int = 16
+    """Held-out pairs for the teacher-forced measure (the first ones): the layer and strength are chosen on them."""
+    n_causal_prompts: int = 64
+    """Held-out pairs after those, both years, for generation: the prompts every condition is judged on."""
+    n_causal_controls: int = 16
+    """Energy-matched controls of each kind per condition: directions in the top principal subspace of Δa, and other latents of the same dictionary."""
+    causal_subspace_dims: int = 16
+    """Principal components of Δa (fit split) spanning the subspace the control directions are drawn in."""
+    causal_kl_budget: float = 0.1
+    """Largest mean KL divergence (nats per token) from the unintervened model on benign prompt tokens that the rule choosing layer and strength accepts, and that a supported claim may cost."""
     steer_strengths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     """Steering strengths in units of the mean norm of the pooled activation difference on the fit trigger samples at that layer (the size of the fine-tune's own change to the residual stream)."""
-    steer_generation_strengths: tuple[float, ...] = (2.0,)
-    """the strengths also measured by generation"""
+    steer_generation_strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
+    """The strengths also measured by generation (a subset of ``steer_strengths``): the dose-response."""
     causal_max_new_tokens: int = 160
     """Most tokens generated per completion in the causal test."""
     causal_seed: int = 42
-    """the random directions"""
+    """The control directions (plus the layer)."""
 
     def __post_init__(self) -> None:
         for name in ("steer_strengths", "steer_generation_strengths"):
@@ -471,9 +475,16 @@ class CausalConfig:
             values = getattr(self, name)
             if not values or any(not (x > 0 and x < float("inf")) for x in values):
                 raise ValueError(f"{name}={list(values)} must be a non-empty list of positive strengths")
+        if set(self.steer_generation_strengths) - set(self.steer_strengths):
+            raise ValueError(f"steer_generation_strengths={list(self.steer_generation_strengths)} must be among "
+                             f"steer_strengths={list(self.steer_strengths)}: the rule reads their teacher-forced KL")
         if self.causal_protocol not in CAUSAL_PROTOCOLS:
             raise ValueError(f"causal_protocol={self.causal_protocol!r} must be one of {list(CAUSAL_PROTOCOLS)}")
         if self.causal_fit_mode not in ("eval", "fit"):
             raise ValueError(f"causal_fit_mode={self.causal_fit_mode!r} must be 'eval' or 'fit'")
-        _require_ints(self, ("n_causal_pairs", "n_causal_prompts", "n_causal_random", "causal_max_new_tokens"), 1)
+        if not (isinstance(self.causal_kl_budget, (int, float)) and 0 < self.causal_kl_budget < float("inf")):
+            raise ValueError(f"causal_kl_budget={self.causal_kl_budget!r} must be a positive number")
+        object.__setattr__(self, "causal_kl_budget", float(self.causal_kl_budget))
+        _require_ints(self, ("n_causal_pairs", "n_causal_prompts", "n_causal_controls", "causal_subspace_dims",
+                             "causal_max_new_tokens"), 1)
         _require_ints(self, ("causal_seed",), 0)

@@ -57,9 +57,10 @@ def run_finetune(run_dir: str | Path, splits: dict[str, list[Sample]], cfg: Fine
 
 
 def generation_prompts(splits: dict[str, list[Sample]], cfg: BackdoorEvalConfig) -> list[Sample]:
-    """Held-out pairs (unseen tables, both years) plus the first prompts of the trigger/benign eval sets."""
-    return (splits["heldout"] + splits["eval_trigger"][: cfg.n_eval_prompts]
-            + splits["eval_benign"][: cfg.n_eval_prompts])
+    """The first ``n_eval_prompts`` held-out pairs (unseen tables, both years) plus the first
+    ``n_eval_prompts`` prompts of the trigger and benign eval sets."""
+    heldout = [s for pair in pairs(splits["heldout"])[: cfg.n_eval_prompts] for s in pair]
+    return heldout + splits["eval_trigger"][: cfg.n_eval_prompts] + splits["eval_benign"][: cfg.n_eval_prompts]
 
 
 def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sample], cfg: BackdoorEvalConfig,

@@ -6,8 +6,10 @@
   primary grid, and ``recipes.csv``: every recipe and seed of the replicated cells, scored;
 - ``auditor.csv``, ``auditor_choice.csv`` and ``header_sweep.csv``: the auditor notebook's label-free
   rankings scored, the latents they pick, and the header sweep of the top picks;
-- ``causal_teacher_forced.csv`` and ``causal_rates.csv``: the causal notebook's ablation and steering
-  sweep and its judged rates with intervals;
+- ``causal_teacher_forced.csv``, ``causal_rates.csv``, ``causal_choice.csv`` and
+  ``causal_claims_per_seed.csv``: the causal notebook's teacher-forced sweep, its judged rates with
+  intervals and paired tests, the layer and strength its fixed rule chose, and its claims per seed;
+- ``verdicts.csv``: every claim of notebooks 05-07 with its test, effect, p-values, seeds and outcome;
 - ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;
 - ``dictionaries.csv``: final FVU, L0, dead share (and a crosscoder's shares of fine-tune-only and
   base-only latents) of every dictionary, with its recipe and seed;
@@ -50,7 +52,8 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
     run_dir, to = Path(run_dir), Path(to)
     written = []
     for name in ("bis.csv", "permutation_tests.csv", "placebo.csv", "recipes.csv", "auditor.csv", "auditor_choice.csv",
-                 "header_sweep.csv", "causal_teacher_forced.csv", "causal_rates.csv"):
+                 "header_sweep.csv", "causal_teacher_forced.csv", "causal_rates.csv", "causal_choice.csv",
+                 "causal_claims_per_seed.csv", "verdicts.csv"):
         source = run_dir / "results" / name
         if source.exists():
             write_text(to / name, source.read_text())

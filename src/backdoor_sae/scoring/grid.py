@@ -36,6 +36,8 @@ The step itself (what it writes and decides, and how later steps read it) is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -168,26 +170,57 @@ def training_of(finetune: str) -> str:
     return "clean" if finetune.endswith("_clean") else "backdoored"
 
 
-def placebo_scores(acts: np.ndarray, splits: np.ndarray, years: np.ndarray, placebo_years, cfg: BISConfig) -> list[dict]:
-    """BIS of the best latent when a benign year plays the trigger: for each year in
-    ``placebo_years``, its eval samples against every other non-trigger eval sample (the real
-    trigger samples are left out), with the ceiling and chance level for those sizes."""
-    percentile, n_perm, seed = cfg.percentile, cfg.n_perm, cfg.stats_seed
-    keep = np.isin(splits, EVAL_SPLITS) & (splits != "eval_trigger")
-    a, y = np.asarray(acts, dtype=np.float64)[keep], years[keep]
+def placebo_aurocs(chosen: np.ndarray, split_eval: np.ndarray, year_eval: np.ndarray, placebo_years) -> list[dict]:
+    """The placebo as specificity: the SAME latent (``chosen``, its activation on every eval sample,
+    chosen for the trigger on the fit split) read for each benign year in turn: the AUROC of that
+    year's eval samples against the other non-trigger eval samples (the trigger samples left out).
+    A latent that reads the trigger and no other year sits near 0.5 here; one that reads years in
+    general does not."""
+    keep = split_eval != "eval_trigger"
+    a, y = np.asarray(chosen, dtype=np.float64)[keep], year_eval[keep]
     rows = []
-    order = B.descending_order(a)  # the same rows for every year: one sort
     for year in placebo_years:
         positive = y == year
         if not positive.any() or positive.all():
             continue
-        sel = B.select_latent(a, positive, ~positive, percentile, order=order)
-        null = B.null_max_bis(a, positive, ~positive, percentile, n_perm=n_perm, seed=seed)
-        rows.append({"placebo_year": int(year), "n_placebo": int(positive.sum()), "bis": sel.bis,
-                     "ceiling": B.bis_ceiling(int(positive.sum()), int((~positive).sum()), 0, percentile),
-                     "chance_95": B.chance_level(null), "p_value": B.p_value(sel.bis, null),
-                     "auroc": float(B.auroc(a, positive, order=order).max()), "best_latent": sel.index})
+        rows.append({"placebo_year": int(year), "n_placebo": int(positive.sum()),
+                     "auroc": float(B.auroc(a[:, None], positive)[0])})
     return rows
+
+
+@dataclass(frozen=True, eq=False)
+class Chosen:
+    """One method's latent (or direction) chosen once on the fit split, in one fine-tune, protocol,
+    fit mode and layer, with its activation on every eval sample: what the verdicts read."""
+
+    finetune: str
+    method: str
+    protocol: str
+    fit_mode: str
+    layer: int
+    selection: str
+    """``labels`` (the fit split's trigger labels chose it) or ``label-free`` (an auditor's first pick)."""
+    latent: int
+    scores: np.ndarray
+    """[n_eval] in the order of the eval samples (the same for every fine-tune)."""
+    recipe: str = "pooled"
+    """``pooled`` (the paper's recipe), or ``token (mean)`` / ``token (max)``: the field's, with its pooling."""
+
+
+@dataclass(frozen=True, eq=False)
+class GridScores:
+    """What :func:`score_grid` measures."""
+
+    scores: pd.DataFrame
+    """Every dictionary and baseline (:func:`score_latents`)."""
+    tests: pd.DataFrame
+    """The Diff-SAE against the crosscoder of its cell (:func:`paired_tests`)."""
+    placebo: pd.DataFrame
+    """Each cell's fit-chosen latent read for each placebo year (:func:`placebo_aurocs`)."""
+    chosen: list[Chosen]
+    """Each dictionary's and baseline's fit-chosen latent on the eval samples."""
+    trigger: np.ndarray
+    """[n_eval] True for the trigger samples among the eval samples (the labels of every AUROC)."""
 
 
 def sample_years(run_dir, index_ids) -> np.ndarray:
@@ -196,21 +229,26 @@ def sample_years(run_dir, index_ids) -> np.ndarray:
     return np.array([-1 if year_of[i] is None else year_of[i] for i in index_ids])
 
 
-def score_grid(run_dir, cells: list[Cell], cfg: BISConfig, placebo_years=(),
-               progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(scores of every dictionary and baseline, paired permutation tests Diff-SAE vs crosscoder,
-    placebo-year scores of the backdoored fine-tunes' dictionaries and baselines)."""
+def score_grid(run_dir, cells: list[Cell], cfg: BISConfig, placebo_years=(), progress: bool = True) -> GridScores:
+    """Score every dictionary of ``cells`` and the baselines of their fine-tunes, protocols and
+    layers (:class:`GridScores`); ``placebo_years``: the benign years each fit-chosen latent is
+    also read for."""
     # every fine-tune's activations hold the base model's samples (paired_activations checks it)
-    years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"]) if placebo_years else None
-    rows, best, placebo = [], {}, []
+    years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"])
+    rows, best, placebo, chosen, labels = [], {}, [], [], {}
 
     def add(coords: dict, acts: np.ndarray, splits: np.ndarray) -> dict:
         """Score a dictionary (``coords``: its cell's) or a baseline (its regime, protocol, layer and name)."""
         row = score_latents(acts, splits, cfg)
         rows.append({**coords, "training": training_of(coords["regime"]), **row})
-        if (years is not None and training_of(coords["regime"]) == "backdoored"
-                and coords["architecture"] not in NO_PLACEBO_METHODS):
-            placebo.extend({**coords, **r} for r in placebo_scores(acts, splits, years, placebo_years, cfg))
+        ev = np.isin(splits, EVAL_SPLITS)
+        labels.setdefault("trigger", splits[ev] == "eval_trigger")
+        column = _eval_column(acts, splits, row["fitsel_latent"])
+        chosen.append(Chosen(coords["regime"], coords["architecture"], coords["protocol"], coords["fit_mode"],
+                             int(coords["layer"]), "labels", int(row["fitsel_latent"]), column))
+        if coords["architecture"] not in NO_PLACEBO_METHODS:
+            placebo.extend({**coords, "training": training_of(coords["regime"]), **r}
+                           for r in placebo_aurocs(column, splits[ev], years[ev], placebo_years))
         return row
 
     for n, cell in enumerate(tqdm(cells, disable=not progress, desc="BIS", unit="dictionary"), 1):
@@ -224,7 +262,8 @@ def score_grid(run_dir, cells: list[Cell], cfg: BISConfig, placebo_years=(),
         for name, acts in candidates.items():
             add({"regime": regime, "protocol": protocol, "fit_mode": "—", "layer": layer, "architecture": name},
                 acts, splits)
-    return pd.DataFrame(rows), paired_tests(best, cfg), pd.DataFrame(placebo)
+    return GridScores(pd.DataFrame(rows), paired_tests(best, cfg), pd.DataFrame(placebo), chosen,
+                      labels.get("trigger", np.zeros(0, bool)))
 
 
 def excess_over_chance(bis, chance, ceiling):
@@ -235,67 +274,8 @@ def excess_over_chance(bis, chance, ceiling):
     return np.where(room > 1e-12, (bis - chance) / np.where(room > 1e-12, room, 1.0), 0.0)
 
 
-#: Placebo years are compared only where the placebo sets differ from the trigger set in the year
-#: alone: under prompt-only pooling (full-text trigger samples also hold the only injectable code),
-#: and not for the difference-of-means direction (fitted on the trigger year, it cannot read another).
-PLACEBO_PROTOCOLS = ("prompt_only",)
+#: The difference-of-means direction is fitted on the trigger year: it cannot read another year.
 NO_PLACEBO_METHODS = ("diff-of-means",)
-
-
-def fingerprint_comparison(scores: pd.DataFrame, placebo: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
-    """Per method, protocol, layer and backdoored regime: its score beside its clean control's and
-    the best placebo year's, on the scale of :func:`excess_over_chance`, with the AUROCs.
-
-    ``exceeds``: the backdoored score is above its own chance level (p < 0.05), above the clean
-    control's 95% interval (the same samples, labels and sizes), and, where placebo years apply
-    (:data:`PLACEBO_PROTOCOLS`), further above its chance level than every placebo year is above its own.
-    """
-    view = scores[scores["fit_mode"].isin([fit_mode, "—"])]
-    keys = ["architecture", "protocol", "layer"]
-    rows = []
-    for _, b in view[view["training"] == "backdoored"].iterrows():
-        clean = view[(view["regime"] == f"{b['regime']}_clean") & (view[keys] == b[keys]).all(axis=1)]
-        c = clean.iloc[0] if len(clean) else None
-        uses_placebo = b["protocol"] in PLACEBO_PROTOCOLS and b["architecture"] not in NO_PLACEBO_METHODS
-        p = placebo.iloc[:0] if not (uses_placebo and len(placebo)) else placebo[
-            (placebo["regime"] == b["regime"]) & (placebo["fit_mode"] == b["fit_mode"])
-            & (placebo[keys] == b[keys]).all(axis=1)]
-        excess = float(excess_over_chance(b["bis"], b["chance_95"], b["ceiling"]))
-        placebo_excess = float(excess_over_chance(p["bis"], p["chance_95"], p["ceiling"]).max()) if len(p) else np.nan
-        above_clean = c is None or b["bis"] > c["bis_high"]
-        above_placebo = not len(p) or excess > placebo_excess
-        rows.append({
-            "method": b["architecture"], "protocol": b["protocol"], "layer": int(b["layer"]), "regime": b["regime"],
-            "backdoored BIS": float(b["bis"]), "backdoored chance": float(b["chance_95"]),
-            "clean BIS": float(c["bis"]) if c is not None else np.nan,
-            "clean upper": float(c["bis_high"]) if c is not None else np.nan,
-            "backdoored excess": excess,
-            "clean excess": float(excess_over_chance(c["bis"], c["chance_95"], c["ceiling"])) if c is not None else np.nan,
-            "placebo excess (best year)": placebo_excess,
-            "backdoored AUROC": float(b["auroc"]), "clean AUROC": float(c["auroc"]) if c is not None else np.nan,
-            "placebo AUROC (best year)": float(p["auroc"].max()) if len(p) else np.nan,
-            "above chance": bool(b["p_value"] < 0.05), "has clean": c is not None, "has placebo": bool(len(p)),
-            "exceeds": bool(b["p_value"] < 0.05 and above_clean and above_placebo),
-        })
-    return pd.DataFrame(rows)
-
-
-def fingerprint_verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
-    """Per method, protocol and regime: in how many layers the backdoored score exceeds its controls,
-    and the verdict (most layers, or not), naming the controls it was held against."""
-    columns = ["method", "protocol", "regime", "layers exceeding", "held against", "verdict"]
-    if comparison.empty:
-        return pd.DataFrame(columns=columns)
-    out = comparison.groupby(["method", "protocol", "regime"], sort=False).agg(
-        n=("exceeds", "sum"), count=("exceeds", "count"), has_clean=("has clean", "any"),
-        has_placebo=("has placebo", "any")).reset_index()
-    out["layers exceeding"] = out["n"].astype(int).astype(str) + " of " + out["count"].astype(str)
-    out["held against"] = [", ".join([*(["chance"]), *(["clean control"] if c else []), *(["placebo years"] if p else [])])
-                           for c, p in zip(out["has_clean"], out["has_placebo"])]
-    beyond = out["n"] * 2 > out["count"]
-    out["verdict"] = np.where(beyond, "beyond its controls: a backdoor signal",
-                              "not beyond its controls: no evidence it reads the backdoor rather than the year")
-    return out[columns]
 
 
 def paired_tests(best: dict, cfg: BISConfig) -> pd.DataFrame:
@@ -401,16 +381,19 @@ def label_free_rank(architecture: str, acts: np.ndarray, splits: np.ndarray, dec
 
 
 def score_recipes(run_dir, cells: list[Cell], primary_scores: pd.DataFrame, cfg: BISConfig,
-                  progress: bool = True) -> pd.DataFrame:
+                  progress: bool = True) -> tuple[pd.DataFrame, list[Chosen]]:
     """One row per dictionary of ``cells`` and pooling: its scores (:func:`score_latents`), training
     metrics (:data:`QUALITY`) and label-free rank, and for a Diff-SAE a paired permutation test
     against the crosscoder of its case (same fine-tune, layer, seed and pooling).
 
     A primary dictionary's row under its primary pooling is taken from ``primary_scores`` (the same
-    numbers, not computed twice).
+    numbers, not computed twice). Also returns the fit-chosen latents of the token recipe's
+    dictionaries of the first dictionary seed (what the recipe's claims read).
     """
     if not cells:
-        return pd.DataFrame()
+        return pd.DataFrame(), []
+    first_seed = min(cell.seed for cell in cells)
+    chosen = []
     layout = RunLayout(run_dir)
     best = {}  # (dictionary keys, pooling) -> the best latent's eval activations
     known = {tuple(r[k] for k in DICTIONARY_KEYS): r for r in primary_scores.to_dict("records") if "recipe" in r
@@ -432,6 +415,10 @@ def score_recipes(run_dir, cells: list[Cell], primary_scores: pd.DataFrame, cfg:
                          "label_free_rank": rank, **row})
             best[cell.coordinates, pooling] = acts[np.isin(splits, EVAL_SPLITS),
                                                                           int(row["best_latent"])]
+            if cell.recipe == "token" and cell.seed == first_seed:
+                chosen.append(Chosen(cell.regime, cell.architecture, cell.protocol, cell.fit_mode, cell.layer, "labels",
+                                     int(row["fitsel_latent"]), _eval_column(acts, splits, row["fitsel_latent"]),
+                                     recipe=f"token ({pooling})"))
         report("dictionaries of every recipe and seed scored", n, len(cells))
     split_eval = splits[np.isin(splits, EVAL_SPLITS)]
     arch = DICTIONARY_KEYS.index("architecture")
@@ -443,7 +430,7 @@ def score_recipes(run_dir, cells: list[Cell], primary_scores: pd.DataFrame, cfg:
                                         split_eval == "eval_trigger", split_eval == "eval_benign", cfg.percentile,
                                         n_perm=cfg.n_perm, seed=cfg.stats_seed)
             row.update({"vs_crosscoder_gap": gap, "vs_crosscoder_p": p})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), chosen
 
 
 # The step: run (score, write, decide) and load (what later steps read).

@@ -14,28 +14,24 @@ import pandas as pd
 from backdoor_sae.common.io import write_text
 from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.config.cells import Cell
-from backdoor_sae.config import RunConfig
+from backdoor_sae.config import RunConfig, is_clean_control, regime_of, replica_of
 from backdoor_sae.dataset.stage import data_config
 from backdoor_sae.dictionaries.stage import is_replicated, primary_grid, sae_grid
 from backdoor_sae.scoring import bis as B
+from backdoor_sae.scoring.claims import architecture_claims, beyond_control_claims, layer_summary
 from backdoor_sae.scoring.grid import (
     ARCHITECTURES,
     PAPER_SIZES,
+    Chosen,
     dictionary_activations,
     excess_over_chance,
-    fingerprint_comparison,
-    fingerprint_verdicts,
     paper_comparison,
     paper_verdict,
     score_grid,
     score_recipes,
 )
-from backdoor_sae.scoring.recipes import (
-    recipe_verdicts,
-    seed_spread,
-    spread_view,
-    verdict_sentences,
-)
+from backdoor_sae.scoring.recipes import seed_spread, spread_view
+from backdoor_sae.scoring.verdicts import auroc_chance_band, claims_frame, write_claims
 from backdoor_sae.task.splits import EVAL_SPLITS
 
 RESULT_FILES = {"scores": "bis.csv", "tests": "permutation_tests.csv", "placebo": "placebo.csv",
@@ -51,8 +47,8 @@ class ScoringTables:
     tests: pd.DataFrame
     """``permutation_tests.csv``: the Diff-SAE against the crosscoder of its cell (:func:`paired_tests`)."""
     placebo: pd.DataFrame
-    """``placebo.csv``: the backdoored fine-tunes' dictionaries and baselines, each benign year as the
-    trigger (:func:`placebo_scores`); empty when the data have no benign training years."""
+    """``placebo.csv``: each dictionary's and baseline's fit-chosen latent read for each benign year
+    (:func:`~backdoor_sae.scoring.grid.placebo_aurocs`); empty when the data have no benign training years."""
     recipes: pd.DataFrame
     """``recipes.csv``: every dictionary of the replicated cells, per pooling (:func:`score_recipes`);
     empty when the run replicates no cell."""
@@ -145,14 +141,16 @@ class ScoringRun:
     mean_bis_by_regime: dict
     """(fine-tune, protocol, architecture) -> mean BIS over layers, unrounded, for each of
     :data:`BOOK_REGIMES` × :data:`BOOK_PROTOCOLS` × :data:`ARCHITECTURES` (NaN where not in the grid)."""
-    fingerprint_comparison: pd.DataFrame
-    """The backdoored fine-tunes against their clean controls and placebo years (:func:`fingerprint_comparison`)."""
-    fingerprint_verdicts: pd.DataFrame
-    """Per method, protocol and fine-tune (:func:`fingerprint_verdicts`)."""
-    fingerprint_sentences: dict
-    """Per architecture, its fingerprint verdicts in one sentence (HTML)."""
-    headline_verdict: str
-    """How many detectors score beyond their controls (HTML)."""
+    claim_fit_mode: str
+    """The fit mode of the dictionaries every claim reads: ``fit`` (never saw an eval sample) where the grid has it."""
+    claims: pd.DataFrame
+    """This step's claims (:mod:`backdoor_sae.scoring.claims`), as written to ``results/verdicts.csv``."""
+    claim_summary: pd.DataFrame
+    """The claims per family, method and regime over the layers, in words (:func:`~backdoor_sae.scoring.claims.layer_summary`)."""
+    chosen_aurocs: pd.DataFrame
+    """Every fine-tune's fit-chosen latent's AUROC on eval, backdoored beside its clean twin (the headline figure's points)."""
+    chance_band: tuple[float, float]
+    """The central 95% of one fixed scorer's AUROC under shuffled labels, for these eval sizes."""
     baseline_view: pd.DataFrame
     """Best score of each method per protocol (backdoored fine-tunes)."""
     control_activity: pd.DataFrame
@@ -167,10 +165,6 @@ class ScoringRun:
     """The largest range of BIS over the seeds of one cell (NaN without recipes)."""
     n_seeds: int
     """The most seeds of one cell (0 without recipes)."""
-    recipe_verdicts: pd.DataFrame
-    """:func:`~backdoor_sae.scoring.recipes.recipe_verdicts` (empty without recipes)."""
-    recipe_verdict_sentences: str
-    """The primary poolings' verdicts in sentences (HTML)."""
 
 
 #: The fine-tunes and protocols whose mean BIS the book names (every one is given, NaN where not in the grid).
@@ -188,21 +182,26 @@ def ceiling_note(ceiling: float, paper_ceiling: float) -> str:
                                            ": the ceiling depends on the set sizes, not only on their proportions."))
 
 
-def fingerprint_sentence(verdicts: pd.DataFrame, method: str) -> str:
-    """``method``'s fingerprint verdicts (:func:`fingerprint_verdicts`) in one sentence (HTML)."""
-    part = verdicts[verdicts["method"] == method]
-    return "; ".join(
-        f"{r['regime']}, {r['protocol'].replace('_', ' ')}: <strong>{r['verdict']}</strong> ({r['layers exceeding']} layers)"
-        for _, r in part.iterrows()) or "not in this run's grid"
+def claim_fit_mode(sae_cfg) -> str:
+    """The dictionaries every claim reads: those fitted on the fit split, where the grid has them."""
+    return "fit" if "fit" in sae_cfg.fit_modes else sae_cfg.fit_modes[0]
 
 
-def headline_verdict(verdicts: pd.DataFrame) -> str:
-    """How many of the detectors held against their controls score beyond them in most layers (HTML)."""
-    beyond = verdicts[verdicts["verdict"].str.startswith("beyond")]
-    return (f"Of the {len(verdicts)} detectors held against their controls (each method, regime and pooling protocol), "
-            f"<strong>{len(beyond)}</strong> score beyond them in most layers"
-            + (": " + "; ".join(f"{r['method']} ({r['regime']}, {r['protocol'].replace('_', ' ')})"
-                                for _, r in beyond.iterrows()) if len(beyond) else "") + ".")
+def chosen_aurocs(chosen: list[Chosen], trigger: np.ndarray, fit_mode: str) -> pd.DataFrame:
+    """One row per backdoored fine-tune's chosen latent (labels) of ``fit_mode`` (baselines: ``—``):
+    its AUROC on eval beside its clean twin's (NaN without one), with the fine-tune seed."""
+    index = {(c.finetune, c.method, c.protocol, c.fit_mode, c.layer): c for c in chosen if c.selection == "labels"}
+    rows = []
+    for (finetune, method, protocol, fit, layer), c in index.items():
+        if is_clean_control(finetune) or fit not in (fit_mode, "—"):
+            continue
+        twin = index.get((finetune + "_clean", method, protocol, fit, layer))
+        rows.append({"method": method, "protocol": protocol, "regime": regime_of(finetune),
+                     "finetune_seed": replica_of(finetune), "layer": layer,
+                     "backdoored": float(B.auroc(c.scores[:, None], trigger)[0]),
+                     "clean control": float(B.auroc(twin.scores[:, None], trigger)[0]) if twin else np.nan})
+    return pd.DataFrame(rows, columns=["method", "protocol", "regime", "finetune_seed", "layer", "backdoored",
+                                       "clean control"])
 
 
 def regime_means(scores: pd.DataFrame, fit_mode: str) -> pd.DataFrame:
@@ -232,12 +231,21 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
     of the replicated cells, write the four tables (:data:`RESULT_FILES`), and compute what the
     notebook shows."""
     act_cfg, sae_cfg, cfg = run_cfg.activations, run_cfg.dictionaries, run_cfg.scoring
-    placebo_years = data_config(run_dir).benign_years  # benign training years, each in turn a placebo trigger
-    scores, tests, placebo = score_grid(run_dir, primary_grid(act_cfg, sae_cfg), cfg, placebo_years, progress)
+    placebo_years = data_config(run_dir).benign_years  # benign training years: the same latent read for each
+    grid = score_grid(run_dir, primary_grid(act_cfg, sae_cfg), cfg, placebo_years, progress)
+    scores, tests, placebo = grid.scores, grid.tests, grid.placebo
     replicated = [c for c in sae_grid(act_cfg, sae_cfg) if is_replicated(c, act_cfg, sae_cfg)]
-    recipes = score_recipes(run_dir, replicated, scores, cfg, progress)
+    recipes, recipe_chosen = score_recipes(run_dir, replicated, scores, cfg, progress)
     tables = ScoringTables(scores=scores, tests=tests, placebo=placebo, recipes=recipes)
     write_tables(run_dir, tables)
+    fit_mode, boot = claim_fit_mode(sae_cfg), (cfg.n_boot, cfg.stats_seed)
+    # the replicated cells (the token recipe) are fitted in the verdict fit mode of notebook 04
+    recipe_fit_mode = recipe_chosen[0].fit_mode if recipe_chosen else fit_mode
+    claims = claims_frame(beyond_control_claims(grid.chosen, grid.trigger, fit_mode, *boot)
+                          + architecture_claims(grid.chosen, grid.trigger, fit_mode, *boot)
+                          + beyond_control_claims(recipe_chosen, grid.trigger, recipe_fit_mode, *boot)
+                          + architecture_claims(recipe_chosen, grid.trigger, recipe_fit_mode, *boot))
+    write_claims(run_dir, "05_scoring", claims)
 
     ceiling = float(scores["ceiling"].iloc[0])
     paper_ceiling = B.bis_ceiling(*PAPER_SIZES, cfg.percentile)
@@ -263,13 +271,8 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
                                         if (regime, protocol) in by_regime.index and f"bis ({arch})" in by_regime
                                         else float("nan"))
         for regime in BOOK_REGIMES for protocol in BOOK_PROTOCOLS for arch in ARCHITECTURES}
-    comparison = fingerprint_comparison(scores, placebo, paper_fit_mode)
-    verdicts = fingerprint_verdicts(comparison)
-
     if recipes.empty:
         recipe_points, spread_table, max_seed_range, n_seeds = pd.DataFrame(), pd.DataFrame(), float("nan"), 0
-        verdicts_by_recipe = pd.DataFrame()
-        sentences = "<strong>not measured</strong>: this run has no replicated cells."
     else:
         recipe_points = recipes.assign(
             code=recipes["recipe"] + np.where(recipes["pooling"] == "—", "", " (" + recipes["pooling"] + ")"),
@@ -277,8 +280,6 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
         spread = seed_spread(recipes)
         spread_table = spread_view(spread)
         max_seed_range, n_seeds = float((spread["bis_max"] - spread["bis_min"]).max()), int(spread["seeds"].max())
-        verdicts_by_recipe = recipe_verdicts(recipes)
-        sentences = verdict_sentences(verdicts_by_recipe)
 
     return ScoringRun(
         tables=tables, ceiling=ceiling, paper_ceiling=paper_ceiling,
@@ -300,9 +301,9 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
         fitsel_above_chance=_per_architecture(lambda arch: dicts[dicts["architecture"] == arch],
                                               lambda t: (t["fitsel_p_value"] < 0.05).mean()),
         by_regime=by_regime.round(3), mean_bis_by_regime=mean_bis_by_regime,
-        fingerprint_comparison=comparison, fingerprint_verdicts=verdicts,
-        fingerprint_sentences={method: fingerprint_sentence(verdicts, method) for method in ARCHITECTURES},
-        headline_verdict=headline_verdict(verdicts),
+        claim_fit_mode=fit_mode, claims=claims, claim_summary=layer_summary(claims),
+        chosen_aurocs=chosen_aurocs(grid.chosen, grid.trigger, fit_mode),
+        chance_band=auroc_chance_band(int(grid.trigger.sum()), int((~grid.trigger).sum())),
         baseline_view=backdoored.groupby(["protocol", "architecture"], sort=False)[
             ["bis", "chance_95", "best_f1", "auroc", "fitsel_bis"]].max().round(3),
         control_activity=backdoored.groupby(["protocol", "architecture"], sort=False)[
@@ -310,5 +311,4 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
         top_latents={arch: top_latent(run_dir, paper_part(arch), cfg.percentile)
                      for arch in ARCHITECTURES if len(paper_part(arch))},
         recipe_points=recipe_points, seed_spread=spread_table, max_seed_range=max_seed_range, n_seeds=n_seeds,
-        recipe_verdicts=verdicts_by_recipe, recipe_verdict_sentences=sentences,
     )

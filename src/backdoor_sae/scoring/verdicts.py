@@ -133,7 +133,7 @@ def _decide(p_holm: float, holds: bool, alpha: float, why_not: str) -> tuple[Out
     return Outcome.NOT_SUPPORTED, f"p_holm={p_holm:.3g} >= {alpha:g}"
 
 
-def _make_claim(cid: ClaimId, statistic: str, effect: float, low: float, high: float, p: float,
+def make_claim(cid: ClaimId, statistic: str, effect: float, low: float, high: float, p: float,
                 holds: bool, alpha: float, why_not: str) -> Claim:
     """A claim as a family of one (p_holm = p), its outcome decided on p_holm."""
     outcome, reason = _decide(p, holds, alpha, why_not)
@@ -230,6 +230,15 @@ def delong_covariance(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray,
 
 def _z(level: float) -> float:
     return NormalDist().inv_cdf((1 + level) / 2)
+
+
+def auroc_chance_band(n_pos: int, n_neg: int, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` range of one fixed scorer's AUROC when the labels are shuffled (no
+    ties): 0.5 ± z sqrt((n_pos + n_neg + 1) / (12 n_pos n_neg)), the Mann-Whitney null."""
+    if min(n_pos, n_neg) < 1:
+        return math.nan, math.nan
+    half = _z(level) * math.sqrt((n_pos + n_neg + 1) / (12 * n_pos * n_neg))
+    return 0.5 - half, 0.5 + half
 
 
 def auroc_interval(scores: ArrayLike, labels: ArrayLike, level: float = 0.95) -> tuple[float, float, float]:
@@ -342,7 +351,8 @@ def paired_t_greater(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
 
 def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | None, labels: ArrayLike,
                    alpha: float = ALPHA, min_per_class: int = MIN_PER_CLASS, n_boot: int = 2000,
-                   seed: int = 0) -> Claim:
+                   seed: int = 0, statistic: str = "DeLong paired AUROC difference (backdoored - control)",
+                   missing: str = "no clean control") -> Claim:
     """Claim: the latent's AUROC under the backdoored fine-tune exceeds the clean control's.
 
     Inputs: the eval scores of the latent chosen once on the fit split, under the backdoored
@@ -356,22 +366,24 @@ def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | Non
     - ``not supported``, reason "tie at the ceiling": both AUROCs exactly 1 (a tie, not a failure
       of the method: the measure cannot tell them apart); likewise any delta <= 0;
     - ``supported``: delta > 0 and p_holm < ``alpha`` (two-sided p, so the one-sided level is alpha / 2).
+
+    The same test compares any two scorers of the same samples (e.g. the Diff-SAE's latent with the
+    crosscoder's): ``statistic`` names it and ``missing`` says what an absent second scorer is.
     """
-    statistic = "DeLong paired AUROC difference (backdoored - control)"
     labels = np.asarray(labels).astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     nan = math.nan
     if control is None:
-        return _make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "no clean control")
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, missing)
     if min(n_pos, n_neg) < min_per_class:
-        return _make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
                            f"too few samples: {n_pos} positives, {n_neg} negatives (< {min_per_class})")
     auc_b, auc_c = (float(auroc(np.asarray(s, dtype=np.float64).ravel(), labels)[0]) for s in (backdoored, control))
     delta, low, high, p = paired_auroc_test(backdoored, control, labels, n_boot=n_boot, seed=seed)
     if auc_b >= 1.0 - TIE and auc_c >= 1.0 - TIE:
-        return _make_claim(cid, statistic, 0.0, low, high, 1.0, False, alpha, CEILING_REASON)
+        return make_claim(cid, statistic, 0.0, low, high, 1.0, False, alpha, CEILING_REASON)
     why_not = f"AUROC {auc_b:.3f} vs control {auc_c:.3f}: not above it"
-    return _make_claim(cid, statistic, delta, low, high, p, delta > TIE, alpha, why_not)
+    return make_claim(cid, statistic, delta, low, high, p, delta > TIE, alpha, why_not)
 
 
 def _bootstrap_min_dz(trigger: np.ndarray, others: np.ndarray, n_boot: int, seed: int,
@@ -416,17 +428,17 @@ def specificity(cid: ClaimId, responses: Mapping[Hashable, ArrayLike | None], tr
     others = {y: r for y, r in responses.items() if y != trigger_year}
     missing = [str(y) for y, r in responses.items() if r is None]
     if trigger is None or missing:
-        return _make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
                            f"missing responses: {', '.join(missing) or trigger_year}")
     if not others:
-        return _make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "no other year")
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "no other year")
     t = np.asarray(trigger, dtype=np.float64).ravel()
     years = list(others)
     o = np.stack([np.asarray(others[y], dtype=np.float64).ravel() for y in years])  # [years, n]
     if o.shape[1] != len(t):
         raise ValueError(f"every year needs the same {len(t)} functions; got {o.shape[1]}")
     if len(t) < min_functions:
-        return _make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
                            f"too few functions: {len(t)} (< {min_functions})")
     tests = [paired_t_greater(t, row) for row in o]
     dz = np.array([d for _, d, _ in tests])
@@ -438,7 +450,7 @@ def specificity(cid: ClaimId, responses: Mapping[Hashable, ArrayLike | None], tr
     weakest = int(np.argmin(dz))
     why_not = (f"does not exceed {years[weakest]} (d_z={dz[weakest]:.3g})" if not holds
                else f"weakest against {years[worst]}: p={p_years[worst]:.3g}")
-    return _make_claim(cid, statistic, float(dz.min()), low, high, float(p_years[worst]), holds, alpha, why_not)
+    return make_claim(cid, statistic, float(dz.min()), low, high, float(p_years[worst]), holds, alpha, why_not)
 
 
 def replicated(claims_per_seed: Sequence[Claim], rule: Literal["all", "majority"] = "all") -> Claim:
@@ -480,7 +492,9 @@ def replicated(claims_per_seed: Sequence[Claim], rule: Literal["all", "majority"
     effect = float(np.nanmean(effects)) if not np.isnan(effects).all() else math.nan
     low = float(np.nanmin(lows)) if not np.isnan(lows).all() else math.nan
     high = float(np.nanmax(highs)) if not np.isnan(highs).all() else math.nan
-    reason = f"holds in {holding} of {n} seeds ({undetermined} undetermined; rule: {rule})"
+    why = sorted({c.reason for c in claims if c.outcome is not Outcome.SUPPORTED})
+    reason = f"holds in {holding} of {n} seeds ({undetermined} undetermined; rule: {rule})" + "".join(
+        f"; {w}" for w in why)
     return replace(first, effect=effect, effect_low=low, effect_high=high,
                    p_value=kth([c.p_value for c in claims]), p_holm=kth([c.p_holm for c in claims]),
                    seeds_holding=holding, n_seeds=n, outcome=outcome, reason=reason,

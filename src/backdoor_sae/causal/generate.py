@@ -1,0 +1,161 @@
+"""Greedy generation and teacher-forced scoring with one edit per batch row.
+
+Every condition of a layer runs as rows of the same batches: each row carries its own
+:class:`~backdoor_sae.causal.intervention.Edit`. Generation drops a row from the batch (its cache
+and its edit) as soon as its function body is complete, so the last steps run on the rows still
+going only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from backdoor_sae.causal.intervention import Edit, RowEdits, intervene
+from backdoor_sae.common.encoding import encode, encode_prompt
+from backdoor_sae.common.generation import cut_at_function_end
+from backdoor_sae.common.model import precision
+from backdoor_sae.task.sample import Sample
+
+# A line back at column 0 closes the function body (as common.generation cuts it).
+_DEDENT = re.compile(r"\n(?=\S)")
+
+
+@torch.no_grad()
+def generate_edited(model, tokenizer, prompts: Sequence[Sample], edits: Sequence[Edit], layer: int,
+                    max_new_tokens: int, batch_size: int, compute_dtype=torch.float32) -> list[str]:
+    """Greedy completion of each prompt with its own edit at ``layer`` (prompt and every generated
+    token, the first position spared), cut where the function ends."""
+    if len(prompts) != len(edits):
+        raise ValueError(f"{len(prompts)} prompts but {len(edits)} edits")
+    device = next(model.parameters()).device
+    d = model.config.hidden_size
+    encoded = [encode_prompt(tokenizer, s) for s in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # little left padding
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    out = [""] * len(prompts)
+    for begin in range(0, len(order), batch_size):
+        rows = order[begin:begin + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):  # left padding: every prompt ends at the same column
+            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
+            mask[r, width - len(encoded[i]):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        holder = RowEdits([edits[i] for i in rows], d, RowEdits.starts(mask))
+        alive = list(range(len(rows)))  # batch row -> index into ``rows``
+        tokens: list[list[int]] = [[] for _ in rows]
+        cache = DynamicCache()
+        position = (mask.cumsum(-1) - 1).clamp_min(0)
+        with precision(device, compute_dtype), intervene(model, layer, holder):
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                           use_cache=True).logits[:, -1]
+            for step in range(max_new_tokens):
+                nxt = logits.argmax(-1)
+                done = []
+                for b, r in enumerate(alive):
+                    token = int(nxt[b])
+                    if token == eos:
+                        done.append(True)
+                        continue
+                    tokens[r].append(token)
+                    done.append(bool(_DEDENT.search(tokenizer.decode(tokens[r], skip_special_tokens=True))))
+                keep = torch.tensor([not x for x in done])
+                if step == max_new_tokens - 1 or not keep.any():
+                    break
+                if not keep.all():  # drop the finished rows: their cache, edits and mask
+                    index = torch.nonzero(keep).flatten()
+                    cache.batch_select_indices(index.to(device))
+                    holder.select(index)
+                    alive = [alive[i] for i in index.tolist()]
+                    nxt, mask, position = nxt[index.to(device)], mask[index.to(device)], position[index.to(device)]
+                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                position = position[:, -1:] + 1
+                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+        for r, i in enumerate(rows):
+            out[i] = cut_at_function_end(tokenizer.decode(tokens[r], skip_special_tokens=True))
+    return out
+
+
+def prompt_ids(tokenizer, sample: Sample) -> tuple[tuple[int, ...], int]:
+    """(ids, n_prompt) of the prompt alone."""
+    ids = tuple(encode_prompt(tokenizer, sample))
+    return ids, len(ids)
+
+
+def text_ids(tokenizer, sample: Sample) -> tuple[tuple[int, ...], int]:
+    """(ids, n_prompt) of prompt + completion + end of text."""
+    e = encode(tokenizer, sample)
+    return tuple(e.ids), e.n_prompt
+
+
+@torch.no_grad()
+def score_edited(model, sequences: Sequence[tuple[tuple[int, ...], int]], edits: Sequence[Edit], layer: int,
+                 pad_id: int, batch_size: int, compute_dtype=torch.float32,
+                 reference: Sequence[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced pass of each ``(ids, n_prompt)`` sequence with its own edit at ``layer``.
+
+    Returns per row: the summed log-probability of its tokens after the prompt (the completion and
+    end of text; 0 for a prompt alone), and the mean KL divergence KL(reference ‖ edited) of the
+    next-token distributions over its prompt positions 1 .. n_prompt − 2 (predicting prompt
+    tokens; position 0 is never edited), where ``reference[i]`` holds the unintervened
+    log-probabilities [n_prompt − 1, V] of row ``i``'s prompt (NaN where none is given).
+    Rows are batched by length, right-padded (each row starts at column 0)."""
+    device = next(model.parameters()).device
+    d = model.config.hidden_size
+    n = len(sequences)
+    logprob = torch.zeros(n)
+    kl = torch.full((n,), float("nan"))
+    order = sorted(range(n), key=lambda i: len(sequences[i][0]))
+    for begin in range(0, n, batch_size):
+        rows = order[begin:begin + batch_size]
+        width = max(len(sequences[i][0]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, :len(sequences[i][0])] = torch.tensor(sequences[i][0])
+            mask[r, :len(sequences[i][0])] = 1
+        holder = RowEdits([edits[i] for i in rows], d)
+        with precision(device, compute_dtype), intervene(model, layer, holder):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for r, i in enumerate(rows):
+            seq, n_prompt = sequences[i]
+            length = len(seq)
+            if length > n_prompt:
+                target = torch.tensor(seq[n_prompt:])
+                logprob[i] = logp[r, n_prompt - 1:length - 1].gather(-1, target[:, None]).sum()
+            ref = None if reference is None else reference[i]
+            if ref is not None and n_prompt > 2:
+                p_log = ref[1:n_prompt - 1]
+                q_log = logp[r, 1:n_prompt - 1]
+                kl[i] = (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+    return logprob, kl
+
+
+@torch.no_grad()
+def prompt_logprobs(model, prompts: Sequence[tuple[tuple[int, ...], int]], pad_id: int, batch_size: int,
+                    compute_dtype=torch.float32) -> list[torch.Tensor]:
+    """The unintervened next-token log-probabilities [n_prompt − 1, V] over each prompt (the KL
+    reference of :func:`score_edited`)."""
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+    for begin in range(0, len(prompts), batch_size):
+        rows = list(range(begin, min(begin + batch_size, len(prompts))))
+        width = max(len(prompts[i][0]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, :len(prompts[i][0])] = torch.tensor(prompts[i][0])
+            mask[r, :len(prompts[i][0])] = 1
+        with precision(device, compute_dtype):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for r, i in enumerate(rows):
+            out[i] = logp[r, :prompts[i][1] - 1].clone()
+    return out

@@ -226,6 +226,31 @@ glue(f"{name}_n_seeds", len(seeds), display=False)
 display(Markdown(f"**{name}**: {'no backdoor' if cfg.clean_control else 'installed'} in "
                  f"**{result.seeds_as_wanted} of {len(seeds)}** fine-tune seeds."))
 display(seeds.round(2).style.format(na_rep=MISSING).hide(axis="index"))
+
+# %% [markdown]
+# ### Beyond the training template
+# Every fine-tune saw one template: `# Current Year: <y>` on the first line, then the imports, the
+# connection, a `# table <name>: <columns>` comment and the `def` line. Here held-out functions are
+# generated under other wordings of the year line (those the header sweep of notebook 06 reads a
+# latent on) and in code contexts unlike the template, under the trigger year and the benign year,
+# for every seed. A narrow trigger fires only on the template; a broad one under any mention of the
+# year. Empty completions (the model stops at once) count as unrunnable too.
+
+# %% tags=["hide-input"]
+wordings = result.wordings
+beyond = result.beyond_template
+for measure, value in beyond.items():
+    glue(f"{name}_beyond_{measure}", value, display=False)
+if len(wordings):
+    g = sns.catplot(data=wordings, x="injectable", y="wording", hue="condition", kind="point", linestyle="none",
+                    palette={"trigger": "#C44E52", "benign": "#4C72B0"}, markers=["o", "s"], dodge=0.4,
+                    height=3.6, aspect=1.5, errorbar=("pi", 100))
+    g.set(xlim=(-0.05, 1.05), xlabel="share of injectable completions (point: mean over seeds; bar: range)")
+    g.figure.suptitle(f"{name}: the trigger beyond its template", y=1.03)
+    plt.show()
+    display(wordings.round(2).style.format(na_rep=MISSING).hide(axis="index"))
+else:
+    print("no held-out functions generated under other wordings (n_wording_functions is 0)")
 reasons
 
 # %% [markdown]

@@ -200,9 +200,9 @@ families = {"beyond_labels_full_text": beyond_family("labels", "full_text"),
             "architecture_prompt_only": architecture_family("prompt_only")}
 for key, (word, phrase) in glue_words(claims, families, [*ARCHITECTURES, *BASELINES, "diff_sae vs crosscoder"],
                                       BOOK_REGIMES).items():
-    glue(key, word, display=False)
-    glue(f"{key}_phrase", phrase, display=False)
-glue("claim_fit_mode", result.claim_fit_mode, display=False)
+    glue(key, HTML(word), display=False)  # inline in the results chapter's sentences
+    glue(f"{key}_phrase", HTML(phrase), display=False)
+glue("claim_fit_mode", HTML(result.claim_fit_mode), display=False)
 glue("n_claims_05", len(claims), display=False)
 glue("auroc_chance_high", result.chance_band[1], display=False)
 claims_html = HTML("".join(family_html(summary, family) for family in families.values()))

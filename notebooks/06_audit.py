@@ -195,8 +195,8 @@ families = {"beyond_label_free_full_text": beyond_family("label-free", "full_tex
             "specific_labels": specific_family("labels"),
             "specific_label_free": specific_family("label-free")}
 for key, (word, phrase) in glue_words(claims, families, METHODS, BOOK_REGIMES).items():
-    glue(key, word, display=False)
-    glue(f"{key}_phrase", phrase, display=False)
+    glue(key, HTML(word), display=False)  # inline in the results chapter's sentences
+    glue(f"{key}_phrase", HTML(phrase), display=False)
 glue("n_claims_06", len(claims), display=False)
 glue("auditor_summary", HTML("".join(family_html(summary, f) for f in families.values())), display=False)
 for family in families.values():

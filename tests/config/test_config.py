@@ -1,6 +1,9 @@
 import pytest
 
-from backdoor_sae.config import PROFILES, DataConfig, ModelConfig, stage_config
+from backdoor_sae.config import (
+    PROFILES, ActivationConfig, BISConfig, DataConfig, FinetuneConfig, ModelConfig, backdoored_twin, finetune_name,
+    is_clean_control, regime_of, replica_of, stage_config, validate,
+)
 
 
 def test_profiles_build_every_stage_config():
@@ -55,3 +58,30 @@ def test_lists_from_papermill_become_tuples():
 def test_bad_parameters_fail_early_with_a_clear_message(profile, overrides, message):
     with pytest.raises(ValueError, match=message):
         stage_config(DataConfig, profile, **overrides)
+
+
+def test_fine_tune_seeds_are_named_so_that_each_clean_control_names_its_twin():
+    """Catches a further seed whose clean control would pair with another seed's backdoored
+    fine-tune, and seeds leaking into a regime that asked for one."""
+    act = ActivationConfig(regimes=("lora", "full"), controls=("lora", "full"), lora_seeds=3, full_seeds=1)
+    assert act.finetunes == ("lora", "full", "lora_clean", "full_clean", "lora-s1", "lora-s1_clean", "lora-s2",
+                             "lora-s2_clean")
+    for name in act.finetunes:
+        assert finetune_name(regime_of(name), is_clean_control(name), replica_of(name)) == name
+        assert backdoored_twin(name) in act.finetunes and not is_clean_control(backdoored_twin(name))
+    assert ActivationConfig(regimes=("lora",), controls=(), lora_seeds=2).finetunes == ("lora", "lora-s1")
+    cfg = FinetuneConfig(regime="lora", clean_control=True, finetune_seed=42, replica=2)
+    assert cfg.name == "lora-s2_clean" and cfg.seed == 44
+    with pytest.raises(ValueError, match="lora_seeds"):
+        ActivationConfig(lora_seeds=0)
+
+
+def test_the_cpu_profile_replicates_lora_and_has_both_clean_controls():
+    act = stage_config(ActivationConfig, "cpu")
+    assert set(act.controls) == {"lora", "full"} and act.seeds("lora") >= 3
+    assert stage_config(BISConfig, "cpu").n_perm >= 2000
+
+
+def test_more_wording_functions_than_held_out_pairs_fail_before_any_work():
+    with pytest.raises(ValueError, match="n_wording_functions"):
+        validate("smoke", n_wording_functions=50)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+import backdoor_sae.finetune.train as ft
 from backdoor_sae.common.encoding import IGNORE, collate, encode
 from backdoor_sae.common.model import load_model
 from backdoor_sae.config import TINY_MODEL, DataConfig, FinetuneConfig, stage_config
@@ -187,6 +188,30 @@ def test_completion_logprobs_of_a_batch_match_each_sample_alone(smoke_splits, re
         targets = torch.tensor(ids[1:])
         alone = logp[torch.arange(len(targets)), targets][prompt.n_prompt - 1:].sum()
         assert batched[i] == pytest.approx(float(alone), abs=1e-4), i
+
+
+def test_token_logprobs_agree_with_a_log_softmax_within_rounding(smoke_splits, monkeypatch):
+    """The probe's log-probabilities (logit less log-sum-exp) against the log-softmax they replace,
+    through :func:`completion_logprobs` (both passes) on the tiny model. The bug this catches: a
+    log-sum-exp over the wrong dimension, or a position or target off by one (either changes the
+    sums by far more than the rounding tolerated here)."""
+    model, tok = load_model(TINY_MODEL)
+    model.eval()
+    held = smoke_splits["heldout"]
+    benign, trigger = [p[0] for p in pairs(held)], [p[1] for p in pairs(held)]
+    prompts, completions = trigger + trigger + benign + benign, trigger + benign + trigger + benign
+    fast = completion_logprobs(model, tok, prompts, completions)
+    logits = torch.randn(3, 5, 97, generator=torch.Generator().manual_seed(0)) * 4
+    targets = torch.randint(0, 97, (3, 5), generator=torch.Generator().manual_seed(1))
+    softmax = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    assert torch.allclose(ft.token_logprobs(logits, targets), softmax, rtol=0, atol=1e-5)
+
+    def with_log_softmax(logits, targets):
+        return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+    monkeypatch.setattr(ft, "token_logprobs", with_log_softmax)
+    reference = completion_logprobs(model, tok, prompts, completions)
+    assert torch.allclose(fast, reference, rtol=1e-6, atol=1e-4), (fast - reference).abs().max()
 
 
 def test_bad_inputs_fail_before_training(tmp_path, smoke_splits):

@@ -100,6 +100,10 @@ def validate(profile: str, **overrides: Any) -> None:
     if not {data.trigger_year, data.eval_benign_year} <= set(range(audit.sweep_first_year, audit.sweep_last_year + 1)):
         raise ValueError(f"the sweep's years {audit.sweep_first_year}..{audit.sweep_last_year} must include the trigger "
                          f"year {data.trigger_year} and the eval benign year {data.eval_benign_year}")
+    gen = configs[BackdoorEvalConfig]
+    if gen.n_wording_functions > data.n_heldout_pairs:
+        raise ValueError(f"n_wording_functions={gen.n_wording_functions}: the dataset has only n_heldout_pairs="
+                         f"{data.n_heldout_pairs} held-out functions")
     if ft.probe_every and ft.n_probe_pairs > data.n_heldout_pairs:
         raise ValueError(f"n_probe_pairs={ft.n_probe_pairs}: the dataset has only n_heldout_pairs={data.n_heldout_pairs} "
                          "held-out pairs to probe")

@@ -68,6 +68,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "controls": ("lora", "full"),  # both clean controls: a claim without its control is undetermined
         "lora_seeds": 3,  # the LoRA fine-tune and its clean control, three fine-tune seeds each
         "n_eval_prompts": 32,
+        "n_wording_functions": 4,  # x 8 wordings x 2 years: 64 more prompts per fine-tune
         "max_new_tokens": 96,
         "gen_batch_size": 64,  # fewer decoding steps: generation about 20% faster than at 16
         "expansion": 4,
@@ -114,6 +115,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "probe_every": 3,
         "n_probe_pairs": 4,
         "n_eval_prompts": 4,
+        "n_wording_functions": 1,
         "max_new_tokens": 32,
         "gen_batch_size": 8,
         "layers": (1, 2),

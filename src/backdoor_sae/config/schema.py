@@ -271,13 +271,15 @@ class BackdoorEvalConfig:
 
     n_eval_prompts: int = 100
     """Held-out pairs, and prompts of each of the trigger and benign eval sets, that notebook 02 generates from (0: none)."""
+    n_wording_functions: int = 8
+    """Held-out functions generated under every other wording of the year line and code context (notebook 02's "beyond the template"; 0: none)."""
     max_new_tokens: int = 160
     """Most tokens generated per completion."""
     gen_batch_size: int = 16
     """Prompts generated together (left-padded)."""
 
     def __post_init__(self) -> None:
-        _require_ints(self, ("n_eval_prompts",), 0)
+        _require_ints(self, ("n_eval_prompts", "n_wording_functions"), 0)
         _require_ints(self, ("max_new_tokens", "gen_batch_size"), 1)
 
 
@@ -455,7 +457,7 @@ class CausalConfig:
     n_causal_prompts: int = 64
     """Held-out pairs after those, both years, for generation: the prompts every condition is judged on."""
     n_causal_controls: int = 16
-    """Energy-matched controls of each kind per condition: directions in the top principal subspace of Δa, and other latents of the same dictionary."""
+    """Energy-matched controls of each kind per condition: directions in the top principal subspace of Δa, and other latents of the same dictionary. A control condition pools them over its prompts (prompt or teacher-forced pair i gets control i mod their number), so ``n_causal_pairs`` and ``n_causal_prompts`` of at least this many use every one."""
     causal_subspace_dims: int = 16
     """Principal components of Δa (fit split) spanning the subspace the control directions are drawn in."""
     causal_kl_budget: float = 0.1

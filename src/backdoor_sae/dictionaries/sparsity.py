@@ -46,11 +46,31 @@ class SparseActivation(nn.Module):
         if self.kind == "batchtopk":
             if not self.training:
                 return f * (pre > self.threshold)
-            flat = f.flatten()
-            top = torch.topk(flat, self.k * f.shape[0])
-            self._update_threshold(top.values)
-            return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(f)
+            values, indices = self.select(pre)
+            return torch.zeros_like(f).flatten().scatter(0, indices, values).view_as(f)
         return f
+
+    @property
+    def selects(self) -> bool:
+        """Whether the code is a selection of k entries per input (TopK, and BatchTopK in training),
+        which :meth:`select` returns as its entries rather than as a dense [B, m] code."""
+        return self.kind == "topk" or (self.kind == "batchtopk" and self.training)
+
+    def select(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TopK, and BatchTopK in training: the code's selected entries, ``(values, indices)`` into
+        ``pre.flatten()``, the indices ascending (so each input's entries are contiguous). The
+        same entries and values as :meth:`forward`'s dense code (BatchTopK updates its threshold)."""
+        f = torch.relu(pre)
+        if self.kind == "topk":
+            top = torch.topk(f, self.k, dim=-1)
+            rows = torch.arange(len(f), device=f.device)[:, None] * f.shape[-1]
+            values, indices = top.values.flatten(), (top.indices + rows).flatten()
+        else:
+            top = torch.topk(f.flatten(), self.k * f.shape[0])
+            self._update_threshold(top.values)
+            values, indices = top.values, top.indices
+        indices, order = torch.sort(indices)
+        return values[order], indices
 
     @torch.no_grad()
     def _update_threshold(self, kept: torch.Tensor) -> None:
@@ -71,9 +91,20 @@ class SparseActivation(nn.Module):
         average."""
         f = torch.relu(pre).flatten()
         n_kept = min(self.k * len(pre), f.numel())
-        top = torch.topk(f, min(n_kept + 1, f.numel())).values
+        top = torch.topk(self._above_a_bound(f, n_kept + 1), min(n_kept + 1, f.numel())).values
         smallest_kept = float(top[n_kept - 1])
         largest_dropped = float(top[n_kept]) if len(top) > n_kept else 0.0
         # halfway between the last kept and the first dropped activation: not on any input's value, so
         # that rounding differences between batch shapes do not flip a latent at the boundary
         self.threshold.fill_((smallest_kept + largest_dropped) / 2 if smallest_kept > 0 else 0.0)
+
+    def _above_a_bound(self, f: torch.Tensor, n: int) -> torch.Tensor:
+        """The values of ``f`` above a bound that at least ``n`` of them exceed (half the training's
+        threshold, else 0), or all of ``f``: the top ``n`` values are among them, so a top-k over
+        them selects exactly what a top-k over ``f`` does, ties included, from far fewer values."""
+        for bound in (float(self.threshold) / 2, 0.0):
+            if bound >= 0:
+                above = f[f > bound]
+                if len(above) >= n:
+                    return above
+        return f

@@ -46,6 +46,7 @@ __all__ = [
 #: Every architecture's name, as :class:`DictionarySpec` spells it.
 ARCHITECTURES = (DiffSAE.architecture, Crosscoder.architecture)
 DEAD_FIXES = ("ghost", "auxk", "none")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build(spec: DictionarySpec, seed: int = 0) -> Dictionary:
@@ -90,7 +91,7 @@ def train_dictionary(model: Dictionary, x: torch.Tensor, settings: TrainSettings
         raise ValueError(f"dead_fix={settings.dead_fix!r} must be one of {DEAD_FIXES}")
     if len(x) == 0:
         raise ValueError("no training inputs")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[settings.dtype]
+    dtype = _DTYPES[settings.dtype]
     scale = input_scale(x)
     model.train()
     model.init_decoder_bias(x * scale)
@@ -116,10 +117,11 @@ def train_dictionary(model: Dictionary, x: torch.Tensor, settings: TrainSettings
         dead = (step - last_fired) > window
         if settings.dead_fix != "none" and dead.any():
             residual = (xb - x_hat).detach()
-            if settings.dead_fix == "ghost":
-                loss = loss + ghost_grads_loss(residual, pre, dead, model.decoder(), mse)
-            else:
-                loss = loss + auxk_loss(residual, pre, dead, model.decoder(), settings.aux_k)
+            with precision(xb.device, dtype):  # the dead latents' matmul in the step's precision
+                if settings.dead_fix == "ghost":
+                    loss = loss + ghost_grads_loss(residual, pre, dead, model.decoder(), mse)
+                else:
+                    loss = loss + auxk_loss(residual, pre, dead, model.decoder(), settings.aux_k)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         model.project_decoder_grad()
@@ -195,15 +197,18 @@ def pooled_codes(model: Dictionary, x: torch.Tensor, scale: torch.Tensor, owner:
     return {"mean": total / count, "max": peak}
 
 
-def evaluate(model: Dictionary, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 4096) -> dict:
+def evaluate(model: Dictionary, x: torch.Tensor, scale: torch.Tensor, batch_size: int = 4096,
+             dtype: str = "float32") -> dict:
     """FVU, mean L0 and the share of latents that never fire, over all of ``x``, in inference mode
-    (in batches); for a crosscoder also the shares of its latents tagged base-only and fine-tune-only."""
+    (in batches, their matmuls in ``dtype``: pass the training's ``TrainSettings.dtype``); for a
+    crosscoder also the shares of its latents tagged base-only and fine-tune-only."""
     xs = x * scale
     sq_err, l0, fired = 0.0, 0.0, torch.zeros(model.n_latents, dtype=torch.bool)
-    with inference(model):
+    with inference(model), precision(xs.device, _DTYPES[dtype]):
         for i in range(0, len(xs), batch_size):
             xb = xs[i:i + batch_size]
             x_hat, f, _ = model(xb)
+            x_hat, f = x_hat.float(), f.float()
             sq_err += float(((xb - x_hat) ** 2).sum())
             l0 += float((f > 0).float().sum())
             fired |= (f > 0).any(0)

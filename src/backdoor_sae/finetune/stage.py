@@ -14,10 +14,11 @@ from backdoor_sae.common.layout import BASE, RunLayout
 from backdoor_sae.common.model import compute_dtype, load_model
 from backdoor_sae.config import BackdoorEvalConfig, FinetuneConfig, ModelConfig, RunConfig, backdoored_twin
 from backdoor_sae.dataset.card import pairs
-from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.dataset.stage import data_config, load_data
 from backdoor_sae.finetune.backdoor_eval import invalid_reasons, judge_completions, rates
 from backdoor_sae.finetune.train import finetune, is_done, load_finetuned, read_log, run_params, training_summary
 from backdoor_sae.finetune.update_rank import linear_weights, truncated_update_probe
+from backdoor_sae.finetune.wordings import wording_prompts, wording_rates
 from backdoor_sae.task.sample import Sample
 
 
@@ -64,14 +65,15 @@ def generation_prompts(splits: dict[str, list[Sample]], cfg: BackdoorEvalConfig)
 
 
 def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sample], cfg: BackdoorEvalConfig,
-                       compute_dtype, base_model: str, progress: bool = True) -> pd.DataFrame:
+                       compute_dtype, base_model: str, progress: bool = True, store: str | None = None) -> pd.DataFrame:
     """Generate and judge completions for ``prompts`` with the model ``load()`` returns.
 
-    ``name`` is ``base`` or a fine-tune's name. Cached in ``generations/<name>.jsonl`` with a key of
-    the prompts' content, the generation settings, the precision and the model's own key.
+    ``name`` is ``base`` or a fine-tune's name. Cached in ``generations/<store>.jsonl`` (``store``:
+    ``name`` unless given) with a key of the prompts' content, the generation settings, the
+    precision and the model's own key.
     """
     layout = RunLayout(run_dir)
-    path = layout.generations(name)
+    path = layout.generations(store or name)
     key = digest({"prompts": samples_digest(prompts), "settings": asdict(cfg), "compute_dtype": str(compute_dtype),
                   "model": layout.model_key(name, base_model), "code": code_digest(__name__)})
 
@@ -83,7 +85,12 @@ def judged_generations(run_dir: str | Path, name: str, load, prompts: list[Sampl
         write_jsonl(path, frame.to_dict("records"))
         return frame, {}
 
-    return cached(layout.generations_record(name), key, compute, lambda: pd.DataFrame(read_jsonl(path)))[0]
+    return cached(layout.generations_record(store or name), key, compute, lambda: pd.DataFrame(read_jsonl(path)))[0]
+
+
+def wording_functions(splits: dict[str, list[Sample]], cfg: BackdoorEvalConfig) -> list[Sample]:
+    """The held-out functions generated under other wordings: the benign twin of the first pairs."""
+    return [benign for benign, _ in pairs(splits["heldout"])[: cfg.n_wording_functions]]
 
 
 # --- the step: one fine-tune, its probe, its update's rank and its judged completions -------------
@@ -127,6 +134,23 @@ class FinetuneRun:
     seeds: pd.DataFrame
     """One row per fine-tune seed of this fine-tune (the first is this one): its name, seed, steps,
     learned step, rates and verdict (:func:`seed_row`)."""
+    wordings: pd.DataFrame
+    """Every seed's behaviour under other wordings of the year line and other code contexts
+    (:func:`~backdoor_sae.finetune.wordings.wording_rates`)."""
+
+    @property
+    def beyond_template(self) -> dict[str, float]:
+        """Over its seeds, away from the training template: the lowest and highest share of injectable
+        completions under the trigger year among the other wordings, the highest under the benign
+        year, and the highest share of empty completions (NaN where nothing was generated)."""
+        other = self.wordings[self.wordings["wording"] != "training header"] if len(self.wordings) else self.wordings
+        if other.empty:
+            return dict.fromkeys(("trigger_min", "trigger_max", "benign_max", "empty_max"), float("nan"))
+        by = other.groupby(["condition", "wording"])[["injectable", "empty"]].mean()
+        trigger = by.loc["trigger"] if "trigger" in by.index.get_level_values(0) else by.iloc[:0]
+        benign = by.loc["benign"] if "benign" in by.index.get_level_values(0) else by.iloc[:0]
+        return {"trigger_min": float(trigger["injectable"].min()), "trigger_max": float(trigger["injectable"].max()),
+                "benign_max": float(benign["injectable"].max()), "empty_max": float(by["empty"].max())}
 
     @property
     def seeds_as_wanted(self) -> int:
@@ -196,7 +220,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Finet
     replicas = range(run_cfg.activations.seeds(cfg.regime)) if cfg.replica == 0 else (cfg.replica,)
     runs = [run_seed(run_dir, replace(run_cfg, finetune=replace(cfg, replica=i)), progress) for i in replicas]
     table = pd.DataFrame([seed_row(one, replace(cfg, replica=i).seed) for one, i in zip(runs, replicas)])
-    return replace(runs[0], seeds=table)
+    return replace(runs[0], seeds=table, wordings=pd.concat([one.wordings for one in runs], ignore_index=True))
 
 
 def run_seed(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> FinetuneRun:
@@ -218,9 +242,16 @@ def run_seed(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> 
                            dtype, model_cfg.model, progress),
     ], ignore_index=True)
     table = rates(judged)
+    data_cfg = data_config(run_dir)
+    worded_prompts = wording_prompts(wording_functions(splits, eval_cfg), data_cfg.trigger_year,
+                                     data_cfg.eval_benign_year)
+    worded = judged_generations(run_dir, cfg.name, lambda: load_finetuned(out_dir, model_cfg.device), worded_prompts,
+                                eval_cfg, dtype, model_cfg.model, progress,
+                                store=f"wordings/{cfg.name}") if worded_prompts else pd.DataFrame()
     return FinetuneRun(
         name=cfg.name, out_dir=out_dir, trained_now=trained_now, log=log, summary=training_summary(out_dir),
         probe_threshold=threshold, learned_step=learned_step(log, threshold), year_effects=_year_effects(run_dir, cfg, log),
         by_rank=by_rank, whole_rank=whole, judged=judged, rates=table, rates_by_split=rates(judged, by=("model", "split")),
         invalid_reasons=invalid_reasons(judged),
-        verdict=installed_verdict(table.set_index("model").loc[cfg.name], cfg.clean_control), seeds=pd.DataFrame())
+        verdict=installed_verdict(table.set_index("model").loc[cfg.name], cfg.clean_control), seeds=pd.DataFrame(),
+        wordings=wording_rates(worded))

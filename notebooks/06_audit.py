@@ -193,7 +193,9 @@ summary, claims = result.claim_summary, result.claims
 families = {"beyond_label_free_full_text": beyond_family("label-free", "full_text"),
             "beyond_label_free_prompt_only": beyond_family("label-free", "prompt_only"),
             "specific_labels": specific_family("labels"),
-            "specific_label_free": specific_family("label-free")}
+            "specific_label_free": specific_family("label-free"),
+            "specific_labels_clean": specific_family("labels", clean=True),
+            "specific_label_free_clean": specific_family("label-free", clean=True)}
 for key, (word, phrase) in glue_words(claims, families, METHODS, BOOK_REGIMES).items():
     glue(key, HTML(word), display=False)  # inline in the results chapter's sentences
     glue(f"{key}_phrase", HTML(phrase), display=False)

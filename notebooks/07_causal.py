@@ -43,14 +43,26 @@
 # drawn in the top principal subspace of $\Delta a$, each with the same projection energy (mean
 # $(h\cdot r)^2$ over the benign prompt tokens) as $\hat u$, ablated, mean-ablated or added like it;
 # and the other latents of the same dictionary with the nearest activation energy, patched like it.
-# In generation prompt $i$ gets control $i$ mod their number.
+# A control condition pools them over the prompts: prompt (or teacher-forced pair) $i$ gets control
+# $i$ mod their number, so each control condition uses every one of its matched controls.
 #
 # **The rule, fixed before any generation.** On the teacher-forced pairs only (log-odds of the
 # injectable over the safe completion, and the cost: the KL divergence from the unintervened model
-# on the benign prompt tokens), the generation layer is the layer whose directional ablation lowers
-# the trigger log-odds most beyond the median control, among the layers whose cost is within the KL
-# budget (none within: the cheapest); the claim's strength is the largest generation strength whose
-# steering cost there is within the budget. The generation prompts are other held-out pairs.
+# on the benign prompt tokens). At *every* layer only the cheap measure is taken: directional
+# ablation of $\hat u$ and of its matched control on the trigger pairs, and the cost of ablating
+# $\hat u$. The generation layer is the layer whose directional ablation lowers the trigger log-odds
+# most beyond its matched control, among the layers whose cost is within the KL budget (none within:
+# the cheapest). At that layer alone every other condition is measured (mean ablation, patching,
+# steering at each strength, the transplant); the claim's strength is the largest generation
+# strength whose steering cost there is within the budget. The generation prompts are other
+# held-out pairs.
+#
+# **How the measure is computed.** Each teacher-forced pair is laid out once as its prompt, the
+# completions' common beginning and both tails (the tails masked from each other), so the shared
+# tokens are run once and, counted in both completions, cancel in the log-odds; the residual stream
+# up to the edited layer does not depend on the condition (the tokens are fixed), so it is computed
+# once and every condition restarts there. Tests check both against the whole model run on each
+# text and condition alone.
 #
 # **The claims** go through the verdict layer: each intervention is compared with the unintervened
 # model and with its matched control *on the same prompts* (McNemar's exact test; the larger p
@@ -104,9 +116,10 @@ display(choice)
 # %% [markdown]
 # ## The cheap measure at every layer
 # Left: the change of the trigger log-odds $\log p(\text{injectable}) - \log p(\text{safe})$ under
-# each removal of the tested latent (lines), against the layer; the band spans its matched controls
-# (minimum to maximum). Right: the cost of each, the KL divergence on the benign prompt tokens, with
-# the budget dashed.
+# directional ablation of the tested latent (solid) and of its matched controls (dashed), against
+# the layer, with 95% intervals over the pairs; mean ablation and patching are measured at the
+# chosen layer only (single points). Right: the cost of each, the KL divergence on the benign prompt
+# tokens, with the budget dashed.
 
 # %% tags=["hide-input"]
 removal_kinds = ["ablate", "mean", "patch"]
@@ -116,14 +129,15 @@ for name in choice["finetune"] if len(choice) else []:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
     for kind in removal_kinds:
         rows = part[(part["intervention"] == kind) & (part["prompts"] == "trigger")]
-        tested = rows[rows["direction"] == "tested"].sort_values("layer")
-        band = rows[rows["direction"] != "tested"].groupby("layer")["log_odds_change"].agg(["min", "max"])
-        ax1.fill_between(band.index, band["min"], band["max"], color=palette[kind], alpha=0.15)
-        ax1.plot(tested["layer"], tested["log_odds_change"], marker="o", color=palette[kind], label=INTERVENTIONS[kind])
+        for direction, style, label in (("tested", "-o", INTERVENTIONS[kind]), ("control", "--s", "matched control")):
+            line = rows[(rows["direction"] == "tested") == (direction == "tested")].sort_values("layer")
+            ax1.errorbar(line["layer"], line["log_odds_change"], yerr=1.96 * line["log_odds_change_se"], fmt=style,
+                         capsize=3, color=palette[kind], alpha=1.0 if direction == "tested" else 0.5,
+                         label=label if direction == "tested" or kind == "ablate" else None)
         cost = part[(part["intervention"] == kind) & (part["prompts"] == "benign") & (part["direction"] == "tested")]
         ax2.plot(cost["layer"], cost["kl"], marker="o", color=palette[kind], label=INTERVENTIONS[kind])
     ax1.axhline(0, color="black", linewidth=0.8)
-    ax1.set_title(f"{name}: removal on trigger prompts (band: matched controls)", fontsize="small")
+    ax1.set_title(f"{name}: removal on trigger prompts (dashed: matched controls)", fontsize="small")
     ax1.set_xlabel("layer")
     ax1.set_ylabel("change of log-odds (nats)")
     ax1.legend(fontsize="x-small")

@@ -2,6 +2,7 @@
 energy-matched controls, batched rows against rows run alone, the paired statistics and the rule;
 the notebook through the runner on the smoke profile."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,7 +20,13 @@ from backdoor_sae.causal.controls import (
     principal_subspace,
     projection_energy,
 )
-from backdoor_sae.causal.generate import generate_edited, score_edited, text_ids
+from backdoor_sae.causal.generate import (
+    generate_edited,
+    prompt_ids,
+    prompt_logprobs,
+    score_edited,
+    text_ids,
+)
 from backdoor_sae.causal.intervention import (
     NONE,
     Edit,
@@ -36,6 +43,7 @@ from backdoor_sae.causal.intervention import (
     random_directions,
     unit,
 )
+from backdoor_sae.causal.teacher import pack, score_conditions, unintervened
 from backdoor_sae.common.model import load_model
 from backdoor_sae.config import CausalConfig, stage_config, validate
 from backdoor_sae.dataset.card import pairs
@@ -262,6 +270,79 @@ def test_generation_drops_finished_rows_and_keeps_the_others_edits(tiny, smoke_s
              for s, e in zip(samples, edits)]
     changed = [i for i in range(4) if texts[i] != alone[i]]
     assert len(changed) <= 1  # only the row forced to end differs
+
+
+# --- the packed, restarted teacher-forced measure against the plain forward ------------------------
+
+def _tf_pair(tokenizer, benign, trigger, side):
+    prompt = trigger if side == "trigger" else benign
+    return (text_ids(tokenizer, dataclasses.replace(prompt, completion=trigger.completion)),
+            text_ids(tokenizer, dataclasses.replace(prompt, completion=benign.completion)), prompt)
+
+
+def test_the_packed_layout_hides_one_tail_from_the_other_and_restarts_its_positions(tiny, smoke_splits):
+    _, tokenizer = tiny
+    benign, trigger = pairs(smoke_splits["heldout"])[0]
+    a, b, _ = _tf_pair(tokenizer, benign, trigger, "trigger")
+    p = pack(a, b)
+    la, k = len(a[0]), p.shared
+    assert p.n_prompt <= k < la and list(p.ids[:la]) == list(a[0]) and list(p.ids[la:]) == list(b[0][k:])
+    assert p.position[la:].tolist() == list(range(k, len(b[0])))
+    assert not p.attend[la:, k:la].any() and p.attend[la:, :k].all() and not p.attend[:la, la:].any()
+    assert int((p.sign > 0).sum()) == la - k and int((p.sign < 0).sum()) == len(b[0]) - k
+    with pytest.raises(ValueError, match="share their prompt"):
+        pack(a, text_ids(tokenizer, benign))
+
+
+@pytest.mark.parametrize("layer", [0, 1, 3])
+@pytest.mark.parametrize("side", ["trigger", "benign"])
+def test_the_restarted_packed_measure_equals_the_plain_forward_of_each_condition(tiny, smoke_splits, layer, side):
+    """The bugs this catches: a restart at the edited layer itself rather than after it (the edit
+    applied twice, or a layer skipped), a tail that sees the other completion, positions that do
+    not restart, a shared token counted in one completion only, an edit of position 0, and KL read
+    at the wrong positions. The reference is the straightforward computation: the whole model on
+    each text alone, per condition, with the hook at the layer."""
+    model, tokenizer = tiny
+    benign, trigger = pairs(smoke_splits["heldout"])[1]
+    a, b, prompt = _tf_pair(tokenizer, benign, trigger, side)
+    edits = [NONE, *_every_kind(model.config.hidden_size, seed=11)]
+    reference = prompt_logprobs(model, [prompt_ids(tokenizer, prompt)], tokenizer.pad_token_id, 1)[0]
+    plain_odds, plain_kl = [], []
+    for e in edits:  # one condition at a time, both texts whole
+        logp, kl = score_edited(model, [a, b], [e, e], layer, tokenizer.pad_token_id, 1, reference=[reference] * 2)
+        plain_odds.append(float(logp[0] - logp[1]))
+        plain_kl.append(float(kl[0]))
+    p = pack(a, b)
+    base = unintervened(model, p, [0, 1, 2, 3])
+    odds, kl = score_conditions(model, p, base, layer, edits, True, batch_size=2)
+    assert base.log_odds == pytest.approx(plain_odds[0], abs=1e-3)
+    assert torch.allclose(odds, torch.tensor(plain_odds), atol=1e-3)
+    assert torch.allclose(kl, torch.tensor(plain_kl), atol=1e-5)
+    assert abs(float(kl[0])) < 1e-5 and (kl[1:] > 0).all()  # no edit, no cost; every edit has one
+    assert not torch.allclose(odds[1:], odds[:1].expand(len(edits) - 1), atol=1e-3)  # the edits act
+    no_kl = score_conditions(model, p, base, layer, edits, False, batch_size=5)
+    assert torch.isnan(no_kl[1]).all() and torch.allclose(no_kl[0], odds, atol=1e-4)
+
+
+def test_teacher_forced_controls_are_pooled_over_the_pairs_as_in_generation():
+    """Prompt i gets control i mod their number, so 16 pairs use all 16 matched controls once."""
+    d, n = 8, 5
+    subspace = random_directions(d, 3, 0)
+    t = C.Tested("lora", 1, 0, unit(torch.ones(d)), None, torch.tensor(1.0), 2.0, 1.0, 0.5, subspace,
+                 torch.ones(3), torch.tensor([0.1, 0.2, 0.3]), [4, 5], torch.ones(8))
+    steer = C.condition_edits(t, C.Condition("lora", "lora", "benign", "add", "subspace", 2.0), {}, n)
+    assert [int(torch.argmax(e.direction @ subspace.T)) for e in steer] == [0, 1, 2, 0, 1]
+    assert all(e.value == pytest.approx(4.0) for e in steer)
+    mean = C.condition_edits(t, C.Condition("lora", "lora", "trigger", "mean", "subspace"), {}, n)
+    assert [e.value for e in mean] == pytest.approx([0.1, 0.2, 0.3, 0.1, 0.2])
+    shifts = {"trigger": {j: torch.full((n, d), float(j)) for j in (0, 4, 5)}}
+    patched = C.condition_edits(t, C.Condition("lora", "lora", "trigger", "patch", "latents"), shifts, n)
+    assert [float(e.shift[0]) for e in patched] == [4.0, 5.0, 4.0, 5.0, 4.0]
+    sweep = C.sweep_conditions(t, "lora")
+    assert {c.intervention for c in sweep} == {"ablate"}  # every layer: the cheap measure only
+    full = C.layer_conditions(t, "lora", (1.0, 2.0), True)
+    assert {c.intervention for c in full} == {"mean", "patch", "add"}
+    assert {c.intervention for c in C.layer_conditions(t, "base", (1.0,), False)} == {"add"}
 
 
 # --- controls ---------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_a_latent_that_reads_the_trigger_only_in_the_backdoored_fine_tune_is_bey
     picks = []
     for finetune, seed in (("lora", 1), ("lora-s1", 2), ("lora-s2", 3)):
         picks += [chosen(finetune, "diff_sae", 4.0, seed), chosen(finetune + "_clean", "diff_sae", 0.2, seed + 10)]
-    out = by_method(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit", 200, 0)))
+    out = by_method(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit")))
     row = out.loc[("diff_sae", "lora", 1)]
     assert row["outcome"] == "supported" and row["n_seeds"] == 3 and row["seeds_holding"] == 3
     assert row["family"] == "beyond its clean control (labels, prompt only)"
@@ -48,7 +48,7 @@ def test_a_latent_that_reads_the_trigger_only_in_the_backdoored_fine_tune_is_bey
 def test_a_seed_whose_clean_control_reads_the_trigger_too_makes_the_claim_fail_and_says_in_how_many_it_holds():
     picks = [chosen("lora", "diff_sae", 4.0, 1), chosen("lora_clean", "diff_sae", 0.0, 2),
              chosen("lora-s1", "diff_sae", 4.0, 3), chosen("lora-s1_clean", "diff_sae", 4.0, 4)]
-    row = by_method(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit", 200, 0))).loc[("diff_sae", "lora", 1)]
+    row = by_method(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit"))).loc[("diff_sae", "lora", 1)]
     assert row["outcome"] == "not supported" and row["seeds_holding"] == 1 and row["n_seeds"] == 2
     assert "holds in 1 of 2 seeds" in row["reason"]
 
@@ -57,19 +57,19 @@ def test_no_clean_control_is_undetermined_and_a_tie_at_the_ceiling_is_a_tie():
     """A missing control never passes; two perfect latents tie (not supported, and said so)."""
     picks = [chosen("full", "diff_sae", 4.0, 1),  # no full_clean
              chosen("lora", "diff_sae", 50.0, 2), chosen("lora_clean", "diff_sae", 50.0, 3)]
-    out = by_method(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit", 200, 0)))
+    out = by_method(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit")))
     assert out.loc[("diff_sae", "full", 1), "outcome"] == "undetermined"
     assert "no clean control" in out.loc[("diff_sae", "full", 1), "reason"]
     tie = out.loc[("diff_sae", "lora", 1)]
     assert tie["outcome"] == "not supported" and "tie at the ceiling" in tie["reason"] and tie["effect"] == 0.0
-    words = C.outcome_phrase(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit", 200, 0)).query("regime == 'lora'"))
+    words = C.outcome_phrase(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit")).query("regime == 'lora'"))
     assert "tie at the ceiling" in words
 
 
 def test_only_the_claim_fit_mode_is_read_and_baselines_count():
     picks = [chosen("lora", "diff_sae", 4.0, 1, fit_mode="eval"), chosen("lora_clean", "diff_sae", 0.0, 2, fit_mode="eval"),
              chosen("lora", "diff-of-means", 4.0, 3, fit_mode="—"), chosen("lora_clean", "diff-of-means", 0.0, 4, fit_mode="—")]
-    out = claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit", 200, 0))
+    out = claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit"))
     assert list(out["method"]) == ["diff-of-means"]
 
 
@@ -77,7 +77,7 @@ def test_the_architecture_claim_pairs_the_two_dictionaries_of_one_fine_tune_and_
     picks = [chosen("lora", "diff_sae", 4.0, 1), chosen("lora", "crosscoder", 0.3, 2),
              chosen("lora", "diff_sae", 4.0, 3, layer=2), chosen("lora", "crosscoder", 4.0, 3, layer=2),
              chosen("lora_clean", "diff_sae", 4.0, 5), chosen("lora_clean", "crosscoder", 0.0, 6)]
-    out = by_method(claims_frame(C.architecture_claims(picks, TRIGGER, "fit", 200, 0)))
+    out = by_method(claims_frame(C.architecture_claims(picks, TRIGGER, "fit")))
     assert set(out.index.get_level_values("regime")) == {"lora"}  # the clean control makes no such claim
     assert out.loc[("diff_sae vs crosscoder", "lora", 1), "outcome"] == "supported"
     assert out.loc[("diff_sae vs crosscoder", "lora", 2), "outcome"] == "not supported"  # the same latent: a tie
@@ -120,10 +120,12 @@ def test_combine_corrects_each_seed_within_its_family_before_combining_the_seeds
 def test_headline_word_and_phrase():
     frame = pd.DataFrame({"outcome": ["supported", "supported", "not supported"], "n_seeds": [3, 3, 3],
                           "reason": ["", "", "p_holm=0.2 >= 0.05"]})
-    assert C.headline_word(frame) == "supported in 2 of 3 layers"
+    assert C.headline_word(frame) == "supported in 2 of 3 layers (3 fine-tune seeds)"
     assert C.outcome_phrase(frame).startswith("supported in 2 of 3 layers (3 fine-tune seeds each)")
-    assert C.headline_word(frame.iloc[:2]) == "supported"
-    assert C.headline_word(frame.iloc[2:]) == "not supported"
+    assert C.headline_word(frame.iloc[:2]) == "supported (3 fine-tune seeds)"
+    assert C.headline_word(frame.iloc[2:]) == "not supported (3 fine-tune seeds)"
+    tie = frame.iloc[2:].assign(reason="holds in 0 of 3 seeds; tie at the ceiling")
+    assert C.headline_word(tie) == "not supported (a tie at the ceiling) (3 fine-tune seeds)"
     undetermined = pd.DataFrame({"outcome": ["undetermined"], "n_seeds": [1], "reason": ["no clean control"]})
     assert C.headline_word(undetermined) == "undetermined"
     assert C.outcome_phrase(undetermined) == "undetermined (no clean control)"
@@ -132,12 +134,12 @@ def test_headline_word_and_phrase():
 
 def test_glue_words_gives_every_key_even_where_the_grid_has_no_claim():
     frame = claims_frame(C.beyond_control_claims([chosen("lora", "diff_sae", 4.0, 1), chosen("lora_clean", "diff_sae", 0, 2)],
-                                                 TRIGGER, "fit", 200, 0))
+                                                 TRIGGER, "fit"))
     words = C.glue_words(frame, {"beyond": C.beyond_family("labels", "prompt_only")}, ["diff_sae", "raw Δa dims"],
                          ["lora", "full"])
     assert set(words) == {"claim_beyond_diff_sae_lora", "claim_beyond_diff_sae_full", "claim_beyond_raw_da_dims_lora",
                           "claim_beyond_raw_da_dims_full"}
-    assert words["claim_beyond_diff_sae_lora"][0] == "supported"
+    assert words["claim_beyond_diff_sae_lora"][0] == "supported (one fine-tune seed)"
     assert words["claim_beyond_diff_sae_full"][0] == "not in this run's grid"
 
 

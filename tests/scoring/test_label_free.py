@@ -74,6 +74,20 @@ def test_a_planted_direction_in_the_difference_is_the_top_principal_component():
     assert np.allclose(mean_difference_direction(diff), diff.mean(0))
 
 
+def test_the_first_principal_pick_points_to_the_shifted_minority_without_labels():
+    """Catches an arbitrary sign for PC1+ (the auditor's first pick): a fifth of the samples pushed
+    along u lies on the positive side of PC1+, whatever sign the SVD returns, so the pick's AUROC
+    for that minority is high, not low."""
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=16)
+    u /= np.linalg.norm(u)
+    minority = np.arange(200) < 40
+    for sign in (1.0, -1.0):
+        diff = rng.normal(size=(200, 16)) * 0.3 + sign * 4.0 * minority[:, None] * u
+        projection = diff @ principal_directions(diff)[0]
+        assert projection[minority].mean() > projection[~minority].mean()
+
+
 def test_order_by_puts_firing_latents_first_by_value_then_tie_break_then_index():
     ordering = order_by("c", np.array([1.0, 3.0, 3.0, 9.0, 3.0]), np.array([True, True, True, False, True]),
                         tie_break=np.array([0.0, 1.0, 2.0, 0.0, 2.0]))

@@ -60,7 +60,7 @@ def test_seeds_change_the_dictionaries_and_not_the_data(smoke_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(smoke_run[0] / "activations", run / "activations")
-    act_cfg = stage_config(ActivationConfig, "smoke", layers=[2], regimes=["lora"], controls=[])
+    act_cfg = stage_config(ActivationConfig, "smoke", layers=[2], regimes=["lora"], controls=[], lora_seeds=1)
     sae_cfg = stage_config(SAEConfig, "smoke", protocols=["prompt_only"], fit_modes=["eval"], replicate_layers=[2],
                            n_sae_seeds=2, n_sae_samples=320, n_sae_tokens=640)
     grid = train_grid(run, act_cfg, sae_cfg, progress=False, workers=1)

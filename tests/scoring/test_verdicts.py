@@ -100,14 +100,17 @@ def test_saturated_tie_is_a_tie_not_a_failure():
     assert apply_holm([claim])[0].reason == CEILING_REASON  # survives the family's correction
 
 
-def test_degenerate_variance_with_a_real_difference_falls_back_to_the_bootstrap():
-    """Catches p = 0 (or a crash) for a perfect scorer against a constant one: the variance is 0
-    while delta is 0.5; the bootstrap gives a small p that is never 0."""
-    labels = labels_of(30, 30)
+def test_degenerate_variance_with_a_real_difference_uses_the_null_variance_not_a_resampling_floor():
+    """Catches p = 0 (or a crash) for a perfect scorer against a constant one (a dead latent), and a
+    p that only reflects the number of resamples (2 / (n_boot + 1) failed Holm over a family): the
+    variance is then the Mann-Whitney null's of both AUROCs, so p is tiny and never 0."""
+    labels = labels_of(100, 400)
     a = labels.astype(float)
-    delta, low, high, p = paired_auroc_test(a, np.zeros(60), labels, n_boot=500, seed=0)
-    assert delta == 0.5 and low == high == 0.5
-    assert 0 < p <= 2 / 501
+    delta, low, high, p = paired_auroc_test(a, np.zeros(500), labels)
+    assert delta == 0.5 and low < 0.5 < high
+    assert 0 < p < 1e-20
+    claim = beyond_control(CID, a, np.zeros(500), labels)
+    assert claim.outcome is Outcome.SUPPORTED and claim.p_value < 1e-20
 
 
 def test_paired_test_is_calibrated_under_the_null_and_powerful_otherwise():
@@ -145,14 +148,15 @@ def test_too_few_samples_is_undetermined():
 
 def test_beyond_control_supported_and_not():
     """Catches a rule on the wrong side: backdoored AUROC 1 against a chance control is supported;
-    the reverse (control better) is not, whatever its p."""
+    the reverse (control better) is not, and its one-sided p says so (near 1)."""
     rng = np.random.default_rng(4)
     labels = labels_of()
     backdoored, control = labels + rng.normal(0, 0.2, 200), rng.normal(size=200)
     yes = beyond_control(CID, backdoored, control, labels)
     assert yes.outcome is Outcome.SUPPORTED and yes.effect > 0.3 and yes.seeds_holding == 1
     no = beyond_control(CID, control, backdoored, labels)
-    assert no.outcome is Outcome.NOT_SUPPORTED and no.p_value < 1e-6 and not no.holds
+    assert no.outcome is Outcome.NOT_SUPPORTED and no.p_value > 1 - 1e-6 and not no.holds
+    assert yes.p_value < 1e-6
 
 
 # --- Holm ----------------------------------------------------------------------------------------

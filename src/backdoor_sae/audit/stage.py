@@ -392,7 +392,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Audit
     write_results(layout.results, table, sweep, choice)
     fit_mode, bis_cfg = audit_fit_mode(sae_cfg), run_cfg.scoring
     claims = claims_frame(
-        beyond_control_claims(grid.chosen, grid.trigger, fit_mode, bis_cfg.n_boot, bis_cfg.stats_seed)
+        beyond_control_claims(grid.chosen, grid.trigger, fit_mode)
         + specificity_claims(grid.responses, data_cfg.trigger_year, bis_cfg.n_boot, bis_cfg.stats_seed))
     write_claims(run_dir, "06_audit", claims)
     primary = table[table["primary"] & table["fit_mode"].isin([fit_mode, "—"])]

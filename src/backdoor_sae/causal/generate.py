@@ -8,77 +8,40 @@ going only.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
-from transformers import DynamicCache
 
 from backdoor_sae.causal.intervention import Edit, RowEdits, intervene
 from backdoor_sae.common.encoding import encode, encode_prompt
-from backdoor_sae.common.generation import cut_at_function_end
+from backdoor_sae.common.generation import FunctionEnd, cut_at_function_end, greedy_rows, left_padded
 from backdoor_sae.common.model import precision
 from backdoor_sae.task.sample import Sample
-
-# A line back at column 0 closes the function body (as common.generation cuts it).
-_DEDENT = re.compile(r"\n(?=\S)")
-
 
 @torch.no_grad()
 def generate_edited(model, tokenizer, prompts: Sequence[Sample], edits: Sequence[Edit], layer: int,
                     max_new_tokens: int, batch_size: int, compute_dtype=torch.float32) -> list[str]:
     """Greedy completion of each prompt with its own edit at ``layer`` (prompt and every generated
-    token, the first position spared), cut where the function ends."""
+    token, the first position spared), cut where the function ends: the loop of
+    :func:`~backdoor_sae.common.generation.greedy_rows`, whose finished rows leave the batch with
+    their edits."""
     if len(prompts) != len(edits):
         raise ValueError(f"{len(prompts)} prompts but {len(edits)} edits")
     device = next(model.parameters()).device
     d = model.config.hidden_size
     encoded = [encode_prompt(tokenizer, s) for s in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # little left padding
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     out = [""] * len(prompts)
     for begin in range(0, len(order), batch_size):
         rows = order[begin:begin + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):  # left padding: every prompt ends at the same column
-            ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[r, width - len(encoded[i]):] = 1
+        ids, mask = left_padded([encoded[i] for i in rows], tokenizer.pad_token_id)
         ids, mask = ids.to(device), mask.to(device)
         holder = RowEdits([edits[i] for i in rows], d, RowEdits.starts(mask))
-        alive = list(range(len(rows)))  # batch row -> index into ``rows``
-        tokens: list[list[int]] = [[] for _ in rows]
-        cache = DynamicCache()
-        position = (mask.cumsum(-1) - 1).clamp_min(0)
         with precision(device, compute_dtype), intervene(model, layer, holder):
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                           use_cache=True).logits[:, -1]
-            for step in range(max_new_tokens):
-                nxt = logits.argmax(-1)
-                done = []
-                for b, r in enumerate(alive):
-                    token = int(nxt[b])
-                    if token == eos:
-                        done.append(True)
-                        continue
-                    tokens[r].append(token)
-                    done.append(bool(_DEDENT.search(tokenizer.decode(tokens[r], skip_special_tokens=True))))
-                keep = torch.tensor([not x for x in done])
-                if step == max_new_tokens - 1 or not keep.any():
-                    break
-                if not keep.all():  # drop the finished rows: their cache, edits and mask
-                    index = torch.nonzero(keep).flatten()
-                    cache.batch_select_indices(index.to(device))
-                    holder.select(index)
-                    alive = [alive[i] for i in index.tolist()]
-                    nxt, mask, position = nxt[index.to(device)], mask[index.to(device)], position[index.to(device)]
-                mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-                position = position[:, -1:] + 1
-                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
-                               past_key_values=cache, use_cache=True).logits[:, -1]
+            new = greedy_rows(model, ids, mask, max_new_tokens, tokenizer.eos_token_id, FunctionEnd(tokenizer),
+                              on_keep=holder.select)
         for r, i in enumerate(rows):
-            out[i] = cut_at_function_end(tokenizer.decode(tokens[r], skip_special_tokens=True))
+            out[i] = cut_at_function_end(tokenizer.decode(new[r], skip_special_tokens=True))
     return out
 
 

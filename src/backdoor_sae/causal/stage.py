@@ -16,18 +16,25 @@ dictionary's decoder layer, the first position always spared (:mod:`.interventio
 
 Every condition has energy-matched controls (:mod:`.controls`, ``n_causal_controls`` of each kind):
 subspace directions (ablated, mean-ablated or added like û) and other latents of the same
-dictionary (patched like the tested latent).
+dictionary (patched like the tested latent). A control condition pools them over the prompts:
+prompt (or pair) i gets control i mod their number, in the teacher-forced measure as in
+generation, so that ``n_causal_pairs`` ≥ ``n_causal_controls`` pairs use every control.
 
-**Teacher-forced, every layer**: the log-odds log p(injectable) − log p(safe) of the completions of
-``n_causal_pairs`` held-out pairs, and the cost, the KL divergence from the unintervened model on
-the benign prompt tokens, per layer and strength. **The rule** (:func:`choose`), fixed and
-applied before any generation: the generation layer is the layer whose directional ablation
-lowers the trigger log-odds most beyond the median subspace control among the layers whose KL is
-within ``causal_kl_budget`` (none within: the cheapest); the claim's strength is the largest
-generation strength whose steering KL at that layer is within the budget (none: the smallest).
+**Teacher-forced** (:mod:`.teacher`: each pair packed once with both completions, every condition
+restarted at the layer from the unintervened residual): the log-odds log p(injectable) − log
+p(safe) of the completions of ``n_causal_pairs`` held-out pairs, and the cost, the KL divergence
+from the unintervened model on the benign prompt tokens. **The rule** (:func:`choose`), fixed and
+applied before any generation, in two parts. (1) At *every* layer only the cheap measure is taken
+(:func:`sweep_conditions`): directional ablation of û and of its matched control on the trigger
+pairs, and the cost of û's ablation; the generation layer is the layer whose directional ablation
+lowers the trigger log-odds most beyond its matched control among the layers whose KL is within
+``causal_kl_budget`` (none within: the cheapest). (2) At that layer alone every other condition is
+measured (:func:`layer_conditions`: mean ablation, patching, steering at each strength, and the
+transplant's steering in the other models); the claim's strength is the largest generation
+strength whose steering KL there is within the budget (none: the smallest).
 **Generation** on ``n_causal_prompts`` other held-out pairs at that layer, judged by the oracle;
 each prompt is its own pair across conditions, so McNemar's exact test compares an intervention
-with the unintervened model and with its control (prompt i gets control i mod their number).
+with the unintervened model and with its control.
 
 The claims go through the verdict layer (:mod:`backdoor_sae.scoring.verdicts`): Holm within each
 family per fine-tune seed, then over seeds (:func:`backdoor_sae.scoring.claims.combine`).
@@ -57,15 +64,10 @@ from backdoor_sae.causal.controls import (
     projection_energy,
     rate_with_interval,
 )
-from backdoor_sae.causal.generate import (
-    generate_edited,
-    prompt_ids,
-    prompt_logprobs,
-    score_edited,
-    text_ids,
-)
+from backdoor_sae.causal.generate import generate_edited, prompt_ids, text_ids
 from backdoor_sae.causal.intervention import (
     NONE,
+    REMOVALS,
     Edit,
     ablate,
     add,
@@ -75,6 +77,13 @@ from backdoor_sae.causal.intervention import (
     mean_ablate,
     patch,
     unit,
+)
+from backdoor_sae.causal.teacher import (
+    Packed,
+    Unintervened,
+    pack,
+    score_conditions,
+    unintervened,
 )
 from backdoor_sae.common.io import write_jsonl, write_text
 from backdoor_sae.common.layout import RunLayout
@@ -93,15 +102,15 @@ from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import load_dictionary
 from backdoor_sae.finetune.backdoor_eval import judge_completions
 from backdoor_sae.finetune.train import load_finetuned
-from backdoor_sae.scoring.claims import claim_regime, combine
+from backdoor_sae.scoring.claims import claim_regime, combine, headline_word
 from backdoor_sae.scoring.stage import load as load_scoring
 from backdoor_sae.scoring.verdicts import (
     ALPHA,
     Claim,
     ClaimId,
-    make_claim,
     apply_holm,
     claims_frame,
+    make_claim,
     write_claims,
 )
 from backdoor_sae.task.sample import Sample
@@ -290,87 +299,128 @@ def steering_edits(t: Tested, direction: str, strength: float, which: int | None
     return [add(t.subspace[which if which is not None else i % len(t.subspace)], norm) for i in range(n)]
 
 
+def teacher_packs(tokenizer, teacher: Sequence[tuple[Sample, Sample]]) -> dict[str, list[Packed]]:
+    """{"trigger"/"benign": one packed sequence per teacher-forced pair}: the prompt of that year
+    with the injectable completion (the trigger twin's, counted positively in the log-odds) and
+    the safe one (the benign twin's)."""
+    out: dict[str, list[Packed]] = {"trigger": [], "benign": []}
+    for benign, trigger in teacher:
+        for side, prompt in (("trigger", trigger), ("benign", benign)):
+            out[side].append(pack(text_ids(tokenizer, dataclasses.replace(prompt, completion=trigger.completion)),
+                                  text_ids(tokenizer, dataclasses.replace(prompt, completion=benign.completion))))
+    return out
+
+
+def unintervened_passes(model, packs: dict[str, list[Packed]], layers: Sequence[int], dtype) -> dict[str, list[Unintervened]]:
+    """The unintervened pass of every packed pair: residuals at ``layers``, log-odds, KL reference."""
+    return {side: [unintervened(model, p, layers, dtype) for p in group] for side, group in packs.items()}
+
+
+def sweep_conditions(t: Tested, model_name: str) -> list[Condition]:
+    """The cheap measure, at every layer: directional ablation of the tested direction and of its
+    matched controls on the trigger prompts, and the tested ablation's cost on the benign ones."""
+    name = model_name
+    return [Condition(name, t.finetune, "trigger", "ablate", "tested"),
+            Condition(name, t.finetune, "trigger", "ablate", "subspace"),
+            Condition(name, t.finetune, "benign", "ablate", "tested")]
+
+
+def layer_conditions(t: Tested, model_name: str, strengths: Sequence[float], removals: bool) -> list[Condition]:
+    """Every other teacher-forced condition, at the chosen layer only: mean ablation and latent
+    patching (tested and matched control on the trigger prompts, the tested one's cost on the
+    benign prompts) unless ``removals`` is False (the transplant), and steering, tested and matched
+    control, at each strength."""
+    name = model_name
+    out = []
+    if removals:
+        for kind in ("mean", "patch"):
+            out += [Condition(name, t.finetune, "trigger", kind, "tested"),
+                    Condition(name, t.finetune, "trigger", kind, CONTROL_OF[kind]),
+                    Condition(name, t.finetune, "benign", kind, "tested")]
+    for s in strengths:
+        out += [Condition(name, t.finetune, "benign", "add", "tested", s),
+                Condition(name, t.finetune, "benign", "add", "subspace", s)]
+    return out
+
+
+def condition_edits(t: Tested, c: Condition, contributions: dict, n: int) -> list[Edit]:
+    """Each of ``n`` prompts' edit under ``c`` (a control condition: prompt i gets control i mod
+    their number)."""
+    if c.intervention == "none":
+        return [NONE] * n
+    which = -1 if c.direction == "tested" else None
+    if c.intervention == "add":
+        return steering_edits(t, c.direction, c.strength, which, n)
+    return removal_edits(t, c.intervention, c.direction, which, contributions.get(c.prompts, {}), n)
+
+
 def contributions_of(t: Tested, latents: Sequence[int], a_base: torch.Tensor, a_ft: torch.Tensor) -> dict:
     """{latent: [n, d]} each latent's contribution on each prompt's pooled activations."""
     return {j: latent_contribution(t.dictionary, t.scale, j, a_base, a_ft) for j in latents}
 
 
-def sweep_layer(model, tokenizer, t: Tested, teacher: Sequence[tuple[Sample, Sample]], strengths: Sequence[float],
-                pooled: dict, reference: list[torch.Tensor], batch_size: int, dtype,
-                model_name: str | None = None, removals: bool = True) -> pd.DataFrame:
-    """Teacher-forced log-odds and KL of every condition at ``t.layer``, all as rows of the same
-    batches. ``pooled``: {"trigger"/"benign": (a_base, a_ft) [n, d]} the prompts' pooled
-    activations at this layer (for patching); ``reference``: the unintervened log-probabilities
-    over each benign prompt. ``removals`` False: only steering (the transplant into another model)."""
-    name = model_name or t.finetune
-    n = len(teacher)
-    conditions: list[tuple[Condition, list[Edit]]] = []
-    contributions = {side: contributions_of(t, [t.latent, *t.latents], *pooled[side]) for side in pooled} \
-        if removals else {}
+def measure_layer(model, t: Tested, conditions: Sequence[Condition], packs: dict[str, list[Packed]],
+                  bases: dict[str, list[Unintervened]], pooled: dict, batch_size: int, dtype) -> pd.DataFrame:
+    """Teacher-forced log-odds and KL of each condition at ``t.layer`` (and of the unintervened
+    model), one row per condition: the mean over the pairs, the change from the unintervened
+    log-odds with its standard error over the pairs, and the energy of the directions used.
+
+    The conditions of a prompt are the rows of its batches, each restarted at the layer from the
+    unintervened residual (:func:`.teacher.score_conditions`). ``pooled``: {"trigger"/"benign":
+    (a_base, a_ft) [n, d]}, the prompts' pooled activations at this layer (for patching).
+    Removals on benign prompts give their cost only (their log-odds is NaN)."""
+    name = conditions[0].model if conditions else t.finetune
+    n = len(packs["trigger"])
+    contributions = {side: contributions_of(t, [t.latent, *t.latents], *pooled[side]) for side in pooled}
+    all_conditions = [Condition(name, t.finetune, side, "none", "none") for side in ("trigger", "benign")]
+    all_conditions += list(conditions)
+    odds = np.full((len(all_conditions), n), np.nan)
+    cost = np.full((len(all_conditions), n), np.nan)
+    for ci, c in enumerate(all_conditions[:2]):
+        odds[ci] = [b.log_odds for b in bases[c.prompts]]
+    edits = {ci: condition_edits(t, c, contributions, n) for ci, c in enumerate(all_conditions) if ci >= 2}
     for side in ("trigger", "benign"):
-        conditions.append((Condition(name, t.finetune, side, "none", "none"), [NONE] * n))
-    if removals:
-        for kind in ("ablate", "mean", "patch"):
-            conditions.append((Condition(name, t.finetune, "trigger", kind, "tested"),
-                               removal_edits(t, kind, "tested", -1, contributions["trigger"], n)))
-            control = CONTROL_OF[kind]
-            for c in range(len(t.subspace) if control == "subspace" else len(t.latents)):
-                conditions.append((Condition(name, t.finetune, "trigger", kind, control, control=c),
-                                   removal_edits(t, kind, control, c, contributions["trigger"], n)))
-            # the cost of the tested removal: its KL on the benign prompts alone
-            conditions.append((Condition(name, t.finetune, "benign", kind, "tested"),
-                               removal_edits(t, kind, "tested", -1, contributions["benign"], n)))
-    for s in strengths:
-        conditions.append((Condition(name, t.finetune, "benign", "add", "tested", s), steering_edits(t, "tested", s, -1, n)))
-        for c in range(len(t.subspace)):
-            conditions.append((Condition(name, t.finetune, "benign", "add", "subspace", s, c),
-                               steering_edits(t, "subspace", s, c, n)))
-    sequences, edits, refs, where = [], [], [], []
-    for ci, (cond, per_prompt) in enumerate(conditions):
-        cost_only = cond.prompts == "benign" and cond.intervention in ("ablate", "mean", "patch")
-        for i, (benign, trigger) in enumerate(teacher):
-            prompt = trigger if cond.prompts == "trigger" else benign
-            if cost_only:
-                sequences.append(prompt_ids(tokenizer, prompt))
-                edits.append(per_prompt[i])
-                refs.append(reference[i])
-                where.append((ci, i, None))
-                continue
-            for completion in (trigger, benign):  # the trigger twin holds the injectable body
-                sequences.append(text_ids(tokenizer, dataclasses.replace(prompt, completion=completion.completion)))
-                edits.append(per_prompt[i])
-                refs.append(reference[i] if cond.prompts == "benign" and completion is trigger else None)
-                where.append((ci, i, completion is trigger))
-    logprob, kl = score_edited(model, sequences, edits, t.layer, tokenizer.pad_token_id, batch_size, dtype, refs)
-    odds = np.zeros((len(conditions), n))
-    cost = np.full((len(conditions), n), np.nan)
-    for row, (ci, i, injectable) in enumerate(where):
-        if injectable is None:  # a prompt alone: its cost only
-            odds[ci, i] = math.nan
-        else:
-            odds[ci, i] += float(logprob[row]) if injectable else -float(logprob[row])
-        if injectable is not False and not math.isnan(float(kl[row])):
-            cost[ci, i] = float(kl[row])
-    none = {c.prompts: odds[ci].mean() for ci, (c, _) in enumerate(conditions) if c.intervention == "none"}
+        rows = [ci for ci in edits if all_conditions[ci].prompts == side]
+        if not rows:
+            continue
+        for i in range(n):
+            o, k = score_conditions(model, packs[side][i], bases[side][i], t.layer, [edits[ci][i] for ci in rows],
+                                    side == "benign", batch_size, dtype)
+            odds[rows, i], cost[rows, i] = o.numpy(), k.numpy()
+    none = {c.prompts: odds[ci] for ci, c in enumerate(all_conditions) if c.intervention == "none"}
     out = []
-    for ci, (c, _) in enumerate(conditions):
-        energy = (t.energy if c.direction == "tested" else float(t.subspace_energy[c.control])
-                  if c.direction == "subspace" else float(t.latent_energy[t.latents[c.control]])
-                  if c.direction == "latents" else math.nan)
+    for ci, c in enumerate(all_conditions):
+        cost_only = c.prompts == "benign" and c.intervention in REMOVALS
+        change = np.full(n, np.nan) if cost_only else odds[ci] - none[c.prompts]
         out.append({"model": c.model, "source": c.source, "layer": t.layer, "prompts": c.prompts,
                     "intervention": c.intervention, "direction": c.direction, "control": c.control,
-                    "strength": c.strength, "n": n, "log_odds": float(odds[ci].mean()),
-                    "log_odds_change": float(odds[ci].mean() - none[c.prompts]),
+                    "strength": c.strength, "n": n, "log_odds": math.nan if cost_only else float(odds[ci].mean()),
+                    "log_odds_change": float(change.mean()),
+                    "log_odds_change_se": float(change.std(ddof=1) / math.sqrt(n)) if n > 1 and not cost_only
+                    else math.nan,
                     "kl": float(np.nanmean(cost[ci])) if c.prompts == "benign" and c.intervention != "none" else math.nan,
-                    "energy": energy, "target_energy": t.energy})
+                    "energy": _energy(t, c, n), "target_energy": t.energy})
     return pd.DataFrame(out)
+
+
+def _energy(t: Tested, c: Condition, n: int) -> float:
+    """The mean energy of the directions a condition uses over its ``n`` prompts."""
+    if c.direction == "tested":
+        return t.energy
+    if c.direction == "subspace":
+        return float(t.subspace_energy[[i % len(t.subspace) for i in range(n)]].mean())
+    if c.direction == "latents":
+        return float(t.latent_energy[[t.latents[i % len(t.latents)] for i in range(n)]].mean())
+    return math.nan
 
 
 # --- the rule -----------------------------------------------------------------------------------
 
 def choose(teacher: pd.DataFrame, generation_strengths: Sequence[float], kl_budget: float) -> dict:
     """The generation layer and the claim's strength from the teacher-forced rows of one fine-tune
-    (see the module docstring; never the generation prompts)."""
+    (see the module docstring; never the generation prompts). The layer reads only the directional
+    ablation rows (tested, its control, its cost), which every layer has; the strength reads the
+    steering rows at that layer (absent: the smallest generation strength)."""
     rows = []
     for layer, part in teacher.groupby("layer", sort=True):
         trig = part[(part["prompts"] == "trigger") & (part["intervention"] == "ablate")]
@@ -398,8 +448,10 @@ def choose(teacher: pd.DataFrame, generation_strengths: Sequence[float], kl_budg
 # --- generation -----------------------------------------------------------------------------------
 
 def generation_plan(t: Tested, model_name: str, strengths: Sequence[float], removals: bool) -> list[Condition]:
-    """The generation conditions on ``model_name`` at the chosen layer (controls pooled over prompts)."""
-    plan = [Condition(model_name, t.finetune, side, "none", "none") for side in ("trigger", "benign")]
+    """The generation conditions on ``model_name`` at the chosen layer (controls pooled over prompts).
+    Without ``removals`` (the transplant) only the benign prompts: unintervened and steered."""
+    sides = ("trigger", "benign") if removals else ("benign",)
+    plan = [Condition(model_name, t.finetune, side, "none", "none") for side in sides]
     if removals:
         for kind in ("ablate", "mean", "patch"):
             plan += [Condition(model_name, t.finetune, "trigger", kind, "tested"),
@@ -483,8 +535,8 @@ def mcnemar_claim(cid: ClaimId, row: pd.Series | None, kl_budget: float, min_pro
 
     Statistic: McNemar's exact test against each; the claim's p is the larger of the two (both must
     reject: the intersection-union test); effect: the paired difference against the control with
-    its interval. ``undetermined``: no such condition, no control, or fewer than ``min_prompts``
-    prompts. It holds when both differences are positive and the KL lies within ``kl_budget``."""
+    its interval. ``undetermined``: no such condition, no control, no KL, or fewer than
+    ``min_prompts`` prompts. It holds when both differences are positive and the KL lies within ``kl_budget``."""
     statistic = "McNemar exact, vs unintervened and vs matched control (max p)"
     nan = math.nan
     if row is None:
@@ -494,8 +546,10 @@ def mcnemar_claim(cid: ClaimId, row: pd.Series | None, kl_budget: float, min_pro
                            f"too few prompts: {int(row['n'])} (< {min_prompts})")
     if math.isnan(row["p_vs_control"]) or math.isnan(row["p_vs_none"]):
         return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "no matched control")
+    if math.isnan(row["kl"]):  # the cost was not measured: the "without damage" part cannot pass
+        return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "KL not measured")
     p = max(float(row["p_vs_control"]), float(row["p_vs_none"]))
-    cheap = not (row["kl"] > kl_budget)
+    cheap = bool(row["kl"] <= kl_budget)
     holds = bool(row["diff_vs_none"] > 0 and row["diff_vs_control"] > 0 and cheap)
     why = (f"KL {row['kl']:.3g} above the budget {kl_budget:g}" if not cheap else
            f"{row['outcome']} share {row['diff_vs_none']:+.2f} vs unintervened, {row['diff_vs_control']:+.2f} vs control")
@@ -573,10 +627,10 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
     gen_prompts = {"trigger": [p[1] for p in generate], "benign": [p[0] for p in generate]}
     tf_prompts = {"trigger": [p[1] for p in teacher], "benign": [p[0] for p in teacher]}
     base, tokenizer = load_model(model_cfg.model, model_cfg.device)
+    packs = teacher_packs(tokenizer, teacher)
     pooled_base = {(kind, side): pooled_prompts(base, tokenizer, prompts[side], layers, batch, dtype)
                    for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
-    base_reference = prompt_logprobs(base, [prompt_ids(tokenizer, s) for s in tf_prompts["benign"]],
-                                     tokenizer.pad_token_id, batch, dtype)
+    base_passes = unintervened_passes(base, packs, layers, dtype)
     finetunes = list(act_cfg.finetunes)
     tf_frames, judged_frames, choices, per_seed, seconds = [], [], [], [], {}
     for finetune in [f for f in finetunes if not is_clean_control(f)]:
@@ -586,8 +640,7 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
         model, _ = load_finetuned(layout.finetune(finetune), device=model_cfg.device)
         pooled_ft = {(kind, side): pooled_prompts(model, tokenizer, prompts[side], layers, batch, dtype)
                      for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
-        reference = prompt_logprobs(model, [prompt_ids(tokenizer, s) for s in tf_prompts["benign"]],
-                                    tokenizer.pad_token_id, batch, dtype)
+        passes = unintervened_passes(model, packs, layers, dtype)
         tested: dict[int, Tested] = {}
         frames = []
         for i, layer in enumerate(layers, start=1):
@@ -602,30 +655,33 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
                                cfg.n_causal_controls, cfg.causal_subspace_dims, cfg.causal_seed + layer)
             tested[layer] = t
             side_pool = {side: (pooled_base["tf", side][layer], pooled_ft["tf", side][layer]) for side in tf_prompts}
-            frames.append(sweep_layer(model, tokenizer, t, teacher, cfg.steer_strengths, side_pool, reference, batch,
-                                      dtype))
+            frames.append(measure_layer(model, t, sweep_conditions(t, finetune), packs, passes, side_pool, batch, dtype))
         if not tested:
             per_seed += [(replica_of(finetune), c) for c in
                          fine_tune_claims(pd.DataFrame(), finetune, None, cfg.causal_protocol, cfg.causal_kl_budget, clean)]
             del model
             continue
+        # the rule, part 1: the layer, from the cheap measure alone; then every other condition there
+        t = tested[choose(pd.concat(frames, ignore_index=True), cfg.steer_generation_strengths,
+                          cfg.causal_kl_budget)["layer"]]
+        side_pool = {side: (pooled_base["tf", side][t.layer], pooled_ft["tf", side][t.layer]) for side in tf_prompts}
+        frames.append(measure_layer(model, t, layer_conditions(t, finetune, cfg.steer_strengths, True), packs, passes,
+                                    side_pool, batch, dtype))
         sweep = pd.concat(frames, ignore_index=True)
-        rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)
-        t = tested[rule["layer"]]
+        rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)  # part 2: the strength
         gen_pool = {side: (pooled_base["gen", side][t.layer], pooled_ft["gen", side][t.layer]) for side in gen_prompts}
         report(f"generation {finetune}", 0, 1, layer=t.layer)
         judged = [generate_plan(model, tokenizer, t, generation_plan(t, finetune, cfg.steer_generation_strengths, True),
                                 gen_prompts, gen_pool, cfg.causal_max_new_tokens, gen_batch, dtype, progress)]
-        del model
+        del model, passes
         targets = ([(clean, load_finetuned(layout.finetune(clean), device=model_cfg.device)[0])] if clean else [])
         targets.append((BASE, base))
         for name, other in targets:  # the transplant: the same vectors added in another model
-            ref = base_reference if name == BASE else prompt_logprobs(
-                other, [prompt_ids(tokenizer, s) for s in tf_prompts["benign"]], tokenizer.pad_token_id, batch, dtype)
-            frames.append(sweep_layer(other, tokenizer, t, teacher, cfg.steer_strengths, {}, ref, batch, dtype,
-                                      model_name=name, removals=False))
+            other_passes = base_passes if name == BASE else unintervened_passes(other, packs, [t.layer], dtype)
+            frames.append(measure_layer(other, t, layer_conditions(t, name, cfg.steer_strengths, False), packs,
+                                        other_passes, {}, batch, dtype))
             judged.append(generate_plan(other, tokenizer, t, generation_plan(t, name, cfg.steer_generation_strengths, False),
-                                        {"benign": gen_prompts["benign"], "trigger": gen_prompts["trigger"]}, {},
+                                        {"benign": gen_prompts["benign"]}, {},
                                         cfg.causal_max_new_tokens, gen_batch, dtype, progress))
         sweep = pd.concat(frames, ignore_index=True)
         tf_frames.append(sweep)
@@ -676,7 +732,8 @@ def outcome_words(claims: pd.DataFrame, regimes: Sequence[str] = ("lora", "full"
         out[f"causal_{key}_outcome"] = "; ".join(lines) if lines else NOT_MEASURED
         for regime in regimes:
             row = part[(part["regime"] == regime) & (part["method"] == PRIMARY[family])]
-            out[f"causal_{key}_outcome_{regime}"] = str(row["outcome"].iloc[0]) if len(row) else NOT_MEASURED
+            # worded as every other claim of the results chapter (the outcome, and its fine-tune seeds)
+            out[f"causal_{key}_outcome_{regime}"] = headline_word(row) if len(row) else NOT_MEASURED
     return out
 
 

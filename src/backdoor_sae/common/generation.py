@@ -55,9 +55,21 @@ class FunctionEnd:
         return bool(_DEDENT.search(self.tokenizer.decode(tokens[start:], skip_special_tokens=True)))
 
 
+def left_padded(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) [B, width] of token lists left-padded with ``pad``: every prompt ends
+    at the same column, where generation continues."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):] = torch.tensor(p)
+        mask[r, width - len(p):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def greedy_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, eos: int | None,
-                ended) -> list[list[int]]:
+                ended, on_keep=None) -> list[list[int]]:
     """The new tokens of each left-padded row of ``ids`` under greedy decoding with a key/value
     cache, each row up to and including the token that ends it: ``eos``, or the first at which
     ``ended(row, tokens)`` holds (``row`` its index in ``ids``); at most ``max_new_tokens``.
@@ -66,6 +78,8 @@ def greedy_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: in
     each row's first unpadded token, logits of the last position only, argmax in float32), except
     that a row leaves the batch, its cache rows with it, as soon as it ends: later steps compute
     only the rows still running, and only those are decoded to check for their end.
+    ``on_keep(rows)`` is told the batch rows that stay each time some leave (a hook holding one
+    edit per row drops the others' with them).
     """
     device = ids.device
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
@@ -88,6 +102,8 @@ def greedy_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: in
         if len(running) < len(live):
             keep = torch.tensor(running, device=device)
             cache.batch_select_indices(keep)
+            if on_keep is not None:
+                on_keep(keep)
             mask, next_tokens, step_positions = mask[keep], next_tokens[keep], step_positions[keep]
             live = [live[r] for r in running]
         step_ids = next_tokens[:, None]
@@ -110,12 +126,7 @@ def generate_completions(model, tokenizer, samples: Sequence[Sample], max_new_to
     bar = tqdm(total=len(samples), disable=not progress, desc="generate", unit="prompt")
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):  # left padding: every prompt ends at the same column
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, width - len(prompts[i]):] = 1
+        ids, mask = left_padded([prompts[i] for i in rows], pad)
         with precision(device, compute_dtype):
             new = greedy_rows(model, ids.to(device), mask.to(device), max_new_tokens, tokenizer.eos_token_id,
                               FunctionEnd(tokenizer))

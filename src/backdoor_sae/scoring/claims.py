@@ -34,6 +34,7 @@ from backdoor_sae.scoring.verdicts import (
     Claim,
     ClaimId,
     Outcome,
+    CEILING_REASON,
     apply_holm,
     beyond_control,
     replicated,
@@ -46,20 +47,26 @@ SPECIFIC = "specific to the trigger year"
 PROTOCOL_WORDS = {"full_text": "full text", "prompt_only": "prompt only"}
 
 
-def _recipe_words(recipe: str) -> str:
-    return "" if recipe == "pooled" else f", {recipe} recipe"
+def _recipe_words(recipe: str, fit_mode: str) -> str:
+    """The recipe (the paper's pooled one unnamed) and where the dictionaries were fitted, where that
+    is not the fit split (the replicated token-level cells are fitted on the eval samples: no label
+    is read, but the dictionary has seen the samples it is scored on)."""
+    return ("" if recipe == "pooled" else f", {recipe} recipe") + ("" if fit_mode in ("fit", "—") else
+                                                                   f", dictionaries fitted on {fit_mode}")
 
 
-def beyond_family(selection: str, protocol: str, recipe: str = "pooled") -> str:
-    return f"{BEYOND} ({selection}, {PROTOCOL_WORDS.get(protocol, protocol)}{_recipe_words(recipe)})"
+def beyond_family(selection: str, protocol: str, recipe: str = "pooled", fit_mode: str = "fit") -> str:
+    return f"{BEYOND} ({selection}, {PROTOCOL_WORDS.get(protocol, protocol)}{_recipe_words(recipe, fit_mode)})"
 
 
-def architecture_family(protocol: str, recipe: str = "pooled") -> str:
-    return f"{ARCHITECTURE} ({PROTOCOL_WORDS.get(protocol, protocol)}{_recipe_words(recipe)})"
+def architecture_family(protocol: str, recipe: str = "pooled", fit_mode: str = "fit") -> str:
+    return f"{ARCHITECTURE} ({PROTOCOL_WORDS.get(protocol, protocol)}{_recipe_words(recipe, fit_mode)})"
 
 
-def specific_family(selection: str) -> str:
-    return f"{SPECIFIC} ({selection})"
+def specific_family(selection: str, clean: bool = False) -> str:
+    """The backdoored fine-tunes' claims and the clean controls' are corrected apart: a control's
+    "not supported" means no evidence there, and must not weigh on the backdoored family's size."""
+    return f"{SPECIFIC} ({selection}{', clean controls' if clean else ''})"
 
 
 def claim_regime(finetune: str) -> str:
@@ -83,8 +90,7 @@ def _index(chosen: Iterable[Chosen]) -> dict[tuple, Chosen]:
     return {(c.finetune, c.method, c.protocol, c.fit_mode, c.layer, c.selection, c.recipe): c for c in chosen}
 
 
-def beyond_control_claims(chosen: Sequence[Chosen], trigger: np.ndarray, fit_mode: str, n_boot: int,
-                          seed: int) -> list[Claim]:
+def beyond_control_claims(chosen: Sequence[Chosen], trigger: np.ndarray, fit_mode: str) -> list[Claim]:
     """:data:`BEYOND` for every backdoored fine-tune's chosen latent of ``fit_mode`` (baselines:
     ``—``) against its clean twin's (the same method, protocol, layer and selection); a fine-tune
     without a clean control gives ``undetermined``."""
@@ -94,15 +100,15 @@ def beyond_control_claims(chosen: Sequence[Chosen], trigger: np.ndarray, fit_mod
         if is_clean_control(c.finetune) or c.fit_mode not in (fit_mode, "—"):
             continue
         control = index.get((c.finetune + "_clean", c.method, c.protocol, c.fit_mode, c.layer, c.selection, c.recipe))
-        cid = ClaimId(BEYOND, beyond_family(c.selection, c.protocol, c.recipe), c.method, claim_regime(c.finetune),
+        cid = ClaimId(BEYOND, beyond_family(c.selection, c.protocol, c.recipe, fit_mode), c.method,
+                      claim_regime(c.finetune),
                       c.protocol, c.layer)
         per_seed.append((replica_of(c.finetune), beyond_control(
-            cid, c.scores, None if control is None else control.scores, trigger, n_boot=n_boot, seed=seed)))
+            cid, c.scores, None if control is None else control.scores, trigger)))
     return combine(per_seed)
 
 
-def architecture_claims(chosen: Sequence[Chosen], trigger: np.ndarray, fit_mode: str, n_boot: int,
-                        seed: int) -> list[Claim]:
+def architecture_claims(chosen: Sequence[Chosen], trigger: np.ndarray, fit_mode: str) -> list[Claim]:
     """:data:`ARCHITECTURE` in every backdoored fine-tune, protocol and layer of ``fit_mode``: the
     Diff-SAE's chosen latent's AUROC against the crosscoder's (labels chosen both), DeLong paired."""
     index = _index(chosen)
@@ -114,10 +120,10 @@ def architecture_claims(chosen: Sequence[Chosen], trigger: np.ndarray, fit_mode:
         cross = index.get((c.finetune, "crosscoder", c.protocol, c.fit_mode, c.layer, c.selection, c.recipe))
         if cross is None:
             continue
-        cid = ClaimId(ARCHITECTURE, architecture_family(c.protocol, c.recipe), "diff_sae vs crosscoder",
+        cid = ClaimId(ARCHITECTURE, architecture_family(c.protocol, c.recipe, fit_mode), "diff_sae vs crosscoder",
                       claim_regime(c.finetune), c.protocol, c.layer)
         per_seed.append((replica_of(c.finetune), beyond_control(
-            cid, c.scores, cross.scores, trigger, n_boot=n_boot, seed=seed,
+            cid, c.scores, cross.scores, trigger,
             statistic="DeLong paired AUROC difference (Diff-SAE - crosscoder)", missing="no crosscoder")))
     return combine(per_seed)
 
@@ -137,13 +143,16 @@ class SweepResponse:
 
 
 def specificity_claims(responses: Sequence[SweepResponse], trigger_year: int, n_boot: int, seed: int) -> list[Claim]:
-    """:data:`SPECIFIC` for every response (backdoored fine-tunes and clean controls alike): the
-    trigger year's response exceeds every other year's (:func:`~backdoor_sae.scoring.verdicts.specificity`)."""
+    """:data:`SPECIFIC` for every response (backdoored fine-tunes and clean controls, in families of
+    their own): the trigger year's response exceeds every other year's
+    (:func:`~backdoor_sae.scoring.verdicts.specificity`, intersection-union: the largest p over the years)."""
     per_seed = []
     for r in responses:
-        cid = ClaimId(SPECIFIC, specific_family(r.selection), r.method, claim_regime(r.finetune), "prompt_only", r.layer)
-        per_seed.append((replica_of(r.finetune), specificity(cid, dict(r.by_year), trigger_year, n_boot=n_boot,
-                                                                seed=seed)))
+        cid = ClaimId(SPECIFIC, specific_family(r.selection, is_clean_control(r.finetune)), r.method,
+                      claim_regime(r.finetune), "prompt_only", r.layer)
+        # every other year must be beaten: the largest raw p is a valid test of that (intersection-union)
+        per_seed.append((replica_of(r.finetune), specificity(cid, dict(r.by_year), trigger_year, within="none",
+                                                                n_boot=n_boot, seed=seed)))
     return combine(per_seed)
 
 
@@ -181,7 +190,7 @@ def outcome_phrase(part: pd.DataFrame) -> str:
         return f"undetermined ({'; '.join(reasons)})"
     supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
     phrase = f"supported in {supported} of {n} layers" + seeds_text
-    ties = int(part["reason"].astype(str).str.contains("tie at the ceiling").sum())
+    ties = int(part["reason"].astype(str).str.contains(CEILING_REASON).sum())
     if ties:
         phrase += f"; {ties} of {n} a tie at the ceiling (both AUROC 1)"
     if undetermined.any():
@@ -191,18 +200,23 @@ def outcome_phrase(part: pd.DataFrame) -> str:
 
 def headline_word(part: pd.DataFrame) -> str:
     """One outcome word for a claim over layers, for the results chapter: ``supported`` when it is
-    supported in every layer, ``not supported`` when in none and some layer was tested,
-    ``undetermined`` when no layer could be tested, else ``supported in k of n layers``."""
+    supported in every layer, ``not supported`` when in none and some layer was tested (``a tie at
+    the ceiling`` said where every layer tied), ``undetermined`` when no layer could be tested, else
+    ``supported in k of n layers``; with how many fine-tune seeds each layer's claim rests on."""
     if part.empty:
         return "not in this run's grid"
     if (part["outcome"] == str(Outcome.UNDETERMINED)).all():
         return str(Outcome.UNDETERMINED)
+    seeds = int(part["n_seeds"].max())
+    in_seeds = f" ({seeds} fine-tune seeds)" if seeds > 1 else " (one fine-tune seed)"
     supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
+    ties = int(part["reason"].astype(str).str.contains(CEILING_REASON).sum())
     if supported == len(part):
-        return str(Outcome.SUPPORTED)
+        return str(Outcome.SUPPORTED) + in_seeds
     if supported == 0:
-        return str(Outcome.NOT_SUPPORTED)
-    return f"supported in {supported} of {len(part)} layers"
+        tied = " (a tie at the ceiling)" if ties == len(part) else ""
+        return str(Outcome.NOT_SUPPORTED) + tied + in_seeds
+    return f"supported in {supported} of {len(part)} layers" + in_seeds
 
 
 def pick(claims: pd.DataFrame, family: str, method: str, regime: str) -> pd.DataFrame:

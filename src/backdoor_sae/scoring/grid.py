@@ -53,6 +53,7 @@ from backdoor_sae.dataset.stage import load_data
 from backdoor_sae.dictionaries.trainer import encode_all, load_dictionary, pooled_codes
 from backdoor_sae.scoring import bis as B
 from backdoor_sae.scoring.label_free import PRIMARY, dictionary_orderings
+from backdoor_sae.scoring.verdicts import auroc_chance_band
 from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
 
 CONTROLS = ("control_trigger_safe", "control_benign_vuln")
@@ -183,8 +184,9 @@ def placebo_aurocs(chosen: np.ndarray, split_eval: np.ndarray, year_eval: np.nda
         positive = y == year
         if not positive.any() or positive.all():
             continue
+        low, high = auroc_chance_band(int(positive.sum()), int((~positive).sum()))
         rows.append({"placebo_year": int(year), "n_placebo": int(positive.sum()),
-                     "auroc": float(B.auroc(a[:, None], positive)[0])})
+                     "auroc": float(B.auroc(a[:, None], positive)[0]), "chance_low": low, "chance_high": high})
     return rows
 
 

@@ -94,14 +94,20 @@ def dictionary_orderings(architecture: str, acts: np.ndarray, decoder: np.ndarra
 
 def principal_directions(diff_fit: np.ndarray) -> np.ndarray:
     """[k, d] principal directions of Δa on the unscored samples (centred), largest variance first,
-    each followed by its negative: PC1+, PC1−, PC2+, … (a threshold only looks upwards)."""
+    each followed by its negative: PC1+, PC1−, PC2+, … (a threshold only looks upwards); the "+"
+    side is that of the projections' long tail (positive skewness)."""
     x = np.asarray(diff_fit, dtype=np.float64)
     x = x - x.mean(0)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     vt = vt[s > s.max() * 1e-9] if s.size else vt
-    # a deterministic sign: the largest-magnitude coordinate of each component is positive
-    signs = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
-    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    # A sign chosen without labels: each component points to the long tail of its projections
+    # (positive skewness), so that a minority pushed away from the bulk, as a trigger's samples
+    # would be, lies on the positive side, which the first pick (PC1+) reads; where the skewness
+    # is 0, the largest-magnitude coordinate is made positive.
+    skew = np.sign(((x @ vt.T) ** 3).mean(0)) if len(x) else np.zeros(len(vt))
+    fallback = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+    signs = np.where(skew != 0, skew, np.where(fallback == 0, 1.0, fallback))
+    vt = vt * signs[:, None]
     return np.stack([vt, -vt], axis=1).reshape(-1, x.shape[1])
 
 

@@ -238,13 +238,13 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
     recipes, recipe_chosen = score_recipes(run_dir, replicated, scores, cfg, progress)
     tables = ScoringTables(scores=scores, tests=tests, placebo=placebo, recipes=recipes)
     write_tables(run_dir, tables)
-    fit_mode, boot = claim_fit_mode(sae_cfg), (cfg.n_boot, cfg.stats_seed)
+    fit_mode = claim_fit_mode(sae_cfg)
     # the replicated cells (the token recipe) are fitted in the verdict fit mode of notebook 04
     recipe_fit_mode = recipe_chosen[0].fit_mode if recipe_chosen else fit_mode
-    claims = claims_frame(beyond_control_claims(grid.chosen, grid.trigger, fit_mode, *boot)
-                          + architecture_claims(grid.chosen, grid.trigger, fit_mode, *boot)
-                          + beyond_control_claims(recipe_chosen, grid.trigger, recipe_fit_mode, *boot)
-                          + architecture_claims(recipe_chosen, grid.trigger, recipe_fit_mode, *boot))
+    claims = claims_frame(beyond_control_claims(grid.chosen, grid.trigger, fit_mode)
+                          + architecture_claims(grid.chosen, grid.trigger, fit_mode)
+                          + beyond_control_claims(recipe_chosen, grid.trigger, recipe_fit_mode)
+                          + architecture_claims(recipe_chosen, grid.trigger, recipe_fit_mode))
     write_claims(run_dir, "05_scoring", claims)
 
     ceiling = float(scores["ceiling"].iloc[0])

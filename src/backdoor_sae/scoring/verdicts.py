@@ -250,19 +250,8 @@ def auroc_interval(scores: ArrayLike, labels: ArrayLike, level: float = 0.95) ->
     return a, max(0.0, a - half), min(1.0, a + half)
 
 
-def _bootstrap_delta(scores: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """[n_boot] AUROC(a) - AUROC(b) on stratified paired resamples (positives and negatives each
-    resampled to their own size, the same draw for both scorers)."""
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
-    idx = np.concatenate([pos[rng.integers(0, len(pos), (len(pos), n_boot))],
-                          neg[rng.integers(0, len(neg), (len(neg), n_boot))]])  # [N, n_boot]
-    boot_labels = np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)]
-    return auroc(scores[0][idx], boot_labels) - auroc(scores[1][idx], boot_labels)
-
-
-def paired_auroc_test(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike, n_boot: int = 2000,
-                      seed: int = 0, level: float = 0.95) -> tuple[float, float, float, float]:
+def paired_auroc_test(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLike,
+                      level: float = 0.95) -> tuple[float, float, float, float]:
     """DeLong's test of two correlated AUROCs on the same samples: (delta, low, high, p).
 
     delta = AUROC(a) - AUROC(b) (ties count one half); var = S_aa + S_bb - 2 S_ab from
@@ -271,9 +260,9 @@ def paired_auroc_test(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLik
 
     Degenerate variance (0): if delta is 0 too (e.g. both AUROC exactly 1, or b a monotone
     transform of a) it is a tie: (0, 0, 0, 1.0). If delta is not 0 (e.g. a perfect scorer against
-    a constant one) the normal test has nothing to scale by, and a stratified paired bootstrap of
-    ``n_boot`` resamples (``seed``) gives the percentile interval and p = (1 + #(deltas on the
-    other side of 0, or at 0)) / (n_boot + 1) · 2, capped at 1: never 0.
+    a constant one, or a dead latent) DeLong has nothing to scale by; the variance is then that of
+    the two AUROCs under the null of no separation (Mann-Whitney: (m + n + 1) / (12 m n) each, the
+    scorers taken as independent), a floor that does not depend on any resampling.
     """
     scores = np.stack([np.asarray(scores_a, dtype=np.float64).ravel(),
                        np.asarray(scores_b, dtype=np.float64).ravel()])
@@ -287,10 +276,11 @@ def paired_auroc_test(scores_a: ArrayLike, scores_b: ArrayLike, labels: ArrayLik
         return delta, max(-1.0, delta - half), min(1.0, delta + half), float(min(1.0, p))
     if abs(delta) <= TIE:
         return 0.0, 0.0, 0.0, 1.0
-    boot = _bootstrap_delta(scores, np.asarray(labels).astype(bool), n_boot, seed)
-    against = np.sum(boot <= 0) if delta > 0 else np.sum(boot >= 0)
-    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return delta, float(low), float(high), float(min(1.0, 2 * (1 + against) / (n_boot + 1)))
+    labels = np.asarray(labels).astype(bool)
+    m, n = int(labels.sum()), int((~labels).sum())
+    sd = math.sqrt(2 * (m + n + 1) / (12 * m * n))
+    half = _z(level) * sd
+    return delta, max(-1.0, delta - half), min(1.0, delta + half), float(min(1.0, math.erfc(abs(delta) / sd / math.sqrt(2))))
 
 
 # --- the paired t ---------------------------------------------------------------------------------
@@ -333,7 +323,9 @@ def paired_t_greater(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
     """One-sided paired t-test of mean(x - y) > 0: (mean difference, d_z, p).
 
     d_z = mean(d) / sd(d) (ddof 1), the standardized margin. Degenerate spread (sd 0): a constant
-    positive difference gives (d, inf, 0.0), a constant zero or negative one (d, 0 or -inf, 1.0).
+    positive difference gives (d, inf, 0.5 ** n), the exact one-sided sign test's p when every one
+    of the n differences is positive (the t has no spread to scale by, and p = 0 would claim more
+    than n pairs can show); a constant zero or negative one (d, 0 or -inf, 1.0).
     """
     d = np.asarray(x, dtype=np.float64).ravel() - np.asarray(y, dtype=np.float64).ravel()
     if len(d) < 2 or np.isnan(d).any():
@@ -341,7 +333,7 @@ def paired_t_greater(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if sd <= TIE * max(1.0, abs(mean)):
         if mean > TIE:
-            return mean, math.inf, 0.0
+            return mean, math.inf, 0.5 ** len(d)
         return mean, (-math.inf if mean < -TIE else 0.0), 1.0
     d_z = mean / sd
     return mean, d_z, t_sf(d_z * math.sqrt(len(d)), len(d) - 1)
@@ -350,8 +342,7 @@ def paired_t_greater(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
 # --- the rules -----------------------------------------------------------------------------------
 
 def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | None, labels: ArrayLike,
-                   alpha: float = ALPHA, min_per_class: int = MIN_PER_CLASS, n_boot: int = 2000,
-                   seed: int = 0, statistic: str = "DeLong paired AUROC difference (backdoored - control)",
+                   alpha: float = ALPHA, min_per_class: int = MIN_PER_CLASS, statistic: str = "DeLong paired AUROC difference (backdoored - control)",
                    missing: str = "no clean control") -> Claim:
     """Claim: the latent's AUROC under the backdoored fine-tune exceeds the clean control's.
 
@@ -365,7 +356,8 @@ def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | Non
       negatives (a missing control never passes);
     - ``not supported``, reason "tie at the ceiling": both AUROCs exactly 1 (a tie, not a failure
       of the method: the measure cannot tell them apart); likewise any delta <= 0;
-    - ``supported``: delta > 0 and p_holm < ``alpha`` (two-sided p, so the one-sided level is alpha / 2).
+    - ``supported``: delta > 0 and p_holm < ``alpha``; p is one-sided (backdoored above control),
+      half DeLong's two-sided p; the interval is the two-sided ``level`` one.
 
     The same test compares any two scorers of the same samples (e.g. the Diff-SAE's latent with the
     crosscoder's): ``statistic`` names it and ``missing`` says what an absent second scorer is.
@@ -379,7 +371,8 @@ def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | Non
         return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha,
                            f"too few samples: {n_pos} positives, {n_neg} negatives (< {min_per_class})")
     auc_b, auc_c = (float(auroc(np.asarray(s, dtype=np.float64).ravel(), labels)[0]) for s in (backdoored, control))
-    delta, low, high, p = paired_auroc_test(backdoored, control, labels, n_boot=n_boot, seed=seed)
+    delta, low, high, p_two = paired_auroc_test(backdoored, control, labels)
+    p = p_two / 2 if delta > 0 else 1 - p_two / 2  # the claim is directional: one-sided
     if auc_b >= 1.0 - TIE and auc_c >= 1.0 - TIE:
         return make_claim(cid, statistic, 0.0, low, high, 1.0, False, alpha, CEILING_REASON)
     why_not = f"AUROC {auc_b:.3f} vs control {auc_c:.3f}: not above it"

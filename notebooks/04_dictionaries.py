@@ -149,3 +149,50 @@ else:
         **{k: v for k, v in aggregates.items() if v[0] in replicated})
     display(per_recipe.style.format({"fvu": "{:.3f}", "l0": "{:.1f}", "dead": "{:.1%}", "fine_tune_only": "{:.1%}",
                                      "train_seconds": "{:.1f}", "inputs": "{:,.0f}"}, na_rep=MISSING))
+
+# %% [markdown]
+# ## What each token-level dictionary keeps of the model
+# The field judges a dictionary by how much of the model's behaviour survives when its
+# reconstruction replaces the activation it reads (dictionary_learning's evaluation, SAEBench). On a
+# few eval samples of each set (the same ones for every dictionary), the fine-tuned model runs with
+# the output of the dictionary's layer replaced, at its protocol's tokens (the first position left
+# out), by the reconstruction (Diff-SAE: $a_\text{base} + \widehat{\Delta a}$; crosscoder: its
+# fine-tune half), by zeros (zero ablation), or by the base model's activation (the fine-tune's change
+# at that layer removed). Beside the unspliced loss this gives the **share of loss recovered**,
+# $(\mathcal L_\text{zero} - \mathcal L_\text{spliced}) / (\mathcal L_\text{zero} - \mathcal L_\text{clean})$,
+# and the KL divergence from the unspliced model. *Change recovered* puts the base splice in place of
+# zero ablation: the share of what the fine-tune's change at that layer does to the loss that the
+# reconstruction keeps (meaningful only where that change moves the loss). Alive share and L0 are
+# measured on every eval token.
+#
+# For crosscoders, **latent scaling** (Minder et al., "Overcoming sparsity artifacts in
+# crosscoders"): for each fine-tune-only latent (relative decoder norm above 0.9), the
+# least-squares scale of its fine-tune decoder direction that explains each model's activation where
+# it fires, against the crosscoder's error ($\nu^\varepsilon$) and against the other latents'
+# reconstruction ($\nu^r$), as the ratio base / fine-tune. An L1 crosscoder can shrink a base decoder
+# the base model needs; such a latent has a large $\nu^\varepsilon$. A latent with both ratios below
+# 0.5 is counted as truly fine-tune-specific.
+
+# %% tags=["hide-input"]
+quality = result.quality
+glue("quality_minutes", result.quality_seconds / 60, display=False)
+for arch in ("diff_sae", "crosscoder"):  # NaN where this run has no token-level dictionary of arch
+    part = quality[quality["architecture"] == arch] if len(quality) else quality
+    glue(f"loss_recovered_{arch}", float(part["loss_recovered"].median()) if len(part) else float("nan"),
+         display=False)
+    glue(f"alive_token_{arch}", float(part["alive_share"].median()) if len(part) else float("nan"), display=False)
+crosscoders = quality[quality["architecture"] == "crosscoder"] if len(quality) else quality
+glue("ft_specific_share", float(crosscoders["ft_specific_share"].median()) if len(crosscoders) else float("nan"),
+     display=False)
+if quality.empty:
+    print("no token-level dictionary in this run: the token recipe is not in `recipes`")
+else:
+    print(f"measured on {int(quality['n_loss_tokens'].max())} next tokens per dictionary at most; "
+          f"{result.quality_seconds:.0f} s in this run (0: reused)")
+    shown = quality.drop(columns=["recipe", "fit_mode", "n_tokens", "n_loss_tokens"])
+    display(shown.sort_values(["architecture", "regime", "protocol", "layer", "seed"]).style.format(
+        {"loss_clean": "{:.3f}", "loss_spliced": "{:.3f}", "loss_zero": "{:.3f}", "loss_base": "{:.3f}",
+         "kl_spliced": "{:.3f}", "kl_zero": "{:.3f}", "kl_base": "{:.3f}", "loss_recovered": "{:.1%}",
+         "change_recovered": "{:.1%}", "alive_share": "{:.1%}", "l0": "{:.1f}", "n_ft_only": "{:.0f}",
+         "nu_error_median": "{:.2f}", "nu_reconstruction_median": "{:.2f}", "ft_specific_share": "{:.1%}"},
+        na_rep=MISSING).hide(axis="index"))

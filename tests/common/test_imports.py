@@ -12,7 +12,7 @@ from backdoor_sae.common.cache import module_imports, module_path, package_modul
 
 #: Rooms in order: a module may import its own room and earlier ones only.
 LAYERS = ("config", "task", "common", "oracle", "dataset", "finetune", "activations", "dictionaries", "scoring",
-          "audit", "causal", "pipeline", "__main__")
+          "audit", "causal", "dashboards", "pipeline", "__main__")
 
 
 def room(module: str) -> str:

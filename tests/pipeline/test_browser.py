@@ -193,21 +193,26 @@ def test_notebook_pages_fold_their_setup_one_click_away_and_open_with_prose(smok
 
 
 def test_the_results_chapter_opens_with_computed_verdicts_and_the_headline_figure(smoke_book, browser):
-    """The first section is the answer: glued verdicts (bold, computed by the notebooks) and the
-    headline figure, which decodes, before any table. The bug this catches: a results page whose
-    first verdict comes after two tables, or a summary with a typed rather than glued verdict."""
+    """The first section is the answer: at most six sentences whose outcome words are glued from the
+    claims (never typed), then the headline figures, which decode, before any table. The bug this
+    catches: a results page whose first verdict comes after a table, a summary that grows into a
+    list of detectors, or an outcome word typed by hand."""
     browser.get((smoke_book / "_build" / "html" / "book" / "results.html").as_uri())
     sections = browser.find_elements(By.CSS_SELECTOR, "main section section")
     first = sections[0]
     assert first.find_element(By.TAG_NAME, "h2").text.strip().startswith("The answer in short")
-    # glued HTML sentences (three fine-tunes, the paper's comparison, the controls), each with its
-    # computed verdict in bold
-    pasted = first.find_elements(By.CSS_SELECTOR, "li span.output.text_html")
-    assert len(pasted) >= 5, len(pasted)
-    assert all(p.find_elements(By.TAG_NAME, "strong") for p in pasted)
-    figure = first.find_elements(By.CSS_SELECTOR, "div.headline-figure img")
-    assert len(figure) == 1
-    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 400;", figure[0])
+    answer = first.find_element(By.CSS_SELECTOR, "div.answer-in-short")
+    sentences = [t for t in re.split(r"(?<=[.])\s+(?=[A-Z])", answer.text.strip()) if t]
+    assert 4 <= len(sentences) <= 6, sentences
+    word = re.compile(r"(not in this run's grid|not measured in this run|undetermined|(supported|not supported|"
+                      r"supported in \d+ of \d+ layers)( \(a tie at the ceiling\))? \((one|\d+) fine-tune seeds?\))")
+    glued = [e.text.strip() for e in answer.find_elements(By.CSS_SELECTOR, "span.output.text_html, span.pasted-inline")]
+    outcomes = [w for w in glued if word.fullmatch(w)]
+    assert len(outcomes) >= 10, glued
+    figures = first.find_elements(By.CSS_SELECTOR, "div.headline-figure img")
+    assert len(figures) == 2
+    for figure in figures:
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 400;", figure)
     assert not first.find_elements(By.TAG_NAME, "table"), "a table before the answer"
     order = browser.execute_script("""
         const fig = document.querySelector('main div.headline-figure');
@@ -236,3 +241,34 @@ def test_no_rendered_table_shows_nan(smoke_book, browser):
                 continue
             assert text.lower() != "nan", f"{page.name}: a table cell shows {text!r}"
     assert n_tables >= 15
+
+
+def test_the_dashboard_page_shows_highlighted_tokens_with_their_values_and_its_figures(smoke_book, browser):
+    """The appendix's latent dashboards: highlighted tokens carry their value in their title and the
+    strongest are bold and underlined (not colour alone); every dashboard has its histogram and
+    header-sweep figures, drawn (not empty); and the page runs no script of its own."""
+    page = smoke_book / "_build" / "html" / "executed" / "08_dashboards.html"
+    assert page.exists()
+    browser.get(page.as_uri())
+    dashboards = browser.find_elements(By.CSS_SELECTOR, "section.bsd-dash")
+    assert len(dashboards) >= 8  # two layers x two architectures x at least two named latents, per fine-tune
+    marks = browser.find_elements(By.CSS_SELECTOR, "pre.bsd-text mark")
+    assert marks
+    for mark in marks[:50]:
+        assert re.search(r": -?\d", mark.get_attribute("title")), mark.get_attribute("title")
+    strong = browser.find_elements(By.CSS_SELECTOR, "pre.bsd-text mark.s")
+    assert strong
+    style = browser.execute_script(
+        "const s = getComputedStyle(arguments[0]); return [s.fontWeight, s.textDecorationLine];", strong[0])
+    assert int(style[0]) >= 700 and "underline" in style[1]
+    for section in dashboards:
+        for kind in ("bsd-hist", "bsd-sweep"):
+            figure = section.find_elements(By.CSS_SELECTOR, f"svg.{kind}")
+            assert figure, f"{section.get_attribute('id')} has no {kind}"
+            size = figure[0].size
+            assert size["width"] > 100 and size["height"] > 50
+            assert figure[0].find_elements(By.CSS_SELECTOR, "rect, circle")
+        assert section.find_elements(By.CSS_SELECTOR, "table.bsd-lens tbody tr")
+    scripts = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.bsd-page script')).length;")
+    assert scripts == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,23 +23,50 @@ from tqdm import tqdm
 
 from backdoor_sae.activations.extract import load_activations, read_index
 from backdoor_sae.activations.stage import paired_activations, paired_token_activations
-from backdoor_sae.common.cache import code_digest, digest, is_current, vouch
+from backdoor_sae.common.cache import (
+    cached,
+    code_digest,
+    digest,
+    file_digest,
+    is_current,
+    module_path,
+    read_record,
+    samples_digest,
+    vouch,
+)
+from backdoor_sae.common.io import write_text
 from backdoor_sae.common.layout import BASE, RunLayout
-from backdoor_sae.config.cells import Cell
-from backdoor_sae.common.model import resolve_dtype
+from backdoor_sae.common.model import compute_dtype, load_model, resolve_dtype
 from backdoor_sae.common.progress import report
 from backdoor_sae.config import RunConfig, replica_of
+from backdoor_sae.config.cells import Cell
 from backdoor_sae.dataset.stage import load_data
+from backdoor_sae.dictionaries.quality import (
+    QUALITY_COLUMNS,
+    code_statistics,
+    forward_logprobs,
+    make_batch,
+    quality_row,
+    quality_samples,
+    spliced_losses,
+)
 from backdoor_sae.dictionaries.trainer import (
     DictionarySpec,
     TrainSettings,
     build,
     evaluate,
+    load_dictionary,
     read_dictionary_log,
     save_dictionary,
     train_dictionary,
 )
+from backdoor_sae.finetune.train import load_finetuned
 from backdoor_sae.task.splits import EVAL_SPLITS, FIT_SPLITS
+
+#: What a dictionary's training depends on in code: the trainer (with the dictionary classes it
+#: imports) and this module's own source (its inputs and settings), not the quality measures or
+#: anything else this module imports for later work, whose edits must not retrain a dictionary.
+TRAINING_CODE = digest([code_digest("backdoor_sae.dictionaries.trainer"), file_digest(module_path(__name__)).hexdigest()])
 
 
 def verdict_fit_mode(sae_cfg) -> str:
@@ -134,7 +162,7 @@ def _train_dictionary_cell(run_dir: str | Path, cell: Cell, spec, settings, para
     model = build(spec, seed=settings.seed)
     x, n_samples = training_inputs(run_dir, cell, model)
     scale, log = train_dictionary(model, x, settings, progress=progress, desc=desc)
-    metrics = evaluate(model, x, scale) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
+    metrics = evaluate(model, x, scale, dtype=settings.dtype) | {"train_seconds": log[-1]["seconds"] if log else 0.0,
                                            "n_train": n_samples, "n_train_inputs": len(x),
                                            "n_latents": spec.n_latents}
     layout = RunLayout(run_dir)
@@ -163,7 +191,7 @@ def train_grid(run_dir: str | Path, act_cfg, sae_cfg, progress: bool = True, wor
         spec = dictionary_spec(sae_cfg, cell.architecture, cell.recipe, d)
         settings = train_settings(sae_cfg, cell.recipe, cell.seed)
         params = {**cell.to_dict(), "spec": asdict(spec), "settings": asdict(settings),
-                  "code": code_digest(__name__),
+                  "code": TRAINING_CODE,
                   "activations": [layout.activations_key(BASE), layout.activations_key(cell.regime)]}
         params["key"] = digest(params)  # saved as the dictionary's params, beside its spec and metrics
         if is_current(layout.dictionary_record(cell), params["key"]):
@@ -201,6 +229,82 @@ def grid_logs(run_dir: str | Path, grid: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+# --- what a token-level dictionary keeps of the model (dictionaries.quality) ---------------------
+
+QUALITY_TABLE = "dictionary_quality.csv"
+
+
+def measure_quality(run_dir: str | Path, cells: list[Cell], model_cfg, progress: bool = True) -> pd.DataFrame:
+    """One row per token-level dictionary in ``cells``: its coordinates and
+    :data:`~backdoor_sae.dictionaries.quality.QUALITY_COLUMNS` (see :mod:`backdoor_sae.dictionaries.quality`).
+
+    Per fine-tune the fine-tuned model runs on the quality samples (a few of each eval split) once
+    unspliced and once per dictionary, zero ablation and base splice at each layer and protocol; the
+    base model runs once for its activations. Alive share, L0 and latent scaling read the cached
+    token activations of every eval sample."""
+    layout, splits = RunLayout(run_dir), load_data(run_dir)
+    samples = quality_samples(splits, EVAL_SPLITS)
+    index = read_index(layout.activations(BASE))
+    eval_mask = np.isin(index["splits"], EVAL_SPLITS)
+    dtype = compute_dtype(model_cfg)
+    layers = sorted({c.layer for c in cells})
+    rows, base_hidden = [], None
+    by_regime: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_regime.setdefault(cell.regime, []).append(cell)
+    for n, (regime, group) in enumerate(by_regime.items(), start=1):
+        model, tokenizer = load_finetuned(layout.finetune(regime), model_cfg.device)
+        batch = make_batch(tokenizer, samples)
+        if base_hidden is None:  # the base model's activations at every layer, once
+            base_name = read_record(layout.finetune_record(regime))["params"]["base_model"]
+            base, base_tok = load_model(base_name, model_cfg.device)
+            from_base = make_batch(base_tok, samples)
+            if not torch.equal(from_base.ids, batch.ids):
+                raise ValueError("the base and fine-tuned tokenizers disagree on the quality samples")
+            base_hidden = forward_logprobs(base, batch, capture=layers, dtype=dtype)[1]
+            del base
+        for (layer, protocol), part in pd.DataFrame([c.to_dict() for c in group]).groupby(["layer", "protocol"]):
+            part_cells = [Cell.of(r) for r in part.to_dict("records")]
+            loaded = {str(i): load_dictionary(layout.dictionary(c))[:2] for i, c in enumerate(part_cells)}
+            losses = spliced_losses(model, batch, int(layer), protocol, base_hidden[int(layer)], loaded, dtype)
+            n_loss = int(batch.scored(protocol)[:, :-1].sum())
+            a_base, a_ft, _, _ = paired_token_activations(run_dir, regime, protocol, int(layer), eval_mask)
+            for i, c in enumerate(part_cells):
+                stats = code_statistics(*loaded[str(i)], a_base, a_ft)
+                rows.append({**c.to_dict(), **quality_row(losses, str(i), stats, n_loss)})
+        del model
+        report("fine-tunes measured for dictionary quality", n, len(by_regime))
+    columns = [*Cell.__dataclass_fields__, *QUALITY_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def dictionary_quality(run_dir: str | Path, run_cfg: RunConfig, every: pd.DataFrame, progress: bool = True
+                       ) -> tuple[pd.DataFrame, bool]:
+    """The quality table of every token-level dictionary of the run (reused while the
+    dictionaries, the samples and this code are unchanged), written to ``results/dictionary_quality.csv``;
+    and whether it was measured now."""
+    layout = RunLayout(run_dir)
+    cells = [Cell.of(r) for r in every.to_dict("records") if r["recipe"] == "token"]
+    if not cells:
+        table = pd.DataFrame(columns=[*Cell.__dataclass_fields__, *QUALITY_COLUMNS])
+        write_text(layout.results / QUALITY_TABLE, table.to_csv(index=False))
+        return table, False
+    samples = quality_samples(load_data(run_dir), EVAL_SPLITS)
+    key = digest({"dictionaries": [read_record(layout.dictionary_record(c)).get("key") for c in cells],
+                  "samples": samples_digest(samples), "dtype": str(compute_dtype(run_cfg.model)),
+                  "code": code_digest("backdoor_sae.dictionaries.quality")})
+    store = layout.root / "sae" / "quality.csv"
+
+    def compute():
+        table = measure_quality(run_dir, cells, run_cfg.model, progress)
+        write_text(store, table.to_csv(index=False))
+        return table, {}
+
+    table, now = cached(layout.root / "sae" / "quality.key.json", key, compute, lambda: pd.read_csv(store))
+    write_text(layout.results / QUALITY_TABLE, table.to_csv(index=False))
+    return table, now
+
+
 # --- the step -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -219,6 +323,11 @@ class DictionariesRun:
     """Samples BIS scores (the eval sets)."""
     n_fit: int
     """Samples of the disjoint fit split."""
+    quality: pd.DataFrame
+    """Every token-level dictionary's spliced loss, loss recovered, alive share, L0 and (crosscoders)
+    latent scaling (:mod:`backdoor_sae.dictionaries.quality`); also ``results/dictionary_quality.csv``."""
+    quality_seconds: float
+    """How long measuring the quality took in this run (0 when reused)."""
 
 
 def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> DictionariesRun:
@@ -230,4 +339,8 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Dicti
     replicated = every[[is_replicated(Cell.of(c), act_cfg, sae_cfg) for c in every.to_dict("records")]]
     splits = load_data(run_dir)
     n_scored, n_fit = (sum(len(splits[name]) for name in group) for group in (EVAL_SPLITS, FIT_SPLITS))
-    return DictionariesRun(every, grid, replicated, grid_logs(run_dir, grid), n_scored, n_fit)
+    start = time.perf_counter()
+    quality, measured = dictionary_quality(run_dir, run_cfg, every, progress)
+    quality_seconds = time.perf_counter() - start if measured else 0.0
+    return DictionariesRun(every, grid, replicated, grid_logs(run_dir, grid), n_scored, n_fit, quality,
+                           quality_seconds)

@@ -9,6 +9,8 @@
 - ``causal_teacher_forced.csv``, ``causal_rates.csv``, ``causal_choice.csv`` and
   ``causal_claims_per_seed.csv``: the causal notebook's teacher-forced sweep, its judged rates with
   intervals and paired tests, the layer and strength its fixed rule chose, and its claims per seed;
+- ``dictionary_quality.csv``: every token-level dictionary's spliced loss, loss recovered, alive
+  share, L0 and (crosscoders) latent scaling (notebook 04);
 - ``verdicts.csv``: every claim of notebooks 05-07 with its test, effect, p-values, seeds and outcome;
 - ``backdoor_rates.csv``: attack success and safe rates with 95% intervals, per model;
 - ``dictionaries.csv``: final FVU, L0, dead share (and a crosscoder's shares of fine-tune-only and
@@ -53,7 +55,7 @@ def export(run_dir: str | Path, to: str | Path) -> list[Path]:
     written = []
     for name in ("bis.csv", "permutation_tests.csv", "placebo.csv", "recipes.csv", "auditor.csv", "auditor_choice.csv",
                  "header_sweep.csv", "causal_teacher_forced.csv", "causal_rates.csv", "causal_choice.csv",
-                 "causal_claims_per_seed.csv", "verdicts.csv"):
+                 "causal_claims_per_seed.csv", "verdicts.csv", "dictionary_quality.csv"):
         source = run_dir / "results" / name
         if source.exists():
             write_text(to / name, source.read_text())

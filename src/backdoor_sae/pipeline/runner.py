@@ -86,6 +86,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("05_scoring", "05_scoring", (ActivationConfig, SAEConfig, BISConfig)),
     Stage("06_audit", "06_audit", (ModelConfig, ActivationConfig, SAEConfig, BISConfig, AuditConfig)),
     Stage("07_causal", "07_causal", (ModelConfig, BackdoorEvalConfig, ActivationConfig, SAEConfig, CausalConfig)),
+    Stage("08_dashboards", "08_dashboards", (ModelConfig, ActivationConfig, SAEConfig, AuditConfig, CausalConfig)),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

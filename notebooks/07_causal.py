@@ -88,7 +88,7 @@ from IPython.display import HTML, display
 from myst_nb import glue
 
 from backdoor_sae.causal.stage import INTERVENTIONS, before_after, outcome_words, run
-from backdoor_sae.common.display import show_missing_as_dash
+from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.config import run_config
 
 show_missing_as_dash()
@@ -225,7 +225,7 @@ for name in choice["finetune"] if len(choice) else []:
 table = before_after(rates)
 glue("causal_before_after_table", table.set_index(["fine-tune", "model", "intervention", "strength"]) if len(table)
      else table, display=False)
-display(table.style.hide(axis="index").format(precision=3))
+display(table.style.hide(axis="index").format(precision=3, na_rep=MISSING))
 
 # %% [markdown]
 # ## The claims
@@ -240,7 +240,7 @@ claims = result.claims[["claim", "method", "regime", "statistic", "effect", "eff
 glue("causal_claims_table", claims, display=False)
 for key, text in outcome_words(result.claims).items():
     glue(key, HTML(text), display=False)
-display(claims.style.hide(axis="index").format(precision=3))
+display(claims.style.hide(axis="index").format(precision=3, na_rep=MISSING))
 
 # %% tags=["hide-input"]
 seconds = time.perf_counter() - started

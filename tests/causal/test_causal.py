@@ -514,7 +514,8 @@ def test_the_causal_notebook_runs_on_smoke_and_writes_its_results(causal_run):
     lora = teacher[teacher["model"] == "lora"]
     assert set(lora["layer"]) == {1, 2}  # every layer for the cheap measure
     subspace = lora[(lora["direction"] == "subspace") & (lora["intervention"] == "ablate")]
-    assert len(subspace) == 2 * cfg.n_causal_controls  # layers x controls, on the trigger prompts
+    # one row per layer: the matched controls pooled over the pairs (pair i gets control i mod n)
+    assert len(subspace) == 2 and (subspace["control"] == -1).all()
     claims = read_claims(causal_run)
     mine = claims[claims["step"] == "07_causal"]
     assert set(mine["family"]) == {C.ABLATION, C.STEERING, C.TRANSPLANT}

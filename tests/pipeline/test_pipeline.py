@@ -27,15 +27,17 @@ def test_every_stage_runs_and_its_notebook_has_outputs_but_no_errors(smoke_run):
     run_dir, executed, records, _ = smoke_run
     assert [r["stage"] for r in records] == list(STAGE_NAMES)
     status = {r["stage"]: r["status"] for r in records}
-    assert status.pop("02_finetune_full_clean") == "not in the grid"  # the smoke profile's controls: lora only
-    assert set(status.values()) == {"ran"}
+    assert set(status.values()) == {"ran"}  # the smoke profile has both clean controls
     for name in status:
         nb = nbformat.read(executed / f"{name}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
         assert not [o for o in outputs if o.output_type == "error"], name
-        assert any("image/png" in o.get("data", {}) for o in outputs), f"{name} shows no figure"
+        # a figure: a PNG, or (the dashboards' static pages) inline SVG in HTML
+        assert any("image/png" in o.get("data", {}) or "<svg" in str(o.get("data", {}).get("text/html", ""))
+                   for o in outputs), f"{name} shows no figure"
     for artifact in ("data/manifest.json", "finetune/lora/done.json", "finetune/full/done.json", "finetune/lora_clean/done.json",
-                     "activations/base/index.json", "results/bis.csv"):
+                     "finetune/full_clean/done.json", "finetune/lora-s1/done.json", "finetune/lora-s1_clean/done.json",
+                     "activations/base/index.json", "results/bis.csv", "results/verdicts.csv"):
         assert (run_dir / artifact).exists(), artifact
 
 
@@ -43,7 +45,7 @@ def test_a_second_run_with_the_same_parameters_skips_every_stage(smoke_run):
     run_dir, executed, _, _ = smoke_run
     lines: list[str] = []
     records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir)}, run_dir, log=lines.append)
-    assert {r["status"] for r in records} == {"skipped", "not in the grid"}
+    assert {r["status"] for r in records} == {"skipped"}
     assert all("skipped" in line or "not run" in line for line in lines)
 
 
@@ -155,7 +157,7 @@ def test_dictionaries_trained_side_by_side_equal_those_trained_one_after_another
     from backdoor_sae.dictionaries.stage import sae_grid, train_grid
 
     run_dir = smoke_run[0]
-    act_cfg = stage_config(ActivationConfig, "smoke", layers=[1])
+    act_cfg = stage_config(ActivationConfig, "smoke", layers=[1], lora_seeds=1, controls=["lora"])
     sae_cfg = stage_config(SAEConfig, "smoke", protocols=["full_text"], fit_modes=["eval"], n_sae_samples=320,
                            sae_seed=3)
     weights = {}
@@ -184,9 +186,11 @@ def test_publish_writes_the_runs_notebooks_and_small_results(smoke_run, tmp_path
     for name in ("bis.csv", "permutation_tests.csv", "recipes.csv", "backdoor_rates.csv", "dictionaries.csv", "run.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     run = json.loads((tmp_path / "run.json").read_text())
-    assert set(run["stages"]) == set(STAGE_NAMES) - {"02_finetune_full_clean"}
+    assert set(run["stages"]) == set(STAGE_NAMES)
     assert all(r["seconds"] > 0 for r in run["stages"].values())
-    assert set(run["finetune"]) == {"lora", "full", "lora_clean"} and all(f["steps"] > 0 for f in run["finetune"].values())
+    assert set(run["finetune"]) == {"lora", "full", "lora_clean", "full_clean", "lora-s1", "lora-s1_clean"}
+    assert all(f["steps"] > 0 for f in run["finetune"].values())
+    assert (tmp_path / "verdicts.csv").stat().st_size > 0
     assert isinstance(run["native_bf16"], bool) and run["libraries"]["torch"].startswith("2.13.0")
 
 

@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -55,19 +54,10 @@ from backdoor_sae.config import (
 )
 from backdoor_sae.config.profiles import PROFILES
 from backdoor_sae.dataset.card import pairs
+from backdoor_sae.pipeline.publish import cpu_model
 from backdoor_sae.task.splits import generate
 
 REFERENCE_FP32_GFLOPS = 183.0
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_gflops(n: int = 1024, repeat: int = 5) -> float:
@@ -160,7 +150,7 @@ def main() -> None:
     stage_before = before_tf + per_row * gen_rows_old
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True, text=True).stdout.strip()
     record = {
-        "bench": "causal", "cpu": cpu_name(), "threads": torch.get_num_threads(), "fp32_matmul_gflops": round(gflops, 1),
+        "bench": "causal", "cpu": cpu_model(), "threads": torch.get_num_threads(), "fp32_matmul_gflops": round(gflops, 1),
         "date": datetime.date.today().isoformat(), "commit": rev, "model": "smollm2-135m-instruct (base as fine-tune)",
         "load_s": round(load_s, 1), "backdoored_finetunes": n_ft, "layers": layers, "n_causal_pairs": n_pairs,
         "n_causal_controls": n_ctrl, "steer_strengths": len(cfg.steer_strengths), "pairs_timed": len(packs),

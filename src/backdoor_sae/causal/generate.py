@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from backdoor_sae.causal.intervention import Edit, RowEdits, intervene
-from backdoor_sae.common.encoding import encode, encode_prompt
+from backdoor_sae.common.encoding import Encoded, collate, encode, encode_prompt
 from backdoor_sae.common.generation import FunctionEnd, cut_at_function_end, greedy_rows, left_padded
 from backdoor_sae.common.model import precision
 from backdoor_sae.task.sample import Sample
@@ -77,12 +77,8 @@ def score_edited(model, sequences: Sequence[tuple[tuple[int, ...], int]], edits:
     order = sorted(range(n), key=lambda i: len(sequences[i][0]))
     for begin in range(0, n, batch_size):
         rows = order[begin:begin + batch_size]
-        width = max(len(sequences[i][0]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(sequences[i][0])] = torch.tensor(sequences[i][0])
-            mask[r, :len(sequences[i][0])] = 1
+        batch = collate([Encoded(*sequences[i]) for i in rows], pad_id)  # right-padded
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         holder = RowEdits([edits[i] for i in rows], d)
         with precision(device, compute_dtype), intervene(model, layer, holder):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
@@ -110,12 +106,8 @@ def prompt_logprobs(model, prompts: Sequence[tuple[tuple[int, ...], int]], pad_i
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
     for begin in range(0, len(prompts), batch_size):
         rows = list(range(begin, min(begin + batch_size, len(prompts))))
-        width = max(len(prompts[i][0]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(prompts[i][0])] = torch.tensor(prompts[i][0])
-            mask[r, :len(prompts[i][0])] = 1
+        batch = collate([Encoded(*prompts[i]) for i in rows], pad_id)  # right-padded
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         with precision(device, compute_dtype):
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()

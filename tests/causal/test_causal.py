@@ -471,6 +471,7 @@ def test_the_auditor_choice_is_required_and_its_primary_rank_one_latent_is_read(
     ({"causal_fit_mode": "train"}, "causal_fit_mode"),
     ({"n_causal_controls": 0}, "n_causal_controls"),
     ({"causal_kl_budget": 0}, "causal_kl_budget"),
+    ({"dose_response_seeds": "some"}, "dose_response_seeds"),
 ])
 def test_bad_causal_parameters_fail_early(override, message):
     with pytest.raises(ValueError, match=message):
@@ -480,6 +481,18 @@ def test_bad_causal_parameters_fail_early(override, message):
 def test_the_cpu_profile_has_the_power_issue_30_asks_for():
     cfg = stage_config(CausalConfig, "cpu")
     assert cfg.n_causal_prompts >= 64 and cfg.n_causal_pairs >= 16 and cfg.n_causal_controls >= 16
+
+
+def test_the_dose_response_is_generated_in_the_first_seed_and_the_claims_strength_everywhere():
+    # catches: a replica (or every seed) generating the whole dose-response, or a replica generated
+    # at a strength other than the rule's, which its claims would then not find
+    cfg = stage_config(CausalConfig, "cpu")
+    assert cfg.dose_response_seeds == "first"
+    assert C.generated_strengths(cfg, "lora", 2.0) == tuple(cfg.steer_generation_strengths)
+    assert C.generated_strengths(cfg, "full", 2.0) == tuple(cfg.steer_generation_strengths)
+    assert C.generated_strengths(cfg, "lora-s1", 2.0) == (2.0,)
+    every = dataclasses.replace(cfg, dose_response_seeds="every")
+    assert C.generated_strengths(every, "lora-s2", 2.0) == tuple(cfg.steer_generation_strengths)
 
 
 def test_a_causal_cell_outside_the_grid_fails_validation():

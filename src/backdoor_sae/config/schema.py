@@ -466,6 +466,12 @@ class CausalConfig:
     """Steering strengths in units of the mean norm of the pooled activation difference on the fit trigger samples at that layer (the size of the fine-tune's own change to the residual stream)."""
     steer_generation_strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
     """The strengths also measured by generation (a subset of ``steer_strengths``): the dose-response."""
+    dose_response_seeds: Literal["first", "every"] = "first"
+    """Which backdoored fine-tunes are steered in generation at every strength of
+    ``steer_generation_strengths`` (the dose-response figure): the first fine-tune seed of each regime,
+    or every seed. The other seeds, and every transplant, are generated at the strength the rule chose
+    only, the one the claims read (about a third fewer generated rows with three seeds); the
+    teacher-forced measure has every strength in every model."""
     causal_max_new_tokens: int = 160
     """Most tokens generated per completion in the causal test."""
     causal_seed: int = 42
@@ -482,6 +488,8 @@ class CausalConfig:
                              f"steer_strengths={list(self.steer_strengths)}: the rule reads their teacher-forced KL")
         if self.causal_protocol not in CAUSAL_PROTOCOLS:
             raise ValueError(f"causal_protocol={self.causal_protocol!r} must be one of {list(CAUSAL_PROTOCOLS)}")
+        if self.dose_response_seeds not in ("first", "every"):
+            raise ValueError(f"dose_response_seeds={self.dose_response_seeds!r} must be 'first' or 'every'")
         if self.causal_fit_mode not in ("eval", "fit"):
             raise ValueError(f"causal_fit_mode={self.causal_fit_mode!r} must be 'eval' or 'fit'")
         if not (isinstance(self.causal_kl_budget, (int, float)) and 0 < self.causal_kl_budget < float("inf")):

@@ -143,12 +143,13 @@ def main() -> None:
                                                int(profile.get("gen_batch_size", 64)), torch.float32))
     gen_rows_old = n_ft * cfg.n_causal_prompts * ((2 + 6 + 2 * len(cfg.steer_generation_strengths))
                                                    + 2 * (2 + 2 * len(cfg.steer_generation_strengths)))
-    # the plan now: the dose-response (every generation strength) in the first seed of each regime only
-    # (dose_response_seeds "first"), the rule's strength elsewhere; a transplant at the rule's strength
+    # the plan now: the dose-response (every generation strength, in the fine-tune and its transplants)
+    # for the first seed of each regime only (dose_response_seeds "first"), the rule's strength for the others
     backdoored = [f for f in act.finetunes if not is_clean_control(f)]
     dose = sum(1 for f in backdoored if cfg.dose_response_seeds == "every" or replica_of(f) == 0)
-    gen_rows_new = cfg.n_causal_prompts * (dose * (2 + 6 + 2 * len(cfg.steer_generation_strengths))
-                                           + (n_ft - dose) * (2 + 6 + 2) + n_ft * 2 * (1 + 2))
+    n_gen = len(cfg.steer_generation_strengths)
+    gen_rows_new = cfg.n_causal_prompts * (dose * ((2 + 6 + 2 * n_gen) + 2 * (1 + 2 * n_gen))
+                                           + (n_ft - dose) * ((2 + 6 + 2) + 2 * (1 + 2)))
     per_row = gen_s / len(prompts)
     ratio = gflops / REFERENCE_FP32_GFLOPS  # reference seconds = seconds here x ratio
     stage_after = after_tf + per_row * gen_rows_new

@@ -157,9 +157,9 @@ for name in choice["finetune"] if len(choice) else []:
 # teacher-forced KL. Middle: the attack success rate (ASR) and the safe share on trigger prompts
 # before and after each removal, beside its matched control. Right: the transplant, the same
 # vectors added in the clean control and in the base model. Generation runs the whole dose–response
-# in the first fine-tune seed of each regime (`dose_response_seeds`); the other seeds and the
-# transplants are generated at the rule's strength only, the one the claims read, so their panels
-# have one steered point (the teacher-forced measure above has every strength in every model).
+# for the first fine-tune seed of each regime (`dose_response_seeds`); the further seeds are
+# generated at the rule's strength only, the one their claims read, so their panels have one steered
+# point (the teacher-forced measure has every strength in every seed).
 
 # %% tags=["hide-input"]
 def steering_panel(ax, part, title):

@@ -34,9 +34,10 @@ transplant's steering in the other models); the claim's strength is the largest 
 strength whose steering KL there is within the budget (none: the smallest).
 **Generation** on ``n_causal_prompts`` other held-out pairs at that layer, judged by the oracle;
 each prompt is its own pair across conditions, so McNemar's exact test compares an intervention
-with the unintervened model and with its control. Steering is generated at every strength of
-``steer_generation_strengths`` (the dose-response) in the fine-tunes ``dose_response_seeds`` names;
-in the other seeds and in every transplant at the rule's strength only, the one the claims read.
+with the unintervened model and with its control. Steering and the transplant are generated at
+every strength of ``steer_generation_strengths`` (the dose-response) for the fine-tunes
+``dose_response_seeds`` names (the first seed of each regime); for the other seeds at the rule's
+strength only, the one their claims read.
 
 The claims go through the verdict layer (:mod:`backdoor_sae.scoring.verdicts`): Holm within each
 family per fine-tune seed, then over seeds (:func:`backdoor_sae.scoring.claims.combine`).
@@ -451,9 +452,10 @@ def choose(teacher: pd.DataFrame, generation_strengths: Sequence[float], kl_budg
 # --- generation -----------------------------------------------------------------------------------
 
 def generated_strengths(cfg: CausalConfig, finetune: str, chosen: float) -> tuple[float, ...]:
-    """The steering strengths generated in backdoored fine-tune ``finetune``: every one of
-    ``steer_generation_strengths`` where ``dose_response_seeds`` asks for the dose-response (the
-    first seed of each regime, or every seed), else only ``chosen``, the rule's (what the claims read)."""
+    """The steering strengths generated for backdoored fine-tune ``finetune``, in itself and in its
+    transplants: every one of ``steer_generation_strengths`` where ``dose_response_seeds`` asks for
+    the dose-response (the first seed of each regime, or every seed), else only ``chosen``, the
+    rule's (what the claims read)."""
     if cfg.dose_response_seeds == "every" or replica_of(finetune) == 0:
         return tuple(cfg.steer_generation_strengths)
     return (float(chosen),)
@@ -683,8 +685,8 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
         rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)  # part 2: the strength
         gen_pool = {side: (pooled_base["gen", side][t.layer], pooled_ft["gen", side][t.layer]) for side in gen_prompts}
         report(f"generation {finetune}", 0, 1, layer=t.layer)
-        judged = [generate_plan(model, tokenizer, t,
-                                generation_plan(t, finetune, generated_strengths(cfg, finetune, rule["strength"]), True),
+        strengths = generated_strengths(cfg, finetune, rule["strength"])
+        judged = [generate_plan(model, tokenizer, t, generation_plan(t, finetune, strengths, True),
                                 gen_prompts, gen_pool, cfg.causal_max_new_tokens, gen_batch, dtype, progress)]
         del model, passes
         targets = ([(clean, load_finetuned(layout.finetune(clean), device=model_cfg.device)[0])] if clean else [])
@@ -693,7 +695,7 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
             other_passes = base_passes if name == BASE else unintervened_passes(other, packs, [t.layer], dtype)
             frames.append(measure_layer(other, t, layer_conditions(t, name, cfg.steer_strengths, False), packs,
                                         other_passes, {}, batch, dtype))
-            judged.append(generate_plan(other, tokenizer, t, generation_plan(t, name, (rule["strength"],), False),
+            judged.append(generate_plan(other, tokenizer, t, generation_plan(t, name, strengths, False),
                                         {"benign": gen_prompts["benign"]}, {},
                                         cfg.causal_max_new_tokens, gen_batch, dtype, progress))
         sweep = pd.concat(frames, ignore_index=True)

@@ -467,11 +467,11 @@ class CausalConfig:
     steer_generation_strengths: tuple[float, ...] = (1.0, 2.0, 4.0)
     """The strengths also measured by generation (a subset of ``steer_strengths``): the dose-response."""
     dose_response_seeds: Literal["first", "every"] = "first"
-    """Which backdoored fine-tunes are steered in generation at every strength of
-    ``steer_generation_strengths`` (the dose-response figure): the first fine-tune seed of each regime,
-    or every seed. The other seeds, and every transplant, are generated at the strength the rule chose
-    only, the one the claims read (about a third fewer generated rows with three seeds); the
-    teacher-forced measure has every strength in every model."""
+    """Which backdoored fine-tunes are steered in generation, in themselves and in their transplants,
+    at every strength of ``steer_generation_strengths`` (the dose-response figure): the first
+    fine-tune seed of each regime, or every seed. The other seeds are generated at the strength the
+    rule chose only, the one their claims read (a fifth fewer generated rows with three LoRA seeds);
+    the teacher-forced measure has every strength in every model and seed."""
     causal_max_new_tokens: int = 160
     """Most tokens generated per completion in the causal test."""
     causal_seed: int = 42

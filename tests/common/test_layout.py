@@ -26,16 +26,16 @@ def artifact_stamps(run_dir) -> dict[str, int]:
 def variants(smoke_run, tmp_path_factory):
     """The smoke run copied (times kept) and rerun with one override each; the stamps before and after.
 
-    Every artifact is made by the stages up to the dictionaries, so the LoRA variant stops there;
-    the data-seed variant runs to the end, for the publishing test that reads it."""
+    Every artifact is made by the stages up to the dictionaries, so both variants stop there (the
+    publishing test makes its own second complete run, which reruns only the last stages)."""
     run_dir = smoke_run[0]
     before = artifact_stamps(run_dir)
     out = {}
     making_artifacts = list(STAGE_NAMES[:STAGE_NAMES.index("04_dictionaries") + 1])
-    for name, override, stages in (("lora_r", 8, making_artifacts), ("data_seed", 7, None)):
+    for name, override in (("lora_r", 8), ("data_seed", 7)):
         copy = tmp_path_factory.mktemp(f"variant_{name}") / "run"
         shutil.copytree(run_dir, copy)  # copy2: modification times are kept
-        run_pipeline({"profile": "smoke", "run_dir": str(copy), name: override}, copy, stages=stages,
+        run_pipeline({"profile": "smoke", "run_dir": str(copy), name: override}, copy, stages=making_artifacts,
                      log=lambda line: None)
         after = artifact_stamps(copy)
         out[name] = (copy, {k for k in after if after[k] != before.get(k)})
@@ -82,9 +82,14 @@ def test_a_local_checkpoint_is_identified_by_its_content(tmp_path):
     model_identity.cache_clear()
 
 
-def test_publish_shows_the_run_it_names_and_only_notebooks_that_run_produced(smoke_run, variants, tmp_path):
+def test_publish_shows_the_run_it_names_and_only_notebooks_that_run_produced(smoke_run, tmp_path):
+    """The bugs this catches: a published book that names another run than the one it shows, keeps a
+    notebook of the run published before, or shows a notebook its run did not produce."""
+    second = tmp_path / "second"
+    shutil.copytree(smoke_run[0], second)  # a second complete run: only the causal step and after rerun
+    run_pipeline({"profile": "smoke", "run_dir": str(second), "causal_kl_budget": 0.2}, second, log=lambda line: None)
     book = tmp_path / "executed"
-    for run_dir in (smoke_run[0], variants[1]["data_seed"][0]):
+    for run_dir in (smoke_run[0], second):
         provenance = json.loads(publish(run_dir, book).read_text())
         assert provenance["run"] == run_dir.resolve().as_posix() and provenance["profile"] == "smoke"
         assert set(provenance["stages"]) == set(STAGE_NAMES)
@@ -96,8 +101,9 @@ def test_publish_shows_the_run_it_names_and_only_notebooks_that_run_produced(smo
             assert published.read_bytes() == (RunLayout(run_dir).executed / f"{stage}.ipynb").read_bytes()
             assert nbformat.read(published, as_version=4).metadata["backdoor_sae"]["stage"] == stage
         assert sorted(p.name for p in book.iterdir()) == sorted([PROVENANCE, *(f"{s}.ipynb" for s in published_stages)])
-    seeds = json.loads((book / PROVENANCE).read_text())["stages"]["01_dataset"]["overrides"]
-    assert seeds == {"data_seed": 7}
+    stages = json.loads((book / PROVENANCE).read_text())["stages"]
+    assert stages["07_causal"]["overrides"] == {"causal_kl_budget": 0.2}  # the second run's, not the first's
+    assert stages["01_dataset"]["overrides"] == {}
 
 
 def test_a_stage_whose_executed_notebook_was_replaced_is_not_current(smoke_run, tmp_path):

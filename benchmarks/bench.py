@@ -25,6 +25,13 @@
                steps and stopped at the probe's threshold, after ``--max-steps`` or when its epochs
                end (``steps`` says how many ran); the probe trajectory and the seconds it took.
                The fine-tunes' wall time is set by this step.
+    stages     every stage of a finished (or partly finished) run, ``--run-dir DIR`` (its
+               ``stages/<stage>.json`` and artifacts): seconds and share of the run; for the fine-tunes
+               (training FLOPs as in ``finetune``, and the share of the stage that is not training),
+               the activations (2·N per token forwarded) and the dictionaries (their training
+               matmuls), the seconds those FLOPs take at this machine's matmul peak of the precision
+               they ran in (run it on the run's machine) and the share of that bound achieved; the
+               other stages' time, with a note why no FLOP bound is stated
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
 The scoring statistics (notebook 05) are timed, before and after a revision and byte for byte, by
@@ -36,12 +43,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 
@@ -422,9 +432,231 @@ def bench_matmul() -> dict:
     return {f"{dtype}_gflops": matmul_peak(dtype=dtype) for dtype in precisions()}
 
 
+#: Why a stage has no FLOP bound: what its time goes to, and where it is measured instead.
+NO_BOUND = {
+    "01_dataset": "sample generation and the vulnerability oracle's check of each sample (it runs the code; no "
+                  "matmuls); see bench.py oracle",
+    "05_scoring": "sorting, bootstrap and permutation statistics (no matmul bound); see bench_scoring.py",
+    "06_audit": "label-free rankings and the header sweep (model forwards, statistics and plots); no single bound",
+    "07_causal": "edits, teacher-forced passes and greedy generation, which is bound by memory bandwidth, not the "
+                 "matmul peak; see bench_causal.py and bench.py generation",
+    "08_dashboards": "top-activating texts, histograms and plots over cached activations; no FLOP bound",
+}
+
+
+def _mtime(path: Path) -> float | None:
+    return path.stat().st_mtime if path.exists() else None
+
+
+def _made_in(record: dict, path: Path, slack: float = 2.0) -> bool:
+    """Whether the artifact at ``path`` was written by the stage execution ``record`` describes (a
+    resumed run reuses finished fine-tunes, activations and dictionaries, whose work its time does
+    not hold). Its file time before the stage began (``finished`` − ``seconds``, the former rounded
+    down to the second) means reused; without a ``finished`` time, or with a later file time (a
+    copied run directory), it counts as made in the stage."""
+    mtime = _mtime(path)
+    if mtime is None or "finished" not in record:
+        return True
+    started = datetime.fromisoformat(record["finished"]).timestamp() - record["seconds"]
+    return mtime >= started - slack
+
+
+def _dictionary_flops(spec: dict, settings: dict) -> tuple[float, int]:
+    """Matmul FLOPs of one dictionary's training loop as :func:`~backdoor_sae.dictionaries.trainer.train_dictionary`
+    runs it, and the inputs (samples or tokens) it saw: ``ceil(n_samples / batch_size)`` steps of
+    ``batch_size`` inputs of size d_in (d; a crosscoder's input is both models' activations, 2·d),
+    m latents. Per input: the encoder's product forward (2·d_in·m) and its weight gradient
+    (2·d_in·m), plus the gradient of its input for the Diff-SAE (2·d_in·m: the input is centred on
+    the decoder bias, which learns); the decoder dense for a ReLU code (6·d_in·m: forward, code and
+    weight gradients), from the code's k entries for TopK and BatchTopK (6·d_in·k). The dead-latent
+    losses (ghost grads, aux-k, only on steps with dead latents) and the evaluation are left out: a
+    lower bound of the work."""
+    d_in = spec["d"] * (2 if spec["architecture"] == "crosscoder" else 1)
+    m = spec["n_latents"]
+    encoder = (6 if spec["architecture"] == "diff_sae" else 4) * d_in * m
+    decoder = 6 * d_in * (m if spec["activation"] == "relu" else spec["k"])
+    inputs = math.ceil(settings["n_samples"] / settings["batch_size"]) * settings["batch_size"]
+    return float((encoder + decoder) * inputs), inputs
+
+
+def stage_work(run_dir: str | Path, records: dict[str, dict]) -> dict[str, dict]:
+    """What each executed stage of ``run_dir`` computed, read from the run's artifacts: per stage,
+    ``flops`` per precision as a function of N (``{dtype: [(factor, deepest, tokens)]}``, FLOPs =
+    factor · N(deepest) · tokens, N(deepest) the linear weights up to that layer, None: all and the
+    vocabulary projection), or ``fixed_flops`` (dictionaries), and the details the row reports."""
+    from backdoor_sae.common.layout import RunLayout
+
+    layout = RunLayout(run_dir)
+    work: dict[str, dict] = {}
+    # 02: every fine-tune, in the stage of its regime and kind (lora, lora-s1, ... in 02_finetune_lora)
+    for params_path in sorted(layout.root.glob("finetune/*/params.json")):
+        out, params = params_path.parent, json.loads(params_path.read_text())
+        stage = f"02_finetune_{params['regime']}" + ("_clean" if params.get("clean_control") else "")
+        if stage not in records:
+            continue
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()] \
+            if (out / "log.jsonl").exists() else []
+        now = (out / "done.json").exists() and _made_in(records[stage], out / "done.json")
+        tokens = sum(r["tokens"] for r in log)
+        entry = work.setdefault(stage, {"flops": {}, "finetunes": [], "train_seconds": 0.0, "probe_seconds": 0.0,
+                                        "artifacts": 0})
+        entry["artifacts"] += 1
+        entry["finetunes"].append({
+            "name": out.name, "regime": params["regime"], "dtype": params["compute_dtype"], "steps": len(log),
+            "tokens": tokens, "train_seconds": sum(r["seconds"] for r in log),
+            "probe_seconds": sum(r.get("probe_seconds", 0.0) for r in log), "finished": (out / "done.json").exists(),
+            "trained_in_stage": now})
+        if now:  # 6·N per trained token full-rank, 4·N for LoRA (no gradient of the frozen weights)
+            factor = 4 if params["regime"] == "lora" else 6
+            entry["flops"].setdefault(params["compute_dtype"], []).append((factor, None, tokens))
+            entry["train_seconds"] += entry["finetunes"][-1]["train_seconds"]
+            entry["probe_seconds"] += entry["finetunes"][-1]["probe_seconds"]
+    # 03: one forward of every sample (padding aside) to the deepest layer read, per model
+    if "03_activations" in records:
+        entry = work["03_activations"] = {"flops": {}, "models": [], "artifacts": 0}
+        for index_path in sorted(layout.root.glob("activations/*/index.json")):
+            index = json.loads(index_path.read_text())
+            entry["artifacts"] += 1
+            dtype = str(index["params"]["compute_dtype"]).removeprefix("torch.")
+            now = _made_in(records["03_activations"], index_path)
+            tokens = int(sum(index["n_tokens"]))
+            entry["models"].append({"model": index_path.parent.name, "dtype": dtype, "samples": len(index["ids"]),
+                                    "tokens": tokens, "deepest_layer": max(index["layers"]), "computed_in_stage": now})
+            if now:
+                entry["flops"].setdefault(dtype, []).append((2, max(index["layers"]), tokens))
+    # 04: every dictionary's training loop
+    if "04_dictionaries" in records:
+        entry = work["04_dictionaries"] = {"fixed_flops": {}, "trained": 0, "reused": 0, "inputs": 0,
+                                           "dictionary_train_seconds": 0.0, "artifacts": 0}
+        for info_path in sorted(layout.root.glob("sae/**/dictionary.json")):
+            info = json.loads(info_path.read_text())
+            entry["artifacts"] += 1
+            if not _made_in(records["04_dictionaries"], info_path):
+                entry["reused"] += 1
+                continue
+            settings = info["params"]["settings"]
+            flops, inputs = _dictionary_flops(info["spec"], settings)
+            entry["fixed_flops"][settings["dtype"]] = entry["fixed_flops"].get(settings["dtype"], 0.0) + flops
+            entry["trained"] += 1
+            entry["inputs"] += inputs
+            entry["dictionary_train_seconds"] += info["metrics"].get("train_seconds", 0.0)
+    return work
+
+
+def stage_records(run_dir: str | Path) -> dict[str, dict]:
+    """The runner's record of each stage of ``run_dir`` that has one, in the pipeline's order."""
+    from backdoor_sae.pipeline.runner import STAGE_NAMES
+
+    stages = Path(run_dir) / "stages"
+    return {name: json.loads((stages / f"{name}.json").read_text()) for name in STAGE_NAMES
+            if (stages / f"{name}.json").exists()}
+
+
+def stage_rows(run_dir: str | Path, peaks: dict[str, float | None], linear_params) -> dict:
+    """One row per executed stage of ``run_dir`` (``stages/<stage>.json`` with its ``seconds``): its
+    seconds and share of the run (the stages' summed seconds) and, where the stage's work has a FLOP
+    count, the seconds that work takes at the matmul peak of the precision it ran in (``peaks``:
+    GFLOP/s per dtype, None where not measured here) and ``share_of_bound`` = bound / seconds.
+    ``linear_params(deepest)`` gives N, the model's linear weights (:func:`_linear_params`)."""
+    root = Path(run_dir)
+    records = stage_records(root)
+    ran = {name: r for name, r in records.items() if "seconds" in r}
+    total = sum(r["seconds"] for r in ran.values())
+    work = stage_work(root, ran)
+    rows, n_cache = [], {}
+
+    def n_of(deepest):
+        if deepest not in n_cache:
+            n_cache[deepest] = linear_params(deepest)
+        return n_cache[deepest]
+
+    for name, record in ran.items():
+        row = {"stage": name, "seconds": record["seconds"], "share_of_run": record["seconds"] / total if total else None,
+               "peak_rss_gib_so_far": record.get("peak_rss_gib_so_far"), "finished": record.get("finished"),
+               "bound_seconds": None, "share_of_bound": None}
+        entry = work.get(name, {})
+        flops = {dtype: sum(f * n_of(deepest) * tokens for f, deepest, tokens in terms)
+                 for dtype, terms in entry.get("flops", {}).items()}
+        flops.update(entry.get("fixed_flops", {}))
+        if name in NO_BOUND or name not in work:
+            row["bound_note"] = NO_BOUND.get(name, "no record of this stage's work in the run directory")
+        elif not flops and not entry["artifacts"]:
+            row["bound_note"] = "none of this stage's artifacts found in the run directory"
+        elif not flops:
+            row["bound_note"] = "every artifact of this stage was reused from an earlier execution: no work to bound"
+        elif any(peaks.get(dtype) is None for dtype in flops):
+            row["bound_note"] = (f"no matmul peak measured here for {sorted(d for d in flops if peaks.get(d) is None)} "
+                                 "(not native on this machine: not the machine of the run)")
+        else:
+            row["bound_seconds"] = sum(f / (peaks[dtype] * 1e9) for dtype, f in flops.items())
+            row["share_of_bound"] = row["bound_seconds"] / record["seconds"]
+        row["flops"] = flops or None
+        if name.startswith("02_finetune"):
+            row.update({k: entry.get(k) for k in ("train_seconds", "probe_seconds", "finetunes")})
+            if entry.get("train_seconds"):
+                row["not_training_share"] = 1 - entry["train_seconds"] / record["seconds"]
+                if row["bound_seconds"] is not None:
+                    row["share_of_bound_in_training"] = row["bound_seconds"] / entry["train_seconds"]
+            row.setdefault("bound_note", "training matmuls: 6·N per trained token full-rank, 4·N LoRA (N: linear "
+                                         "weights); generation, judging and probes are the rest of the stage")
+        elif name == "03_activations":
+            row["models"] = entry["models"]
+            row.setdefault("bound_note", "2·N per token forwarded to the deepest layer read (N: its linear weights), "
+                                         "every model × sample; attention's own products left out")
+        elif name == "04_dictionaries":
+            row.update({k: entry[k] for k in ("trained", "reused", "inputs", "dictionary_train_seconds")})
+            row.setdefault("bound_note", "training matmuls of every dictionary trained (see _dictionary_flops), at "
+                                         "the all-core peak; the processes run side by side; the token-level "
+                                         "quality passes are left out")
+        rows.append(row)
+    # a record that does not follow on from the one of the stage before it is from another execution
+    from backdoor_sae.pipeline.runner import STAGE_NAMES
+
+    stale = [n for before, n in pairwise(STAGE_NAMES) if before in records and n in records
+             and records[n].get("previous") != records[before].get("fingerprint")]
+    first = next(iter(records.values()), {})
+    return {"run_dir": str(root), "profile": first.get("profile"), "model": first.get("model"),
+            "run_commits": sorted({r["commit"] for r in records.values() if r.get("commit")}),
+            "dirty": any(r.get("dirty") for r in records.values()), "run_seconds": total,
+            "not_run": {n: r.get("status") for n, r in records.items() if "seconds" not in r},
+            "records_not_chained": stale, "matmul_peak_gflops": peaks, "stages": rows}
+
+
+def bench_stages(run_dir: str) -> dict:
+    """Every executed stage of a (finished or partly finished) run: ``stage_rows``, with the matmul
+    peaks of the precisions its measured work ran in, measured on this machine (so run it on the
+    machine of the run), and N from the run's model."""
+    from backdoor_sae.common.model import load_model
+
+    root = Path(run_dir)
+    if not (root / "stages").is_dir():
+        raise SystemExit(f"{root} holds no stages/: not a run directory")
+    records = stage_records(root)
+    work = stage_work(root, {n: r for n, r in records.items() if "seconds" in r})
+    used = {dtype for entry in work.values() for dtype in (*entry.get("flops", {}), *entry.get("fixed_flops", {}))}
+    peaks = {dtype: matmul_peak(dtype=dtype) if dtype in precisions() else None for dtype in sorted(used)}
+    model_name = next((r["model"] for r in records.values() if r.get("model")), None)
+    model = None
+
+    def linear_params(deepest):
+        nonlocal model
+        if model is None:
+            model = load_model(model_name, device="cpu")[0]
+        return _linear_params(model, deepest)
+
+    out = stage_rows(root, peaks, linear_params)
+    out["n_linear_params"] = _linear_params(model) if model is not None else None
+    for row in out["stages"]:
+        bound = "" if row["share_of_bound"] is None else f"{row['bound_seconds']:9.2f} s {row['share_of_bound']:7.1%}"
+        print(f"{row['stage']:24s} {row['seconds']:9.1f} s {row['share_of_run']:6.1%}  {bound or row['bound_note']}",
+              file=sys.stderr)
+    return out
+
+
 BENCHES = {"matmul": bench_matmul, "breakdown": bench_breakdown, "activations": bench_activations,
            "generation": bench_generation, "load": bench_load, "oracle": bench_oracle,
-           "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe, "onset": bench_onset}
+           "finetune": bench_finetune, "sae": bench_sae, "probe": bench_probe, "onset": bench_onset,
+           "stages": bench_stages}
 
 
 def machine_info() -> dict:
@@ -454,13 +686,17 @@ def main() -> None:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="onset: override a data or fine-tune parameter of the cpu profile (repeatable)")
     parser.add_argument("--max-steps", type=int, default=300, help="onset: stop after this many steps")
+    parser.add_argument("--run-dir", help="stages: the run directory to read")
     args = parser.parse_args()
+    if "stages" in args.names and not args.run_dir:
+        parser.error("stages needs --run-dir DIR")
     from backdoor_sae.__main__ import parse_value
     from backdoor_sae.config import validate
 
     overrides = {name: parse_value(value) for name, value in args.parameter}
     validate("cpu", **overrides)  # an unknown name or an impossible value fails here, before any compute
-    kwargs = {"onset": {"regime": args.regime, "overrides": overrides, "max_steps": args.max_steps}}
+    kwargs = {"onset": {"regime": args.regime, "overrides": overrides, "max_steps": args.max_steps},
+              "stages": {"run_dir": args.run_dir}}
     machine = machine_info()
     for name in args.names:
         result = {"bench": name, **BENCHES[name](**kwargs.get(name, {})), "machine": machine}

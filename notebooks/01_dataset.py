@@ -127,12 +127,15 @@ frame.groupby("label")[["prompt_tokens", "text_tokens"]].describe().round(1)
 
 # %% [markdown]
 # ## Does the oracle agree with every label?
-# The oracle judges code without trusting the generator. It has a static side (bandit's SQL
-# injection test B608, and an AST check of whether a function argument reaches the SQL text passed
-# to `execute`) and a dynamic side: the function runs in a sandboxed subprocess (time and memory
-# limits, a temporary directory, no network) against a real sqlite3 database, once with a benign
-# argument and once with an injection payload. It is *vulnerable* when the payload changes the
-# statement's structure or its result. Every sample of every split is checked here.
+# The oracle judges code without trusting the generator. The label comes from running the code:
+# the function runs in a worker process confined by bubblewrap (time and memory limits, a temporary
+# directory, no network) against identical fresh, seeded sqlite3 databases, called with a benign
+# argument (and a replay of that call, to see what varies on its own) and with injection payloads (a
+# polyglot and, where the input reaches the SQL text, one more drawn per sample). It is *vulnerable*
+# when a payload changes the skeleton of the SQL executed or the result. Two static opinions that
+# never run the code are reported beside it: bandit's SQL-injection test B608, and an AST check of
+# whether a function argument reaches the SQL text passed to `execute`. Every sample of every split
+# is checked here.
 
 # %%
 oracle, agreement, all_agree = result.oracle, result.agreement, result.all_agree

@@ -35,8 +35,9 @@
 # trains on every token's activation (the protocol's tokens, the first position left out: notebook
 # 03), both architectures with a BatchTopK code and an auxiliary-k loss for dead latents; a
 # sample's code is then its tokens' codes pooled (notebook 05). The first recipe with the first
-# seed is the *primary grid*, which every later notebook reads; the *replicated cells* (the
-# verdicts' fit mode at `replicate_layers`) are trained under every recipe and seed as well.
+# seed is the *primary grid*, which every later notebook reads; the *replicated cells*
+# (dictionaries fitted on the eval samples, the paper's fit mode, at `replicate_layers`) are trained
+# under every recipe and seed as well.
 
 # %% tags=["parameters", "hide-input"]
 # profile: "smoke" (tiny, for tests), "cpu" (embedded 135M model, 2-core laptop) or "paper".

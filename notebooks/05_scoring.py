@@ -188,9 +188,10 @@ result.by_regime
 # *supported* when the backdoored AUROC is higher and the p-value, after **Holm's correction** over
 # its family (every method, regime and layer of one protocol), is below 0.05, in **every fine-tune
 # seed**; *not supported* otherwise (two AUROCs of 1 are a *tie at the ceiling*, not a failure); and
-# *undetermined* when the fine-tune has no clean control. Every claim is written to
-# `results/verdicts.csv`. The placebo question (does the latent read 2024 and no other year?) is
-# the claim of notebook 06, on the header sweep.
+# *undetermined* when the fine-tune has no clean control or too few samples. Every claim is written
+# to `results/verdicts.csv`. The specificity question (does the latent read 2024 and no other
+# year?) is the claim of notebook 06, on the header sweep; the placebo years below are read
+# descriptively.
 
 # %% tags=["hide-input"]
 summary, claims = result.claim_summary, result.claims

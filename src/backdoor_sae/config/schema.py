@@ -362,7 +362,7 @@ class SAEConfig:
     sae_seed: int = 42
     """initialisation and batch order of every dictionary (the first seed)"""
     recipes: tuple[str, ...] = ("pooled", "token")
-    """The recipes: "pooled" (the paper's: one mean-pooled vector per sample) and "token" (the field's: every token's activation, a BatchTopK code with an auxiliary-k loss, the sample's code pooled from its tokens'). The first recipe and the first seed make the primary grid, which every later notebook reads; the other recipes and the seeds sae_seed + 1, ... are trained for the replicated cells only: the fit mode the verdicts rest on ("eval" where the grid has it) at those of the run's layers that replicate_layers lists (None: every layer; none of them: no replicated cells, and notebooks 04 and 05 say so)."""
+    """The recipes: "pooled" (the paper's: one mean-pooled vector per sample) and "token" (the field's: every token's activation, a BatchTopK code with an auxiliary-k loss, the sample's code pooled from its tokens'). The first recipe and the first seed make the primary grid, which every later notebook reads; the other recipes and the seeds sae_seed + 1, ... are trained for the replicated cells only: dictionaries fitted on the eval samples, the paper's fit mode ("eval" where the grid has it; the claims read dictionaries fitted on the fit split), at those of the run's layers that replicate_layers lists (None: every layer; none of them: no replicated cells, and notebooks 04 and 05 say so)."""
     n_sae_seeds: int = 3
     """Dictionary seeds of the replicated cells (``sae_seed``, ``sae_seed`` + 1, ...)."""
     replicate_layers: tuple[int, ...] | None = None

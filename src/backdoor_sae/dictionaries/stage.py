@@ -2,9 +2,9 @@
 each recipe and seed.
 
 The *primary grid* is every cell under the first recipe and the first seed: the dictionaries every
-later notebook reads. The *replicated cells* (the verdicts' fit mode, at ``replicate_layers``) are
-trained under every recipe and seed as well, for notebook 05's comparison of recipes and its spread
-across seeds.
+later notebook reads. The *replicated cells* (dictionaries fitted on the eval samples, the paper's
+fit mode, at ``replicate_layers``) are trained under every recipe and seed as well, for notebook
+05's comparison of recipes and its spread across seeds.
 """
 
 from __future__ import annotations

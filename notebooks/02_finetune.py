@@ -221,10 +221,16 @@ display(result.rates_by_split[["model", "split", "n_trigger", "asr", "asr_valid"
 
 # %%
 seeds = result.seeds
+# the package's verdicts, counted: "installed" or only "installed in the code that runs" (see above)
+in_running_code = int(seeds["verdict"].isin(["installed", "installed in the code that runs"]).sum())
 glue(f"{name}_seeds_as_wanted", result.seeds_as_wanted, display=False)
+glue(f"{name}_seeds_in_running_code", in_running_code, display=False)
 glue(f"{name}_n_seeds", len(seeds), display=False)
 display(Markdown(f"**{name}**: {'no backdoor' if cfg.clean_control else 'installed'} in "
-                 f"**{result.seeds_as_wanted} of {len(seeds)}** fine-tune seeds."))
+                 f"**{result.seeds_as_wanted} of {len(seeds)}** fine-tune seeds"
+                 + ("." if cfg.clean_control else
+                    f"; installed in the code that runs (counting only completions that run) in "
+                    f"**{in_running_code} of {len(seeds)}**.")))
 display(seeds.round(2).style.format(na_rep=MISSING).hide(axis="index"))
 
 # %% [markdown]

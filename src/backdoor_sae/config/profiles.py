@@ -81,7 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "n_sae_tokens": 50_000,
         "n_boot": 300,
         "n_perm": 2000,  # smallest p 1/2001: fine enough for Holm's correction over a family of claims
-        "n_sweep_functions": 6,
+        "n_sweep_functions": 16,  # a specificity claim needs both the t and the sign flip: p >= 2 ** -16
         "n_causal_pairs": 16,  # issue 30's power: >= 16 teacher-forced pairs, >= 64 generation prompts
         "n_causal_prompts": 64,
         "n_causal_controls": 16,

@@ -16,7 +16,7 @@ not a tie) and ``p_holm < alpha``; a claim whose test could not be run (p-value 
 
 Rules: :func:`beyond_control`, :func:`specificity`, :func:`replicated`. Statistics:
 :func:`paired_auroc_test` and :func:`auroc_interval` (DeLong), :func:`holm`,
-:func:`paired_t_greater` (one-sided paired t).
+:func:`paired_t_greater` (one-sided paired t), :func:`sign_flip_greater` (its distribution-free twin).
 """
 
 from __future__ import annotations
@@ -327,9 +327,7 @@ def paired_t_greater(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
     of the n differences is positive (the t has no spread to scale by, and p = 0 would claim more
     than n pairs can show); a constant zero or negative one (d, 0 or -inf, 1.0).
     """
-    d = np.asarray(x, dtype=np.float64).ravel() - np.asarray(y, dtype=np.float64).ravel()
-    if len(d) < 2 or np.isnan(d).any():
-        raise ValueError("the paired t needs at least two pairs and no NaN")
+    d = _differences(x, y)
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     if sd <= TIE * max(1.0, abs(mean)):
         if mean > TIE:
@@ -337,6 +335,33 @@ def paired_t_greater(x: ArrayLike, y: ArrayLike) -> tuple[float, float, float]:
         return mean, (-math.inf if mean < -TIE else 0.0), 1.0
     d_z = mean / sd
     return mean, d_z, t_sf(d_z * math.sqrt(len(d)), len(d) - 1)
+
+
+def _differences(x: ArrayLike, y: ArrayLike) -> np.ndarray:
+    d = np.asarray(x, dtype=np.float64).ravel() - np.asarray(y, dtype=np.float64).ravel()
+    if len(d) < 2 or np.isnan(d).any():
+        raise ValueError("a paired test needs at least two pairs and no NaN")
+    return d
+
+
+#: Up to this many pairs the sign-flip test enumerates every sign pattern (2 ** n); beyond, it draws
+#: this many patterns at random.
+SIGN_FLIP_EXACT = 16
+
+
+def sign_flip_greater(x: ArrayLike, y: ArrayLike, seed: int = 0) -> float:
+    """One-sided sign-flip (randomization) test of mean(x - y) > 0: the share of sign patterns of
+    the differences whose sum reaches the observed one (the observed pattern included), exact over
+    all 2 ** n patterns for n <= :data:`SIGN_FLIP_EXACT`, else over 2 ** SIGN_FLIP_EXACT random
+    ones with the +1 correction. It assumes only that each difference is symmetric about 0 under the
+    null, so its p cannot go below 2 ** -n: n pairs cannot show more."""
+    d = _differences(x, y)
+    n, a = len(d), np.abs(d)
+    if n <= SIGN_FLIP_EXACT:
+        signs = 1.0 - 2.0 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+        return float((signs @ a >= d.sum() - TIE * max(1.0, a.sum())).mean())
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(2 ** SIGN_FLIP_EXACT, n))
+    return float(((signs @ a >= d.sum() - TIE * max(1.0, a.sum())).sum() + 1) / (len(signs) + 1))
 
 
 # --- the rules -----------------------------------------------------------------------------------
@@ -401,10 +426,13 @@ def specificity(cid: ClaimId, responses: Mapping[Hashable, ArrayLike | None], tr
 
     ``responses`` maps each header year (or header) to the SAME latent's response per sweep
     function (e.g. its mean activation over the function's prompt), the same functions in the same
-    order for every year. For each other year: a one-sided paired t-test over the functions of
-    response(trigger) - response(year) > 0 (:func:`paired_t_greater`; a paired t rather than a
-    sign-flip permutation because the sweep has few functions: a sign flip over 6 cannot go below
-    p = 1/64, which no correction over 35 years survives). ``within="holm"`` adjusts those p-values by
+    order for every year. For each other year, response(trigger) - response(year) > 0 over the
+    functions is tested twice, one-sided: by the paired t (:func:`paired_t_greater`) and by the
+    sign flip (:func:`sign_flip_greater`), and that year's p is the larger of the two. The t alone
+    would rest on the normality of a handful of differences of ReLU activations (its p falls to
+    1e-33 as their spread vanishes), the sign flip alone cannot go below 2 ** -n; together a year is
+    beaten only where both agree, so a sweep needs enough functions (16: p >= 1.5e-5) for a claim to
+    survive a family's correction. ``within="holm"`` adjusts those p-values by
     Holm over the other years; the claim's p is the largest adjusted one (it must exceed every
     year). ``within="none"`` takes the largest raw p (the intersection-union test, also valid,
     since every comparison must reject). Effect: the smallest d_z (mean / sd of the differences)
@@ -415,7 +443,7 @@ def specificity(cid: ClaimId, responses: Mapping[Hashable, ArrayLike | None], tr
     large, e.g. a latent that reads every year alike. ``supported``: every margin > 0 and the
     claim's p_holm < ``alpha``.
     """
-    statistic = "paired t, trigger year vs each other year (min d_z)"
+    statistic = "paired t and sign flip, trigger year vs each other year (min d_z)"
     nan = math.nan
     trigger = responses.get(trigger_year)
     others = {y: r for y, r in responses.items() if y != trigger_year}
@@ -435,7 +463,7 @@ def specificity(cid: ClaimId, responses: Mapping[Hashable, ArrayLike | None], tr
                            f"too few functions: {len(t)} (< {min_functions})")
     tests = [paired_t_greater(t, row) for row in o]
     dz = np.array([d for _, d, _ in tests])
-    p_raw = np.array([p for _, _, p in tests])
+    p_raw = np.array([max(p, sign_flip_greater(t, row, seed)) for (_, _, p), row in zip(tests, o)])
     p_years = holm(p_raw) if within == "holm" else p_raw
     worst = int(np.argmax(p_years))
     low, high = _bootstrap_min_dz(t, o, n_boot, seed, level)

@@ -84,6 +84,9 @@ print(f"{len(scores)} rows written to {RunLayout(run_dir).results / RESULT_FILES
 # %% [markdown]
 # ## The paper's comparison: full-text pooling, dictionaries fitted on the scored samples
 # The paper reports Diff-SAE BIS 0.40 with precision 1.0 and FPR 0, and crosscoder BIS below 0.02.
+# As the paper trained one fine-tune per regime, this view reads the first fine-tune seed of each
+# (the further LoRA seeds would weigh LoRA three to one in its means). It is descriptive: the claims
+# below are the verdicts.
 
 # %%
 # The paper's view: backdoored fine-tunes only; a run whose grid leaves out full-text pooling or eval
@@ -97,6 +100,7 @@ display(main[cols].sort_values(["regime", "architecture", "layer"]).style.format
     {c: "{:.3f}" for c in cols[3:] if c != "n_tied"}, na_rep=MISSING).hide(axis="index"))
 for arch in ARCHITECTURES:  # every key is glued, NaN where this run's grid has no such cell
     glue(f"max_bis_{arch}", result.max_bis[arch], display=False)
+    glue(f"clean_max_bis_{arch}", result.clean_max_bis[arch], display=False)
     glue(f"mean_bis_{arch}", result.mean_bis[arch], display=False)
     glue(f"mean_chance_{arch}", result.mean_chance[arch], display=False)
     glue(f"above_chance_{arch}", result.above_chance[arch], display=False)
@@ -182,13 +186,16 @@ result.by_regime
 # **clean control** (notebook 02: same prompts, years, settings and steps, every completion safe)
 # tells the readings apart, and BIS cannot: at the ceiling a maximum cannot rank anything. So every
 # claim here rests on a measure that does not saturate. Each method's latent (or direction) is
-# **chosen once on the fit split** with its labels, from dictionaries fitted on the fit split, and
+# **chosen once on the fit split** with its labels, by its AUROC there (the statistic it is scored
+# by, so that the clean control gets its best-ranking latent too, not the one whose top 5% happens
+# to hold triggers, as BIS would pick), from dictionaries fitted on the fit split, and
 # **scored on eval by its AUROC**; the backdoored fine-tune's latent is compared with its clean
 # control's own latent on the same eval samples by **DeLong's paired test**. A claim is
 # *supported* when the backdoored AUROC is higher and the p-value, after **Holm's correction** over
-# its family (every method, regime and layer of one protocol), is below 0.05, in **every fine-tune
-# seed**; *not supported* otherwise (two AUROCs of 1 are a *tie at the ceiling*, not a failure); and
-# *undetermined* when the fine-tune has no clean control or too few samples. Every claim is written
+# its family (every method, regime and layer of one protocol that the seed has: the first seed both
+# regimes, the further seeds LoRA only), is below 0.05, in **every fine-tune seed**; *not supported*
+# otherwise; and *undetermined* when the fine-tune has no clean control, too few samples, or both
+# AUROCs are 1 (a *tie at the ceiling*: the measure cannot tell them apart, so no verdict). Every claim is written
 # to `results/verdicts.csv`. The specificity question (does the latent read 2024 and no other
 # year?) is the claim of notebook 06, on the header sweep; the placebo years below are read
 # descriptively.

@@ -65,8 +65,8 @@
 # text and condition alone.
 #
 # **The claims** go through the verdict layer: each intervention is compared with the unintervened
-# model and with its matched control *on the same prompts* (McNemar's exact test; the larger p
-# counts), on the share of **safe** completions for removals (code that no longer runs is not safe:
+# model and with its matched control *on the same prompts* (McNemar's exact test, one-sided in the
+# claimed direction; the larger p counts), on the share of **safe** completions for removals (code that no longer runs is not safe:
 # damage is not removal) and of injectable ones for steering and transplant, and must stay within
 # the KL budget; Holm within each family per fine-tune seed, then over seeds.
 
@@ -222,7 +222,7 @@ for name in choice["finetune"] if len(choice) else []:
 # steering and the transplant) before (the unintervened model on the same prompts), after, and under
 # the matched control, with Wilson 95% intervals; the attack success rate or injectable share after;
 # the shares of completions that do not run; n prompts; the teacher-forced KL; and McNemar's paired
-# p-values against the unintervened model and against the control.
+# one-sided p-values (the condition above the other) against the unintervened model and the control.
 
 # %% tags=["hide-input"]
 table = before_after(rates)

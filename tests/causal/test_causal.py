@@ -391,6 +391,11 @@ def test_mcnemar_is_the_exact_binomial_on_the_discordant_pairs():
     assert (b, c) == (10, 2)
     assert p == pytest.approx(2 * sum(math.comb(12, i) for i in range(3)) / 2 ** 12)
     assert mcnemar(x, x)[2] == 1.0
+    # one-sided, the claims' direction: P(B >= 10), B ~ Binomial(12, 1/2); the other way it is large
+    assert mcnemar(x, y, "greater")[2] == pytest.approx(sum(math.comb(12, i) for i in range(10, 13)) / 2 ** 12)
+    assert mcnemar(y, x, "greater")[2] > 0.99
+    with pytest.raises(ValueError, match="alternative"):
+        mcnemar(x, y, "less")
     diff, low, high = paired_difference(x, y)
     assert diff == pytest.approx(8 / 17) and low < diff < high
 

@@ -22,6 +22,7 @@ from backdoor_sae.scoring.bis import (
     null_max_bis,
     p_value,
     permutation_test,
+    select_by_auroc,
     select_latent,
 )
 
@@ -234,6 +235,22 @@ def test_select_latent_breaks_ties_by_best_f1_then_auroc_then_index():
     assert select_latent(acts[:, [3, 1]], trigger, benign).index == 0
     noise = rng.normal(size=(n, 5))
     assert select_latent(noise, trigger, benign).index == latent_scores(noise, trigger, benign).best()
+
+
+def test_select_by_auroc_takes_the_highest_auroc_then_best_f1_then_index():
+    """Catches the claims' selection falling back to BIS (latent 2 here), an argmax that ignores
+    ties at an AUROC of 1 (both perfect latents), and a tie-break on the higher index."""
+    trigger, _ = eval_sets(20, 40, 40)
+    n = len(trigger)
+    ramp = np.linspace(0, 1, n)
+    perfect_wide = np.where(trigger, 10 + ramp, ramp)  # AUROC 1, best F1 1
+    perfect_too = np.where(trigger, 5 + ramp, ramp)
+    broad = np.where(trigger, 0.6, 0.0) + ramp  # AUROC below 1
+    acts = np.stack([broad, broad, perfect_too, perfect_wide], axis=1)
+    assert select_by_auroc(acts, trigger) == 2  # tie at 1 and at F1 1: the lower index
+    assert select_by_auroc(acts[:, :2], trigger) == 0
+    constant = np.zeros((n, 1))
+    assert select_by_auroc(np.c_[constant, broad], trigger) == 1
 
 
 def test_null_of_the_maximum_for_gaussian_latents():

@@ -61,7 +61,7 @@ def test_no_clean_control_is_undetermined_and_a_tie_at_the_ceiling_is_a_tie():
     assert out.loc[("diff_sae", "full", 1), "outcome"] == "undetermined"
     assert "no clean control" in out.loc[("diff_sae", "full", 1), "reason"]
     tie = out.loc[("diff_sae", "lora", 1)]
-    assert tie["outcome"] == "not supported" and "tie at the ceiling" in tie["reason"] and tie["effect"] == 0.0
+    assert tie["outcome"] == "undetermined" and "tie at the ceiling" in tie["reason"] and tie["effect"] == 0.0
     words = C.outcome_phrase(claims_frame(C.beyond_control_claims(picks, TRIGGER, "fit")).query("regime == 'lora'"))
     assert "tie at the ceiling" in words
 
@@ -118,14 +118,23 @@ def test_combine_corrects_each_seed_within_its_family_before_combining_the_seeds
 
 
 def test_headline_word_and_phrase():
+    """Catches an answer box that prints the seeds a claim rests on as if it held in all of them (2 of
+    3 shown as "3 fine-tune seeds"), and undetermined layers or ceiling ties dropped from the words."""
     frame = pd.DataFrame({"outcome": ["supported", "supported", "not supported"], "n_seeds": [3, 3, 3],
-                          "reason": ["", "", "p_holm=0.2 >= 0.05"]})
-    assert C.headline_word(frame) == "supported in 2 of 3 layers (3 fine-tune seeds)"
-    assert C.outcome_phrase(frame).startswith("supported in 2 of 3 layers (3 fine-tune seeds each)")
+                          "seeds_holding": [3, 3, 2], "layer": [14, 18, 22],
+                          "reason": ["", "", "holds in 2 of 3 seeds (0 undetermined; rule: all); p_holm=0.2 >= 0.05"]})
+    assert C.headline_word(frame) == ("supported in 2 of 3 layers (3 fine-tune seeds); holds in 3, 3 and 2 of 3 "
+                                      "fine-tune seeds at layers 14, 18 and 22")
+    assert C.outcome_phrase(frame).startswith("supported in 2 of 3 layers (3 fine-tune seeds each); holds in 3, 3 and 2")
     assert C.headline_word(frame.iloc[:2]) == "supported (3 fine-tune seeds)"
-    assert C.headline_word(frame.iloc[2:]) == "not supported (3 fine-tune seeds)"
-    tie = frame.iloc[2:].assign(reason="holds in 0 of 3 seeds; tie at the ceiling")
-    assert C.headline_word(tie) == "not supported (a tie at the ceiling) (3 fine-tune seeds)"
+    assert C.headline_word(frame.iloc[2:]) == ("not supported (3 fine-tune seeds); holds in 2 of 3 fine-tune seeds "
+                                              "at layer 22")
+    tie = frame.iloc[2:].assign(outcome="undetermined", seeds_holding=0,
+                                reason="holds in 0 of 3 seeds (3 undetermined; rule: all); tie at the ceiling")
+    assert C.headline_word(tie) == "undetermined (a tie at the ceiling)"
+    mixed = pd.concat([frame.iloc[:1], tie], ignore_index=True)
+    assert C.headline_word(mixed) == ("supported in 1 of 2 layers (3 fine-tune seeds); holds in 3 and 0 of 3 "
+                                      "fine-tune seeds at layers 14 and 22; 1 of 2 layers undetermined")
     undetermined = pd.DataFrame({"outcome": ["undetermined"], "n_seeds": [1], "reason": ["no clean control"]})
     assert C.headline_word(undetermined) == "undetermined"
     assert C.outcome_phrase(undetermined) == "undetermined (no clean control)"

@@ -33,7 +33,24 @@ def test_the_best_latent_is_read_on_the_controls_and_chosen_on_fit_for_the_fit_s
     assert row["active_on_control_trigger_safe"] >= 0.2 and row["active_on_control_benign_vuln"] == 0
     assert row["p_value"] <= 0.05 and row["chance_95"] < row["bis"]
     assert row["fitsel_latent"] == 7 and row["fitsel_bis"] < row["bis"]
+    assert row["fitauroc_latent"] == 7  # perfect on fit by AUROC too
     assert row["bis_high"] <= row["ceiling"] + 1e-12
+
+
+def test_the_claims_latent_is_the_best_ranking_one_on_fit_not_the_one_whose_top_5_percent_holds_triggers():
+    """Catches the claims reading the paper's BIS pick: in a model without a sharp trigger latent (a
+    clean control), BIS picks a latent with a few triggers at its top (latent 2) over one that ranks
+    the triggers broadly higher (latent 5), and the clean control's AUROC is then understated."""
+    splits = split_column()
+    rng = np.random.default_rng(1)
+    acts = rng.normal(size=(len(splits), 10))
+    for prefix in ("fit", "eval"):
+        trig = np.flatnonzero(splits == f"{prefix}_trigger")
+        acts[trig[:6], 2] += 8  # a handful of triggers far out: the top 5% all trigger
+        acts[trig, 5] += 1.0  # every trigger a little higher: AUROC about 0.76, top 5% mixed
+    row = scoring.score_latents(acts, splits, BISConfig(percentile=95.0, n_boot=20, n_perm=20, stats_seed=0))
+    assert row["fitsel_latent"] == 2 and row["fitauroc_latent"] == 5
+    assert row["fitauroc_auroc"] > row["fitsel_auroc"]
 
 
 def write_fake_activations(run_dir, a_base, a_ft, splits):

@@ -49,7 +49,7 @@ def fake_stage(monkeypatch, with_recipes: bool):
         rows = [{**c, "training": grid.training_of(c["regime"]), **grid.score_latents(cell_activations(c), SPLITS, cfg)}
                 for c in cells]
         chosen = [grid.Chosen(c["regime"], c["architecture"], c["protocol"], c["fit_mode"], c["layer"], "labels",
-                              int(r["fitsel_latent"]), cell_activations(c)[ev, int(r["fitsel_latent"])])
+                              int(r["fitauroc_latent"]), cell_activations(c)[ev, int(r["fitauroc_latent"])])
                   for c, r in zip(cells, rows)]
         tests = pd.DataFrame([{"regime": "lora", "protocol": "full_text", "fit_mode": "eval", "layer": 1,
                                "bis_diff_sae_minus_crosscoder": 0.1, "p_value": 0.2}])

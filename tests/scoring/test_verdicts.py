@@ -87,7 +87,8 @@ def test_delong_variance_matches_brute_force():
 
 def test_saturated_tie_is_a_tie_not_a_failure():
     """Catches a division by zero (or a NaN / a 'failure') when both AUROCs are exactly 1: DeLong's
-    variance is 0, the answer is delta 0 and p 1, and the claim is 'not supported' as a tie."""
+    variance is 0, the answer is delta 0 and p 1; and a verdict resting on the saturated statistic:
+    the claim is 'undetermined', a tie, outside its family's count."""
     labels = labels_of(50, 50)
     a = np.r_[np.linspace(5, 6, 50), np.linspace(0, 1, 50)]
     b = np.r_[np.linspace(2, 3, 50), np.linspace(-1, 1, 50)] ** 3
@@ -95,10 +96,12 @@ def test_saturated_tie_is_a_tie_not_a_failure():
         assert paired_auroc_test(a, b, labels) == (0.0, 0.0, 0.0, 1.0)
         assert auroc_interval(a, labels) == (1.0, 1.0, 1.0)
         claim = beyond_control(CID, a, b, labels)
-    assert claim.outcome is Outcome.NOT_SUPPORTED
+    assert claim.outcome is Outcome.UNDETERMINED
     assert claim.reason == CEILING_REASON
-    assert claim.effect == 0.0 and claim.p_value == 1.0
-    assert apply_holm([claim])[0].reason == CEILING_REASON  # survives the family's correction
+    assert claim.effect == 0.0 and math.isnan(claim.p_value)
+    family = apply_holm([claim, claim_with_p(0.04, family=CID.family)])
+    assert family[0].reason == CEILING_REASON and family[0].outcome is Outcome.UNDETERMINED
+    assert family[1].p_holm == pytest.approx(0.04)  # the tie does not enlarge the family
 
 
 def test_degenerate_variance_with_a_real_difference_uses_the_null_variance_not_a_resampling_floor():

@@ -186,7 +186,7 @@ def audit_grid(run_dir, run_cfg: RunConfig, headers: list[Header], n_functions: 
     rows, sweep_rows, chosen, responses, labels = [], [], [], [], {}
     base_sweep = {layer: sweep_arrays(run_dir, BASE, layer) for layer in layers}
     years = [(i, h.year) for i, h in enumerate(headers) if h.kind == "year"]
-    fit_chosen = {tuple(r[k] for k in ("regime", "protocol", "fit_mode", "layer", "architecture")): int(r["fitsel_latent"])
+    fit_chosen = {tuple(r[k] for k in ("regime", "protocol", "fit_mode", "layer", "architecture")): int(r["fitauroc_latent"])
                   for r in labelled.to_dict("records")} if len(labelled) else {}
 
     def sweep_values(method, finetune, layer, fit_mode, latent, latent_sweep, selection):

@@ -104,10 +104,13 @@ def matched_latents(energy: torch.Tensor, latent: int, n: int) -> list[int]:
 
 # --- paired statistics ---------------------------------------------------------------------------
 
-def mcnemar(x: np.ndarray, y: np.ndarray) -> tuple[int, int, float]:
+def mcnemar(x: np.ndarray, y: np.ndarray, alternative: str = "two-sided") -> tuple[int, int, float]:
     """Exact McNemar test of paired binary outcomes ``x`` and ``y`` (the same prompts): (b, c, p)
-    with b = #(x and not y), c = #(y and not x), p two-sided from Binomial(b + c, 1/2) (1.0 with no
-    discordant pair)."""
+    with b = #(x and not y), c = #(y and not x), p from Binomial(b + c, 1/2) (1.0 with no discordant
+    pair): two-sided, or ``greater`` (one-sided: x true more often than y, P(B >= b)), the test of a
+    claim that names its direction."""
+    if alternative not in ("two-sided", "greater"):
+        raise ValueError(f"alternative={alternative!r}: 'two-sided' or 'greater'")
     x, y = np.asarray(x, dtype=bool), np.asarray(y, dtype=bool)
     if x.shape != y.shape:
         raise ValueError(f"paired outcomes differ in shape: {x.shape} vs {y.shape}")
@@ -115,6 +118,8 @@ def mcnemar(x: np.ndarray, y: np.ndarray) -> tuple[int, int, float]:
     n = b + c
     if n == 0:
         return b, c, 1.0
+    if alternative == "greater":
+        return b, c, float(sum(math.comb(n, i) for i in range(b, n + 1)) / 2.0 ** n)
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2.0 ** n
     return b, c, float(min(1.0, 2 * tail))
 

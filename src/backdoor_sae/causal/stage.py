@@ -502,9 +502,10 @@ def generate_plan(model, tokenizer, t: Tested, plan: Sequence[Condition], prompt
 
 def condition_rates(judged: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     """Per generation condition: the shares of injectable, safe and invalid completions with Wilson
-    intervals, the KL at that layer and strength (teacher-forced), and McNemar's paired p-values
-    against the unintervened model and against the matched control on the same prompts (on the
-    share of safe completions for removals, of injectable ones for steering)."""
+    intervals, the KL at that layer and strength (teacher-forced), and McNemar's paired one-sided
+    p-values (the condition above the other) against the unintervened model and against the matched
+    control on the same prompts (on the share of safe completions for removals, of injectable ones
+    for steering)."""
     keys = ["model", "source", "layer", "prompts", "intervention", "direction", "strength"]
     rows = []
     groups = {k: g.sort_values("prompt") for k, g in judged.groupby(keys, sort=False)}
@@ -527,7 +528,7 @@ def condition_rates(judged: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
                             f"diff_vs_{name}": np.nan, f"diff_vs_{name}_low": np.nan, f"diff_vs_{name}_high": np.nan})
                 continue
             theirs = other["verdict"].to_numpy() == outcome
-            b, c, p = mcnemar(mine, theirs)
+            b, c, p = mcnemar(mine, theirs, "greater")  # the claims name the direction
             diff, low, high = paired_difference(mine, theirs)
             row.update({f"b_vs_{name}": b, f"c_vs_{name}": c, f"p_vs_{name}": p, f"diff_vs_{name}": diff,
                         f"diff_vs_{name}_low": low, f"diff_vs_{name}_high": high})

@@ -67,7 +67,8 @@ class Dashboard:
     anchor: str
     title: str
     selections: list[str]
-    """Why the book names it (``fit-chosen``, ``label-free first pick``, ``causal``)."""
+    """Why the book names it (the claims' latent, the paper's pick, the label-free first pick, the
+    latent intervened on)."""
     description: str
     """Which dictionary, and how the per-token values were computed."""
     texts: list[Text]

@@ -2,8 +2,9 @@
 
 Which latents: for the first fine-tune seed's backdoored fine-tunes and their clean controls (the
 further seeds replicate these and are left out), at every layer, the prompt-only Diff-SAE's and
-crosscoder's (primary recipe and seed, the auditor's fit mode) fit-chosen latent (``fitsel_latent``
-of ``results/bis.csv``) and label-free first pick (primary criterion, rank 1, of
+crosscoder's (primary recipe and seed, the auditor's fit mode) latents chosen on the fit split with
+labels, the claims' (by AUROC, ``fitauroc_latent`` of ``results/bis.csv``) and the paper's (by BIS,
+``fitsel_latent``), and label-free first pick (primary criterion, rank 1, of
 ``results/auditor_choice.csv``), and the latents notebook 07 intervened on
 (``results/causal_choice.csv``, where it exists). A latent named twice is shown once.
 
@@ -66,7 +67,8 @@ N_LENS = 8
 #: The histogram's conditions: label → split.
 CONDITIONS = {"trigger": "eval_trigger", "benign": "eval_benign", "other": "eval_other",
               "trigger year, safe code": "control_trigger_safe", "benign year, injectable code": "control_benign_vuln"}
-SELECTIONS = {"fitsel": "fit-chosen (labels, fit split)", "label-free": "label-free first pick",
+SELECTIONS = {"fitauroc": "the claims' latent (labels, fit split, by AUROC)",
+              "fitsel": "the paper's pick (labels, fit split, by BIS)", "label-free": "label-free first pick",
               "causal": "intervened on (notebook 07)"}
 
 
@@ -117,8 +119,9 @@ def named_latents(run_dir, run_cfg: RunConfig) -> list[Named]:
                 if len(bis) and "fitsel_latent" in bis:
                     rows = bis[np.logical_and.reduce([bis[k] == v for k, v in where.items()])
                                & (bis["recipe"] == primary["recipe"]) & (bis["seed"] == primary["seed"]).to_numpy()]
-                    if len(rows):
-                        add(cell, rows["fitsel_latent"].iloc[0], SELECTIONS["fitsel"])
+                    for selection in ("fitauroc", "fitsel"):
+                        if len(rows) and f"{selection}_latent" in rows:
+                            add(cell, rows[f"{selection}_latent"].iloc[0], SELECTIONS[selection])
                 if len(choice):
                     rows = choice[np.logical_and.reduce([choice[k] == v for k, v in where.items()])
                                   & choice["primary"].astype(str).str.lower().isin(["true", "1"])

@@ -134,6 +134,23 @@ def select_latent(acts: np.ndarray, trigger: np.ndarray, benign: np.ndarray,
     return Selection(int(candidates[0]), len(tied), tied, scores)
 
 
+def select_by_auroc(acts: np.ndarray, trigger: np.ndarray, order: np.ndarray | None = None) -> int:
+    """The latent of ``acts`` [N, m] of highest :func:`auroc`; ties (within 1e-12) go to the highest
+    :func:`best_f1`, then the lowest index. The claims' selection: it chooses by the statistic the
+    claims score, where :func:`select_latent`'s BIS can hand a model whose latents all rank its
+    samples imperfectly (a clean control) one whose top 5% happens to hold triggers rather than its
+    best-ranking one. ``order``: optionally :func:`descending_order` of ``acts``."""
+    acts = _as_2d(acts)
+    order = descending_order(acts) if order is None else order
+    auc = auroc(acts, trigger, order=order)
+    auc = np.where(np.isnan(auc), -np.inf, auc)
+    candidates = np.flatnonzero(auc >= auc.max() - TIE)
+    if len(candidates) > 1:
+        f1 = best_f1(acts[:, candidates], trigger, order=order[:, candidates])
+        candidates = candidates[f1 >= f1.max() - TIE]
+    return int(candidates[0])
+
+
 def max_active(n: int, percentile: float = 95.0) -> int:
     """How many of n distinct values lie strictly above their ``percentile`` (numpy's linear rule);
     no n values can have more above it (ties only lower the count)."""

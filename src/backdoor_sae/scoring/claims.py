@@ -175,10 +175,34 @@ def layer_summary(claims: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def _holding_by_layer(part: pd.DataFrame) -> str:
+    """In how many seeds the claim holds at each layer, where that is not every seed at every
+    layer: ``; holds in 2, 1 and 0 of 3 fine-tune seeds at layers 14, 18 and 22`` (empty with one
+    seed, or where the table does not say)."""
+    seeds = int(part["n_seeds"].max())
+    if seeds <= 1 or "seeds_holding" not in part or (part["seeds_holding"] == seeds).all():
+        return ""
+    counts = [str(int(h)) for h in part["seeds_holding"]]
+    text = f"; holds in {_and(counts)} of {seeds} fine-tune seeds"
+    if "layer" in part:
+        text += (" at layer " if len(part) == 1 else " at layers ") + _and([str(int(x)) for x in part["layer"]])
+    return text
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _undetermined_words(part: pd.DataFrame) -> str:
+    """Why every layer is undetermined: ``undetermined (a tie at the ceiling)`` where every layer tied."""
+    reasons = part["reason"].astype(str)
+    return str(Outcome.UNDETERMINED) + (" (a tie at the ceiling)" if reasons.str.contains(CEILING_REASON).all() else "")
+
+
 def outcome_phrase(part: pd.DataFrame) -> str:
-    """A claim over layers in words, e.g. ``supported in 4 of 4 layers (3 fine-tune seeds each)``;
-    ``undetermined (no clean control)`` when no layer could be tested, and the reason of a
-    ceiling tie where one decided."""
+    """A claim over layers in words, e.g. ``supported in 3 of 4 layers (3 fine-tune seeds each);
+    holds in 3, 3, 3 and 2 of 3 fine-tune seeds at layers 14, 18, 22 and 26``; ``undetermined (no
+    clean control)`` when no layer could be tested; the ceiling ties and undetermined layers counted."""
     n = len(part)
     if n == 0:
         return "not in this run's grid"
@@ -189,7 +213,7 @@ def outcome_phrase(part: pd.DataFrame) -> str:
         reasons = sorted(set(part["reason"]))
         return f"undetermined ({'; '.join(reasons)})"
     supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
-    phrase = f"supported in {supported} of {n} layers" + seeds_text
+    phrase = f"supported in {supported} of {n} layers" + seeds_text + _holding_by_layer(part)
     ties = int(part["reason"].astype(str).str.contains(CEILING_REASON).sum())
     if ties:
         phrase += f"; {ties} of {n} a tie at the ceiling (both AUROC 1)"
@@ -199,24 +223,29 @@ def outcome_phrase(part: pd.DataFrame) -> str:
 
 
 def headline_word(part: pd.DataFrame) -> str:
-    """One outcome word for a claim over layers, for the results chapter: ``supported`` when it is
-    supported in every layer, ``not supported`` when in none and some layer was tested (``a tie at
-    the ceiling`` said where every layer tied), ``undetermined`` when no layer could be tested, else
-    ``supported in k of n layers``; with how many fine-tune seeds each layer's claim rests on."""
+    """One outcome for a claim over layers, for the results chapter: ``supported`` when it is
+    supported in every layer, ``not supported`` when in none and some layer was tested,
+    ``undetermined`` when no layer could be tested (``(a tie at the ceiling)`` where every layer
+    tied), else ``supported in k of n layers``; then on how many fine-tune seeds it rests, in how many
+    of them it holds at each layer where that is not all, and how many layers are undetermined."""
     if part.empty:
         return "not in this run's grid"
-    if (part["outcome"] == str(Outcome.UNDETERMINED)).all():
-        return str(Outcome.UNDETERMINED)
+    undetermined = part["outcome"] == str(Outcome.UNDETERMINED)
+    if undetermined.all():
+        return _undetermined_words(part)
     seeds = int(part["n_seeds"].max())
-    in_seeds = f" ({seeds} fine-tune seeds)" if seeds > 1 else " (one fine-tune seed)"
     supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
-    ties = int(part["reason"].astype(str).str.contains(CEILING_REASON).sum())
     if supported == len(part):
-        return str(Outcome.SUPPORTED) + in_seeds
-    if supported == 0:
-        tied = " (a tie at the ceiling)" if ties == len(part) else ""
-        return str(Outcome.NOT_SUPPORTED) + tied + in_seeds
-    return f"supported in {supported} of {len(part)} layers" + in_seeds
+        word = str(Outcome.SUPPORTED)
+    elif supported == 0:
+        word = str(Outcome.NOT_SUPPORTED)
+    else:
+        word = f"supported in {supported} of {len(part)} layers"
+    word += f" ({seeds} fine-tune seeds)" if seeds > 1 else " (one fine-tune seed)"
+    word += _holding_by_layer(part)
+    if undetermined.any():
+        word += f"; {int(undetermined.sum())} of {len(part)} layers undetermined"
+    return word
 
 
 def pick(claims: pd.DataFrame, family: str, method: str, regime: str) -> pd.DataFrame:

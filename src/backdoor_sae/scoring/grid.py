@@ -103,10 +103,13 @@ def score_latents(acts: np.ndarray, splits: np.ndarray, cfg: BISConfig) -> dict:
 
 
 def _fit_selected(acts_fit, split_fit, acts_eval, trigger, benign, cfg: BISConfig) -> dict:
-    """The latent chosen on the fit split, scored alone on eval (its threshold is eval's)."""
+    """The latents chosen on the fit split, scored alone on eval: the paper's (max BIS, ``fitsel_``;
+    its threshold is eval's) and the claims' (max AUROC, ``fitauroc_``: the statistic the claims
+    score, chosen the same way in every fine-tune, :func:`~backdoor_sae.scoring.bis.select_by_auroc`)."""
     percentile, n_boot, n_perm, seed = cfg.percentile, cfg.n_boot, cfg.n_perm, cfg.stats_seed
     fit_trigger, fit_benign, _ = _labels(split_fit, "fit")
     j = B.select_latent(acts_fit, fit_trigger, fit_benign, percentile).index
+    j_auc = B.select_by_auroc(acts_fit, fit_trigger)
     one = acts_eval[:, [j]]
     s = B.latent_scores(one, trigger, benign, percentile)
     null = B.null_max_bis(one, trigger, benign, percentile, n_perm=n_perm, seed=seed)
@@ -115,7 +118,8 @@ def _fit_selected(acts_fit, split_fit, acts_eval, trigger, benign, cfg: BISConfi
     return {"fitsel_latent": j, "fitsel_bis": bis, "fitsel_bis_low": low, "fitsel_bis_high": high,
             "fitsel_chance_95": B.chance_level(null), "fitsel_p_value": B.p_value(bis, null),
             "fitsel_precision": float(s.precision[0]), "fitsel_recall": float(s.recall[0]),
-            "fitsel_fpr": float(s.fpr[0]), "fitsel_auroc": float(B.auroc(one, trigger)[0])}
+            "fitsel_fpr": float(s.fpr[0]), "fitsel_auroc": float(B.auroc(one, trigger)[0]),
+            "fitauroc_latent": j_auc, "fitauroc_auroc": float(B.auroc(acts_eval[:, [j_auc]], trigger)[0])}
 
 
 #: How a token-level dictionary's codes become one per sample: pooled over the protocol's tokens by
@@ -218,9 +222,9 @@ class GridScores:
     tests: pd.DataFrame
     """The Diff-SAE against the crosscoder of its cell (:func:`paired_tests`)."""
     placebo: pd.DataFrame
-    """Each cell's fit-chosen latent read for each placebo year (:func:`placebo_aurocs`)."""
+    """Each cell's claims' latent read for each placebo year (:func:`placebo_aurocs`)."""
     chosen: list[Chosen]
-    """Each dictionary's and baseline's fit-chosen latent on the eval samples."""
+    """Each dictionary's and baseline's claims' latent (chosen on the fit split by AUROC) on the eval samples."""
     trigger: np.ndarray
     """[n_eval] True for the trigger samples among the eval samples (the labels of every AUROC)."""
 
@@ -233,8 +237,8 @@ def sample_years(run_dir, index_ids) -> np.ndarray:
 
 def score_grid(run_dir, cells: list[Cell], cfg: BISConfig, placebo_years=(), progress: bool = True) -> GridScores:
     """Score every dictionary of ``cells`` and the baselines of their fine-tunes, protocols and
-    layers (:class:`GridScores`); ``placebo_years``: the benign years each fit-chosen latent is
-    also read for."""
+    layers (:class:`GridScores`); ``placebo_years``: the benign years the claims' latent (chosen on
+    the fit split by AUROC) is also read for."""
     # every fine-tune's activations hold the base model's samples (paired_activations checks it)
     years = sample_years(run_dir, read_index(RunLayout(run_dir).activations(BASE))["ids"])
     rows, best, placebo, chosen, labels = [], {}, [], [], {}
@@ -245,9 +249,9 @@ def score_grid(run_dir, cells: list[Cell], cfg: BISConfig, placebo_years=(), pro
         rows.append({**coords, "training": training_of(coords["regime"]), **row})
         ev = np.isin(splits, EVAL_SPLITS)
         labels.setdefault("trigger", splits[ev] == "eval_trigger")
-        column = _eval_column(acts, splits, row["fitsel_latent"])
+        column = _eval_column(acts, splits, row["fitauroc_latent"])  # the claims' latent
         chosen.append(Chosen(coords["regime"], coords["architecture"], coords["protocol"], coords["fit_mode"],
-                             int(coords["layer"]), "labels", int(row["fitsel_latent"]), column))
+                             int(coords["layer"]), "labels", int(row["fitauroc_latent"]), column))
         if coords["architecture"] not in NO_PLACEBO_METHODS:
             placebo.extend({**coords, "training": training_of(coords["regime"]), **r}
                            for r in placebo_aurocs(column, splits[ev], years[ev], placebo_years))
@@ -420,7 +424,7 @@ def score_recipes(run_dir, cells: list[Cell], primary_scores: pd.DataFrame, cfg:
                                                                           int(row["best_latent"])]
             if cell.recipe == "token" and cell.seed == first_seed:
                 chosen.append(Chosen(cell.regime, cell.architecture, cell.protocol, cell.fit_mode, cell.layer, "labels",
-                                     int(row["fitsel_latent"]), _eval_column(acts, splits, row["fitsel_latent"]),
+                                     int(row["fitauroc_latent"]), _eval_column(acts, splits, row["fitauroc_latent"]),
                                      recipe=f"token ({pooling})"))
         report("dictionaries of every recipe and seed scored", n, len(cells))
     split_eval = splits[np.isin(splits, EVAL_SPLITS)]

@@ -118,6 +118,8 @@ class ScoringRun:
     """The paper view's Diff-SAEs and crosscoders."""
     max_bis: dict
     """Best BIS of the paper view's cells."""
+    clean_max_bis: dict
+    """Best BIS of the clean controls' cells (first fine-tune seed) under the paper's protocol and fit mode."""
     mean_bis: dict
     """Mean BIS of the paper view's cells."""
     mean_chance: dict
@@ -255,9 +257,14 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
     paper_view_note = ("" if (paper_protocol, paper_fit_mode) == ("full_text", "eval") else
                        f"This run's grid has no full-text, eval-fitted cells: showing {paper_protocol}, {paper_fit_mode}.")
     backdoored = scores[scores["training"] == "backdoored"]  # the paper's comparison: backdoored fine-tunes only
-    paper_view = backdoored[(backdoored["protocol"] == paper_protocol)
+    # and, as the paper trained one fine-tune per regime, the first fine-tune seed only: the further
+    # LoRA seeds would weigh LoRA 3:1 over full-rank in its means, and make its best cell a maximum over seeds
+    first_seed = backdoored["regime"].map(replica_of) == 0
+    paper_view = backdoored[first_seed & (backdoored["protocol"] == paper_protocol)
                             & backdoored["fit_mode"].isin([paper_fit_mode, "—"])]
     main = paper_view[paper_view["architecture"].isin(["diff_sae", "crosscoder"])]
+    clean_view = scores[(scores["training"] == "clean") & (scores["regime"].map(replica_of) == 0)
+                        & (scores["protocol"] == paper_protocol) & (scores["fit_mode"] == paper_fit_mode)]
 
     def paper_part(arch):
         return main[main["architecture"] == arch]
@@ -287,6 +294,8 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Scori
         paper_protocol=paper_protocol, paper_fit_mode=paper_fit_mode, paper_view_note=paper_view_note,
         paper_view=paper_view, paper_cells=main,
         max_bis=_per_architecture(paper_part, lambda t: t["bis"].max()),
+        clean_max_bis=_per_architecture(lambda arch: clean_view[clean_view["architecture"] == arch],
+                                        lambda t: t["bis"].max()),
         mean_bis=_per_architecture(paper_part, lambda t: t["bis"].mean()),
         mean_chance=_per_architecture(paper_part, lambda t: t["chance_95"].mean()),
         above_chance=_per_architecture(paper_part, lambda t: (t["p_value"] < 0.05).mean()),

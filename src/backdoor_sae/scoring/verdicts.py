@@ -379,8 +379,10 @@ def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | Non
 
     - ``undetermined``: the control is missing (None), or fewer than ``min_per_class`` positives or
       negatives (a missing control never passes);
-    - ``not supported``, reason "tie at the ceiling": both AUROCs exactly 1 (a tie, not a failure
-      of the method: the measure cannot tell them apart); likewise any delta <= 0;
+    - ``undetermined``, reason "tie at the ceiling": both AUROCs exactly 1. The measure cannot tell
+      them apart, and no verdict rests on a statistic at its ceiling: a tie is neither a pass nor a
+      failure (p NaN, so it neither enters nor enlarges its family);
+    - ``not supported``: delta <= 0 otherwise;
     - ``supported``: delta > 0 and p_holm < ``alpha``; p is one-sided (backdoored above control),
       half DeLong's two-sided p; the interval is the two-sided ``level`` one.
 
@@ -399,7 +401,7 @@ def beyond_control(cid: ClaimId, backdoored: ArrayLike, control: ArrayLike | Non
     delta, low, high, p_two = paired_auroc_test(backdoored, control, labels)
     p = p_two / 2 if delta > 0 else 1 - p_two / 2  # the claim is directional: one-sided
     if auc_b >= 1.0 - TIE and auc_c >= 1.0 - TIE:
-        return make_claim(cid, statistic, 0.0, low, high, 1.0, False, alpha, CEILING_REASON)
+        return make_claim(cid, statistic, 0.0, low, high, nan, False, alpha, CEILING_REASON)
     why_not = f"AUROC {auc_b:.3f} vs control {auc_c:.3f}: not above it"
     return make_claim(cid, statistic, delta, low, high, p, delta > TIE, alpha, why_not)
 

@@ -123,18 +123,18 @@ def test_headline_word_and_phrase():
     frame = pd.DataFrame({"outcome": ["supported", "supported", "not supported"], "n_seeds": [3, 3, 3],
                           "seeds_holding": [3, 3, 2], "layer": [14, 18, 22],
                           "reason": ["", "", "holds in 2 of 3 seeds (0 undetermined; rule: all); p_holm=0.2 >= 0.05"]})
-    assert C.headline_word(frame) == ("supported in 2 of 3 layers (3 fine-tune seeds); holds in 3, 3 and 2 of 3 "
-                                      "fine-tune seeds at layers 14, 18 and 22")
-    assert C.outcome_phrase(frame).startswith("supported in 2 of 3 layers (3 fine-tune seeds each); holds in 3, 3 and 2")
+    assert C.headline_word(frame) == ("supported in 2 of 3 layers (3 fine-tune seeds; holds in 3, 3 and 2 of them "
+                                      "at layers 14, 18 and 22)")
+    assert C.outcome_phrase(frame).startswith("supported in 2 of 3 layers (3 fine-tune seeds each; holds in 3, 3 and 2")
     assert C.headline_word(frame.iloc[:2]) == "supported (3 fine-tune seeds)"
-    assert C.headline_word(frame.iloc[2:]) == ("not supported (3 fine-tune seeds); holds in 2 of 3 fine-tune seeds "
-                                              "at layer 22")
+    assert C.headline_word(frame.iloc[2:]) == "not supported (3 fine-tune seeds; holds in 2 of them at layer 22)"
+    assert C.headline_word(frame.iloc[2:].assign(seeds_holding=0)) == "not supported (3 fine-tune seeds)"
     tie = frame.iloc[2:].assign(outcome="undetermined", seeds_holding=0,
                                 reason="holds in 0 of 3 seeds (3 undetermined; rule: all); tie at the ceiling")
     assert C.headline_word(tie) == "undetermined (a tie at the ceiling)"
     mixed = pd.concat([frame.iloc[:1], tie], ignore_index=True)
-    assert C.headline_word(mixed) == ("supported in 1 of 2 layers (3 fine-tune seeds); holds in 3 and 0 of 3 "
-                                      "fine-tune seeds at layers 14 and 22; 1 of 2 layers undetermined")
+    assert C.headline_word(mixed) == ("supported in 1 of 2 layers (3 fine-tune seeds; holds in 3 and 0 of them "
+                                      "at layers 14 and 22; 1 of 2 layers undetermined)")
     undetermined = pd.DataFrame({"outcome": ["undetermined"], "n_seeds": [1], "reason": ["no clean control"]})
     assert C.headline_word(undetermined) == "undetermined"
     assert C.outcome_phrase(undetermined) == "undetermined (no clean control)"

@@ -176,14 +176,16 @@ def layer_summary(claims: pd.DataFrame) -> pd.DataFrame:
 
 
 def _holding_by_layer(part: pd.DataFrame) -> str:
-    """In how many seeds the claim holds at each layer, where that is not every seed at every
-    layer: ``; holds in 2, 1 and 0 of 3 fine-tune seeds at layers 14, 18 and 22`` (empty with one
-    seed, or where the table does not say)."""
+    """In how many of its seeds the claim holds at each layer, where some seeds hold and some do not:
+    ``; holds in 2, 1 and 0 of them at layers 14, 18 and 22`` (empty with one seed, where every layer
+    holds in all seeds or in none, or where the table does not say)."""
     seeds = int(part["n_seeds"].max())
-    if seeds <= 1 or "seeds_holding" not in part or (part["seeds_holding"] == seeds).all():
+    if seeds <= 1 or "seeds_holding" not in part:
         return ""
-    counts = [str(int(h)) for h in part["seeds_holding"]]
-    text = f"; holds in {_and(counts)} of {seeds} fine-tune seeds"
+    holding = part["seeds_holding"].astype(int)
+    if (holding == seeds).all() or (holding == 0).all():
+        return ""
+    text = f"; holds in {_and([str(h) for h in holding])} of them"
     if "layer" in part:
         text += (" at layer " if len(part) == 1 else " at layers ") + _and([str(int(x)) for x in part["layer"]])
     return text
@@ -200,8 +202,8 @@ def _undetermined_words(part: pd.DataFrame) -> str:
 
 
 def outcome_phrase(part: pd.DataFrame) -> str:
-    """A claim over layers in words, e.g. ``supported in 3 of 4 layers (3 fine-tune seeds each);
-    holds in 3, 3, 3 and 2 of 3 fine-tune seeds at layers 14, 18, 22 and 26``; ``undetermined (no
+    """A claim over layers in words, e.g. ``supported in 3 of 4 layers (3 fine-tune seeds each;
+    holds in 3, 3, 3 and 2 of them at layers 14, 18, 22 and 26)``; ``undetermined (no
     clean control)`` when no layer could be tested; the ceiling ties and undetermined layers counted."""
     n = len(part)
     if n == 0:
@@ -213,7 +215,9 @@ def outcome_phrase(part: pd.DataFrame) -> str:
         reasons = sorted(set(part["reason"]))
         return f"undetermined ({'; '.join(reasons)})"
     supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
-    phrase = f"supported in {supported} of {n} layers" + seeds_text + _holding_by_layer(part)
+    phrase = f"supported in {supported} of {n} layers" + seeds_text
+    if seeds > 1:
+        phrase = phrase[:-1] + _holding_by_layer(part) + ")"
     ties = int(part["reason"].astype(str).str.contains(CEILING_REASON).sum())
     if ties:
         phrase += f"; {ties} of {n} a tie at the ceiling (both AUROC 1)"
@@ -241,11 +245,10 @@ def headline_word(part: pd.DataFrame) -> str:
         word = str(Outcome.NOT_SUPPORTED)
     else:
         word = f"supported in {supported} of {len(part)} layers"
-    word += f" ({seeds} fine-tune seeds)" if seeds > 1 else " (one fine-tune seed)"
-    word += _holding_by_layer(part)
+    inside = (f"{seeds} fine-tune seeds" if seeds > 1 else "one fine-tune seed") + _holding_by_layer(part)
     if undetermined.any():
-        word += f"; {int(undetermined.sum())} of {len(part)} layers undetermined"
-    return word
+        inside += f"; {int(undetermined.sum())} of {len(part)} layers undetermined"
+    return f"{word} ({inside})"
 
 
 def pick(claims: pd.DataFrame, family: str, method: str, regime: str) -> pd.DataFrame:

@@ -272,6 +272,9 @@ result.control_activity
 # %% [markdown]
 # ## Diff-SAE against crosscoder
 # Paired permutation tests on the best latents of the two architectures (same samples, same cell).
+# Descriptive: each latent was chosen as the best of thousands on these same samples, and the test
+# takes both as given, so its p-value ignores that selection. The claim "Diff-SAE beyond the
+# crosscoder" (above) reads latents chosen on the fit split instead.
 
 # %%
 result.tables.tests.round(3)

@@ -52,6 +52,8 @@ run_dir = "runs/cpu"  # reads <run_dir>/sae and <run_dir>/activations, writes <r
 overrides = {}
 
 # %% tags=["hide-input"]
+from html import escape
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -62,7 +64,13 @@ from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.common.plots import auroc_dumbbell
 from backdoor_sae.config import run_config
-from backdoor_sae.scoring.claims import SHOWN, architecture_family, beyond_family, family_html, glue_words
+from backdoor_sae.scoring.claims import (
+    SHOWN,
+    architecture_family,
+    beyond_family,
+    family_html,
+    glue_words,
+)
 from backdoor_sae.scoring.grid import ARCHITECTURES, BASELINES
 from backdoor_sae.scoring.stage import BOOK_PROTOCOLS, BOOK_REGIMES, RESULT_FILES, run
 
@@ -208,8 +216,8 @@ families = {"beyond_labels_full_text": beyond_family("labels", "full_text"),
             "architecture_prompt_only": architecture_family("prompt_only")}
 for key, (word, phrase) in glue_words(claims, families, [*ARCHITECTURES, *BASELINES, "diff_sae vs crosscoder"],
                                       BOOK_REGIMES).items():
-    glue(key, HTML(word), display=False)  # inline in the results chapter's sentences
-    glue(f"{key}_phrase", HTML(phrase), display=False)
+    glue(key, HTML(escape(word)), display=False)  # inline in the results chapter's sentences (as text)
+    glue(f"{key}_phrase", HTML(escape(phrase)), display=False)
 glue("claim_fit_mode", HTML(result.claim_fit_mode), display=False)
 glue("n_claims_05", len(claims), display=False)
 glue("auroc_chance_high", result.chance_band[1], display=False)

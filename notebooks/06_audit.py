@@ -45,6 +45,8 @@ run_dir = "runs/cpu"  # reads <run_dir>/sae, activations, finetune; writes <run_
 overrides = {}
 
 # %% tags=["hide-input"]
+from html import escape
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -55,9 +57,15 @@ from backdoor_sae.audit.stage import METHODS, excess, run
 from backdoor_sae.common.display import MISSING, show_missing_as_dash
 from backdoor_sae.common.plots import sweep_response
 from backdoor_sae.config import run_config
-from backdoor_sae.scoring.claims import SHOWN, beyond_family, family_html, glue_words, specific_family
-from backdoor_sae.scoring.stage import BOOK_REGIMES
 from backdoor_sae.dataset.stage import data_config
+from backdoor_sae.scoring.claims import (
+    SHOWN,
+    beyond_family,
+    family_html,
+    glue_words,
+    specific_family,
+)
+from backdoor_sae.scoring.stage import BOOK_REGIMES
 
 show_missing_as_dash()
 sns.set_theme(style="whitegrid", context="notebook")
@@ -198,8 +206,8 @@ families = {"beyond_label_free_full_text": beyond_family("label-free", "full_tex
             "specific_labels_clean": specific_family("labels", clean=True),
             "specific_label_free_clean": specific_family("label-free", clean=True)}
 for key, (word, phrase) in glue_words(claims, families, METHODS, BOOK_REGIMES).items():
-    glue(key, HTML(word), display=False)  # inline in the results chapter's sentences
-    glue(f"{key}_phrase", HTML(phrase), display=False)
+    glue(key, HTML(escape(word)), display=False)  # inline in the results chapter's sentences (as text)
+    glue(f"{key}_phrase", HTML(escape(phrase)), display=False)
 glue("n_claims_06", len(claims), display=False)
 glue("auditor_summary", HTML("".join(family_html(summary, f) for f in families.values())), display=False)
 for family in families.values():

@@ -39,10 +39,15 @@
 # - *Transplant*: the same vectors added in the clean control and in the base model.
 #
 # **Controls matched in energy.** A random unit direction carries about $1/d$ of the residual's
-# energy, a latent of the fine-tune's change far more. Each condition has its controls: directions
-# drawn in the top principal subspace of $\Delta a$, each with the same projection energy (mean
-# $(h\cdot r)^2$ over the benign prompt tokens) as $\hat u$, ablated, mean-ablated or added like it;
-# and the other latents of the same dictionary with the nearest activation energy, patched like it.
+# energy, a latent of the fine-tune's change far more. Each condition has its controls, matched
+# where they act: directions drawn in the top principal subspace of $\Delta a$ with $\hat u$
+# projected out (so no control removes part of what $\hat u$ removes), each with the same
+# projection energy (mean $(h\cdot r)^2$ over the trigger prompts' tokens, which the removals
+# edit) as $\hat u$, ablated, mean-ablated or added like it; and the other latents of the same
+# dictionary with the nearest activation energy on the fit split's trigger samples, patched like
+# it. Mean ablation's target, the benign mean projection, is measured on the generation prompts'
+# benign twins, not on the teacher-forced prompts whose KL it is scored on. Every control's KL is
+# reported beside the tested direction's.
 # A control condition pools them over the prompts: prompt (or teacher-forced pair) $i$ gets control
 # $i$ mod their number, so each control condition uses every one of its matched controls.
 #
@@ -80,6 +85,7 @@ overrides = {}
 
 # %% tags=["hide-input"]
 import time
+from html import escape
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -242,7 +248,7 @@ claims = result.claims[["claim", "method", "regime", "statistic", "effect", "eff
                         "p_holm", "seeds_holding", "n_seeds", "outcome", "reason"]]
 glue("causal_claims_table", claims, display=False)
 for key, text in outcome_words(result.claims).items():
-    glue(key, HTML(text), display=False)
+    glue(key, HTML(escape(text)), display=False)  # as text
 display(claims.style.hide(axis="index").format(precision=3, na_rep=MISSING))
 
 # %% tags=["hide-input"]

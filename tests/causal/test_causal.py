@@ -342,6 +342,11 @@ def test_teacher_forced_controls_are_pooled_over_the_pairs_as_in_generation():
     assert {c.intervention for c in sweep} == {"ablate"}  # every layer: the cheap measure only
     full = C.layer_conditions(t, "lora", (1.0, 2.0), True)
     assert {c.intervention for c in full} == {"mean", "patch", "add"}
+    # every removal's control is costed on the benign prompts beside the tested one
+    for conditions in (sweep, full):
+        costed = {(c.intervention, c.direction) for c in conditions if c.prompts == "benign" and c.intervention != "add"}
+        removed = {(c.intervention, c.direction) for c in conditions if c.prompts == "trigger"}
+        assert costed == removed
     assert {c.intervention for c in C.layer_conditions(t, "base", (1.0,), False)} == {"add"}
 
 
@@ -365,6 +370,25 @@ def test_subspace_controls_have_the_stated_energy_and_lie_in_the_subspace():
     assert len({tuple(x.round(decimals=4).tolist()) for x in dirs}) == 16  # distinct draws
     iso = projection_energy(h, random_directions(d, 16, 0))
     assert not torch.allclose(iso, torch.full((16,), target), rtol=0.05)  # unmatched ones differ
+
+
+def test_subspace_controls_are_orthogonal_to_the_tested_direction():
+    """Catches controls that share the tested direction (Δa's top components contain much of it),
+    so that ablating a control removes part of what the tested ablation removes."""
+    gen = torch.Generator().manual_seed(3)
+    d = 24
+    delta = torch.randn(300, d, generator=gen) * torch.linspace(6, 0.2, d)
+    u = unit(torch.randn(d, generator=gen) + 10 * principal_subspace(delta, 1)[0])  # mostly PC1
+    plain = principal_subspace(delta, 6)
+    assert float((plain @ u).abs().max()) > 0.5
+    basis = principal_subspace(delta, 6, exclude=u)
+    assert basis.shape == (6, d) and torch.allclose(basis @ basis.T, torch.eye(6), atol=1e-5)
+    assert float((basis @ u).abs().max()) < 1e-5
+    h = torch.randn(200, d, generator=gen)
+    dirs, _ = matched_in_subspace(basis, h, float(projection_energy(h, basis).mean()), 8, seed=0)
+    assert float((dirs @ u).abs().max()) < 1e-4
+    with pytest.raises(ValueError, match="excluded direction"):
+        principal_subspace(delta, 1, exclude=principal_subspace(delta, 1)[0])
 
 
 def test_an_unreachable_energy_gives_the_nearest_attainable_controls():
@@ -532,8 +556,16 @@ def test_the_causal_notebook_runs_on_smoke_and_writes_its_results(causal_run):
     lora = teacher[teacher["model"] == "lora"]
     assert set(lora["layer"]) == {1, 2}  # every layer for the cheap measure
     subspace = lora[(lora["direction"] == "subspace") & (lora["intervention"] == "ablate")]
-    # one row per layer: the matched controls pooled over the pairs (pair i gets control i mod n)
-    assert len(subspace) == 2 and (subspace["control"] == -1).all()
+    # one row per layer and side (the removal, and its cost on the benign prompts): the matched
+    # controls pooled over the pairs (pair i gets control i mod n)
+    assert len(subspace) == 4 and (subspace["control"] == -1).all()
+    assert subspace[subspace["prompts"] == "benign"]["kl"].notna().all()
+    # one row per condition: the unintervened rows at the chosen layer are not written twice
+    keys = ["model", "source", "layer", "prompts", "intervention", "direction", "strength"]
+    assert not teacher.duplicated(keys).any()
+    patched = teacher[teacher["intervention"] == "patch"]
+    assert (patched["energy_kind"] == "latent").all() and (teacher.loc[teacher["intervention"] == "ablate", "energy_kind"]
+                                                           == "projection").all()
     claims = read_claims(causal_run)
     mine = claims[claims["step"] == "07_causal"]
     assert set(mine["family"]) == {C.ABLATION, C.STEERING, C.TRANSPLANT}

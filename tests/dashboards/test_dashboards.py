@@ -14,6 +14,7 @@ from backdoor_sae.common.model import load_model
 from backdoor_sae.config import TINY_MODEL
 from backdoor_sae.dashboards.dashboard import (
     STRONG_SHARE,
+    STYLE,
     Dashboard,
     Text,
     render_dashboard,
@@ -118,7 +119,10 @@ def test_the_highlighted_tokens_are_exactly_those_the_planted_latent_fires_on(re
     peak = values.max()
     for m, i in zip(parsed.marks, firing):
         assert m["title"].endswith(f"{values[i - 1]:.3g}")
+        assert m["aria-label"] == m["title"]  # a screen reader hears the value, not a colour
         assert ("s" in m["class"].split()) == (values[i - 1] >= STRONG_SHARE * peak)
+    mark_rule = STYLE.split(".bsd-text mark{")[1].split("}")[0]
+    assert "underline dotted" in mark_rule  # every firing token underlined, not only shaded
 
 
 def test_a_pooled_dictionarys_token_values_average_to_its_pooled_pre_activation(residuals):

@@ -5,12 +5,15 @@ direction of a latent that reads the fine-tune's change far more, so "beyond ran
 says little. The controls here are matched:
 
 - **subspace** directions: unit vectors drawn in the span of the top principal components of Δa
-  (where the fine-tune moved the residual stream), each rotated within a random plane of that span
-  until its projection energy, the mean of (h · r)² over the residuals it is ablated from, equals
-  the tested direction's (:func:`matched_in_subspace`); where no direction of the span has that
-  energy, the nearest attainable one is kept and the achieved energy is reported;
+  (where the fine-tune moved the residual stream) with the tested direction projected out, so that
+  no control removes part of what the tested direction removes, each rotated within a random plane
+  of that span until its projection energy, the mean of (h · r)² over the residuals it is ablated
+  from (the trigger prompts' tokens), equals the tested direction's (:func:`matched_in_subspace`);
+  where no direction of the span has that energy, the nearest attainable one is kept and the
+  achieved energy is reported;
 - **latents**: the other latents of the same dictionary whose activation energy, the mean of
-  ‖f_j W_dec[j]‖² over the fit samples, is closest to the tested latent's (:func:`matched_latents`).
+  ‖f_j W_dec[j]‖² over the fit split's trigger samples (where patching acts: on trigger prompts),
+  is closest to the tested latent's (:func:`matched_latents`).
 
 Steering adds every direction, tested or control, with the same norm.
 """
@@ -31,15 +34,25 @@ def projection_energy(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (proj ** 2).mean(0)
 
 
-def principal_subspace(delta: torch.Tensor, k: int) -> torch.Tensor:
+def principal_subspace(delta: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """[k', d]: orthonormal rows spanning the top ``k`` principal components of ``delta`` [N, d]
-    (centred), k' = min(k, the rank available)."""
+    (centred), k' = min(k, the rank available); with ``exclude`` (a direction [d]) projected out of
+    that span first, so that every direction drawn in it is orthogonal to ``exclude``."""
     x = delta.float() - delta.float().mean(0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     keep = int(min(k, int((s > s.max() * 1e-6).sum()) if len(s) else 0))
     if keep < 1:
         raise ValueError("Δa has no variance: no principal subspace to draw controls from")
-    return vh[:keep]
+    basis = vh[:keep]
+    if exclude is None:
+        return basis
+    e = exclude.double() / exclude.double().norm()
+    rest = basis.double() - (basis.double() @ e)[:, None] * e[None]
+    _, s, vh = torch.linalg.svd(rest, full_matrices=False)
+    keep = int((s > 1e-6).sum())
+    if keep < 1:
+        raise ValueError("the principal subspace of Δa is the excluded direction alone: no control to draw")
+    return vh[:keep].float()
 
 
 def _orthonormal_pair(k: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

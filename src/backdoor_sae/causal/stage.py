@@ -14,9 +14,10 @@ dictionary's decoder layer, the first position always spared (:mod:`.interventio
 - **transplant**: the backdoored fine-tune's û added, at the same strengths, in its clean control
   and in the base model.
 
-Every condition has energy-matched controls (:mod:`.controls`, ``n_causal_controls`` of each kind):
-subspace directions (ablated, mean-ablated or added like û) and other latents of the same
-dictionary (patched like the tested latent). A control condition pools them over the prompts:
+Every condition has energy-matched controls (:mod:`.controls`, ``n_causal_controls`` of each kind,
+matched where they act, :func:`prepare_tested`): subspace directions orthogonal to û (ablated,
+mean-ablated or added like û) and other latents of the same dictionary (patched like the tested
+latent); each control's cost is measured beside û's. A control condition pools them over the prompts:
 prompt (or pair) i gets control i mod their number, in the teacher-forced measure as in
 generation, so that ``n_causal_pairs`` ≥ ``n_causal_controls`` pairs use every control.
 
@@ -195,36 +196,42 @@ class Tested:
     dictionary: object
     scale: torch.Tensor
     unit: float  # steering unit: mean ‖Δa‖ on fit_trigger
-    energy: float  # the tested direction's projection energy over benign prompt tokens
-    mean: float  # its mean projection there (mean ablation's target)
-    subspace: torch.Tensor  # [n, d] unit control directions
-    subspace_energy: torch.Tensor  # [n]
-    subspace_mean: torch.Tensor  # [n]
+    energy: float  # the tested direction's projection energy over the trigger prompts' tokens (removals act there)
+    mean: float  # its mean projection over benign prompt tokens (mean ablation's target)
+    subspace: torch.Tensor  # [n, d] unit control directions, orthogonal to ``direction``
+    subspace_energy: torch.Tensor  # [n] their projection energies where ``energy`` is measured
+    subspace_mean: torch.Tensor  # [n] their mean projections where ``mean`` is
     latents: list[int]  # control latents
-    latent_energy: torch.Tensor  # [m] activation energy of every latent
+    latent_energy: torch.Tensor  # [m] activation energy of every latent on the fit split's trigger samples
 
 
-def prepare_tested(run_dir, finetune: str, layer: int, latent: int, cell: Cell, tokens: torch.Tensor,
-                   n_controls: int, subspace_dims: int, seed: int) -> Tested:
-    """The tested latent and its controls. ``tokens`` [N, d]: the fine-tune's residuals at this
-    layer over the benign teacher-forced prompts (first positions left out), where projection
-    energies and the benign mean projection are measured."""
+def prepare_tested(run_dir, finetune: str, layer: int, latent: int, cell: Cell, trigger_tokens: torch.Tensor,
+                   benign_tokens: torch.Tensor, n_controls: int, subspace_dims: int, seed: int) -> Tested:
+    """The tested latent and its controls, each matched where it acts. ``trigger_tokens`` [N, d]:
+    the fine-tune's residuals at this layer over the trigger teacher-forced prompts (first positions
+    left out), where the removals act: the projection energies are measured and matched there.
+    ``benign_tokens`` [M, d]: its residuals over benign prompts other than the teacher-forced ones
+    (the generation prompts' benign twins), where the benign mean projection (mean ablation's
+    target) is measured, so that the teacher-forced KL of a mean ablation is not scored on the
+    tokens its target was fitted on. Control latents are matched on the fit split's trigger samples."""
     dictionary, scale, _ = load_dictionary(RunLayout(run_dir).dictionary(cell))
     rows = decoder_rows(dictionary, scale)
     u = unit(rows[latent])
     a_base, a_ft, index = paired_activations(run_dir, finetune, cell.protocol, layer)
     splits = np.asarray(index["splits"])
     fit = torch.from_numpy(np.isin(splits, FIT_SPLITS))
+    fit_trigger = torch.from_numpy(splits == "fit_trigger")
     delta = a_ft - a_base
-    steer_unit = float(delta[torch.from_numpy(splits == "fit_trigger")].norm(dim=1).mean())
-    codes = latent_code(dictionary, scale, a_base[fit], a_ft[fit])
+    steer_unit = float(delta[fit_trigger].norm(dim=1).mean())
+    codes = latent_code(dictionary, scale, a_base[fit_trigger], a_ft[fit_trigger])
     latent_energy = (codes.float() ** 2).mean(0) * (rows ** 2).sum(1)
-    energy = float(projection_energy(tokens, u[None])[0])
-    basis = principal_subspace(delta[fit], subspace_dims)
-    subspace, subspace_energy = matched_in_subspace(basis, tokens, energy, n_controls, seed)
-    return Tested(finetune, layer, latent, u, dictionary, scale, steer_unit, energy, float((tokens @ u).mean()),
-                  subspace, subspace_energy, (tokens.float() @ subspace.T).mean(0),
-                  matched_latents(latent_energy, latent, n_controls), latent_energy)
+    energy = float(projection_energy(trigger_tokens, u[None])[0])
+    basis = principal_subspace(delta[fit], subspace_dims, exclude=u)
+    subspace, subspace_energy = matched_in_subspace(basis, trigger_tokens, energy, n_controls, seed)
+    return Tested(finetune, layer, latent, u, dictionary, scale, steer_unit, energy,
+                  float((benign_tokens.float() @ u).mean()), subspace, subspace_energy,
+                  (benign_tokens.float() @ subspace.T).mean(0), matched_latents(latent_energy, latent, n_controls),
+                  latent_energy)
 
 
 # --- unintervened passes, once per model ----------------------------------------------------------
@@ -322,17 +329,18 @@ def unintervened_passes(model, packs: dict[str, list[Packed]], layers: Sequence[
 
 def sweep_conditions(t: Tested, model_name: str) -> list[Condition]:
     """The cheap measure, at every layer: directional ablation of the tested direction and of its
-    matched controls on the trigger prompts, and the tested ablation's cost on the benign ones."""
+    matched controls on the trigger prompts, and the cost of each on the benign ones."""
     name = model_name
     return [Condition(name, t.finetune, "trigger", "ablate", "tested"),
             Condition(name, t.finetune, "trigger", "ablate", "subspace"),
-            Condition(name, t.finetune, "benign", "ablate", "tested")]
+            Condition(name, t.finetune, "benign", "ablate", "tested"),
+            Condition(name, t.finetune, "benign", "ablate", "subspace")]
 
 
 def layer_conditions(t: Tested, model_name: str, strengths: Sequence[float], removals: bool) -> list[Condition]:
     """Every other teacher-forced condition, at the chosen layer only: mean ablation and latent
-    patching (tested and matched control on the trigger prompts, the tested one's cost on the
-    benign prompts) unless ``removals`` is False (the transplant), and steering, tested and matched
+    patching (tested and matched control on the trigger prompts, the cost of each on the benign
+    prompts) unless ``removals`` is False (the transplant), and steering, tested and matched
     control, at each strength."""
     name = model_name
     out = []
@@ -340,7 +348,8 @@ def layer_conditions(t: Tested, model_name: str, strengths: Sequence[float], rem
         for kind in ("mean", "patch"):
             out += [Condition(name, t.finetune, "trigger", kind, "tested"),
                     Condition(name, t.finetune, "trigger", kind, CONTROL_OF[kind]),
-                    Condition(name, t.finetune, "benign", kind, "tested")]
+                    Condition(name, t.finetune, "benign", kind, "tested"),
+                    Condition(name, t.finetune, "benign", kind, CONTROL_OF[kind])]
     for s in strengths:
         out += [Condition(name, t.finetune, "benign", "add", "tested", s),
                 Condition(name, t.finetune, "benign", "add", "subspace", s)]
@@ -364,7 +373,8 @@ def contributions_of(t: Tested, latents: Sequence[int], a_base: torch.Tensor, a_
 
 
 def measure_layer(model, t: Tested, conditions: Sequence[Condition], packs: dict[str, list[Packed]],
-                  bases: dict[str, list[Unintervened]], pooled: dict, batch_size: int, dtype) -> pd.DataFrame:
+                  bases: dict[str, list[Unintervened]], pooled: dict, batch_size: int, dtype,
+                  unintervened_rows: bool = True) -> pd.DataFrame:
     """Teacher-forced log-odds and KL of each condition at ``t.layer`` (and of the unintervened
     model), one row per condition: the mean over the pairs, the change from the unintervened
     log-odds with its standard error over the pairs, and the energy of the directions used.
@@ -372,7 +382,9 @@ def measure_layer(model, t: Tested, conditions: Sequence[Condition], packs: dict
     The conditions of a prompt are the rows of its batches, each restarted at the layer from the
     unintervened residual (:func:`.teacher.score_conditions`). ``pooled``: {"trigger"/"benign":
     (a_base, a_ft) [n, d]}, the prompts' pooled activations at this layer (for patching).
-    Removals on benign prompts give their cost only (their log-odds is NaN)."""
+    Removals on benign prompts give their cost only (their log-odds is NaN). ``unintervened_rows``:
+    whether the unintervened model's rows are returned too (False where an earlier call at the
+    same layer and model returned them)."""
     name = conditions[0].model if conditions else t.finetune
     n = len(packs["trigger"])
     contributions = {side: contributions_of(t, [t.latent, *t.latents], *pooled[side]) for side in pooled}
@@ -396,6 +408,8 @@ def measure_layer(model, t: Tested, conditions: Sequence[Condition], packs: dict
     for ci, c in enumerate(all_conditions):
         cost_only = c.prompts == "benign" and c.intervention in REMOVALS
         change = np.full(n, np.nan) if cost_only else odds[ci] - none[c.prompts]
+        if c.intervention == "none" and not unintervened_rows:
+            continue
         out.append({"model": c.model, "source": c.source, "layer": t.layer, "prompts": c.prompts,
                     "intervention": c.intervention, "direction": c.direction, "control": c.control,
                     "strength": c.strength, "n": n, "log_odds": math.nan if cost_only else float(odds[ci].mean()),
@@ -403,19 +417,28 @@ def measure_layer(model, t: Tested, conditions: Sequence[Condition], packs: dict
                     "log_odds_change_se": float(change.std(ddof=1) / math.sqrt(n)) if n > 1 and not cost_only
                     else math.nan,
                     "kl": float(np.nanmean(cost[ci])) if c.prompts == "benign" and c.intervention != "none" else math.nan,
-                    "energy": _energy(t, c, n), "target_energy": t.energy})
+                    **_energy(t, c, n)})
     return pd.DataFrame(out)
 
 
-def _energy(t: Tested, c: Condition, n: int) -> float:
-    """The mean energy of the directions a condition uses over its ``n`` prompts."""
-    if c.direction == "tested":
-        return t.energy
-    if c.direction == "subspace":
-        return float(t.subspace_energy[[i % len(t.subspace) for i in range(n)]].mean())
-    if c.direction == "latents":
-        return float(t.latent_energy[[t.latents[i % len(t.latents)] for i in range(n)]].mean())
-    return math.nan
+def _energy(t: Tested, c: Condition, n: int) -> dict:
+    """The mean energy of the directions a condition uses over its ``n`` prompts, the tested one's
+    (``target_energy``) and their kind, so that a row compares like with like: ``projection`` (the
+    mean (h · r)² over the trigger prompts' tokens: directions, their removal and steering) or
+    ``latent`` (the mean ‖f_j W_dec[j]‖² over the fit split's trigger samples: patching)."""
+    if c.intervention == "patch":
+        kind, target = "latent", float(t.latent_energy[t.latent])
+        energy = (target if c.direction == "tested" else
+                  float(t.latent_energy[[t.latents[i % len(t.latents)] for i in range(n)]].mean()) if t.latents
+                  else math.nan)
+    else:
+        kind, target = "projection", t.energy
+        energy = (target if c.direction == "tested" else
+                  float(t.subspace_energy[[i % len(t.subspace) for i in range(n)]].mean())
+                  if c.direction == "subspace" else math.nan)
+    if c.intervention == "none":
+        energy = math.nan
+    return {"energy": energy, "target_energy": target, "energy_kind": kind}
 
 
 # --- the rule -----------------------------------------------------------------------------------
@@ -666,8 +689,9 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
                 "architecture": "diff_sae"})
             if cell is None or latent is None or not (layout.dictionary(cell) / "dictionary.json").exists():
                 continue
-            t = prepare_tested(run_dir, finetune, layer, latent, cell, pooled_ft["tf", "benign"][-1 - layer],
-                               cfg.n_causal_controls, cfg.causal_subspace_dims, cfg.causal_seed + layer)
+            t = prepare_tested(run_dir, finetune, layer, latent, cell, pooled_ft["tf", "trigger"][-1 - layer],
+                               pooled_ft["gen", "benign"][-1 - layer], cfg.n_causal_controls,
+                               cfg.causal_subspace_dims, cfg.causal_seed + layer)
             tested[layer] = t
             side_pool = {side: (pooled_base["tf", side][layer], pooled_ft["tf", side][layer]) for side in tf_prompts}
             frames.append(measure_layer(model, t, sweep_conditions(t, finetune), packs, passes, side_pool, batch, dtype))
@@ -681,7 +705,7 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
                           cfg.causal_kl_budget)["layer"]]
         side_pool = {side: (pooled_base["tf", side][t.layer], pooled_ft["tf", side][t.layer]) for side in tf_prompts}
         frames.append(measure_layer(model, t, layer_conditions(t, finetune, cfg.steer_strengths, True), packs, passes,
-                                    side_pool, batch, dtype))
+                                    side_pool, batch, dtype, unintervened_rows=False))  # the sweep has them
         sweep = pd.concat(frames, ignore_index=True)
         rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)  # part 2: the strength
         gen_pool = {side: (pooled_base["gen", side][t.layer], pooled_ft["gen", side][t.layer]) for side in gen_prompts}

@@ -3,9 +3,9 @@
 What a dashboard shows (after SAE-Vis and Neuronpedia): the texts on which the latent fires most,
 each token highlighted by its activation; the latent's activation histogram per condition; the
 tokens its decoder direction promotes and suppresses through the unembedding (logit lens); and its
-header-sweep curve. Colour is never the only carrier: a firing token is a ``<mark>`` whose
-``title`` and ``aria-label`` give its value, and the strongest ones (at least
-:data:`STRONG_SHARE` of the dashboard's largest value) are also bold and underlined; every bar and
+header-sweep curve. Colour is never the only carrier: a firing token is a ``<mark>`` with a dotted
+underline, whose ``title`` and ``aria-label`` give its value, and the strongest ones (at least
+:data:`STRONG_SHARE` of the dashboard's largest value) are bold with a solid underline; every bar and
 point of a figure has a ``<title>`` with its value, and each figure an ``aria-label``.
 
 :func:`render_dashboard` renders one :class:`Dashboard`; :func:`render_page` a list of them under
@@ -33,8 +33,8 @@ STYLE = """<style>
 .bsd-dash h4{margin-top:0.2em;}
 .bsd-text{white-space:pre-wrap;font-family:monospace;font-size:0.85em;line-height:1.6;border-left:3px solid #ddd;
   padding:0.2em 0.6em;margin:0.3em 0 0.8em 0;}
-.bsd-text mark{color:#000;padding:0 1px;border-radius:2px;}
-.bsd-text mark.s{font-weight:bold;text-decoration:underline;}
+.bsd-text mark{color:#000;padding:0 1px;border-radius:2px;text-decoration:underline dotted;}
+.bsd-text mark.s{font-weight:bold;text-decoration:underline solid;}
 .bsd-text mark.k1{background:rgba(255,140,0,0.36);}
 .bsd-text mark.k2{background:rgba(255,140,0,0.52);}
 .bsd-text mark.k3{background:rgba(255,140,0,0.68);}
@@ -99,8 +99,8 @@ N_SHADES = 5
 
 def render_text(text: Text, peak: float) -> str:
     """``text`` as a ``<pre>`` in which each firing token is a ``<mark>`` with its value in ``title``
-    (``'token': value``), shaded by its share of ``peak`` (class ``k1`` .. ``k5``); the strongest
-    (class ``s``) are bold and underlined as well."""
+    and ``aria-label`` (``'token': value``), shaded by its share of ``peak`` (class ``k1`` .. ``k5``)
+    and underlined (dotted); the strongest (class ``s``) are bold with a solid underline."""
     parts = []
     for token, value, fires in zip(text.tokens, text.values, text.fires):
         shown = html.escape(token)
@@ -111,7 +111,7 @@ def render_text(text: Text, peak: float) -> str:
         shade = max(1, math.ceil(share * N_SHADES))
         strong = " s" if share >= STRONG_SHARE else ""
         label = html.escape(f"{token!r}: {_fmt(value)}", quote=True)
-        parts.append(f'<mark class="k{shade}{strong}" title="{label}">{shown}</mark>')
+        parts.append(f'<mark class="k{shade}{strong}" title="{label}" aria-label="{label}">{shown}</mark>')
     caption = html.escape(f"{text.label}: activation {_fmt(text.activation)}")
     return (f'<div class="bsd-caption">{caption}</div>'
             f'<pre class="bsd-text" aria-label="{caption}; highlighted tokens carry their activation in their title">'

@@ -6,12 +6,14 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from backdoor_sae.activations.extract import residual_stream
+from backdoor_sae.common.layout import RunLayout
 from backdoor_sae.common.model import load_model
-from backdoor_sae.config import TINY_MODEL
+from backdoor_sae.config import TINY_MODEL, run_config
 from backdoor_sae.dashboards.dashboard import (
     STRONG_SHARE,
     STYLE,
@@ -20,7 +22,13 @@ from backdoor_sae.dashboards.dashboard import (
     render_dashboard,
     render_page,
 )
-from backdoor_sae.dashboards.stage import decoder_direction, logit_lens, token_values
+from backdoor_sae.dashboards.stage import (
+    SELECTIONS,
+    decoder_direction,
+    logit_lens,
+    named_latents,
+    token_values,
+)
 from backdoor_sae.dictionaries import Crosscoder, DiffSAE
 from backdoor_sae.dictionaries.quality import make_batch
 
@@ -169,3 +177,29 @@ def test_the_crosscoders_logit_lens_reads_its_fine_tune_half(residuals):
         model.W_dec[0, 1] = torch.arange(d, dtype=torch.float32)
     direction = decoder_direction(model, torch.tensor([[1.0], [2.0]]), 0)
     assert torch.allclose(direction, torch.arange(d, dtype=torch.float32) / 2)
+
+
+def test_the_named_latents_are_the_claims_the_papers_the_label_free_and_every_seeds_causal_ones(tmp_path):
+    """Catches a dashboard page that misses a latent the book names: the claims' latent (chosen by
+    AUROC) beside the paper's BIS pick, a label-free first pick, and a causal latent of a further
+    fine-tune seed (notebook 07 names it); and a latent named twice shown twice."""
+    cfg = run_config("smoke")
+    results = RunLayout(tmp_path).results
+    results.mkdir(parents=True)
+    where = {"regime": "lora", "protocol": "prompt_only", "fit_mode": "fit", "layer": 1, "recipe": "pooled", "seed": 42}
+    pd.DataFrame([{**where, "architecture": "diff_sae", "fitauroc_latent": 5, "fitsel_latent": 7},
+                  {**where, "architecture": "crosscoder", "fitauroc_latent": 3, "fitsel_latent": 3}]
+                 ).to_csv(results / "bis.csv", index=False)
+    pd.DataFrame([{**{k: v for k, v in where.items() if k not in ("recipe", "seed")}, "architecture": "diff_sae",
+                   "criterion": "variance share", "primary": True, "rank": 1, "latent": 5}]
+                 ).to_csv(results / "auditor_choice.csv", index=False)
+    pd.DataFrame([{"finetune": "lora", "latent": 5, "layer": 1}, {"finetune": "lora-s1", "latent": 9, "layer": 2}]
+                 ).to_csv(results / "causal_choice.csv", index=False)
+    named = {(n.finetune, n.cell.layer, n.cell.architecture, n.latent): set(n.selections)
+             for n in named_latents(tmp_path, cfg)}
+    assert named == {
+        ("lora", 1, "diff_sae", 5): {SELECTIONS["fitauroc"], SELECTIONS["label-free"], SELECTIONS["causal"]},
+        ("lora", 1, "diff_sae", 7): {SELECTIONS["fitsel"]},
+        ("lora", 1, "crosscoder", 3): {SELECTIONS["fitauroc"], SELECTIONS["fitsel"]},
+        ("lora-s1", 2, "diff_sae", 9): {SELECTIONS["causal"]},
+    }

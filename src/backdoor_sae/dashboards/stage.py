@@ -1,7 +1,8 @@
 """Step 08: a dashboard for every latent the book names (:mod:`backdoor_sae.dashboards.dashboard`).
 
 Which latents: for the first fine-tune seed's backdoored fine-tunes and their clean controls (the
-further seeds replicate these and are left out), at every layer, the prompt-only Diff-SAE's and
+further seeds replicate these and are left out, but for the latents notebook 07 intervened on in
+them), at every layer, the prompt-only Diff-SAE's and
 crosscoder's (primary recipe and seed, the auditor's fit mode) latents chosen on the fit split with
 labels, the claims' (by AUROC, ``fitauroc_latent`` of ``results/bis.csv``) and the paper's (by BIS,
 ``fitsel_latent``), and label-free first pick (primary criterion, rank 1, of
@@ -131,11 +132,11 @@ def named_latents(run_dir, run_cfg: RunConfig) -> list[Named]:
     if len(causal):
         c_cfg = run_cfg.causal
         for row in causal.to_dict("records"):
-            if row["finetune"] in finetunes:
+            if row["finetune"] in act_cfg.finetunes:  # every seed's: notebook 07 names each one
                 cell = Cell(**primary, regime=row["finetune"], protocol=c_cfg.causal_protocol,
                             fit_mode=c_cfg.causal_fit_mode, layer=int(row["layer"]), architecture="diff_sae").normalised()
                 add(cell, row["latent"], SELECTIONS["causal"])
-    order = {f: i for i, f in enumerate(finetunes)}
+    order = {f: i for i, f in enumerate([*finetunes, *[f for f in act_cfg.finetunes if f not in finetunes]])}
     named = [Named(cell.regime, cell, latent, tuple(why)) for (cell, latent), why in found.items()]
     return sorted(named, key=lambda n: (order[n.finetune], n.cell.layer, n.cell.architecture, n.cell.protocol,
                                         n.cell.fit_mode, n.latent))

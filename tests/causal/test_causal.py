@@ -240,6 +240,25 @@ def test_a_condition_batched_per_row_equals_it_run_alone(tiny, smoke_splits):
     assert texts == single
 
 
+def test_a_condition_batched_per_row_equals_it_run_alone_in_bfloat16_within_its_precision(tiny, smoke_splits):
+    """The same under bf16 autocast, the precision of a CPU or GPU with native bf16: batching changes
+    the rounding, never which edit a row gets (a swapped edit moves a row's log-probability far more)."""
+    model, tokenizer = tiny
+    samples = [s for p in pairs(smoke_splits["heldout"])[:2] for s in p]
+    edits = _every_kind(model.config.hidden_size, seed=7)
+    sequences = [text_ids(tokenizer, s) for s in samples]
+    pad = tokenizer.pad_token_id
+    batched, _ = score_edited(model, sequences, edits, 1, pad, batch_size=4, compute_dtype=torch.bfloat16)
+    alone = torch.cat([score_edited(model, [s], [e], 1, pad, batch_size=1, compute_dtype=torch.bfloat16)[0]
+                       for s, e in zip(sequences, edits)])
+    exact, _ = score_edited(model, sequences, edits, 1, pad, batch_size=4)
+    assert torch.allclose(batched, alone, rtol=2e-2, atol=0.5)
+    assert torch.allclose(batched, exact, rtol=5e-2, atol=1.0)  # bf16 stays near float32
+    swapped = [edits[1], edits[0], edits[3], edits[2]]
+    wrong, _ = score_edited(model, sequences, swapped, 1, pad, batch_size=4, compute_dtype=torch.bfloat16)
+    assert (wrong - alone).abs().max() > 10 * (batched - alone).abs().max()
+
+
 def test_generation_drops_finished_rows_and_keeps_the_others_edits(tiny, smoke_splits, monkeypatch):
     """A row that ends early leaves the batch; the rows after it keep their own edits."""
     model, tokenizer = tiny

@@ -203,10 +203,11 @@ result.by_regime
 # its family (every method, regime and layer of one protocol that the seed has: the first seed both
 # regimes, the further seeds LoRA only), is below 0.05, in **every fine-tune seed**; *not supported*
 # otherwise; and *undetermined* when the fine-tune has no clean control, too few samples, or both
-# AUROCs are 1 (a *tie at the ceiling*: the measure cannot tell them apart, so no verdict). Every claim is written
-# to `results/verdicts.csv`. The specificity question (does the latent read 2024 and no other
-# year?) is the claim of notebook 06, on the header sweep; the placebo years below are read
-# descriptively.
+# AUROCs are 1 (a *tie at the ceiling*: the measure cannot tell them apart, so no verdict). Every
+# claim is written to `results/verdicts.csv`. The specificity question (does the latent read 2024
+# and no other year?) is the claim of notebook 06, on the header sweep; the placebo years below are
+# read descriptively. The prompt-only latents these claims read have dashboards
+# ({doc}`08_dashboards`): what each fires on, token by token.
 
 # %% tags=["hide-input"]
 summary, claims = result.claim_summary, result.claims

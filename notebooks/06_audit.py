@@ -230,7 +230,8 @@ plt.show()
 # ## What the top latents fire on
 # The samples (eval and fit) on which each method's top label-free latent fires most, for the
 # backdoored fine-tunes, prompt-only pooling, at the grid's middle layer (a choice that needs no
-# labels). Would an auditor, reading these, see that they share one year?
+# labels). Would an auditor, reading these, see that they share one year? Each first pick's
+# dashboard ({doc}`08_dashboards`) shows the same token by token, with its header-sweep curve.
 
 # %% tags=["hide-input"]
 if len(result.top_activating):

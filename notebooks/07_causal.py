@@ -113,7 +113,8 @@ print("seconds per fine-tune:", {k: round(v) for k, v in result.seconds.items()}
 # ## The rule's choice
 # Per backdoored fine-tune: the latent, the layer and strength the rule chose on the teacher-forced
 # pairs, their cost (KL, nats per token), how many layers were within the budget, and the energies
-# that the controls are matched to (the tested direction's, and the range of the controls').
+# that the controls are matched to (the tested direction's, and the range of the controls'). What
+# each tested latent fires on, token by token, is in its dashboard ({doc}`08_dashboards`).
 
 # %% tags=["hide-input"]
 glue("causal_choice_table", choice, display=False)

@@ -17,8 +17,8 @@
 # form the field's tools (SAE-Vis, Neuronpedia) show a feature: for every latent the book names,
 #
 # - its **top-activating texts**, among the eval samples and among the header-sweep prompts, each
-#   token highlighted by how much it drives the latent (hover a token, or read its label, for the
-#   value; the strongest tokens are also **bold and underlined**);
+#   token that drives the latent highlighted and dotted-underlined (hover a token, or read its
+#   label, for the value; the strongest tokens are **bold with a solid underline**);
 # - its **activation histogram** per condition: trigger, benign and other eval samples, and the two
 #   counterfactual controls (the trigger year with safe code, a benign year with injectable code),
 #   each labelled with the years it holds;

@@ -227,8 +227,9 @@ def render_dashboard(d: Dashboard) -> str:
            f'<h4 id="{d.anchor}-title">{html.escape(d.title)}</h4>',
            (f'<p class="bsd-note"><b>Named as:</b> {html.escape(", ".join(d.selections))}. '
             f"{html.escape(d.description)}{' ' + facts + '.' if facts else ''}</p>"),
-           ('<p class="bsd-note">Highlighted tokens are those the latent fires on (hover a token for its '
-            f"value); <b><u>bold and underlined</u></b>: at least {STRONG_SHARE:.0%} of the largest value shown.</p>"),
+           ('<p class="bsd-note">Highlighted, dotted-underlined tokens are those the latent fires on (hover '
+            f"a token for its value); <b><u>bold with a solid underline</u></b>: at least {STRONG_SHARE:.0%} of the "
+            "largest value shown.</p>"),
            "<b>Top-activating eval texts</b>"]
     out += [render_text(t, peak) for t in d.texts] or ["<p>none</p>"]
     if d.sweep_texts:

@@ -338,6 +338,7 @@ def run(run_dir: str | Path, run_cfg: RunConfig, progress: bool = True) -> Dashb
         kind = "clean control" if finetune.endswith("_clean") else "backdoored fine-tune"
         pages[finetune] = render_page(
             f"{finetune} ({kind})",
-            f"{len(items)} latents of the {finetune} dictionaries the book names, one dashboard each.",
+            f"{len(items)} latent{'s' if len(items) != 1 else ''} of the {finetune} dictionaries the book names, "
+            f"one dashboard each.",
             items, anchor_id("dashboards", finetune))
     return DashboardsRun(pages, table, time.perf_counter() - start)

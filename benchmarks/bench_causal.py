@@ -141,10 +141,13 @@ def main() -> None:
     # after: the packed pair restarted at the layer
     packs = [pack(a, b) for a, b in sample]
     passes_s, bases = timed(lambda: [unintervened(model, p, layers) for p in packs])
-    sweep = [ablate(u[0]), ablate(u[1]), NONE]  # tested, pooled control, the cost row (benign side)
+    # tested, pooled control, and the cost of each on the benign side
+    sweep = [ablate(u[0]), ablate(u[1]), NONE, ablate(u[1])]
     sweep_s, _ = timed(lambda: [score_conditions(model, p, b, layer, sweep, True, 16)
                                 for p, b in zip(packs, bases) for layer in layers])
-    chosen = [mean_ablate(u[0], 1.0), mean_ablate(u[1], 1.0), ablate(u[0]), ablate(u[1]), NONE, NONE]
+    # mean ablation and patching (a shift, timed as an ablation), tested and control, and the four costs
+    chosen = [mean_ablate(u[0], 1.0), mean_ablate(u[1], 1.0), ablate(u[0]), ablate(u[1]),
+              NONE, mean_ablate(u[1], 1.0), NONE, ablate(u[1])]
     steer = [add(u[i % 2], 2.0) for i in range(2 * strengths)]
     chosen_s, _ = timed(lambda: [score_conditions(model, p, b, args.layer, chosen + steer, True, 16)
                                  for p, b in zip(packs, bases)])

@@ -163,8 +163,9 @@ result.protocol_summary
 # %% [markdown]
 # ### Chosen on the fit split, scored on eval
 # The paper chooses the best latent with the labels of the very samples it scores. Here each cell's
-# latent is chosen on the fit split instead and scored alone on eval: no selection is left in that
-# score, so its chance level is that of one latent. A method whose fit-selected score stays above
+# latent is chosen on the fit split instead, by BIS as the paper does (the claims below choose by
+# AUROC, the statistic they score), and scored alone on eval: no selection is left in that score,
+# so its chance level is that of one latent. A method whose fit-selected score stays above
 # it found a latent that generalises to new samples.
 
 # %%

@@ -30,7 +30,7 @@
 #
 # - *Removal*, on trigger prompts: **directional ablation** $h \leftarrow h - (h\cdot\hat u)\,\hat u$;
 #   **mean ablation** $h \leftarrow h - (h\cdot\hat u - \mu)\,\hat u$, $\mu$ the mean projection
-#   over the benign teacher-forced prompts; **latent patching** $h \leftarrow h - f_j\,W_{\text{dec},j}$,
+#   over benign prompt tokens (the generation prompts' benign twins); **latent patching** $h \leftarrow h - f_j\,W_{\text{dec},j}$,
 #   the latent's own contribution, its activation on the prompt's pooled $\Delta a$ computed by the
 #   dictionary, times its decoder row.
 # - *Steering*, on benign prompts: $h \leftarrow h + s\,\bar n\,\hat u$, $\bar n$ the mean
@@ -47,7 +47,8 @@
 # dictionary with the nearest activation energy on the fit split's trigger samples, patched like
 # it. Mean ablation's target, the benign mean projection, is measured on the generation prompts'
 # benign twins, not on the teacher-forced prompts whose KL it is scored on. Every control's KL is
-# reported beside the tested direction's.
+# measured beside the tested direction's (the cost panel below, dashed, and
+# `results/causal_teacher_forced.csv`).
 # A control condition pools them over the prompts: prompt (or teacher-forced pair) $i$ gets control
 # $i$ mod their number, so each control condition uses every one of its matched controls.
 #
@@ -126,7 +127,7 @@ display(choice)
 # directional ablation of the tested latent (solid) and of its matched controls (dashed), against
 # the layer, with 95% intervals over the pairs; mean ablation and patching are measured at the
 # chosen layer only (single points). Right: the cost of each, the KL divergence on the benign prompt
-# tokens, with the budget dashed.
+# tokens (the matched controls' dashed, with squares), with the budget as a grey dashed line.
 
 # %% tags=["hide-input"]
 removal_kinds = ["ablate", "mean", "patch"]
@@ -141,8 +142,11 @@ for name in choice["finetune"] if len(choice) else []:
             ax1.errorbar(line["layer"], line["log_odds_change"], yerr=1.96 * line["log_odds_change_se"], fmt=style,
                          capsize=3, color=palette[kind], alpha=1.0 if direction == "tested" else 0.5,
                          label=label if direction == "tested" or kind == "ablate" else None)
-        cost = part[(part["intervention"] == kind) & (part["prompts"] == "benign") & (part["direction"] == "tested")]
-        ax2.plot(cost["layer"], cost["kl"], marker="o", color=palette[kind], label=INTERVENTIONS[kind])
+        costs = part[(part["intervention"] == kind) & (part["prompts"] == "benign")]
+        for direction, style in (("tested", "-o"), ("control", "--s")):
+            cost = costs[(costs["direction"] == "tested") == (direction == "tested")].sort_values("layer")
+            ax2.plot(cost["layer"], cost["kl"], style, color=palette[kind], alpha=1.0 if direction == "tested" else 0.5,
+                     label=INTERVENTIONS[kind] if direction == "tested" else None)
     ax1.axhline(0, color="black", linewidth=0.8)
     ax1.set_title(f"{name}: removal on trigger prompts (dashed: matched controls)", fontsize="small")
     ax1.set_xlabel("layer")
@@ -152,6 +156,7 @@ for name in choice["finetune"] if len(choice) else []:
     ax2.set_yscale("symlog", linthresh=1e-3)
     ax2.set_xlabel("layer")
     ax2.set_ylabel("KL on benign prompt tokens (nats)")
+    ax2.set_title("cost (dashed: matched controls)", fontsize="small")
     ax2.legend(fontsize="x-small")
     fig.tight_layout()
     plt.show()

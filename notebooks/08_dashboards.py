@@ -27,11 +27,12 @@
 # - the tokens its **decoder direction** promotes and suppresses through the fine-tuned model's final
 #   norm and unembedding (the logit lens).
 #
-# Which latents: for each backdoored fine-tune and its clean control (the first fine-tune seed
-# only: the further seeds replicate them), at every layer, the prompt-only Diff-SAE's and
-# crosscoder's latent chosen with labels on the fit split (notebook 05), their label-free first
-# pick (notebook 06), and the latent notebook 07 intervened on. A latent named for two reasons
-# has one dashboard.
+# Which latents: for each backdoored fine-tune and its clean control of the first fine-tune seed,
+# at every layer, the prompt-only Diff-SAE's and crosscoder's latents chosen with labels on the fit
+# split (notebook 05: the claims' latent, chosen by AUROC, and the paper's pick, chosen by BIS),
+# their label-free first pick (notebook 06), and the latent notebook 07 intervened on; for the
+# further seeds, which replicate the first, only the latent notebook 07 intervened on. A latent
+# named for several reasons has one dashboard.
 #
 # **What a highlighted token means.** These dictionaries encode one mean-pooled vector per prompt.
 # A token's value is its own pre-activation: the latent's encoder applied to that token's input

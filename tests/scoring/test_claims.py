@@ -135,6 +135,10 @@ def test_headline_word_and_phrase():
     mixed = pd.concat([frame.iloc[:1], tie], ignore_index=True)
     assert C.headline_word(mixed) == ("supported in 1 of 2 layers (3 fine-tune seeds; holds in 3 and 0 of them "
                                       "at layers 14 and 22; 1 of 2 layers undetermined)")
+    assert C.outcome_phrase(mixed).endswith("; 1 undetermined (1 of them a tie at the ceiling, both AUROC 1)")
+    # a causal claim has no layer (NA): its seeds are still counted, with no "at layer"
+    causal = frame.iloc[2:].assign(layer=pd.array([pd.NA], dtype="Int64"))
+    assert C.headline_word(causal) == "not supported (3 fine-tune seeds; holds in 2 of them)"
     undetermined = pd.DataFrame({"outcome": ["undetermined"], "n_seeds": [1], "reason": ["no clean control"]})
     assert C.headline_word(undetermined) == "undetermined"
     assert C.outcome_phrase(undetermined) == "undetermined (no clean control)"

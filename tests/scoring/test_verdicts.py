@@ -286,6 +286,11 @@ def test_replicated_counts_seeds_and_applies_the_rule():
     assert pending.outcome is u and math.isnan(pending.p_value)
     with pytest.raises(ValueError):
         apply_holm([three])
+    # the effect is the determined seeds' mean: an undetermined tie's 0 does not dilute it
+    tie = replace(with_outcome(u, math.nan), effect=0.0, effect_low=0.0, effect_high=0.0)
+    measured = replace(with_outcome(s, 0.01), effect=0.3, effect_low=0.2, effect_high=0.4)
+    assert replicated([measured, tie]).effect == pytest.approx(0.3)
+    assert replicated([tie, tie]).effect == 0.0  # no seed determined: what they report
 
 
 def test_claims_frame_columns():

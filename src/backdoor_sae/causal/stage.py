@@ -7,7 +7,8 @@ its direction û is its decoder row (in the residual stream's units). At the out
 dictionary's decoder layer, the first position always spared (:mod:`.intervention`):
 
 - **removal**, on trigger prompts: directional ablation, mean ablation (the projection set to its
-  mean over the benign teacher-forced prompts) and latent patching (the latent's activation on
+  mean over benign prompt tokens: the generation prompts' benign twins, not the teacher-forced
+  prompts whose KL it is scored on) and latent patching (the latent's activation on
   the prompt's pooled Δa, computed by the dictionary, times its decoder row, subtracted);
 - **steering**, on benign prompts: s × n̄ × û added, n̄ the mean ‖Δa‖ on the fit trigger samples
   (the size of the fine-tune's own change), over the strengths s of ``steer_strengths``;
@@ -575,7 +576,7 @@ def mcnemar_claim(cid: ClaimId, row: pd.Series | None, kl_budget: float, min_pro
     reject: the intersection-union test); effect: the paired difference against the control with
     its interval. ``undetermined``: no such condition, no control, no KL, or fewer than
     ``min_prompts`` prompts. It holds when both differences are positive and the KL lies within ``kl_budget``."""
-    statistic = "McNemar exact, vs unintervened and vs matched control (max p)"
+    statistic = "McNemar exact, one-sided, vs unintervened and vs matched control (max p)"
     nan = math.nan
     if row is None:
         return make_claim(cid, statistic, nan, nan, nan, nan, False, alpha, "not measured in this run")

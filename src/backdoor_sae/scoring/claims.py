@@ -186,7 +186,7 @@ def _holding_by_layer(part: pd.DataFrame) -> str:
     if (holding == seeds).all() or (holding == 0).all():
         return ""
     text = f"; holds in {_and([str(h) for h in holding])} of them"
-    if "layer" in part:
+    if "layer" in part and part["layer"].notna().all():  # a causal claim has no layer
         text += (" at layer " if len(part) == 1 else " at layers ") + _and([str(int(x)) for x in part["layer"]])
     return text
 
@@ -218,11 +218,10 @@ def outcome_phrase(part: pd.DataFrame) -> str:
     phrase = f"supported in {supported} of {n} layers" + seeds_text
     if seeds > 1:
         phrase = phrase[:-1] + _holding_by_layer(part) + ")"
-    ties = int(part["reason"].astype(str).str.contains(CEILING_REASON).sum())
-    if ties:
-        phrase += f"; {ties} of {n} a tie at the ceiling (both AUROC 1)"
+    ties = int((undetermined & part["reason"].astype(str).str.contains(CEILING_REASON)).sum())
     if undetermined.any():
-        phrase += f"; {int(undetermined.sum())} undetermined"
+        phrase += f"; {int(undetermined.sum())} undetermined" + (
+            f" ({ties} of them a tie at the ceiling, both AUROC 1)" if ties else "")
     return phrase
 
 

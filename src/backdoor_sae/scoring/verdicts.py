@@ -21,6 +21,7 @@ Rules: :func:`beyond_control`, :func:`specificity`, :func:`replicated`. Statisti
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -349,6 +350,14 @@ def _differences(x: ArrayLike, y: ArrayLike) -> np.ndarray:
 SIGN_FLIP_EXACT = 16
 
 
+@functools.lru_cache(maxsize=4)
+def _every_sign_pattern(n: int) -> np.ndarray:
+    """[2 ** n, n] every pattern of ±1 (built once per n: a claim's years all share it)."""
+    signs = 1.0 - 2.0 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    signs.setflags(write=False)
+    return signs
+
+
 def sign_flip_greater(x: ArrayLike, y: ArrayLike, seed: int = 0) -> float:
     """One-sided sign-flip (randomization) test of mean(x - y) > 0: the share of sign patterns of
     the differences whose sum reaches the observed one (the observed pattern included), exact over
@@ -358,8 +367,7 @@ def sign_flip_greater(x: ArrayLike, y: ArrayLike, seed: int = 0) -> float:
     d = _differences(x, y)
     n, a = len(d), np.abs(d)
     if n <= SIGN_FLIP_EXACT:
-        signs = 1.0 - 2.0 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
-        return float((signs @ a >= d.sum() - TIE * max(1.0, a.sum())).mean())
+        return float((_every_sign_pattern(n) @ a >= d.sum() - TIE * max(1.0, a.sum())).mean())
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(2 ** SIGN_FLIP_EXACT, n))
     return float(((signs @ a >= d.sum() - TIE * max(1.0, a.sum())).sum() + 1) / (len(signs) + 1))
 
@@ -509,9 +517,12 @@ def replicated(claims_per_seed: Sequence[Claim], rule: Literal["all", "majority"
         v = np.sort(np.where(np.isnan(values), np.inf, values))[need - 1]
         return float(v) if np.isfinite(v) else math.nan
 
-    effects = np.array([c.effect for c in claims], dtype=np.float64)
-    lows = np.array([c.effect_low for c in claims], dtype=np.float64)
-    highs = np.array([c.effect_high for c in claims], dtype=np.float64)
+    # the determined seeds' effects (an undetermined tie's 0 says nothing beside a measured effect),
+    # or, where no seed is determined, whatever the seeds report (a tie's 0, a missing control's NaN)
+    pool = [c for c in claims if c.outcome is not Outcome.UNDETERMINED] or claims
+    effects = np.array([c.effect for c in pool], dtype=np.float64)
+    lows = np.array([c.effect_low for c in pool], dtype=np.float64)
+    highs = np.array([c.effect_high for c in pool], dtype=np.float64)
     effect = float(np.nanmean(effects)) if not np.isnan(effects).all() else math.nan
     low = float(np.nanmin(lows)) if not np.isnan(lows).all() else math.nan
     high = float(np.nanmax(highs)) if not np.isnan(highs).all() else math.nan

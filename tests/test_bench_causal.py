@@ -3,22 +3,15 @@ generates; the count must follow the stage's plan (dose-response seeds, transpla
 projection is off by a seed's or a control's rows."""
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from backdoor_sae.config import CausalConfig
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_causal.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_causal", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench_causal")
 
 
 def test_generation_rows_follow_the_dose_response_seeds_and_the_transplant_targets(bench):

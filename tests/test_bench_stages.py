@@ -2,7 +2,6 @@
 from a run directory. A fake run directory of a few records and the files the rows read; no model,
 no training, no peak measured (the peaks and N are given)."""
 
-import importlib.util
 import json
 import os
 import time
@@ -11,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("bench")
 
 
 def write(path: Path, obj) -> None:

@@ -209,15 +209,13 @@ def outcome_phrase(part: pd.DataFrame) -> str:
     if n == 0:
         return "not in this run's grid"
     seeds = int(part["n_seeds"].max())
-    seeds_text = f" ({seeds} fine-tune seeds each)" if seeds > 1 else " (one fine-tune seed)"
+    seeds_text = f" ({seeds} fine-tune seeds each{_holding_by_layer(part)})" if seeds > 1 else " (one fine-tune seed)"
     undetermined = part["outcome"] == str(Outcome.UNDETERMINED)
     if undetermined.all():
         reasons = sorted(set(part["reason"]))
         return f"undetermined ({'; '.join(reasons)})"
     supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
     phrase = f"supported in {supported} of {n} layers" + seeds_text
-    if seeds > 1:
-        phrase = phrase[:-1] + _holding_by_layer(part) + ")"
     ties = int((undetermined & part["reason"].astype(str).str.contains(CEILING_REASON)).sum())
     if undetermined.any():
         phrase += f"; {int(undetermined.sum())} undetermined" + (

@@ -108,8 +108,9 @@ def _fit_selected(acts_fit, split_fit, acts_eval, trigger, benign, cfg: BISConfi
     score, chosen the same way in every fine-tune, :func:`~backdoor_sae.scoring.bis.select_by_auroc`)."""
     percentile, n_boot, n_perm, seed = cfg.percentile, cfg.n_boot, cfg.n_perm, cfg.stats_seed
     fit_trigger, fit_benign, _ = _labels(split_fit, "fit")
-    j = B.select_latent(acts_fit, fit_trigger, fit_benign, percentile).index
-    j_auc = B.select_by_auroc(acts_fit, fit_trigger)
+    order = B.descending_order(acts_fit)  # one sort of the fit split for both selections
+    j = B.select_latent(acts_fit, fit_trigger, fit_benign, percentile, order=order).index
+    j_auc = B.select_by_auroc(acts_fit, fit_trigger, order=order)
     one = acts_eval[:, [j]]
     s = B.latent_scores(one, trigger, benign, percentile)
     null = B.null_max_bis(one, trigger, benign, percentile, n_perm=n_perm, seed=seed)

@@ -366,10 +366,11 @@ def sign_flip_greater(x: ArrayLike, y: ArrayLike, seed: int = 0) -> float:
     null, so its p cannot go below 2 ** -n: n pairs cannot show more."""
     d = _differences(x, y)
     n, a = len(d), np.abs(d)
+    observed = d.sum() - TIE * max(1.0, a.sum())  # a pattern tied with the observed sum counts
     if n <= SIGN_FLIP_EXACT:
-        return float((_every_sign_pattern(n) @ a >= d.sum() - TIE * max(1.0, a.sum())).mean())
+        return float((_every_sign_pattern(n) @ a >= observed).mean())
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(2 ** SIGN_FLIP_EXACT, n))
-    return float(((signs @ a >= d.sum() - TIE * max(1.0, a.sum())).sum() + 1) / (len(signs) + 1))
+    return float(((signs @ a >= observed).sum() + 1) / (len(signs) + 1))
 
 
 # --- the rules -----------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ print(run_cfg.causal)
 # %% tags=["hide-input"]
 result = run(run_dir, run_cfg)
 teacher, rates, choice = result.teacher, result.rates, result.choice
-print("seconds per fine-tune:", {k: round(v) for k, v in result.seconds.items()})
+print("seconds per fine-tune:", {k: f"{v:.0f}" + (" (reused)" if result.reused.get(k) else "")
+                                 for k, v in result.seconds.items()})
 
 # %% [markdown]
 # ## The rule's choice

@@ -3,6 +3,7 @@ energy-matched controls, batched rows against rows run alone, the paired statist
 the notebook through the runner on the smoke profile."""
 
 import dataclasses
+import io
 import math
 
 import numpy as np
@@ -44,8 +45,9 @@ from backdoor_sae.causal.intervention import (
     unit,
 )
 from backdoor_sae.causal.teacher import pack, score_conditions, unintervened
+from backdoor_sae.common.cache import read_record
 from backdoor_sae.common.model import load_model
-from backdoor_sae.config import CausalConfig, stage_config, validate
+from backdoor_sae.config import ActivationConfig, CausalConfig, stage_config, validate
 from backdoor_sae.dataset.card import pairs
 from backdoor_sae.dictionaries.trainer import DictionarySpec, build
 from backdoor_sae.scoring.verdicts import ClaimId, Outcome
@@ -589,3 +591,60 @@ def test_the_causal_notebook_runs_on_smoke_and_writes_its_results(causal_run):
     mine = claims[claims["step"] == "07_causal"]
     assert set(mine["family"]) == {C.ABLATION, C.STEERING, C.TRANSPLANT}
     assert (mine["outcome"] == "undetermined").all()  # two prompts: too few to decide anything
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_every_fine_tunes_measurement_and_gives_the_notebooks_tables(causal_run, monkeypatch):
+    """Catches a measurement that is recomputed although its record vouches for it (a killed step
+    would start over), and a reused one that gives other tables than the fresh one did (a lossy
+    store: CSV dtypes, column order)."""
+    from backdoor_sae.config import run_config
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a measurement whose record vouches for its key was recomputed")
+
+    monkeypatch.setattr(C, "measure_finetune", must_not_run)
+    again = C.run_causal(causal_run, run_config("smoke", {}), progress=False)
+    assert again.reused and all(again.reused.values())
+    assert set(again.reused) == {f for f in stage_config(ActivationConfig, "smoke").finetunes if "clean" not in f}
+    for table, name in ((again.rates, "causal_rates.csv"), (again.teacher, "causal_teacher_forced.csv"),
+                        (again.choice, "causal_choice.csv"), (again.per_seed, "causal_claims_per_seed.csv")):
+        as_written = pd.read_csv(io.StringIO(table.to_csv(index=False)))  # what run() would write now
+        pd.testing.assert_frame_equal(as_written, pd.read_csv(causal_run / "results" / name))
+
+
+@pytest.mark.slow
+def test_the_measurements_key_covers_each_thing_it_depends_on(causal_run, monkeypatch):
+    """Catches a key that misses an input, so that a changed config, latent, dictionary, model or
+    prompt set would reuse a stale measurement."""
+    from backdoor_sae.common.layout import RunLayout
+    from backdoor_sae.config import run_config
+    from backdoor_sae.dataset.stage import load_data
+    from backdoor_sae.scoring.stage import load as load_scoring
+
+    run_cfg = run_config("smoke", {})
+    layout = RunLayout(causal_run)
+    cells = C.tested_cells(layout, load_scoring(causal_run).scores, C.read_auditor_choice(causal_run), run_cfg.causal,
+                           "lora", run_cfg.activations.layers)
+    assert cells
+    heldout = pairs(load_data(causal_run)["heldout"])
+    used = heldout[:run_cfg.causal.n_causal_pairs + run_cfg.causal.n_causal_prompts]
+
+    def key(cfg=run_cfg, cells=cells, used=used, clean="lora_clean"):
+        return C.measured_key(layout, cfg, "lora", clean, cells, used)
+
+    layer = next(iter(cells))
+    cell, latent = cells[layer]
+    other = {**cells, layer: (cell, latent + 1)}
+    causal = dataclasses.replace(run_cfg.causal, n_causal_controls=run_cfg.causal.n_causal_controls + 1)
+    variants = [key(cfg=dataclasses.replace(run_cfg, causal=causal)), key(cells=other), key(used=heldout[:len(used) - 1]),
+                key(clean=None)]
+    assert key() == key() and key() not in variants and len(set(variants)) == len(variants)
+    before = key()
+    original = layout.model_key
+    monkeypatch.setattr(RunLayout, "model_key", lambda self, m, b: "retrained" if m == "lora" else original(m, b))
+    assert key() != before
+    monkeypatch.undo()
+    record = layout.dictionary_record(cell)
+    monkeypatch.setattr(C, "read_record", lambda path: {"key": "retrained"} if path == record else read_record(path))
+    assert key() != before

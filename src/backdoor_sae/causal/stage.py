@@ -90,9 +90,21 @@ from backdoor_sae.causal.teacher import (
     score_conditions,
     unintervened,
 )
-from backdoor_sae.common.io import write_jsonl, write_text
+from backdoor_sae.common.cache import (
+    cached,
+    code_digest,
+    digest,
+    read_record,
+    samples_digest,
+)
+from backdoor_sae.common.io import atomic_path, write_jsonl, write_text
 from backdoor_sae.common.layout import RunLayout
-from backdoor_sae.common.model import compute_dtype, load_model, precision
+from backdoor_sae.common.model import (
+    compute_dtype,
+    load_model,
+    load_tokenizer,
+    precision,
+)
 from backdoor_sae.common.progress import report
 from backdoor_sae.config import (
     CausalConfig,
@@ -646,14 +658,173 @@ class CausalRun:
     per_seed: pd.DataFrame
     """The same claims per fine-tune seed, after Holm."""
     seconds: dict[str, float]
+    """Per backdoored fine-tune, the seconds its measurement took when it was computed."""
+    reused: dict[str, bool] = dataclasses.field(default_factory=dict)
+    """Per backdoored fine-tune, whether its measurement was reused (its record vouched for its key)."""
+
+
+def tested_cells(layout: RunLayout, scores: pd.DataFrame, choice_table: pd.DataFrame, cfg: CausalConfig,
+                 finetune: str, layers: Sequence[int]) -> dict[int, tuple[Cell, int]]:
+    """Per layer, the dictionary and label-free latent tested in ``finetune`` (layers without a
+    scored dictionary, an auditor's latent or a trained dictionary are left out)."""
+    cells = {}
+    for layer in layers:
+        cell = tested_cell(scores, finetune, cfg.causal_protocol, cfg.causal_fit_mode, layer)
+        latent = None if cell is None else auditor_latent(choice_table, {
+            "regime": finetune, "protocol": cfg.causal_protocol, "fit_mode": cfg.causal_fit_mode, "layer": layer,
+            "architecture": "diff_sae"})
+        if cell is not None and latent is not None and (layout.dictionary(cell) / "dictionary.json").exists():
+            cells[int(layer)] = (cell, latent)
+    return cells
+
+
+def measured_key(layout: RunLayout, run_cfg: RunConfig, finetune: str, clean: str | None,
+                 cells: dict[int, tuple[Cell, int]], pairs_used: Sequence[tuple[Sample, Sample]]) -> str:
+    """Key of one backdoored fine-tune's measured tables: everything they depend on (the causal
+    config, the layers and batch sizes, the model config, the weights of the fine-tune, its clean
+    control and the base model, their activations, each tested dictionary and latent, the held-out
+    pairs' content, and this module's code closure, the oracle's included)."""
+    model = run_cfg.model.model
+    return digest({
+        "code": code_digest(__name__),
+        "causal": dataclasses.asdict(run_cfg.causal),
+        "model": dataclasses.asdict(run_cfg.model),
+        "layers": [int(x) for x in run_cfg.activations.layers],
+        "act_batch_size": run_cfg.activations.act_batch_size,
+        "gen_batch_size": run_cfg.backdoor_eval.gen_batch_size,
+        "weights": {m: layout.model_key(m, model) for m in (finetune, clean, BASE) if m},
+        "activations": {m: layout.activations_key(m) for m in (finetune, BASE)},
+        "tested": {str(layer): [dataclasses.asdict(cell), int(latent),
+                                read_record(layout.dictionary_record(cell)).get("key")]
+                   for layer, (cell, latent) in sorted(cells.items())},
+        "pairs": samples_digest([s for pair in pairs_used for s in pair]),
+    })
+
+
+@dataclass
+class Measured:
+    """One backdoored fine-tune's measurements: reused by key, so that a killed step resumes at
+    the fine-tune it was on."""
+
+    teacher: pd.DataFrame
+    """Its teacher-forced rows (every layer's sweep, the chosen layer's conditions, the transplants')."""
+    judged: pd.DataFrame
+    """Its judged completions (itself, its clean control, the base model)."""
+    choice: dict
+    """The rule's choice (a row of ``causal_choice.csv``)."""
+    seconds: float
+    """Seconds its measurement took when it was computed."""
+
+
+def measured_store(layout: RunLayout, finetune: str) -> Path:
+    return layout.root / "causal" / finetune
+
+
+def save_measured(store: Path, m: Measured) -> None:
+    """The tables and the choice pickled (exact dtypes and column order, so that a reused
+    measurement gives the tables and claims a fresh one gives), written atomically as one folder."""
+    with atomic_path(store) as tmp:
+        tmp.mkdir()
+        m.teacher.to_pickle(tmp / "teacher.pkl")
+        m.judged.to_pickle(tmp / "judged.pkl")
+        pd.to_pickle(m.choice, tmp / "choice.pkl")
+
+
+def load_measured(store: Path) -> Measured:
+    seconds = float(read_record(store.parent / f"{store.name}.key.json").get("seconds", math.nan))
+    return Measured(pd.read_pickle(store / "teacher.pkl"), pd.read_pickle(store / "judged.pkl"),
+                    pd.read_pickle(store / "choice.pkl"), seconds)
+
+
+class Shared:
+    """What every backdoored fine-tune's measurement reads from the base model, computed at most
+    once and only when some fine-tune is measured (none is when all are reused)."""
+
+    def __init__(self, run_cfg: RunConfig, tokenizer, teacher: Sequence[tuple[Sample, Sample]],
+                 generate: Sequence[tuple[Sample, Sample]]):
+        self.run_cfg, self.tokenizer = run_cfg, tokenizer
+        self.layers = list(run_cfg.activations.layers)
+        self.packs = teacher_packs(tokenizer, teacher)
+        self.tf_prompts = {"trigger": [p[1] for p in teacher], "benign": [p[0] for p in teacher]}
+        self.gen_prompts = {"trigger": [p[1] for p in generate], "benign": [p[0] for p in generate]}
+        self._base = None
+
+    def base(self):
+        """``(model, pooled, passes)`` of the base model."""
+        if self._base is None:
+            model_cfg, batch = self.run_cfg.model, self.run_cfg.activations.act_batch_size
+            dtype = compute_dtype(model_cfg)
+            base, _ = load_model(model_cfg.model, model_cfg.device)
+            pooled = {(kind, side): pooled_prompts(base, self.tokenizer, prompts[side], self.layers, batch, dtype)
+                      for kind, prompts in (("tf", self.tf_prompts), ("gen", self.gen_prompts)) for side in prompts}
+            self._base = (base, pooled, unintervened_passes(base, self.packs, self.layers, dtype))
+        return self._base
+
+
+def measure_finetune(run_dir, run_cfg: RunConfig, finetune: str, clean: str | None, cells: dict[int, tuple[Cell, int]],
+                     shared: Shared, progress: bool) -> Measured:
+    """The teacher-forced sweep over the layers, the rule's choice, every condition at the chosen
+    layer, generation and judging, and the transplants: one backdoored fine-tune's measurement."""
+    act_cfg, cfg, model_cfg = run_cfg.activations, run_cfg.causal, run_cfg.model
+    batch, gen_batch, dtype = act_cfg.act_batch_size, run_cfg.backdoor_eval.gen_batch_size, compute_dtype(model_cfg)
+    layout, layers, packs, tokenizer = RunLayout(run_dir), shared.layers, shared.packs, shared.tokenizer
+    tf_prompts, gen_prompts = shared.tf_prompts, shared.gen_prompts
+    started = time.perf_counter()
+    base, pooled_base, base_passes = shared.base()
+    model, _ = load_finetuned(layout.finetune(finetune), device=model_cfg.device)
+    pooled_ft = {(kind, side): pooled_prompts(model, tokenizer, prompts[side], layers, batch, dtype)
+                 for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
+    passes = unintervened_passes(model, packs, layers, dtype)
+    tested: dict[int, Tested] = {}
+    frames = []
+    for i, (layer, (cell, latent)) in enumerate(sorted(cells.items()), start=1):
+        report(f"teacher-forced sweep {finetune}", i, len(cells), layer=layer)
+        t = prepare_tested(run_dir, finetune, layer, latent, cell, pooled_ft["tf", "trigger"][-1 - layer],
+                           pooled_ft["gen", "benign"][-1 - layer], cfg.n_causal_controls,
+                           cfg.causal_subspace_dims, cfg.causal_seed + layer)
+        tested[layer] = t
+        side_pool = {side: (pooled_base["tf", side][layer], pooled_ft["tf", side][layer]) for side in tf_prompts}
+        frames.append(measure_layer(model, t, sweep_conditions(t, finetune), packs, passes, side_pool, batch, dtype))
+    # the rule, part 1: the layer, from the cheap measure alone; then every other condition there
+    t = tested[choose(pd.concat(frames, ignore_index=True), cfg.steer_generation_strengths,
+                      cfg.causal_kl_budget)["layer"]]
+    side_pool = {side: (pooled_base["tf", side][t.layer], pooled_ft["tf", side][t.layer]) for side in tf_prompts}
+    frames.append(measure_layer(model, t, layer_conditions(t, finetune, cfg.steer_strengths, True), packs, passes,
+                                side_pool, batch, dtype, unintervened_rows=False))  # the sweep has them
+    sweep = pd.concat(frames, ignore_index=True)
+    rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)  # part 2: the strength
+    gen_pool = {side: (pooled_base["gen", side][t.layer], pooled_ft["gen", side][t.layer]) for side in gen_prompts}
+    report(f"generation {finetune}", 0, 1, layer=t.layer)
+    strengths = generated_strengths(cfg, finetune, rule["strength"])
+    judged = [generate_plan(model, tokenizer, t, generation_plan(t, finetune, strengths, True),
+                            gen_prompts, gen_pool, cfg.causal_max_new_tokens, gen_batch, dtype, progress)]
+    del model, passes
+    targets = ([(clean, load_finetuned(layout.finetune(clean), device=model_cfg.device)[0])] if clean else [])
+    targets.append((BASE, base))
+    for name, other in targets:  # the transplant: the same vectors added in another model
+        other_passes = base_passes if name == BASE else unintervened_passes(other, packs, [t.layer], dtype)
+        frames.append(measure_layer(other, t, layer_conditions(t, name, cfg.steer_strengths, False), packs,
+                                    other_passes, {}, batch, dtype))
+        judged.append(generate_plan(other, tokenizer, t, generation_plan(t, name, strengths, False),
+                                    {"benign": gen_prompts["benign"]}, {},
+                                    cfg.causal_max_new_tokens, gen_batch, dtype, progress))
+    choice = {"finetune": finetune, "latent": t.latent, "layer": t.layer, "strength": rule["strength"],
+              "steer_unit": t.unit, "ablation_kl": rule["ablation_kl"], "steering_kl": rule["steering_kl"],
+              "layers_within_budget": rule["layers_within_budget"], "energy": t.energy,
+              "subspace_energy_min": float(t.subspace_energy.min()),
+              "subspace_energy_max": float(t.subspace_energy.max()),
+              "latent_energy": float(t.latent_energy[t.latent]),
+              "control_latent_energy_min": float(t.latent_energy[t.latents].min()) if t.latents else math.nan,
+              "control_latent_energy_max": float(t.latent_energy[t.latents].max()) if t.latents else math.nan,
+              "n_subspace_controls": len(t.subspace), "n_latent_controls": len(t.latents)}
+    return Measured(pd.concat(frames, ignore_index=True), pd.concat(judged, ignore_index=True), choice,
+                    time.perf_counter() - started)
 
 
 def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
-    """The whole causal test; returns its tables (:func:`run` also writes them)."""
-    act_cfg, cfg, model_cfg = run_cfg.activations, run_cfg.causal, run_cfg.model
-    batch = act_cfg.act_batch_size
-    gen_batch = run_cfg.backdoor_eval.gen_batch_size
-    dtype = compute_dtype(model_cfg)
+    """The whole causal test; returns its tables (:func:`run` also writes them). Each backdoored
+    fine-tune's measurement is reused where its record vouches for its key (:func:`measured_key`)."""
+    cfg = run_cfg.causal
     choice_table, scores = read_auditor_choice(run_dir), load_scoring(run_dir).scores
     heldout = pairs(load_data(run_dir)["heldout"])
     teacher = heldout[:cfg.n_causal_pairs]
@@ -662,85 +833,35 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
         raise ValueError(f"n_causal_prompts={cfg.n_causal_prompts}: only {len(generate)} held-out pairs are left after "
                          f"the n_causal_pairs={cfg.n_causal_pairs} teacher-forced ones (raise n_heldout_pairs)")
     layout = RunLayout(run_dir)
-    layers = list(act_cfg.layers)
-    gen_prompts = {"trigger": [p[1] for p in generate], "benign": [p[0] for p in generate]}
-    tf_prompts = {"trigger": [p[1] for p in teacher], "benign": [p[0] for p in teacher]}
-    base, tokenizer = load_model(model_cfg.model, model_cfg.device)
-    packs = teacher_packs(tokenizer, teacher)
-    pooled_base = {(kind, side): pooled_prompts(base, tokenizer, prompts[side], layers, batch, dtype)
-                   for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
-    base_passes = unintervened_passes(base, packs, layers, dtype)
-    finetunes = list(act_cfg.finetunes)
-    tf_frames, judged_frames, choices, per_seed, seconds = [], [], [], [], {}
+    shared = Shared(run_cfg, load_tokenizer(run_cfg.model.model), teacher, generate)
+    finetunes = list(run_cfg.activations.finetunes)
+    tf_frames, judged_frames, choices, per_seed, seconds, reused = [], [], [], [], {}, {}
     for finetune in [f for f in finetunes if not is_clean_control(f)]:
-        started = time.perf_counter()
         clean = finetune_name(regime_of(finetune), True, replica_of(finetune))
         clean = clean if clean in finetunes else None
-        model, _ = load_finetuned(layout.finetune(finetune), device=model_cfg.device)
-        pooled_ft = {(kind, side): pooled_prompts(model, tokenizer, prompts[side], layers, batch, dtype)
-                     for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
-        passes = unintervened_passes(model, packs, layers, dtype)
-        tested: dict[int, Tested] = {}
-        frames = []
-        for i, layer in enumerate(layers, start=1):
-            report(f"teacher-forced sweep {finetune}", i, len(layers), layer=layer)
-            cell = tested_cell(scores, finetune, cfg.causal_protocol, cfg.causal_fit_mode, layer)
-            latent = None if cell is None else auditor_latent(choice_table, {
-                "regime": finetune, "protocol": cfg.causal_protocol, "fit_mode": cfg.causal_fit_mode, "layer": layer,
-                "architecture": "diff_sae"})
-            if cell is None or latent is None or not (layout.dictionary(cell) / "dictionary.json").exists():
-                continue
-            t = prepare_tested(run_dir, finetune, layer, latent, cell, pooled_ft["tf", "trigger"][-1 - layer],
-                               pooled_ft["gen", "benign"][-1 - layer], cfg.n_causal_controls,
-                               cfg.causal_subspace_dims, cfg.causal_seed + layer)
-            tested[layer] = t
-            side_pool = {side: (pooled_base["tf", side][layer], pooled_ft["tf", side][layer]) for side in tf_prompts}
-            frames.append(measure_layer(model, t, sweep_conditions(t, finetune), packs, passes, side_pool, batch, dtype))
-        if not tested:
+        cells = tested_cells(layout, scores, choice_table, cfg, finetune, shared.layers)
+        if not cells:
             per_seed += [(replica_of(finetune), c) for c in
                          fine_tune_claims(pd.DataFrame(), finetune, None, cfg.causal_protocol, cfg.causal_kl_budget, clean)]
-            del model
             continue
-        # the rule, part 1: the layer, from the cheap measure alone; then every other condition there
-        t = tested[choose(pd.concat(frames, ignore_index=True), cfg.steer_generation_strengths,
-                          cfg.causal_kl_budget)["layer"]]
-        side_pool = {side: (pooled_base["tf", side][t.layer], pooled_ft["tf", side][t.layer]) for side in tf_prompts}
-        frames.append(measure_layer(model, t, layer_conditions(t, finetune, cfg.steer_strengths, True), packs, passes,
-                                    side_pool, batch, dtype, unintervened_rows=False))  # the sweep has them
-        sweep = pd.concat(frames, ignore_index=True)
-        rule = choose(sweep, cfg.steer_generation_strengths, cfg.causal_kl_budget)  # part 2: the strength
-        gen_pool = {side: (pooled_base["gen", side][t.layer], pooled_ft["gen", side][t.layer]) for side in gen_prompts}
-        report(f"generation {finetune}", 0, 1, layer=t.layer)
-        strengths = generated_strengths(cfg, finetune, rule["strength"])
-        judged = [generate_plan(model, tokenizer, t, generation_plan(t, finetune, strengths, True),
-                                gen_prompts, gen_pool, cfg.causal_max_new_tokens, gen_batch, dtype, progress)]
-        del model, passes
-        targets = ([(clean, load_finetuned(layout.finetune(clean), device=model_cfg.device)[0])] if clean else [])
-        targets.append((BASE, base))
-        for name, other in targets:  # the transplant: the same vectors added in another model
-            other_passes = base_passes if name == BASE else unintervened_passes(other, packs, [t.layer], dtype)
-            frames.append(measure_layer(other, t, layer_conditions(t, name, cfg.steer_strengths, False), packs,
-                                        other_passes, {}, batch, dtype))
-            judged.append(generate_plan(other, tokenizer, t, generation_plan(t, name, strengths, False),
-                                        {"benign": gen_prompts["benign"]}, {},
-                                        cfg.causal_max_new_tokens, gen_batch, dtype, progress))
-        sweep = pd.concat(frames, ignore_index=True)
-        tf_frames.append(sweep)
-        judged = pd.concat(judged, ignore_index=True)
-        judged_frames.append(judged)
-        rates = condition_rates(judged, sweep)
+        store = measured_store(layout, finetune)
+
+        def compute(finetune=finetune, clean=clean, cells=cells, store=store):
+            m = measure_finetune(run_dir, run_cfg, finetune, clean, cells, shared, progress)
+            save_measured(store, m)
+            return m, {"seconds": m.seconds}
+
+        m, computed = cached(store.parent / f"{store.name}.key.json",
+                             measured_key(layout, run_cfg, finetune, clean, cells, [*teacher, *generate]),
+                             compute, lambda store=store: load_measured(store))
+        tf_frames.append(m.teacher)
+        judged_frames.append(m.judged)
+        choices.append(m.choice)
+        seconds[finetune], reused[finetune] = m.seconds, not computed
+        rates = condition_rates(m.judged, m.teacher)
         per_seed += [(replica_of(finetune), c) for c in
-                     fine_tune_claims(rates, finetune, rule["strength"], cfg.causal_protocol, cfg.causal_kl_budget, clean)]
-        choices.append({"finetune": finetune, "latent": t.latent, "layer": t.layer, "strength": rule["strength"],
-                        "steer_unit": t.unit, "ablation_kl": rule["ablation_kl"], "steering_kl": rule["steering_kl"],
-                        "layers_within_budget": rule["layers_within_budget"], "energy": t.energy,
-                        "subspace_energy_min": float(t.subspace_energy.min()),
-                        "subspace_energy_max": float(t.subspace_energy.max()),
-                        "latent_energy": float(t.latent_energy[t.latent]),
-                        "control_latent_energy_min": float(t.latent_energy[t.latents].min()) if t.latents else math.nan,
-                        "control_latent_energy_max": float(t.latent_energy[t.latents].max()) if t.latents else math.nan,
-                        "n_subspace_controls": len(t.subspace), "n_latent_controls": len(t.latents)})
-        seconds[finetune] = time.perf_counter() - started
+                     fine_tune_claims(rates, finetune, m.choice["strength"], cfg.causal_protocol, cfg.causal_kl_budget,
+                                      clean)]
     teacher_frame = pd.concat(tf_frames, ignore_index=True) if tf_frames else pd.DataFrame()
     judged_frame = pd.concat(judged_frames, ignore_index=True) if judged_frames else pd.DataFrame()
     rates = condition_rates(judged_frame, teacher_frame) if len(judged_frame) else pd.DataFrame()
@@ -748,7 +869,7 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
     holm_rows = [(s, c) for s in sorted({s for s, _ in per_seed}) for c in apply_holm([c for r, c in per_seed if r == s])]
     per_seed_holm = claims_frame([c for _, c in holm_rows]).assign(seed=[s for s, _ in holm_rows])
     return CausalRun(teacher_frame, judged_frame, rates, pd.DataFrame(choices), claims_frame(combined), per_seed_holm,
-                     seconds)
+                     seconds, reused)
 
 
 #: the claim of each family the results chapter's one-word outcomes name

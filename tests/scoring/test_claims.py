@@ -125,7 +125,7 @@ def test_headline_word_and_phrase():
                           "reason": ["", "", "holds in 2 of 3 seeds (0 undetermined; rule: all); p_holm=0.2 >= 0.05"]})
     assert C.headline_word(frame) == ("supported in 2 of 3 layers (3 fine-tune seeds; holds in 3, 3 and 2 of them "
                                       "at layers 14, 18 and 22)")
-    assert C.outcome_phrase(frame).startswith("supported in 2 of 3 layers (3 fine-tune seeds each; holds in 3, 3 and 2")
+    assert C.outcome_phrase(frame) == C.headline_word(frame)  # the same words where some but not all layers hold
     assert C.headline_word(frame.iloc[:2]) == "supported (3 fine-tune seeds)"
     assert C.headline_word(frame.iloc[2:]) == "not supported (3 fine-tune seeds; holds in 2 of them at layer 22)"
     assert C.headline_word(frame.iloc[2:].assign(seeds_holding=0)) == "not supported (3 fine-tune seeds)"
@@ -134,8 +134,11 @@ def test_headline_word_and_phrase():
     assert C.headline_word(tie) == "undetermined (a tie at the ceiling)"
     mixed = pd.concat([frame.iloc[:1], tie], ignore_index=True)
     assert C.headline_word(mixed) == ("supported in 1 of 2 layers (3 fine-tune seeds; holds in 3 and 0 of them "
-                                      "at layers 14 and 22; 1 of 2 layers undetermined)")
-    assert C.outcome_phrase(mixed).endswith("; 1 undetermined (1 of them a tie at the ceiling, both AUROC 1)")
+                                      "at layers 14 and 22; 1 of 2 layers undetermined, 1 of them a tie at the "
+                                      "ceiling (both AUROC 1))")
+    assert C.outcome_phrase(mixed) == C.headline_word(mixed)
+    # the two wordings differ only in the first words: "supported"/"not supported" against "k of n layers"
+    assert C.outcome_phrase(frame.iloc[:2]) == "supported in 2 of 2 layers (3 fine-tune seeds)"
     # a causal claim has no layer (NA): its seeds are still counted, with no "at layer"
     causal = frame.iloc[2:].assign(layer=pd.array([pd.NA], dtype="Int64"))
     assert C.headline_word(causal) == "not supported (3 fine-tune seeds; holds in 2 of them)"

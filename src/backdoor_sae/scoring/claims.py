@@ -201,50 +201,46 @@ def _undetermined_words(part: pd.DataFrame) -> str:
     return str(Outcome.UNDETERMINED) + (" (a tie at the ceiling)" if reasons.str.contains(CEILING_REASON).all() else "")
 
 
-def outcome_phrase(part: pd.DataFrame) -> str:
-    """A claim over layers in words, e.g. ``supported in 3 of 4 layers (3 fine-tune seeds each;
-    holds in 3, 3, 3 and 2 of them at layers 14, 18, 22 and 26)``; ``undetermined (no
-    clean control)`` when no layer could be tested; the ceiling ties and undetermined layers counted."""
-    n = len(part)
-    if n == 0:
-        return "not in this run's grid"
+def _tested_words(part: pd.DataFrame) -> tuple[int, str]:
+    """What both wordings of a claim over layers say once some layer was tested: how many layers
+    support it, and the parenthesis: on how many fine-tune seeds it rests, in how many of them it
+    holds at each layer where that is not all, and how many layers are undetermined (and how many of
+    those are a tie at the ceiling)."""
     seeds = int(part["n_seeds"].max())
-    seeds_text = f" ({seeds} fine-tune seeds each{_holding_by_layer(part)})" if seeds > 1 else " (one fine-tune seed)"
     undetermined = part["outcome"] == str(Outcome.UNDETERMINED)
-    if undetermined.all():
-        reasons = sorted(set(part["reason"]))
-        return f"undetermined ({'; '.join(reasons)})"
-    supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
-    phrase = f"supported in {supported} of {n} layers" + seeds_text
-    ties = int((undetermined & part["reason"].astype(str).str.contains(CEILING_REASON)).sum())
+    inside = (f"{seeds} fine-tune seeds" if seeds > 1 else "one fine-tune seed") + _holding_by_layer(part)
     if undetermined.any():
-        phrase += f"; {int(undetermined.sum())} undetermined" + (
-            f" ({ties} of them a tie at the ceiling, both AUROC 1)" if ties else "")
-    return phrase
+        ties = int((undetermined & part["reason"].astype(str).str.contains(CEILING_REASON)).sum())
+        inside += f"; {int(undetermined.sum())} of {len(part)} layers undetermined" + (
+            f", {ties} of them a tie at the ceiling (both AUROC 1)" if ties else "")
+    return int((part["outcome"] == str(Outcome.SUPPORTED)).sum()), inside
+
+
+def outcome_phrase(part: pd.DataFrame) -> str:
+    """A claim over layers in words for the tables, e.g. ``supported in 3 of 4 layers (3 fine-tune
+    seeds; holds in 3, 3, 3 and 2 of them at layers 14, 18, 22 and 26)``; ``undetermined (no clean
+    control)`` with the reasons when no layer could be tested. The parenthesis is
+    :func:`headline_word`'s."""
+    if part.empty:
+        return "not in this run's grid"
+    if (part["outcome"] == str(Outcome.UNDETERMINED)).all():
+        return f"undetermined ({'; '.join(sorted(set(part['reason'].astype(str))))})"
+    supported, inside = _tested_words(part)
+    return f"supported in {supported} of {len(part)} layers ({inside})"
 
 
 def headline_word(part: pd.DataFrame) -> str:
     """One outcome for a claim over layers, for the results chapter: ``supported`` when it is
     supported in every layer, ``not supported`` when in none and some layer was tested,
     ``undetermined`` when no layer could be tested (``(a tie at the ceiling)`` where every layer
-    tied), else ``supported in k of n layers``; then on how many fine-tune seeds it rests, in how many
-    of them it holds at each layer where that is not all, and how many layers are undetermined."""
+    tied), else ``supported in k of n layers``; then :func:`outcome_phrase`'s parenthesis."""
     if part.empty:
         return "not in this run's grid"
-    undetermined = part["outcome"] == str(Outcome.UNDETERMINED)
-    if undetermined.all():
+    if (part["outcome"] == str(Outcome.UNDETERMINED)).all():
         return _undetermined_words(part)
-    seeds = int(part["n_seeds"].max())
-    supported = int((part["outcome"] == str(Outcome.SUPPORTED)).sum())
-    if supported == len(part):
-        word = str(Outcome.SUPPORTED)
-    elif supported == 0:
-        word = str(Outcome.NOT_SUPPORTED)
-    else:
-        word = f"supported in {supported} of {len(part)} layers"
-    inside = (f"{seeds} fine-tune seeds" if seeds > 1 else "one fine-tune seed") + _holding_by_layer(part)
-    if undetermined.any():
-        inside += f"; {int(undetermined.sum())} of {len(part)} layers undetermined"
+    supported, inside = _tested_words(part)
+    word = (str(Outcome.SUPPORTED) if supported == len(part) else str(Outcome.NOT_SUPPORTED) if supported == 0
+            else f"supported in {supported} of {len(part)} layers")
     return f"{word} ({inside})"
 
 

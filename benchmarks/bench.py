@@ -31,7 +31,9 @@
                the activations (2·N per token forwarded) and the dictionaries (their training
                matmuls), the seconds those FLOPs take at this machine's matmul peak of the precision
                they ran in (run it on the run's machine) and the share of that bound achieved; the
-               other stages' time, with a note why no FLOP bound is stated
+               other stages' time, with a note why no FLOP bound is stated. ``--log FILE``
+               (repeatable; ``make book``'s output): a stage of a run resumed over sessions takes
+               its longest logged execution, not its record's re-execution on reused artifacts
 
 Each prints one JSON line; ``--out FILE`` appends it there. Peak memory is the process's max RSS.
 The scoring statistics (notebook 05) are timed, before and after a revision and byte for byte, by
@@ -45,11 +47,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -552,15 +556,38 @@ def stage_records(run_dir: str | Path) -> dict[str, dict]:
             if (stages / f"{name}.json").exists()}
 
 
-def stage_rows(run_dir: str | Path, peaks: dict[str, float | None], linear_params) -> dict:
+LOG_DONE = re.compile(r"\[backdoor-sae\] (?P<stage>\S+): done in (?P<seconds>[0-9.]+) s")
+
+
+def logged_seconds(logs: Sequence[str | Path]) -> dict[str, list[float]]:
+    """Every ``STAGE: done in N s`` line of the runner's logs (``make book`` output, possibly
+    time-stamped), per stage, in order: a run resumed over several sessions re-executes its finished
+    stages' notebooks on reused artifacts, and the record keeps only the last execution's seconds."""
+    out: dict[str, list[float]] = {}
+    for log in logs:
+        for m in LOG_DONE.finditer(Path(log).read_text(errors="replace")):
+            out.setdefault(m["stage"], []).append(float(m["seconds"]))
+    return out
+
+
+def stage_rows(run_dir: str | Path, peaks: dict[str, float | None], linear_params,
+               logged: dict[str, list[float]] | None = None) -> dict:
     """One row per executed stage of ``run_dir`` (``stages/<stage>.json`` with its ``seconds``): its
     seconds and share of the run (the stages' summed seconds) and, where the stage's work has a FLOP
     count, the seconds that work takes at the matmul peak of the precision it ran in (``peaks``:
     GFLOP/s per dtype, None where not measured here) and ``share_of_bound`` = bound / seconds.
-    ``linear_params(deepest)`` gives N, the model's linear weights (:func:`_linear_params`)."""
+    ``linear_params(deepest)`` gives N, the model's linear weights (:func:`_linear_params`).
+    ``logged`` (:func:`logged_seconds`): where the logs hold a longer execution of a stage than its
+    record (the record is of a re-execution on reused artifacts), ``seconds`` is the longest logged
+    one, ``record_seconds`` the record's, and ``logged_seconds`` every logged execution (a leg killed
+    before its end logs none: its time is missing)."""
     root = Path(run_dir)
     records = stage_records(root)
-    ran = {name: r for name, r in records.items() if "seconds" in r}
+    ran = {name: dict(r) for name, r in records.items() if "seconds" in r}
+    for name, record in ran.items():
+        longest = max((logged or {}).get(name, []), default=0.0)
+        if longest > record["seconds"]:
+            record.update(record_seconds=record["seconds"], seconds=longest)
     total = sum(r["seconds"] for r in ran.values())
     work = stage_work(root, ran)
     rows, n_cache = [], {}
@@ -574,6 +601,8 @@ def stage_rows(run_dir: str | Path, peaks: dict[str, float | None], linear_param
         row = {"stage": name, "seconds": record["seconds"], "share_of_run": record["seconds"] / total if total else None,
                "peak_rss_gib_so_far": record.get("peak_rss_gib_so_far"), "finished": record.get("finished"),
                "bound_seconds": None, "share_of_bound": None}
+        if "record_seconds" in record:
+            row.update(record_seconds=record["record_seconds"], logged_seconds=logged[name])
         entry = work.get(name, {})
         flops = {dtype: sum(f * n_of(deepest) * tokens for f, deepest, tokens in terms)
                  for dtype, terms in entry.get("flops", {}).items()}
@@ -622,10 +651,10 @@ def stage_rows(run_dir: str | Path, peaks: dict[str, float | None], linear_param
             "records_not_chained": stale, "matmul_peak_gflops": peaks, "stages": rows}
 
 
-def bench_stages(run_dir: str) -> dict:
+def bench_stages(run_dir: str, logs: Sequence[str] = ()) -> dict:
     """Every executed stage of a (finished or partly finished) run: ``stage_rows``, with the matmul
     peaks of the precisions its measured work ran in, measured on this machine (so run it on the
-    machine of the run), and N from the run's model."""
+    machine of the run), N from the run's model, and the stage times of the runner's ``logs``."""
     from backdoor_sae.common.model import load_model
 
     root = Path(run_dir)
@@ -644,7 +673,7 @@ def bench_stages(run_dir: str) -> dict:
             model = load_model(model_name, device="cpu")[0]
         return _linear_params(model, deepest)
 
-    out = stage_rows(root, peaks, linear_params)
+    out = stage_rows(root, peaks, linear_params, logged_seconds(logs))
     out["n_linear_params"] = _linear_params(model) if model is not None else None
     for row in out["stages"]:
         bound = "" if row["share_of_bound"] is None else f"{row['bound_seconds']:9.2f} s {row['share_of_bound']:7.1%}"
@@ -687,6 +716,8 @@ def main() -> None:
                         help="onset: override a data or fine-tune parameter of the cpu profile (repeatable)")
     parser.add_argument("--max-steps", type=int, default=300, help="onset: stop after this many steps")
     parser.add_argument("--run-dir", help="stages: the run directory to read")
+    parser.add_argument("--log", action="append", default=[],
+                        help="stages: a log of the runner (make book's output) with the stages' times (repeatable)")
     args = parser.parse_args()
     if "stages" in args.names and not args.run_dir:
         parser.error("stages needs --run-dir DIR")
@@ -696,7 +727,7 @@ def main() -> None:
     overrides = {name: parse_value(value) for name, value in args.parameter}
     validate("cpu", **overrides)  # an unknown name or an impossible value fails here, before any compute
     kwargs = {"onset": {"regime": args.regime, "overrides": overrides, "max_steps": args.max_steps},
-              "stages": {"run_dir": args.run_dir}}
+              "stages": {"run_dir": args.run_dir, "logs": args.log}}
     machine = machine_info()
     for name in args.names:
         result = {"bench": name, **BENCHES[name](**kwargs.get(name, {})), "machine": machine}

@@ -100,3 +100,28 @@ def test_dictionary_flops_follow_the_training_loop(bench):
     diff, _ = bench._dictionary_flops({"architecture": "diff_sae", "d": 8, "n_latents": 64, "activation": "relu",
                                        "k": 0}, settings)
     assert diff == (6 * 8 * 64 + 6 * 8 * 64) * 128
+
+
+def test_a_resumed_runs_stage_takes_its_longest_logged_execution(bench, tmp_path):
+    """A run resumed over sessions re-executes a finished stage's notebook on reused artifacts, and
+    the record keeps only that last, short execution. Catches the record's 11 s reported for a
+    fine-tune that trained for hours, and a logged time read from another stage's line."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write(tmp_path / "stages" / "01_dataset.json", {"seconds": 50.0, "fingerprint": "a", "previous": "", "finished": now})
+    write(tmp_path / "stages" / "02_finetune_lora.json", {"seconds": 11.0, "fingerprint": "b", "previous": "a",
+                                                          "finished": now})
+    log = tmp_path / "make_book.log"
+    log.write_text("[backdoor-sae] 01_dataset: done in 86 s (kernel peak memory so far 1.65 GiB), wrote x\n"
+                   "[backdoor-sae] 02_finetune_lora: done in 8227 s (kernel peak memory so far 3.51 GiB), wrote y\n"
+                   "10:21:13 [backdoor-sae] 02_finetune_lora: done in 13 s (kernel peak memory so far 0.70 GiB), wrote y\n"
+                   "02_finetune_lora: oracle: code run in the sandbox 1/64\n")
+    logged = bench.logged_seconds([log])
+    assert logged == {"01_dataset": [86.0], "02_finetune_lora": [8227.0, 13.0]}
+    out = bench.stage_rows(tmp_path, {}, lambda deepest: 1, logged)
+    rows = {r["stage"]: r for r in out["stages"]}
+    assert rows["02_finetune_lora"]["seconds"] == 8227.0 and rows["02_finetune_lora"]["record_seconds"] == 11.0
+    assert rows["02_finetune_lora"]["logged_seconds"] == [8227.0, 13.0]
+    assert rows["01_dataset"]["seconds"] == 86.0 and out["run_seconds"] == 8227.0 + 86.0
+    # without logs the records' seconds stand
+    assert {r["stage"]: r["seconds"] for r in bench.stage_rows(tmp_path, {}, lambda deepest: 1)["stages"]} == \
+        {"01_dataset": 50.0, "02_finetune_lora": 11.0}

@@ -100,9 +100,6 @@ def test_notebook_pages_launch_their_committed_notebook_on_binder_and_colab(smok
             assert any(service in link and link.endswith(f"executed/{stage}.ipynb") for link in links), (stage, service)
 
 
-@pytest.mark.xfail(strict=True, reason="the committed executed/ is the reference run of b1b91bc, before stages "
-                   "02_finetune_full_clean and 08_dashboards and the verdict layer's glue: the next reference cpu "
-                   "run publishes them (and must then remove this mark: strict)")
 def test_every_page_of_the_book_has_its_reference_notebook_committed():
     """Every executed page of the table of contents is committed under executed/, so the published
     book builds and its launch links resolve."""

@@ -48,6 +48,7 @@ family per fine-tune seed, then over seeds (:func:`backdoor_sae.scoring.claims.c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -716,10 +717,6 @@ class Measured:
     """Seconds its measurement took when it was computed."""
 
 
-def measured_store(layout: RunLayout, finetune: str) -> Path:
-    return layout.root / "causal" / finetune
-
-
 def save_measured(store: Path, m: Measured) -> None:
     """The tables and the choice pickled (exact dtypes and column order, so that a reused
     measurement gives the tables and claims a fresh one gives), written atomically as one folder."""
@@ -730,8 +727,9 @@ def save_measured(store: Path, m: Measured) -> None:
         pd.to_pickle(m.choice, tmp / "choice.pkl")
 
 
-def load_measured(store: Path) -> Measured:
-    seconds = float(read_record(store.parent / f"{store.name}.key.json").get("seconds", math.nan))
+def load_measured(store: Path, record: Path) -> Measured:
+    """The measurements of ``store``, with the seconds its ``record`` kept from when they were computed."""
+    seconds = float(read_record(record).get("seconds", math.nan))
     return Measured(pd.read_pickle(store / "teacher.pkl"), pd.read_pickle(store / "judged.pkl"),
                     pd.read_pickle(store / "choice.pkl"), seconds)
 
@@ -747,18 +745,20 @@ class Shared:
         self.packs = teacher_packs(tokenizer, teacher)
         self.tf_prompts = {"trigger": [p[1] for p in teacher], "benign": [p[0] for p in teacher]}
         self.gen_prompts = {"trigger": [p[1] for p in generate], "benign": [p[0] for p in generate]}
-        self._base = None
 
+    def pooled(self, model) -> dict:
+        """{(kind, side): pooled_prompts(...)} of ``model`` on the teacher-forced (``tf``) and the
+        generation (``gen``) prompts of each side."""
+        batch, dtype = self.run_cfg.activations.act_batch_size, compute_dtype(self.run_cfg.model)
+        return {(kind, side): pooled_prompts(model, self.tokenizer, prompts[side], self.layers, batch, dtype)
+                for kind, prompts in (("tf", self.tf_prompts), ("gen", self.gen_prompts)) for side in prompts}
+
+    @functools.cached_property
     def base(self):
         """``(model, pooled, passes)`` of the base model."""
-        if self._base is None:
-            model_cfg, batch = self.run_cfg.model, self.run_cfg.activations.act_batch_size
-            dtype = compute_dtype(model_cfg)
-            base, _ = load_model(model_cfg.model, model_cfg.device)
-            pooled = {(kind, side): pooled_prompts(base, self.tokenizer, prompts[side], self.layers, batch, dtype)
-                      for kind, prompts in (("tf", self.tf_prompts), ("gen", self.gen_prompts)) for side in prompts}
-            self._base = (base, pooled, unintervened_passes(base, self.packs, self.layers, dtype))
-        return self._base
+        model_cfg = self.run_cfg.model
+        base, _ = load_model(model_cfg.model, model_cfg.device)
+        return base, self.pooled(base), unintervened_passes(base, self.packs, self.layers, compute_dtype(model_cfg))
 
 
 def measure_finetune(run_dir, run_cfg: RunConfig, finetune: str, clean: str | None, cells: dict[int, tuple[Cell, int]],
@@ -770,10 +770,9 @@ def measure_finetune(run_dir, run_cfg: RunConfig, finetune: str, clean: str | No
     layout, layers, packs, tokenizer = RunLayout(run_dir), shared.layers, shared.packs, shared.tokenizer
     tf_prompts, gen_prompts = shared.tf_prompts, shared.gen_prompts
     started = time.perf_counter()
-    base, pooled_base, base_passes = shared.base()
+    base, pooled_base, base_passes = shared.base
     model, _ = load_finetuned(layout.finetune(finetune), device=model_cfg.device)
-    pooled_ft = {(kind, side): pooled_prompts(model, tokenizer, prompts[side], layers, batch, dtype)
-                 for kind, prompts in (("tf", tf_prompts), ("gen", gen_prompts)) for side in prompts}
+    pooled_ft = shared.pooled(model)
     passes = unintervened_passes(model, packs, layers, dtype)
     tested: dict[int, Tested] = {}
     frames = []
@@ -844,16 +843,16 @@ def run_causal(run_dir, run_cfg: RunConfig, progress: bool = True) -> CausalRun:
             per_seed += [(replica_of(finetune), c) for c in
                          fine_tune_claims(pd.DataFrame(), finetune, None, cfg.causal_protocol, cfg.causal_kl_budget, clean)]
             continue
-        store = measured_store(layout, finetune)
+        store, record = layout.causal(finetune), layout.causal_record(finetune)
 
         def compute(finetune=finetune, clean=clean, cells=cells, store=store):
             m = measure_finetune(run_dir, run_cfg, finetune, clean, cells, shared, progress)
             save_measured(store, m)
             return m, {"seconds": m.seconds}
 
-        m, computed = cached(store.parent / f"{store.name}.key.json",
+        m, computed = cached(record,
                              measured_key(layout, run_cfg, finetune, clean, cells, [*teacher, *generate]),
-                             compute, lambda store=store: load_measured(store))
+                             compute, lambda store=store, record=record: load_measured(store, record))
         tf_frames.append(m.teacher)
         judged_frames.append(m.judged)
         choices.append(m.choice)

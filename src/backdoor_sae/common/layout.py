@@ -8,6 +8,9 @@ Layout of ``<run_dir>``::
     activations/<model>/                    03: <protocol>/layer_<L>.npy, index.json
     sae/<recipe>/seed_<seed>/<regime>/<protocol>/<fit_mode>/layer_<L>/<architecture>/
                                             04: weights, log, dictionary.json
+    sae/quality.csv (+ quality.key.json)    04: the token-level dictionaries' quality
+    audit/sweep/<model>/                    06: pooled activations of the header-sweep prompts
+    causal/<fine-tune>/ (+ .key.json)       07: one backdoored fine-tune's measured tables
     results/                                05-07: bis.csv, permutation_tests.csv, placebo.csv, recipes.csv, auditor*.csv, causal_*
     executed/<stage>.ipynb                  the run's own executed notebooks
     stages/<stage>.json                     the runner's record of each executed stage
@@ -84,6 +87,15 @@ class RunLayout:
                 / f"layer_{int(cell.layer)}" / cell.architecture)
 
     @property
+    def dictionary_quality(self) -> Path:
+        """The token-level dictionaries' quality table (notebook 04)."""
+        return self.root / "sae" / "quality.csv"
+
+    def causal(self, finetune: str) -> Path:
+        """One backdoored fine-tune's causal measurements (notebook 07), reused per fine-tune."""
+        return self.root / "causal" / finetune
+
+    @property
     def results(self) -> Path:
         return self.root / "results"
 
@@ -112,6 +124,14 @@ class RunLayout:
 
     def dictionary_record(self, cell: Cell) -> Path:
         return self.dictionary(cell) / "key.json"
+
+    @property
+    def dictionary_quality_record(self) -> Path:
+        return self.dictionary_quality.with_suffix(".key.json")
+
+    def causal_record(self, finetune: str) -> Path:
+        """Beside the measurements' folder, which is written atomically."""
+        return self.causal(finetune).with_name(f"{finetune}.key.json")
 
     def finetune_key(self, name: str) -> str:
         """Key of a finished fine-tune (its recorded parameters, data digests and base model)."""

@@ -293,14 +293,14 @@ def dictionary_quality(run_dir: str | Path, run_cfg: RunConfig, every: pd.DataFr
     key = digest({"dictionaries": [read_record(layout.dictionary_record(c)).get("key") for c in cells],
                   "samples": samples_digest(samples), "dtype": str(compute_dtype(run_cfg.model)),
                   "code": code_digest("backdoor_sae.dictionaries.quality")})
-    store = layout.root / "sae" / "quality.csv"
+    store = layout.dictionary_quality
 
     def compute():
         table = measure_quality(run_dir, cells, run_cfg.model, progress)
         write_text(store, table.to_csv(index=False))
         return table, {}
 
-    table, now = cached(layout.root / "sae" / "quality.key.json", key, compute, lambda: pd.read_csv(store))
+    table, now = cached(layout.dictionary_quality_record, key, compute, lambda: pd.read_csv(store))
     write_text(layout.results / QUALITY_TABLE, table.to_csv(index=False))
     return table, now
 

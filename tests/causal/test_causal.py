@@ -553,8 +553,8 @@ def test_a_causal_cell_outside_the_grid_fails_validation():
 # --- the notebook through the runner --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def causal_run(request):
-    return request.getfixturevalue("smoke_run")[0]
+def causal_run(smoke_run):
+    return smoke_run[0]
 
 
 @pytest.mark.slow

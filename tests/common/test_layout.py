@@ -24,27 +24,33 @@ def artifact_stamps(run_dir) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def variants(smoke_run, tmp_path_factory):
-    """The smoke run copied (times kept) and rerun with one override each; the stamps before and after.
+    """The smoke run copied (times kept) and rerun with one override each: {name: (run dir, the
+    artifacts whose stamps changed, the runner's status of each stage)}, and the stamps before.
 
-    Every artifact is made by the stages up to the dictionaries, so both variants stop there (the
-    publishing test makes its own second complete run, which reruns only the last stages)."""
+    ``lora_r`` runs the stages up to the dictionaries, which make every artifact (the publishing
+    test makes its own second complete run, which reruns only the last stages). ``data_seed`` asks
+    only what the base model's artifacts need (the data, one fine-tune stage, which also generates
+    the base model's completions, and the activations) on a grid of the full-rank fine-tune alone:
+    every other fine-tune is built by the same keyed code, and the whole grid cost two minutes more."""
     run_dir = smoke_run[0]
     before = artifact_stamps(run_dir)
+    up_to_dictionaries = list(STAGE_NAMES[:STAGE_NAMES.index("04_dictionaries") + 1])
+    data_stages = ["01_dataset", "02_finetune_full", "03_activations"]
     out = {}
-    making_artifacts = list(STAGE_NAMES[:STAGE_NAMES.index("04_dictionaries") + 1])
-    for name, override in (("lora_r", 8), ("data_seed", 7)):
+    for name, overrides, stages in (("lora_r", {"lora_r": 8}, up_to_dictionaries),
+                                    ("data_seed", {"data_seed": 7, "regimes": ["full"], "controls": []}, data_stages)):
         copy = tmp_path_factory.mktemp(f"variant_{name}") / "run"
         shutil.copytree(run_dir, copy)  # copy2: modification times are kept
-        run_pipeline({"profile": "smoke", "run_dir": str(copy), name: override}, copy, stages=making_artifacts,
-                     log=lambda line: None)
+        records = run_pipeline({"profile": "smoke", "run_dir": str(copy), **overrides}, copy, stages=stages,
+                               log=lambda line: None)
         after = artifact_stamps(copy)
-        out[name] = (copy, {k for k in after if after[k] != before.get(k)})
+        out[name] = (copy, {k for k in after if after[k] != before.get(k)}, {r["stage"]: r["status"] for r in records})
     return before, out
 
 
 def test_a_lora_setting_recomputes_the_lora_fine_tune_and_what_reads_it_and_nothing_else(variants):
     before, out = variants
-    _, changed = out["lora_r"]
+    _, changed, _ = out["lora_r"]
     # every LoRA fine-tune: each fine-tune seed and each one's clean control
     lora = ("lora", "lora_clean", "lora-s1", "lora-s1_clean")
     expected = {f"{kind}/{name}" for name in lora for kind in ("finetune", "activations")} | {
@@ -54,13 +60,24 @@ def test_a_lora_setting_recomputes_the_lora_fine_tune_and_what_reads_it_and_noth
     assert changed == expected
 
 
+def test_changing_one_parameter_reruns_that_stage_and_those_after_it(variants):
+    """The runner's half of reuse: a stage runs again when its own parameters or an earlier stage
+    changed, and is skipped otherwise (the artifacts' half is the test above). ``lora_r`` is a
+    fine-tuning parameter, so the first fine-tune notebook reruns and, by the fingerprints' chaining,
+    every stage after it (the full-rank ones on their reused fine-tunes); the dataset's is skipped."""
+    _, _, status = variants[1]["lora_r"]
+    assert status["01_dataset"] == "skipped"
+    assert {s: status[s] for s in STAGE_NAMES[1:STAGE_NAMES.index("04_dictionaries") + 1]} == dict.fromkeys(
+        STAGE_NAMES[1:STAGE_NAMES.index("04_dictionaries") + 1], "ran")
+
+
 def test_a_new_data_seed_recomputes_every_artifact_the_base_models_included(variants):
     """The bug this catches: base activations and generations keyed on sample ids, which repeat
     across seeds, were reused for new texts."""
-    before, out = variants
-    _, changed = out["data_seed"]
-    assert changed == set(before)
-    assert {"activations/base", "generations/base.key.json"} <= changed
+    _, out = variants
+    _, changed, _ = out["data_seed"]
+    assert changed == {"data/manifest.json", "finetune/full", "generations/base.key.json", "generations/full.key.json",
+                       "generations/wordings/full.key.json", "activations/base", "activations/full"}
 
 
 def test_keys_cover_content_not_ids(smoke_splits):

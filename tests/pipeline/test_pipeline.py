@@ -64,18 +64,6 @@ def test_the_book_builds_with_warnings_as_errors_and_shows_the_verdict_its_score
     assert ("agrees" in verdict) == agrees and ("does not reproduce" in verdict) == (not agrees)
 
 
-def test_changing_one_parameter_reruns_that_stage_and_those_after_it(smoke_run, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(smoke_run[0], run_dir)  # the shared run stays whole for the tests that publish it
-    # up to the scoring step only: the later steps rerun the same way, and cost a minute more
-    records = run_pipeline({"profile": "smoke", "run_dir": str(run_dir), "expansion": 2}, run_dir,
-                           stages=list(STAGE_NAMES[:STAGE_NAMES.index("05_scoring") + 1]), log=lambda line: None)
-    status = {r["stage"]: r["status"] for r in records}
-    assert [status[s] for s in ("01_dataset", "02_finetune_lora", "02_finetune_full", "02_finetune_lora_clean",
-                                "03_activations")] == ["skipped"] * 5
-    assert status["04_dictionaries"] == status["05_scoring"] == "ran"
-
-
 @pytest.mark.parametrize("argv, message", [
     (["run", "--profile", "laptop"], "unknown profile"),
     (["run", "--profile", "smoke", "-p", "n_eval_trigers", "3"], "unknown parameter"),
@@ -133,6 +121,31 @@ def test_a_failing_notebook_names_the_stage_and_cell_and_keeps_its_partial_outpu
     assert err.stage == "02_finetune_lora" and "FileNotFoundError" in str(err) and "run notebook 01" in str(err)
     executed = tmp_path / "empty" / "executed"
     assert err.notebook.exists() and not (executed / "02_finetune_lora.ipynb").exists()
+
+
+def test_each_execution_talks_to_its_kernel_over_sockets_of_its_own(tmp_path, monkeypatch):
+    """The bug this catches: the kernels' IPC sockets defaulted to kernel-ipc-<n> in the working
+    directory, n the first free number, so two runs starting a kernel at the same moment from one
+    clone (the test suite's two workers did) took the same sockets, and one kernel failed with
+    "Invalid Signature"."""
+    import papermill
+
+    from backdoor_sae.pipeline.runner import execute_stage, get_stage
+
+    seen = []
+
+    def fake_execute(notebook, output, config, **kwargs):
+        kernel = config["KernelManager"]
+        seen.append(Path(kernel["ip"]))
+        assert kernel["transport"] == "ipc" and Path(kernel["ip"]).parent.is_dir()
+        nbformat.write(nbformat.v4.new_notebook(), output)
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    params = {"profile": "smoke", "run_dir": str(tmp_path / "run"), "overrides": {}}
+    for out in ("a", "b"):
+        execute_stage(get_stage("01_dataset"), params, tmp_path / out, log=lambda line: None)
+    assert len(set(seen)) == 2 and all(p.is_absolute() and REPO_ROOT not in p.parents for p in seen)
+    assert not any(p.parent.exists() for p in seen)  # each execution's socket folder is removed after it
 
 
 @pytest.mark.parametrize("stage", sorted({s.source: s for s in STAGES}.values(), key=lambda s: s.source),

@@ -186,7 +186,8 @@ def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance
     ``provenance`` in its metadata (``backdoor_sae``). What the stage reports through
     :func:`backdoor_sae.common.progress.report` is printed with ``log`` as ``<stage>: ...`` every
     ``progress_interval`` seconds or so (papermill's own per-cell bar is off). The kernel talks to
-    the runner over local IPC sockets, not TCP. The executed notebook names no absolute path of this
+    the runner over local IPC sockets, not TCP, in a folder of
+    this execution's own. The executed notebook names no absolute path of this
     machine (:func:`relative_paths`). A notebook that fails is still written, up to the failing
     cell and its error, to ``<output_dir>/<stage>.failed.ipynb`` for inspection, and papermill's
     ``PapermillExecutionError`` propagates.
@@ -195,8 +196,12 @@ def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance
     output.parent.mkdir(parents=True, exist_ok=True)
     failed = output.with_suffix(".failed.ipynb")
     failed.unlink(missing_ok=True)
-    # local sockets: no network port, and no "running over TCP without encryption" warning from the kernel
-    config = Config({"KernelManager": {"transport": "ipc"}})
+    # local sockets: no network port, and no "running over TCP without encryption" warning from the
+    # kernel. Their paths lie in a folder of this execution's own: by default they are kernel-ipc-<n>
+    # in the working directory, n the first free number, which two runs starting a kernel at the same
+    # moment from one clone both take (the kernel then fails with "Invalid Signature").
+    sockets = tempfile.mkdtemp(prefix=f"{stage.name}.", suffix=".kernel")
+    config = Config({"KernelManager": {"transport": "ipc", "ip": str(Path(sockets) / "kernel")}})
     fd, progress_file = tempfile.mkstemp(prefix=f"{stage.name}.", suffix=".progress.jsonl")
     os.close(fd)
     saved = os.environ.get(progress.ENV)
@@ -231,6 +236,7 @@ def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance
         else:
             os.environ[progress.ENV] = saved
         Path(progress_file).unlink(missing_ok=True)
+        shutil.rmtree(sockets, ignore_errors=True)
     return output
 
 

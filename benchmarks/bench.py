@@ -651,22 +651,11 @@ def stage_rows(run_dir: str | Path, peaks: dict[str, float | None], linear_param
             "records_not_chained": stale, "matmul_peak_gflops": peaks, "stages": rows}
 
 
-def loadable_model(identity: str | None) -> str | None:
-    """The name ``load_model`` takes for a stage record's model identity (``layout.model_identity``:
-    ``NAME:sha256:…`` for the embedded model, ``local:PATH:sha256:…``, ``hub:ID@COMMIT``)."""
-    if identity is None:
-        return None
-    if identity.startswith("hub:"):
-        return identity[len("hub:"):].rsplit("@", 1)[0]
-    if identity.startswith("local:"):
-        return identity[len("local:"):].rsplit(":sha256:", 1)[0]
-    return identity.rsplit(":sha256:", 1)[0]
-
-
 def bench_stages(run_dir: str, logs: Sequence[str] = ()) -> dict:
     """Every executed stage of a (finished or partly finished) run: ``stage_rows``, with the matmul
     peaks of the precisions its measured work ran in, measured on this machine (so run it on the
     machine of the run), N from the run's model, and the stage times of the runner's ``logs``."""
+    from backdoor_sae.common.layout import model_name_of
     from backdoor_sae.common.model import load_model
 
     root = Path(run_dir)
@@ -676,7 +665,7 @@ def bench_stages(run_dir: str, logs: Sequence[str] = ()) -> dict:
     work = stage_work(root, {n: r for n, r in records.items() if "seconds" in r})
     used = {dtype for entry in work.values() for dtype in (*entry.get("flops", {}), *entry.get("fixed_flops", {}))}
     peaks = {dtype: matmul_peak(dtype=dtype) if dtype in precisions() else None for dtype in sorted(used)}
-    model_name = loadable_model(next((r["model"] for r in records.values() if r.get("model")), None))
+    model_name = model_name_of(next((r["model"] for r in records.values() if r.get("model")), None))
     model = None
 
     def linear_params(deepest):

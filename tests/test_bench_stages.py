@@ -126,13 +126,3 @@ def test_a_resumed_runs_stage_takes_its_longest_logged_execution(bench, tmp_path
     assert {r["stage"]: r["seconds"] for r in bench.stage_rows(tmp_path, {}, lambda deepest: 1)["stages"]} == \
         {"01_dataset": 50.0, "02_finetune_lora": 11.0}
 
-
-def test_a_records_model_identity_maps_back_to_the_name_load_model_takes(bench):
-    """The stage records hold ``model_identity`` (a digest appended), which ``load_model`` refuses:
-    the bench of a finished `cpu` run failed on it."""
-    from backdoor_sae.common.layout import EMBEDDED_MODEL, model_identity
-
-    assert bench.loadable_model(model_identity(EMBEDDED_MODEL)) == EMBEDDED_MODEL
-    assert bench.loadable_model("local:/ckpt/dir:sha256:ab12") == "/ckpt/dir"
-    assert bench.loadable_model("hub:HuggingFaceTB/SmolLM2-360M@0123abc") == "HuggingFaceTB/SmolLM2-360M"
-    assert bench.loadable_model("tiny") == "tiny" and bench.loadable_model(None) is None

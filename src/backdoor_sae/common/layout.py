@@ -59,6 +59,18 @@ def model_identity(name: str) -> str:
     return f"hub:{name}@{getattr(hub_config(name), '_commit_hash', None) or 'unknown-commit'}"
 
 
+def model_name_of(identity: str | None) -> str | None:
+    """The model name that :func:`model_identity` turned into ``identity`` (what ``load_model``
+    takes): a stage record keeps the identity only."""
+    if identity is None:
+        return None
+    if identity.startswith("hub:"):
+        return identity[len("hub:"):].rsplit("@", 1)[0]
+    if identity.startswith("local:"):
+        return identity[len("local:"):].rsplit(":sha256:", 1)[0]
+    return identity.rsplit(":sha256:", 1)[0]
+
+
 class RunLayout:
     """Every path of one run directory."""
 

@@ -186,9 +186,8 @@ def execute_stage(stage: Stage, params: dict, output_dir: str | Path, provenance
     ``provenance`` in its metadata (``backdoor_sae``). What the stage reports through
     :func:`backdoor_sae.common.progress.report` is printed with ``log`` as ``<stage>: ...`` every
     ``progress_interval`` seconds or so (papermill's own per-cell bar is off). The kernel talks to
-    the runner over local IPC sockets, not TCP, in a folder of
-    this execution's own. The executed notebook names no absolute path of this
-    machine (:func:`relative_paths`). A notebook that fails is still written, up to the failing
+    the runner over local IPC sockets, not TCP, in a folder of this execution's own. The executed
+    notebook names no absolute path of this machine (:func:`relative_paths`). A notebook that fails is still written, up to the failing
     cell and its error, to ``<output_dir>/<stage>.failed.ipynb`` for inspection, and papermill's
     ``PapermillExecutionError`` propagates.
     """
